@@ -1,0 +1,32 @@
+# Two entry points for newcomers: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= etc/taskschedd.yaml
+
+.PHONY: install install-test run test lint typecheck clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+# Runs a node on the embedded SQLite store with the reference configuration.
+run: install
+	TASKSCHED_CONFIG=$(CONFIG) $(BIN)/taskschedd -c $(CONFIG)
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install-test lint
+	$(BIN)/pytest -n auto -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
