@@ -80,7 +80,11 @@ def format_duration(seconds: float) -> str:
     if seconds < 10:
         return f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"
     s = int(seconds)
-    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+    for unit, size, sub, subsize in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
         if s >= size:
             rest = (s % size) // subsize
             return f"{s // size}{unit}" + (f"{rest}{sub}" if rest else "")

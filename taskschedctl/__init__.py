@@ -1,0 +1,1 @@
+"""taskschedctl: the control CLI of taskschedd."""

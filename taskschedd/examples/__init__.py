@@ -1,0 +1,1 @@
+"""Example jobs: allowed by the default configuration, used by the quick start and tests."""

@@ -1,0 +1,103 @@
+"""The Job base class that applications subclass, and the job statuses."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Any, ClassVar
+
+
+class JobStatus(IntEnum):
+    """Job statuses, with the PHP original's numbers (they are stored)."""
+
+    WAITING = 0
+    POSTPONED = 1
+    PROCESSING = 2
+    DONE = 3
+    FAILED = 4
+    CANCELED = 5
+    TIMEOUT = 6
+
+    @property
+    def is_final(self) -> bool:
+        return self >= JobStatus.DONE
+
+    @classmethod
+    def parse(cls, value: str | int) -> JobStatus:
+        """A status from its name (any case) or number; ValueError lists the accepted names."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        elif isinstance(value, str):
+            text = value.strip().upper()
+            if text.isdigit():
+                return cls.parse(int(text))
+            if text == "CANCELLED":
+                return cls.CANCELED
+            if text in cls.__members__:
+                return cls[text]
+        names = ", ".join(s.name.lower() for s in cls)
+        raise ValueError(f"unknown status {value!r}; accepted: {names} (or 0-6)")
+
+
+#: Statuses a job can be claimed from.
+RUNNABLE = (JobStatus.WAITING, JobStatus.POSTPONED)
+#: Statuses listed by default (as in the original) and matched by add_job_once.
+ACTIVE = (JobStatus.WAITING, JobStatus.POSTPONED, JobStatus.PROCESSING)
+FINAL = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.TIMEOUT)
+
+
+class Job:
+    """Base class of application jobs: override :meth:`start`.
+
+    Instances are built by a worker with no arguments, so ``__init__`` may build what
+    the job needs; ``id``, ``data``, ``attempt``, ``queue`` and ``context`` (what the
+    node's setup hook returned) are set before :meth:`start` runs. What ``start``
+    returns must be JSON-serialisable: it is stored as the job's result.
+    """
+
+    #: Minimum seconds between two progress writes (the original's 1000 ms); 0 = no limit.
+    progress_rate_limit: ClassVar[float] = 1.0
+
+    id: str
+    data: Any
+    attempt: int
+    queue: str
+    context: Any
+    _progress_last: float | None = None
+
+    def start(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement start()")
+
+    def update_progress(self, percent: float) -> None:
+        """Report progress (0-100); writes are rate limited, the last one before 100 may be skipped."""
+        percent = max(0.0, min(100.0, float(percent)))
+        now = time.monotonic()
+        last = getattr(self, "_progress_last", None)
+        if last is not None and percent < 100.0 and now - last < self.progress_rate_limit:
+            return
+        self._progress_last = now
+        reporter: Callable[[float], None] | None = getattr(self, "_progress_reporter", None)
+        if reporter is not None:
+            reporter(percent)
+
+    def _bind(
+        self,
+        *,
+        job_id: str,
+        data: Any,
+        attempt: int,
+        queue: str,
+        context: Any,
+        reporter: Callable[[float], None] | None,
+    ) -> None:
+        self.id = job_id
+        self.data = data
+        self.attempt = attempt
+        self.queue = queue
+        self.context = context
+        self._progress_reporter = reporter
+        self._progress_last = None

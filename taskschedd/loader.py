@@ -1,0 +1,75 @@
+"""Import job classes by dotted path, only from allowed modules (checked before import)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Sequence
+
+from taskschedd.errors import JobClassError
+from taskschedd.job import Job
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*([:.]{_IDENT})$")
+CLASS_PATH_HELP = "a dotted path like 'myapp.jobs.SendMail' (or 'myapp.jobs:SendMail')"
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """(module, class name) of a class path; JobClassError if malformed."""
+    if not isinstance(path, str) or not _PATH.match(path) or "." not in path.replace(":", "."):
+        raise JobClassError(f"job class {path!r} is not valid: expected {CLASS_PATH_HELP}")
+    if ":" in path:
+        module, name = path.split(":", 1)
+    else:
+        module, name = path.rsplit(".", 1)
+    return module, name
+
+
+def normalize(path: str) -> str:
+    module, name = split_path(path)
+    return f"{module}.{name}"
+
+
+def path_of(cls: type) -> str:
+    """The dotted path a worker will import for a class object."""
+    module = getattr(cls, "__module__", "")
+    qualname = getattr(cls, "__qualname__", "")
+    if module == "__main__" or "<locals>" in qualname or "." in qualname:
+        raise JobClassError(
+            f"job class {qualname} cannot be imported by a worker (defined in {module}); "
+            "define it at the top level of an importable module"
+        )
+    return f"{module}.{qualname}"
+
+
+def is_allowed(module: str, allowed: Sequence[str]) -> bool:
+    for prefix in allowed:
+        if prefix == "*" or module == prefix or module.startswith(prefix + "."):
+            return True
+    return False
+
+
+def load_class(path: str, allowed: Sequence[str]) -> type[Job]:
+    """The Job subclass at ``path``; the allow-list is checked before anything is imported."""
+    module_name, name = split_path(path)
+    if not is_allowed(module_name, allowed):
+        raise JobClassError(
+            f"job class {path!r} is not allowed: module {module_name!r} is not in "
+            f"allowed_modules ({', '.join(allowed) or 'empty'}); add it to the configuration"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise JobClassError(
+            f"job class {path!r}: cannot import module {module_name!r}: {exc}"
+        ) from None
+    except Exception as exc:
+        raise JobClassError(
+            f"job class {path!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    obj = getattr(module, name, None)
+    if obj is None:
+        raise JobClassError(f"job class {path!r}: module {module_name!r} has no {name!r}")
+    if not (isinstance(obj, type) and issubclass(obj, Job)):
+        raise JobClassError(f"job class {path!r} is not a subclass of taskschedd.Job")
+    return obj

@@ -1,0 +1,265 @@
+"""Job options: names, aliases, types, defaults and validation, in one place.
+
+Every function here raises :class:`OptionError` naming the option and what is
+accepted, before anything is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from taskschedd.errors import JobDataError, OptionError
+from taskschedd.timeutil import DURATION_HELP, TIME_HELP, parse_duration, parse_time
+
+ALIASES = {"force_spawn": "ignore_max_children"}
+INTERVAL_REFERENCES = ("end", "start")
+BACKOFFS = ("fixed", "exponential")
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+#: Options compared by add_job_once; `at` is left out on purpose: it is usually computed
+#: ("in 10 minutes") and comparing it re-queued the job on every call (original defect 4).
+ONCE_COMPARED = (
+    "interval",
+    "interval_reference",
+    "cron",
+    "retry",
+    "retry_interval",
+    "retry_backoff",
+    "retry_backoff_max",
+    "timeout",
+    "ignore_max_children",
+    "priority",
+    "queue",
+    "expires",
+)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """The resolved options of one job (defaults applied)."""
+
+    at: float | None = None
+    interval: float = 0.0
+    interval_reference: str = "end"
+    cron: str | None = None
+    retry: int = 0
+    retry_interval: float = 300.0
+    retry_backoff: str = "fixed"
+    retry_backoff_max: float = 3600.0
+    timeout: float = 0.0
+    ignore_max_children: bool = False
+    ignore_data: bool = False
+    id: str | None = None
+    priority: int = 0
+    queue: str = "default"
+    expires: float | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """The options kept with the job (for rules and display); id and at live in columns."""
+        data = asdict(self)
+        data.pop("id")
+        data.pop("at")
+        return data
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> JobOptions:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+OPTION_NAMES = tuple(f.name for f in fields(JobOptions))
+DEFAULT_NAMES = tuple(f"default_{n}" for n in OPTION_NAMES if n not in ("id", "ignore_data"))
+
+
+def _fail(name: str, accepted: str, value: Any) -> OptionError:
+    return OptionError(f"option {name!r}: expected {accepted}, got {value!r}")
+
+
+def _canonical(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def unknown_option(name: str, known: tuple[str, ...]) -> OptionError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return OptionError(f"unknown option {name!r}{hint} accepted: {', '.join(known)}")
+
+
+def _int(name: str, value: Any, *, minimum: int, maximum: int, accepted: str) -> int:
+    if isinstance(value, bool):
+        raise _fail(name, accepted, value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        value = int(value)
+    if not isinstance(value, int) or not minimum <= value <= maximum:
+        raise _fail(name, accepted, value)
+    return value
+
+
+def _duration(name: str, value: Any, *, allow_minus_one: bool = False) -> float:
+    if allow_minus_one and (value == -1 or value == "-1") and not isinstance(value, bool):
+        return -1.0
+    try:
+        return parse_duration(value, what=f"option {name!r}")
+    except ValueError:
+        extra = " or -1" if allow_minus_one else ""
+        raise _fail(name, DURATION_HELP + extra, value) from None
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1) and isinstance(value, int):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise _fail(name, "true or false", value)
+
+
+def _time_or_none(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value, what=f"option {name!r}")
+    except ValueError:
+        raise _fail(name, TIME_HELP + " or null", value) from None
+
+
+def _check_value(name: str, value: Any) -> Any:
+    """Validate and normalise one option value."""
+    if name == "at" or name == "expires":
+        return _time_or_none(name, value)
+    if name == "interval":
+        return _duration(name, value, allow_minus_one=True)
+    if name in ("retry_interval", "timeout", "retry_backoff_max"):
+        return _duration(name, value)
+    if name == "retry":
+        return _int(
+            name, value, minimum=-1, maximum=2**31, accepted="an integer >= -1 (-1 = endless)"
+        )
+    if name == "priority":
+        lo, hi = PRIORITY_RANGE
+        return _int(name, value, minimum=lo, maximum=hi, accepted=f"an integer from {lo} to {hi}")
+    if name in ("ignore_max_children", "ignore_data"):
+        return _bool(name, value)
+    if name == "interval_reference":
+        if value not in INTERVAL_REFERENCES:
+            raise _fail(name, " or ".join(INTERVAL_REFERENCES), value)
+        return value
+    if name == "retry_backoff":
+        if value not in BACKOFFS:
+            raise _fail(name, " or ".join(BACKOFFS), value)
+        return value
+    if name == "queue":
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise _fail(name, "a queue name of 1-64 letters, digits, '.', '_' or '-'", value)
+        return value
+    if name == "id":
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _JOB_ID.match(value):
+            raise _fail(name, "1-128 letters, digits or . _ : @ -", value)
+        return value
+    if name == "cron":
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise _fail(name, "a cron expression like '*/5 * * * *' or '@hourly'", value)
+        from taskschedd.cron import CronExpr
+
+        CronExpr.parse(value)
+        return value.strip()
+    raise unknown_option(name, OPTION_NAMES)  # pragma: no cover - callers check names first
+
+
+@dataclass
+class Defaults:
+    """Scheduler-wide defaults (`default_*` options); they apply to jobs added later."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, given: Mapping[str, Any]) -> Defaults:
+        values: dict[str, Any] = {}
+        for key, value in given.items():
+            bare = key[len("default_") :] if key.startswith("default_") else key
+            bare = _canonical(bare)
+            if f"default_{bare}" not in DEFAULT_NAMES:
+                raise unknown_option(key, DEFAULT_NAMES)
+            values[bare] = _check_value(bare, value)
+        if values.get("cron") and values.get("interval", 0):
+            raise OptionError("options 'default_cron' and 'default_interval' exclude each other")
+        return cls(values)
+
+    def updated(self, given: Mapping[str, Any]) -> Defaults:
+        merged = dict(self.values)
+        merged.update(Defaults.parse(given).values)
+        return Defaults(merged)
+
+
+def resolve(
+    given: Mapping[str, Any], defaults: Defaults | None = None
+) -> tuple[JobOptions, set[str]]:
+    """Validate options given by a caller; return the resolved options and the explicit names."""
+    explicit: dict[str, Any] = {}
+    for key, value in given.items():
+        if not isinstance(key, str):
+            raise OptionError(f"option names must be strings, got {key!r}")
+        name = _canonical(key)
+        if name not in OPTION_NAMES:
+            raise unknown_option(key, OPTION_NAMES + tuple(ALIASES))
+        if name in explicit:
+            raise OptionError(f"option {name!r} given twice (once as {key!r})")
+        explicit[name] = _check_value(name, value)
+    merged = dict(defaults.values if defaults else {})
+    merged.update(explicit)
+    if "cron" in explicit and "interval" not in explicit:
+        merged["interval"] = 0.0
+    if "interval" in explicit and explicit["interval"] and "cron" not in explicit:
+        merged["cron"] = None
+    opts = JobOptions(**merged)
+    _check_combination(opts)
+    return opts, set(explicit)
+
+
+def _check_combination(opts: JobOptions) -> None:
+    if opts.cron and opts.interval:
+        raise OptionError(
+            "options 'cron' and 'interval' exclude each other: give one recurrence, not both"
+        )
+    if opts.expires is not None and opts.at is not None and opts.expires <= opts.at:
+        raise OptionError("option 'expires' must be later than 'at': the job could never start")
+    if opts.retry_backoff == "exponential" and opts.retry_backoff_max < opts.retry_interval:
+        raise OptionError(
+            "option 'retry_backoff_max' must be >= 'retry_interval' for exponential backoff"
+        )
+
+
+def with_id(opts: JobOptions, job_id: str | None) -> JobOptions:
+    return replace(opts, id=job_id)
+
+
+def dump_data(data: Any) -> str:
+    """Job data as canonical JSON text; JobDataError says what is not JSON."""
+    try:
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise JobDataError(
+            f"job data must be JSON-serialisable (dicts, lists, strings, numbers, "
+            f"booleans, null; no NaN/Infinity): {exc}"
+        ) from None
+
+
+def dump_result(result: Any) -> str:
+    """A job's return value as JSON text; JobDataError names the problem."""
+    try:
+        return json.dumps(result, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise JobDataError(f"the job's return value is not JSON-serialisable: {exc}") from None

@@ -1,0 +1,208 @@
+"""The scheduling rules, in one place: what a job becomes after each outcome.
+
+Pure functions of a job record and the time; the stores only apply what these return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+
+from taskschedd.job import JobStatus
+from taskschedd.options import ONCE_COMPARED, JobOptions
+from taskschedd.store.base import ErrorInfo, JobRecord, NewJob, Settlement
+
+Rand = Callable[[], float]
+
+
+def retries_left(job: JobRecord) -> bool:
+    """Whether the attempt that just ended may be followed by another one."""
+    retry = job.options.retry
+    return retry == -1 or job.attempt <= retry
+
+
+def retry_delay(opts: JobOptions, attempt: int, rand: Rand = random.random) -> float:
+    """Seconds before the next attempt after failed attempt number ``attempt`` (1-based).
+
+    Exponential backoff doubles per attempt up to the cap and keeps a random half of
+    the delay ("equal jitter") so that jobs failing together do not retry together.
+    """
+    if opts.retry_backoff != "exponential":
+        return opts.retry_interval
+    delay = float(min(opts.retry_backoff_max, opts.retry_interval * (2 ** max(0, attempt - 1))))
+    return delay / 2 + rand() * delay / 2
+
+
+def _requeue(job: JobRecord, error: ErrorInfo, now: float, rand: Rand) -> Settlement:
+    delay = retry_delay(job.options, job.attempt, rand)
+    status = JobStatus.POSTPONED if delay > 0 else JobStatus.WAITING
+    return Settlement(status=status, at=now + delay, error=error, progress=0.0, reason="retrying")
+
+
+def _final(
+    job: JobRecord,
+    status: JobStatus,
+    now: float,
+    *,
+    error: ErrorInfo | None = None,
+    reason: str | None = None,
+    result_json: str | None = None,
+    recur: bool = True,
+) -> Settlement:
+    return Settlement(
+        status=status,
+        result_json=result_json,
+        error=error,
+        reason=reason,
+        progress=100.0 if status == JobStatus.DONE else None,
+        next_job=next_occurrence(job, now) if recur else None,
+    )
+
+
+def on_success(job: JobRecord, result_json: str, now: float) -> Settlement:
+    return _final(job, JobStatus.DONE, now, result_json=result_json, reason="done")
+
+
+def on_error(
+    job: JobRecord,
+    error: ErrorInfo,
+    now: float,
+    *,
+    permanent: bool = False,
+    rand: Rand = random.random,
+) -> Settlement:
+    """An exception in start() (or a class that cannot be loaded, when ``permanent``)."""
+    if not permanent and retries_left(job):
+        return _requeue(job, error, now, rand)
+    return _final(job, JobStatus.FAILED, now, error=error, reason=error.reason)
+
+
+def on_timeout(job: JobRecord, now: float, rand: Rand = random.random) -> Settlement:
+    """The job ran past its timeout and was killed; a timeout counts as a failed attempt."""
+    error = ErrorInfo(
+        attempt=job.attempt,
+        type="Timeout",
+        message=f"the job ran longer than its timeout of {job.options.timeout:g}s and was killed",
+        time=now,
+        reason="timeout",
+    )
+    if job.cancel_requested:
+        return on_cancel_running(job, now)
+    if retries_left(job):
+        return _requeue(job, error, now, rand)
+    return _final(job, JobStatus.TIMEOUT, now, error=error, reason="timeout")
+
+
+def on_abandoned(
+    job: JobRecord, now: float, detail: str = "its lease expired", rand: Rand = random.random
+) -> Settlement:
+    """The job's worker or node died (or stopped renewing): retry it, or end it FAILED."""
+    if job.cancel_requested:
+        return on_cancel_running(job, now)
+    error = ErrorInfo(
+        attempt=job.attempt,
+        type="WorkerLost",
+        message=f"the job was abandoned: {detail}",
+        time=now,
+        reason="abandoned",
+    )
+    if retries_left(job):
+        return _requeue(job, error, now, rand)
+    return _final(job, JobStatus.FAILED, now, error=error, reason="abandoned")
+
+
+def on_cancel_running(job: JobRecord, now: float) -> Settlement:
+    """A running job was canceled and killed; canceled jobs are never rescheduled."""
+    return _final(job, JobStatus.CANCELED, now, reason="canceled", recur=False)
+
+
+def on_expired(job: JobRecord, now: float) -> Settlement:
+    """Claimed after its `expires` time: it must not start; a series goes on."""
+    return _final(job, JobStatus.CANCELED, now, reason="expired")
+
+
+def release(job: JobRecord) -> Settlement:
+    """Node shutdown: give the job back without using up an attempt."""
+    return Settlement(status=JobStatus.WAITING, at=job.at, attempt_delta=-1, progress=0.0)
+
+
+def is_expired(job: JobRecord, now: float) -> bool:
+    return job.options.expires is not None and now > job.options.expires
+
+
+def next_occurrence(job: JobRecord, now: float) -> NewJob | None:
+    """The next job of an interval or cron series, or None for one-off jobs.
+
+    Its id is derived from the series and its number, so creating it twice (two nodes
+    settling the same occurrence) inserts it once.
+    """
+    opts = job.options
+    if opts.cron:
+        from taskschedd.cron import CronExpr
+
+        # From the later of the planned time and now: missed occurrences are skipped,
+        # not run in a burst after an outage.
+        at = CronExpr.parse(opts.cron).next_after(max(job.at, now))
+    elif opts.interval:
+        if opts.interval < 0:
+            at = now
+        else:
+            base = job.started if opts.interval_reference == "start" and job.started else now
+            at = base + opts.interval
+    else:
+        return None
+    if opts.expires is not None and at > opts.expires:
+        return None
+    series = job.series or job.id
+    seq = job.series_seq + 1
+    return NewJob(
+        id=f"{series}.{seq}",
+        cls=job.cls,
+        data_json=_data_json(job),
+        options=opts,
+        at=at,
+        created=now,
+        status=JobStatus.POSTPONED if at > now else JobStatus.WAITING,
+        once_key=job.once_key,
+        series=series,
+        series_seq=seq,
+    )
+
+
+def _data_json(job: JobRecord) -> str:
+    from taskschedd.options import dump_data
+
+    return dump_data(job.data)
+
+
+def once_key(cls: str, data_json: str, ignore_data: bool) -> str:
+    """What add_job_once compares: the class, and the data unless ignore_data."""
+    if ignore_data:
+        return f"{cls}#*"
+    return f"{cls}#" + hashlib.sha256(data_json.encode()).hexdigest()[:32]
+
+
+def same_request(existing: JobRecord, opts: JobOptions, explicit: set[str]) -> bool:
+    """Whether an active job satisfies add_job_once: the caller's explicit options match."""
+    if existing.status.is_final or existing.cancel_requested:
+        return False
+    for name in explicit & set(ONCE_COMPARED):
+        if getattr(existing.options, name) != getattr(opts, name):
+            return False
+    return True
+
+
+def initial_status(at: float, now: float) -> JobStatus:
+    return JobStatus.POSTPONED if at > now else JobStatus.WAITING
+
+
+def first_run_at(opts: JobOptions, now: float) -> float:
+    """When a new job is first due: `at`, or the next cron time for a cron job without `at`."""
+    if opts.at is not None:
+        return opts.at
+    if opts.cron:
+        from taskschedd.cron import CronExpr
+
+        return CronExpr.parse(opts.cron).next_after(now)
+    return now

@@ -1,0 +1,470 @@
+"""The library face for applications: :class:`Scheduler` and the :class:`Process` handle."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from taskschedd import rules
+from taskschedd.errors import JobFailed, OptionError, TaskSchedError, WaitTimeout
+from taskschedd.job import ACTIVE, JobStatus
+from taskschedd.loader import normalize, path_of
+from taskschedd.options import Defaults, JobOptions, dump_data, resolve
+from taskschedd.store import DEFAULT_URL, open_store
+from taskschedd.store.base import (
+    DuplicateJobId,
+    ErrorInfo,
+    EventRecord,
+    JobQuery,
+    JobRecord,
+    NewJob,
+    NodeRecord,
+    Store,
+)
+
+if TYPE_CHECKING:
+    from taskschedd.config import Config
+
+#: How often wait()/listen() look at the store when no wake-up arrives (a safety net).
+FALLBACK_POLL = 0.5
+
+StatusArg = JobStatus | int | str | Iterable[JobStatus | int | str] | None
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def parse_statuses(status: StatusArg, default: Sequence[JobStatus]) -> tuple[JobStatus, ...]:
+    """Statuses from a status, a name, a number, a list of them, or 'all'."""
+    if status is None:
+        return tuple(default)
+    if isinstance(status, str) and status.lower() == "all":
+        return ()
+    if isinstance(status, JobStatus | int | str):
+        status = [status]
+    try:
+        return tuple(JobStatus.parse(s) if not isinstance(s, JobStatus) else s for s in status)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job for :meth:`Scheduler.add_jobs`."""
+
+    cls: str | type
+    data: Any = None
+    options: Mapping[str, Any] | None = None
+
+
+class Process:
+    """A handle on one job: its state as last read, and ways to follow it."""
+
+    def __init__(self, scheduler: Scheduler, record: JobRecord) -> None:
+        self._scheduler = scheduler
+        self.record = record
+
+    id = property(lambda self: self.record.id)
+    cls = property(lambda self: self.record.cls)
+    data = property(lambda self: self.record.data)
+    queue = property(lambda self: self.record.queue)
+    attempt = property(lambda self: self.record.attempt)
+    progress = property(lambda self: self.record.progress)
+    result = property(lambda self: self.record.result)
+    reason = property(lambda self: self.record.reason)
+    options = property(lambda self: self.record.options)
+
+    @property
+    def status(self) -> JobStatus:
+        return self.record.status
+
+    @property
+    def errors(self) -> list[ErrorInfo]:
+        return list(self.record.errors)
+
+    @property
+    def is_final(self) -> bool:
+        return self.record.status.is_final
+
+    def refresh(self) -> Process:
+        self.record = self._scheduler.store.get(self.record.id)
+        return self
+
+    def wait(self, timeout: float | None = None, *, raise_errors: bool = False) -> Process:
+        """Block until the job is final (retries included); WaitTimeout after ``timeout``."""
+        (done,) = self._scheduler.wait([self.id], timeout=timeout)
+        self.record = done.record
+        if raise_errors and self.status != JobStatus.DONE:
+            last = self.record.errors[-1].message if self.record.errors else self.reason or ""
+            raise JobFailed(self.id, self.status.name, last)
+        return self
+
+    def cancel(self) -> Process:
+        self.record = self._scheduler.cancel_job(self.id).record
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.record.to_dict()
+
+    def __repr__(self) -> str:
+        return f"<Process {self.id} {self.cls} {self.status.name} attempt={self.attempt}>"
+
+
+class Scheduler:
+    """Adds, finds, cancels and follows jobs in a store.
+
+    ``store`` is a URL (``sqlite:///path``, ``mongodb://host/db``) or a Store; without
+    one, the store of ``config`` (a path or Config), ``$TASKSCHED_STORE``, the file
+    named by ``$TASKSCHED_CONFIG``, or the default SQLite path is used. Keyword
+    arguments are the scheduler-wide ``default_*`` job options.
+    """
+
+    def __init__(
+        self,
+        store: str | Store | None = None,
+        *,
+        config: str | os.PathLike[str] | Config | None = None,
+        **defaults: Any,
+    ) -> None:
+        self.config = self._load_config(config) if config is not None else None
+        if isinstance(store, Store):
+            self.store = store
+        else:
+            self.store = self._open(store)
+        base: dict[str, Any] = {}
+        if self.config is not None:
+            base.update(self.config.job_defaults)
+        self.defaults = Defaults.parse(base).updated(defaults)
+
+    @staticmethod
+    def _load_config(config: str | os.PathLike[str] | Config) -> Config:
+        from taskschedd.config import Config, load
+
+        return config if isinstance(config, Config) else load(config)
+
+    def _open(self, url: str | None) -> Store:
+        if url is None and self.config is not None:
+            return open_store(self.config.store, **self._store_options(self.config))
+        if url is None:
+            url = os.environ.get("TASKSCHED_STORE")
+        if url is None and os.environ.get("TASKSCHED_CONFIG"):
+            self.config = self._load_config(os.environ["TASKSCHED_CONFIG"])
+            return open_store(self.config.store, **self._store_options(self.config))
+        return open_store(url or DEFAULT_URL)
+
+    @staticmethod
+    def _store_options(config: Config) -> dict[str, Any]:
+        if config.store_kind != "mongodb":
+            return {}
+        m = config.mongodb
+        return {
+            "database": m.database,
+            "jobs_collection": m.jobs_collection,
+            "events_collection": m.events_collection,
+            "nodes_collection": m.nodes_collection,
+            "write_concern": m.write_concern,
+            "change_streams": m.change_streams,
+            "poll_interval": config.poll_interval,
+        }
+
+    # -- options ------------------------------------------------------------------
+    def set_options(self, **defaults: Any) -> None:
+        """Change the ``default_*`` options; jobs already added keep theirs."""
+        self.defaults = self.defaults.updated(defaults)
+
+    def _prepare(
+        self, cls: str | type, data: Any, options: Mapping[str, Any], now: float
+    ) -> tuple[NewJob, JobOptions, set[str]]:
+        path = normalize(cls) if isinstance(cls, str) else path_of(cls)
+        data_json = dump_data(data)
+        opts, explicit = resolve(options, self.defaults)
+        at = rules.first_run_at(opts, now)
+        job = NewJob(
+            id=opts.id or new_id(),
+            cls=path,
+            data_json=data_json,
+            options=opts,
+            at=at,
+            created=now,
+            status=rules.initial_status(at, now),
+        )
+        return job, opts, explicit
+
+    def _local_record(self, job: NewJob, data: Any) -> JobRecord:
+        return JobRecord(
+            id=job.id,
+            cls=job.cls,
+            data=data,
+            status=job.status,
+            queue=job.options.queue,
+            priority=job.options.priority,
+            at=job.at,
+            created=job.created,
+            options=job.options,
+            once_key=job.once_key,
+        )
+
+    # -- adding -------------------------------------------------------------------
+    def add_job(self, cls: str | type, data: Any = None, **options: Any) -> Process:
+        """Queue a job; returns its handle. OptionError/JobDataError before anything is written."""
+        job, _, _ = self._prepare(cls, data, options, time.time())
+        try:
+            self.store.insert([job])
+        except DuplicateJobId as exc:
+            raise OptionError(f"option 'id': a job with id {exc.job_id!r} already exists") from None
+        return Process(self, self._local_record(job, data))
+
+    def add_jobs(
+        self, jobs: Iterable[JobSpec | tuple[Any, ...] | Mapping[str, Any]]
+    ) -> list[Process]:
+        """Queue many jobs at once, all or none: every job is validated before any is written."""
+        now = time.time()
+        prepared: list[tuple[NewJob, Any]] = []
+        for index, spec in enumerate(jobs):
+            cls, data, options = self._spec(spec, index)
+            try:
+                job, _, _ = self._prepare(cls, data, options, now)
+            except TaskSchedError as exc:
+                raise type(exc)(f"job #{index}: {exc}") from None
+            prepared.append((job, data))
+        ids = [j.id for j, _ in prepared]
+        if len(set(ids)) != len(ids):
+            raise OptionError("option 'id': the same id is given to more than one job in the batch")
+        try:
+            self.store.insert([j for j, _ in prepared])
+        except DuplicateJobId as exc:
+            raise OptionError(f"option 'id': a job with id {exc.job_id!r} already exists") from None
+        return [Process(self, self._local_record(j, d)) for j, d in prepared]
+
+    @staticmethod
+    def _spec(spec: Any, index: int) -> tuple[str | type, Any, Mapping[str, Any]]:
+        if isinstance(spec, JobSpec):
+            return spec.cls, spec.data, spec.options or {}
+        if isinstance(spec, tuple) and 1 <= len(spec) <= 3:
+            cls = spec[0]
+            data = spec[1] if len(spec) > 1 else None
+            options = spec[2] if len(spec) > 2 else {}
+            return cls, data, options
+        if isinstance(spec, Mapping) and "cls" in spec:
+            rest = dict(spec)
+            return rest.pop("cls"), rest.pop("data", None), rest.pop("options", None) or rest
+        raise OptionError(
+            f"job #{index}: expected JobSpec, (cls, data, options) or "
+            f"{{'cls': ..., 'data': ..., **options}}, got {spec!r}"
+        )
+
+    def add_job_once(self, cls: str | type, data: Any = None, **options: Any) -> Process:
+        """Queue a job unless the same one (class and data, or class with ``ignore_data``) is
+        already waiting or running; if its explicit options changed, the old one is replaced.
+        Safe for overlapping callers (cron): they get the same job."""
+        job, opts, explicit = self._prepare(cls, data, options, time.time())
+        key = rules.once_key(job.cls, job.data_json, opts.ignore_data)
+        job = NewJob(
+            id=job.id,
+            cls=job.cls,
+            data_json=job.data_json,
+            options=job.options,
+            at=job.at,
+            created=job.created,
+            status=job.status,
+            once_key=key,
+        )
+
+        def same(existing: JobRecord) -> bool:
+            return rules.same_request(existing, opts, explicit)
+
+        try:
+            record, _ = self.store.insert_once(job, same)
+        except DuplicateJobId as exc:
+            raise OptionError(f"option 'id': a job with id {exc.job_id!r} already exists") from None
+        return Process(self, record)
+
+    # -- finding ------------------------------------------------------------------
+    def get_job(self, job_id: str) -> Process:
+        """The job with this id; JobNotFound (a LookupError) if there is none."""
+        return Process(self, self.store.get(job_id))
+
+    def get_jobs(
+        self,
+        status: StatusArg = None,
+        cls: str | type | Sequence[str | type] | None = None,
+        queue: str | Sequence[str] | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int | None = None,
+        since: float | None = None,
+        newest_first: bool = False,
+    ) -> list[Process]:
+        """Jobs matching the filters; by default the active ones (WAITING, POSTPONED,
+        PROCESSING) as in the original, or any status when ids are given."""
+        statuses = parse_statuses(status, () if ids else ACTIVE)
+        classes: list[str] = []
+        if cls is not None:
+            for c in [cls] if isinstance(cls, str | type) else cls:
+                classes.append(normalize(c) if isinstance(c, str) else path_of(c))
+        queues = [queue] if isinstance(queue, str) else list(queue or [])
+        if limit is not None and limit < 0:
+            raise OptionError(f"limit must be >= 0, got {limit}")
+        query = JobQuery(
+            statuses=statuses,
+            classes=tuple(classes),
+            queues=tuple(queues),
+            ids=tuple(ids or ()),
+            since=since,
+            limit=limit,
+            newest_first=newest_first,
+        )
+        return [Process(self, r) for r in self.store.find(query)]
+
+    # -- changing -----------------------------------------------------------------
+    def cancel_job(self, job_id: str) -> Process:
+        """Cancel a waiting job now; a running one is killed by its node. Final jobs stay."""
+        return Process(self, self.store.cancel(job_id, now=time.time()))
+
+    def retry_job(self, job_id: str) -> Process:
+        """Re-queue a FAILED, TIMEOUT or CANCELED job with a fresh retry budget."""
+        record, changed = self.store.requeue(job_id, now=time.time())
+        if not changed:
+            raise TaskSchedError(
+                f"job {job_id} is {record.status.name}; only FAILED, TIMEOUT or CANCELED jobs "
+                "can be retried"
+            )
+        return Process(self, record)
+
+    def purge(self, statuses: StatusArg = None, older_than: float = 0.0) -> int:
+        """Delete final jobs that ended more than ``older_than`` seconds ago."""
+        from taskschedd.job import FINAL
+
+        chosen = parse_statuses(statuses, FINAL) or FINAL
+        active = [s.name for s in chosen if not s.is_final]
+        if active:
+            raise OptionError(f"only final jobs can be purged, not {', '.join(active)}")
+        return self.store.purge(statuses=chosen, ended_before=time.time() - older_than)
+
+    def flush(self) -> None:
+        """Delete every job and event (the original's flush()); for tests and resets."""
+        self.store.flush()
+
+    # -- following ----------------------------------------------------------------
+    def wait(self, ids: Iterable[str], timeout: float | None = None) -> list[Process]:
+        """Block until all these jobs are final; WaitTimeout if ``timeout`` passes first."""
+        wanted = list(dict.fromkeys(ids))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done: dict[str, JobRecord] = {}
+        waker = self.store.waker()
+        try:
+            while True:
+                pending = [i for i in wanted if i not in done]
+                if pending:
+                    found = {r.id: r for r in self.store.find(JobQuery(ids=tuple(pending)))}
+                    for job_id in pending:
+                        if job_id not in found:
+                            self.store.get(job_id)  # raises JobNotFound
+                        if found[job_id].is_final:
+                            done[job_id] = found[job_id]
+                if len(done) == len(wanted):
+                    return [Process(self, done[i]) for i in wanted]
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    missing = [i for i in wanted if i not in done]
+                    raise WaitTimeout(
+                        f"{len(missing)} of {len(wanted)} jobs not final after {timeout:g}s: "
+                        + ", ".join(missing[:5])
+                        + ("..." if len(missing) > 5 else "")
+                    )
+                waker.wait(FALLBACK_POLL if left is None else min(FALLBACK_POLL, left))
+        finally:
+            waker.close()
+
+    def listen(
+        self,
+        callback: Callable[[EventRecord], Any],
+        filter: Mapping[str, Any] | Callable[[EventRecord], bool] | None = None,
+        *,
+        timeout: float | None = None,
+        after: int | None = None,
+    ) -> int:
+        """Call ``callback`` for each new event until it returns True (or ``timeout``).
+
+        ``filter`` is a predicate or a mapping of ``id``, ``class``, ``status``, ``queue``
+        (each a value or a list). Returns the seq of the last event seen, to resume from.
+        """
+        match = _event_filter(filter)
+        ids = _listed(filter.get("id")) if isinstance(filter, Mapping) else []
+        seq = self.store.last_event_seq() if after is None else after
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waker = self.store.waker()
+        try:
+            while True:
+                for event in self.store.events(after=seq, job_ids=ids):
+                    seq = event.seq
+                    if match(event) and callback(event) is True:
+                        return seq
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return seq
+                waker.wait(FALLBACK_POLL if left is None else min(FALLBACK_POLL, left))
+        finally:
+            waker.close()
+
+    def events(
+        self, *, job_ids: Sequence[str] = (), after: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        return self.store.events(after=after, job_ids=job_ids, limit=limit)
+
+    def stats(self) -> dict[str, Any]:
+        return self.store.stats(now=time.time())
+
+    def nodes(self, *, alive_within: float | None = None) -> list[NodeRecord]:
+        after = None if alive_within is None else time.time() - alive_within
+        return self.store.nodes(alive_after=after)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _listed(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str | int | JobStatus):
+        return [value]
+    return list(value)
+
+
+def _event_filter(
+    spec: Mapping[str, Any] | Callable[[EventRecord], bool] | None,
+) -> Callable[[EventRecord], bool]:
+    if spec is None:
+        return lambda e: True
+    if callable(spec):
+        return spec
+    unknown = set(spec) - {"id", "class", "status", "queue"}
+    if unknown:
+        raise OptionError(
+            f"unknown listen filter key(s) {', '.join(sorted(unknown))}; "
+            "accepted: id, class, status, queue"
+        )
+    ids = set(_listed(spec.get("id")))
+    classes = {normalize(c) for c in _listed(spec.get("class"))}
+    statuses = set(parse_statuses(spec["status"], ())) if spec.get("status") is not None else set()
+    queues = set(_listed(spec.get("queue")))
+
+    def match(e: EventRecord) -> bool:
+        return (
+            (not ids or e.job_id in ids)
+            and (not classes or e.cls in classes)
+            and (not statuses or e.status in statuses)
+            and (not queues or e.queue in queues)
+        )
+
+    return match

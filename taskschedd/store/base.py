@@ -1,0 +1,387 @@
+"""The store interface, and the records it takes and returns.
+
+Stores are dumb and fast: they apply the state changes that :mod:`taskschedd.rules`
+decides, atomically and fenced by the claim token; they hold no scheduling rules.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskschedd.job import JobStatus
+from taskschedd.options import JobOptions
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What went wrong in one attempt."""
+
+    attempt: int
+    type: str
+    message: str
+    traceback: str = ""
+    time: float = 0.0
+    reason: str = "exception"  # exception | timeout | abandoned | killed | class | ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "time": self.time,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ErrorInfo:
+        return cls(
+            attempt=int(d.get("attempt", 0)),
+            type=str(d.get("type", "")),
+            message=str(d.get("message", "")),
+            traceback=str(d.get("traceback", "")),
+            time=float(d.get("time", 0.0)),
+            reason=str(d.get("reason", "exception")),
+        )
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to insert, fully resolved by the scheduler."""
+
+    id: str
+    cls: str
+    data_json: str
+    options: JobOptions
+    at: float
+    created: float
+    status: JobStatus = JobStatus.WAITING
+    once_key: str | None = None
+    series: str | None = None
+    series_seq: int = 0
+
+
+@dataclass
+class JobRecord:
+    """A job as stored."""
+
+    id: str
+    cls: str
+    data: Any
+    status: JobStatus
+    queue: str
+    priority: int
+    at: float
+    created: float
+    options: JobOptions
+    attempt: int = 0
+    started: float | None = None
+    ended: float | None = None
+    result: Any = None
+    errors: list[ErrorInfo] = field(default_factory=list)
+    progress: float = 0.0
+    reason: str | None = None
+    node: str | None = None
+    worker: str | None = None
+    claim_token: str | None = None
+    lease_until: float | None = None
+    cancel_requested: bool = False
+    series: str | None = None
+    series_seq: int = 0
+    once_key: str | None = None
+    updated: float | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status.is_final
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able view for CLIs and APIs."""
+        return {
+            "id": self.id,
+            "class": self.cls,
+            "data": self.data,
+            "status": self.status.name,
+            "queue": self.queue,
+            "priority": self.priority,
+            "at": self.at,
+            "created": self.created,
+            "started": self.started,
+            "ended": self.ended,
+            "attempt": self.attempt,
+            "result": self.result,
+            "errors": [e.to_dict() for e in self.errors],
+            "progress": self.progress,
+            "reason": self.reason,
+            "node": self.node,
+            "worker": self.worker,
+            "lease_until": self.lease_until,
+            "cancel_requested": self.cancel_requested,
+            "series": self.series,
+            "series_seq": self.series_seq,
+            "options": self.options.stored(),
+        }
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The next state of a claimed job, decided by :mod:`taskschedd.rules`.
+
+    ``status`` FINAL ends the job; WAITING/POSTPONED re-queues the same job at ``at``.
+    ``attempt_delta`` -1 gives back the attempt the claim used (drain release).
+    """
+
+    status: JobStatus
+    at: float | None = None
+    result_json: str | None = None
+    error: ErrorInfo | None = None
+    reason: str | None = None
+    progress: float | None = None
+    attempt_delta: int = 0
+    next_job: NewJob | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One state change of a job."""
+
+    seq: int
+    job_id: str
+    time: float
+    status: JobStatus
+    attempt: int
+    cls: str
+    queue: str
+    node: str | None = None
+    worker: str | None = None
+    error: ErrorInfo | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "job_id": self.job_id,
+            "time": self.time,
+            "status": self.status.name,
+            "attempt": self.attempt,
+            "class": self.cls,
+            "queue": self.queue,
+            "node": self.node,
+            "worker": self.worker,
+            "error": self.error.to_dict() if self.error else None,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node's heartbeat: who it is and what it runs."""
+
+    name: str
+    host: str
+    pid: int
+    started: float
+    heartbeat: float
+    workers_busy: int = 0
+    workers_idle: int = 0
+    running: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "host": self.host,
+            "pid": self.pid,
+            "started": self.started,
+            "heartbeat": self.heartbeat,
+            "workers_busy": self.workers_busy,
+            "workers_idle": self.workers_idle,
+            "running": list(self.running),
+            "queues": list(self.queues),
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """Filters for listing jobs; empty fields do not filter."""
+
+    statuses: tuple[JobStatus, ...] = ()
+    classes: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    series: str | None = None
+    since: float | None = None  # created at or after
+    limit: int | None = None
+    newest_first: bool = False
+
+
+class Waker(abc.ABC):
+    """Blocks until the store changed or a timeout passed (a hint, never a guarantee)."""
+
+    @abc.abstractmethod
+    def fileno(self) -> int: ...
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None) -> bool:
+        """True when woken by a change, False on timeout."""
+
+    @abc.abstractmethod
+    def drain(self) -> None:
+        """Consume pending wake-ups without blocking (after select() reported readable)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class DuplicateJobId(Exception):
+    """Insert found an existing job with this id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+class Store(abc.ABC):
+    """What every store does. All times are unix seconds (float)."""
+
+    url: str
+
+    # -- writing jobs ------------------------------------------------------------
+    @abc.abstractmethod
+    def insert(self, jobs: Sequence[NewJob]) -> None:
+        """Insert all jobs atomically; DuplicateJobId if an id exists (nothing written)."""
+
+    @abc.abstractmethod
+    def insert_once(self, job: NewJob, same: Any) -> tuple[JobRecord, bool]:
+        """Insert unless an active job has the same once_key; race-free.
+
+        ``same(existing) -> bool`` says whether the existing job satisfies the request;
+        if not, the existing one is canceled (reason "replaced") and ``job`` inserted.
+        Returns the job now representing the request and whether it was created.
+        """
+
+    @abc.abstractmethod
+    def claim(
+        self,
+        queues: Sequence[str],
+        *,
+        node: str,
+        worker: str,
+        token: str,
+        lease: float,
+        now: float,
+        force_spawn: bool = False,
+        job_id: str | None = None,
+    ) -> JobRecord | None:
+        """Take the next due job: queues in the given order, then priority, due time, FIFO.
+
+        The token is made by the caller so a lost reply can be looked up, never re-claimed.
+        """
+
+    @abc.abstractmethod
+    def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
+        """Apply a settlement if the job is still held under ``token``; False if fenced off."""
+
+    @abc.abstractmethod
+    def renew(self, tokens: Iterable[str], *, lease_until: float) -> int:
+        """Extend the lease of the jobs held under these tokens; returns how many."""
+
+    @abc.abstractmethod
+    def progress(self, job_id: str, token: str, percent: float, *, now: float) -> bool:
+        """Record progress if still held under ``token``."""
+
+    @abc.abstractmethod
+    def expired(self, now: float, limit: int = 100) -> list[JobRecord]:
+        """PROCESSING jobs whose lease ended before ``now``."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str, *, now: float) -> JobRecord:
+        """Cancel a waiting job at once, or ask the owner of a running one to stop it.
+
+        Final jobs are left as they are. JobNotFound if there is no such job.
+        """
+
+    @abc.abstractmethod
+    def requeue(self, job_id: str, *, now: float) -> tuple[JobRecord, bool]:
+        """Put a FAILED/TIMEOUT/CANCELED job back to WAITING with a fresh retry budget.
+
+        Returns the job and whether it was re-queued (False: it was not in such a status).
+        """
+
+    # -- reading -----------------------------------------------------------------
+    @abc.abstractmethod
+    def get(self, job_id: str) -> JobRecord:
+        """JobNotFound if there is no such job."""
+
+    @abc.abstractmethod
+    def get_by_token(self, token: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    def find(self, query: JobQuery) -> list[JobRecord]: ...
+
+    @abc.abstractmethod
+    def cancel_requested(self, tokens: Iterable[str]) -> list[str]:
+        """Of the jobs held under these tokens, the tokens whose cancel was requested."""
+
+    @abc.abstractmethod
+    def count_due(self, queues: Sequence[str], *, now: float, force_spawn: bool) -> int:
+        """Due runnable jobs in these queues (with or without ignore_max_children)."""
+
+    @abc.abstractmethod
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        """The earliest due time of a runnable job in these queues."""
+
+    @abc.abstractmethod
+    def stats(self, *, now: float, window: float = 300.0) -> dict[str, Any]:
+        """Counts by status/queue/class, oldest waiting age per queue, finished in window."""
+
+    # -- events ------------------------------------------------------------------
+    @abc.abstractmethod
+    def events(
+        self,
+        *,
+        after: int = 0,
+        job_ids: Sequence[str] = (),
+        limit: int = 1000,
+        since: float | None = None,
+    ) -> list[EventRecord]:
+        """Events with seq > after, oldest first."""
+
+    @abc.abstractmethod
+    def last_event_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    def waker(self) -> Waker:
+        """A wake-up source for changes to this store (one per waiting process)."""
+
+    # -- housekeeping --------------------------------------------------------------
+    @abc.abstractmethod
+    def purge(self, *, statuses: Sequence[JobStatus], ended_before: float) -> int:
+        """Delete final jobs (and their events) that ended before the given time."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Delete every job and event (the original's flush())."""
+
+    @abc.abstractmethod
+    def heartbeat(self, node: NodeRecord) -> None: ...
+
+    @abc.abstractmethod
+    def nodes(self, *, alive_after: float | None = None) -> list[NodeRecord]: ...
+
+    @abc.abstractmethod
+    def remove_node(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

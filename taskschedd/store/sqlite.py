@@ -1,0 +1,870 @@
+"""The embedded SQLite store: the default, for one host.
+
+Many processes share one database file: WAL journal, a busy timeout, ``BEGIN
+IMMEDIATE`` for every write (so writers queue instead of failing on upgrade), a claim
+in one ``UPDATE ... RETURNING``. ``synchronous=FULL``: a state change is on disk when
+the call returns, as with Huey's default. Connections never cross a fork: each process
+opens its own on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
+from taskschedd.job import FINAL, RUNNABLE, JobStatus
+from taskschedd.options import JobOptions
+from taskschedd.store.base import (
+    DuplicateJobId,
+    ErrorInfo,
+    EventRecord,
+    JobQuery,
+    JobRecord,
+    NewJob,
+    NodeRecord,
+    Settlement,
+    Store,
+    Waker,
+)
+from taskschedd.store.notify import NotifyDir
+
+SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    cls TEXT NOT NULL,
+    data TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    spawn INTEGER NOT NULL,
+    at REAL NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    options TEXT NOT NULL,
+    result TEXT,
+    errors TEXT NOT NULL DEFAULT '[]',
+    progress REAL NOT NULL DEFAULT 0,
+    reason TEXT,
+    node TEXT,
+    worker TEXT,
+    claim_token TEXT,
+    lease_until REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    series TEXT,
+    series_seq INTEGER NOT NULL DEFAULT 0,
+    once_key TEXT,
+    updated REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs(queue, spawn, priority DESC, at, seq)
+    WHERE status IN (0, 1);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_token ON jobs(claim_token)
+    WHERE claim_token IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_until) WHERE status = 2;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_once ON jobs(once_key) WHERE once_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_status_ended ON jobs(status, ended);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
+CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series, series_seq);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    status INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    cls TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    node TEXT,
+    worker TEXT,
+    error TEXT,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    workers_busy INTEGER NOT NULL,
+    workers_idle INTEGER NOT NULL,
+    running TEXT NOT NULL,
+    queues TEXT NOT NULL,
+    version TEXT NOT NULL
+);
+"""
+
+_COLUMNS = (
+    "id, cls, data, status, queue, priority, at, created, started, ended, attempt, options, "
+    "result, errors, progress, reason, node, worker, claim_token, lease_until, "
+    "cancel_requested, series, series_seq, once_key, updated"
+)
+_FINAL_SQL = ",".join(str(int(s)) for s in FINAL)
+_RUNNABLE_SQL = ",".join(str(int(s)) for s in RUNNABLE)
+
+
+def path_from_url(url: str) -> str:
+    """The file path of a ``sqlite:///abs`` / ``sqlite://rel`` URL or a bare path."""
+    if url.startswith("sqlite:///"):
+        return "/" + url[len("sqlite:///") :].lstrip("/")
+    if url.startswith("sqlite://"):
+        return os.path.abspath(url[len("sqlite://") :])
+    return os.path.abspath(url)
+
+
+def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
+    (
+        job_id, cls, data, status, queue, priority, at, created, started, ended, attempt,
+        options, result, errors, progress, reason, node, worker, token, lease_until,
+        cancel_requested, series, series_seq, once_key, updated,
+    ) = tuple(row)  # fmt: skip
+    return JobRecord(
+        id=job_id,
+        cls=cls,
+        data=json.loads(data),
+        status=JobStatus(status),
+        queue=queue,
+        priority=priority,
+        at=at,
+        created=created,
+        options=JobOptions.from_stored(json.loads(options)),
+        attempt=attempt,
+        started=started,
+        ended=ended,
+        result=json.loads(result) if result is not None else None,
+        errors=[ErrorInfo.from_dict(e) for e in json.loads(errors)],
+        progress=progress,
+        reason=reason,
+        node=node,
+        worker=worker,
+        claim_token=token,
+        lease_until=lease_until,
+        cancel_requested=bool(cancel_requested),
+        series=series,
+        series_seq=series_seq,
+        once_key=once_key,
+        updated=updated,
+    )
+
+
+def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
+    seq, job_id, time, status, attempt, cls, queue, node, worker, error, reason = row
+    return EventRecord(
+        seq=seq,
+        job_id=job_id,
+        time=time,
+        status=JobStatus(status),
+        attempt=attempt,
+        cls=cls,
+        queue=queue,
+        node=node,
+        worker=worker,
+        error=ErrorInfo.from_dict(json.loads(error)) if error else None,
+        reason=reason,
+    )
+
+
+class SQLiteStore(Store):
+    """See the module docstring. ``busy_timeout`` bounds how long a write waits for a lock."""
+
+    def __init__(self, url: str, *, busy_timeout: float = 10.0, create: bool = True) -> None:
+        self.url = url if "://" in url else f"sqlite://{os.path.abspath(url)}"
+        self.path = path_from_url(url)
+        self.busy_timeout = busy_timeout
+        self._create = create
+        self._conn_obj: sqlite3.Connection | None = None
+        self._pid = -1
+        self._lock = threading.RLock()
+        self._notify = NotifyDir(self.path + "-notify")
+
+    # -- connection ------------------------------------------------------------------
+    def _prepare_file(self) -> None:
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            if not self._create:
+                raise StoreError(f"store directory {directory} does not exist")
+            try:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the store directory {directory}: {exc.strerror}; "
+                    "create it or point 'store' at a writable path"
+                ) from None
+        if not os.path.exists(self.path):
+            if not self._create:
+                raise StoreError(f"store file {self.path} does not exist")
+            try:
+                # 0600 before SQLite touches it: SQLite gives -wal and -shm the same mode.
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+                os.close(fd)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the store file {self.path}: {exc.strerror}"
+                ) from None
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._conn_obj is None or self._pid != os.getpid():
+            # A connection inherited across fork must not be used (or closed) here.
+            self._conn_obj = None
+            self._prepare_file()
+            try:
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=self.busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = OFF")
+                self._ensure_schema(conn)
+            except sqlite3.DatabaseError as exc:
+                raise self._error(exc) from None
+            self._conn_obj = conn
+            self._pid = os.getpid()
+        return self._conn_obj
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        row = None
+        with contextlib.suppress(sqlite3.OperationalError):
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is not None:
+            if int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self.path} has schema {row[0]}, newer than this taskschedd "
+                    f"understands ({SCHEMA_VERSION}); upgrade taskschedd"
+                )
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in text or "busy" in text or "unable to open" in text or "disk I/O" in text
+        ):
+            return StoreUnavailable(f"SQLite store {self.path} is unavailable: {text}")
+        if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+            return StoreError(f"{self.path} is not a taskschedd SQLite store: {text}")
+        return StoreError(f"SQLite store {self.path}: {text}")
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; wakes up listeners after commit."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise self._error(exc) from None
+        self._notify.post()
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            try:
+                return fn(self._conn)
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
+
+    def _guard(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    @staticmethod
+    def _event(
+        conn: sqlite3.Connection,
+        job_id: str,
+        now: float,
+        status: int,
+        attempt: int,
+        cls: str,
+        queue: str,
+        node: str | None = None,
+        worker: str | None = None,
+        error: ErrorInfo | None = None,
+        reason: str | None = None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO events (job_id, time, status, attempt, cls, queue, node, worker, "
+            "error, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                job_id,
+                now,
+                int(status),
+                attempt,
+                cls,
+                queue,
+                node,
+                worker,
+                json.dumps(error.to_dict()) if error else None,
+                reason,
+            ),
+        )
+
+    @staticmethod
+    def _insert_row(conn: sqlite3.Connection, job: NewJob, *, ignore: bool = False) -> bool:
+        opts = job.options
+        cur = conn.execute(
+            f"INSERT {'OR IGNORE ' if ignore else ''}INTO jobs (id, cls, data, status, queue, "
+            "priority, spawn, at, created, options, once_key, series, series_seq, updated) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                job.id,
+                job.cls,
+                job.data_json,
+                int(job.status),
+                opts.queue,
+                opts.priority,
+                int(opts.ignore_max_children),
+                job.at,
+                job.created,
+                json.dumps(opts.stored(), separators=(",", ":")),
+                job.once_key,
+                job.series,
+                job.series_seq,
+                job.created,
+            ),
+        )
+        if cur.rowcount == 0:
+            return False
+        SQLiteStore._event(
+            conn, job.id, job.created, job.status, 0, job.cls, opts.queue, reason="added"
+        )
+        return True
+
+    # -- writing jobs -------------------------------------------------------------------
+    def insert(self, jobs: Sequence[NewJob]) -> None:
+        if not jobs:
+            return
+        try:
+            with self._write() as conn:
+                for job in jobs:
+                    self._insert_row(conn, job)
+        except sqlite3.IntegrityError as exc:
+            if "jobs.id" in str(exc):
+                existing = self._read(
+                    lambda c: c.execute(
+                        "SELECT id FROM jobs WHERE id IN (%s)" % ",".join("?" * len(jobs)),
+                        [j.id for j in jobs],
+                    ).fetchone()
+                )
+                raise DuplicateJobId(existing[0] if existing else jobs[0].id) from None
+            raise self._error(exc) from None
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    def insert_once(self, job: NewJob, same: Any) -> tuple[JobRecord, bool]:
+        try:
+            with self._write() as conn:
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE once_key = ?", (job.once_key,)
+                ).fetchone()
+                if row is not None:
+                    existing = _row_to_job(row)
+                    if same(existing):
+                        return existing, False
+                    self._replace(conn, existing, job.created)
+                self._insert_row(conn, job)
+        except sqlite3.IntegrityError as exc:
+            if "jobs.id" in str(exc):
+                raise DuplicateJobId(job.id) from None
+            raise self._error(exc) from None
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        return self.get(job.id), True
+
+    def _replace(self, conn: sqlite3.Connection, old: JobRecord, now: float) -> None:
+        if old.status in RUNNABLE:
+            conn.execute(
+                "UPDATE jobs SET status = ?, ended = ?, reason = 'replaced', once_key = NULL, "
+                "updated = ? WHERE id = ?",
+                (int(JobStatus.CANCELED), now, now, old.id),
+            )
+            self._event(
+                conn, old.id, now, JobStatus.CANCELED, old.attempt, old.cls, old.queue,
+                reason="replaced",
+            )  # fmt: skip
+        else:
+            conn.execute(
+                "UPDATE jobs SET cancel_requested = 1, once_key = NULL, updated = ? WHERE id = ?",
+                (now, old.id),
+            )
+
+    def claim(
+        self,
+        queues: Sequence[str],
+        *,
+        node: str,
+        worker: str,
+        token: str,
+        lease: float,
+        now: float,
+        force_spawn: bool = False,
+        job_id: str | None = None,
+    ) -> JobRecord | None:
+        sets = (
+            "UPDATE jobs SET status = 2, attempt = attempt + 1, claim_token = ?, "
+            "lease_until = ?, node = ?, worker = ?, started = ?, updated = ?, progress = 0, "
+            "ended = NULL "
+        )
+        args: list[Any] = [token, now + lease, node, worker, now, now]
+        if job_id is not None:
+            targets: list[tuple[str, list[Any]]] = [
+                (f"WHERE id = ? AND status IN ({_RUNNABLE_SQL}) AND at <= ?", [job_id, now])
+            ]
+        else:
+            pick = (
+                "WHERE seq = (SELECT seq FROM jobs WHERE status IN (0, 1) AND queue = ? "
+                "AND spawn = ? AND at <= ? ORDER BY priority DESC, at, seq LIMIT 1)"
+            )
+            targets = [(pick, [q, int(force_spawn), now]) for q in queues]
+        with self._lock:
+            for where, wargs in targets:
+                # A cheap read first keeps idle polling from taking the write lock.
+                if job_id is None and not self._read(
+                    lambda c, wargs=wargs: c.execute(  # type: ignore[misc]
+                        "SELECT 1 FROM jobs WHERE status IN (0, 1) AND queue = ? AND spawn = ? "
+                        "AND at <= ? LIMIT 1",
+                        wargs,
+                    ).fetchone()
+                ):
+                    continue
+                try:
+                    with self._write() as conn:
+                        row = conn.execute(
+                            sets + where + f" RETURNING {_COLUMNS}", args + wargs
+                        ).fetchone()
+                        if row is None:
+                            continue
+                        job = _row_to_job(row)
+                        self._event(
+                            conn, job.id, now, JobStatus.PROCESSING, job.attempt, job.cls,
+                            job.queue, node, worker,
+                        )  # fmt: skip
+                except sqlite3.Error as exc:
+                    raise self._error(exc) from None
+                return job
+        return None
+
+    def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
+        s = settlement
+        final = s.status.is_final
+        error_json = json.dumps(s.error.to_dict()) if s.error else None
+        try:
+            with self._write() as conn:
+                row = conn.execute(
+                    "UPDATE jobs SET status = ?, at = COALESCE(?, at), "
+                    "result = COALESCE(?, result), "
+                    "errors = CASE WHEN ? IS NULL THEN errors "
+                    "ELSE json_insert(errors, '$[#]', json(?)) END, "
+                    "reason = ?, progress = COALESCE(?, progress), attempt = attempt + ?, "
+                    "ended = ?, claim_token = NULL, lease_until = NULL, "
+                    "cancel_requested = CASE WHEN ? THEN 0 ELSE cancel_requested END, "
+                    "once_key = CASE WHEN ? THEN NULL ELSE once_key END, updated = ? "
+                    "WHERE id = ? AND claim_token = ? AND status = 2 "
+                    "RETURNING attempt, cls, queue, node, worker",
+                    (
+                        int(s.status),
+                        s.at,
+                        s.result_json,
+                        error_json,
+                        error_json,
+                        s.reason,
+                        s.progress,
+                        s.attempt_delta,
+                        now if final else None,
+                        final,
+                        final,
+                        now,
+                        job_id,
+                        token,
+                    ),
+                ).fetchone()
+                if row is None:
+                    return False
+                attempt, cls, queue, node, worker = row
+                self._event(
+                    conn, job_id, now, s.status, attempt, cls, queue, node, worker, s.error,
+                    s.reason,
+                )  # fmt: skip
+                if s.next_job is not None:
+                    self._insert_row(conn, s.next_job, ignore=True)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        return True
+
+    def renew(self, tokens: Iterable[str], *, lease_until: float) -> int:
+        toks = list(tokens)
+        if not toks:
+            return 0
+        total = 0
+        with self._write() as conn:
+            for i in range(0, len(toks), 500):
+                chunk = toks[i : i + 500]
+                cur = conn.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE status = 2 AND claim_token IN (%s)"
+                    % ",".join("?" * len(chunk)),
+                    [lease_until, *chunk],
+                )
+                total += cur.rowcount
+        return total
+
+    def progress(self, job_id: str, token: str, percent: float, *, now: float) -> bool:
+        def run() -> bool:
+            with self._write() as conn:
+                cur = conn.execute(
+                    "UPDATE jobs SET progress = ?, updated = ? "
+                    "WHERE id = ? AND claim_token = ? AND status = 2",
+                    (percent, now, job_id, token),
+                )
+                return cur.rowcount == 1
+
+        return self._guard(run)
+
+    def expired(self, now: float, limit: int = 100) -> list[JobRecord]:
+        rows = self._read(
+            lambda c: c.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE status = 2 AND lease_until < ? "
+                "ORDER BY lease_until LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        )
+        return [_row_to_job(r) for r in rows]
+
+    def cancel(self, job_id: str, *, now: float) -> JobRecord:
+        def run() -> None:
+            with self._write() as conn:
+                row = conn.execute(
+                    f"UPDATE jobs SET status = 5, ended = ?, reason = 'canceled', "
+                    f"once_key = NULL, updated = ? WHERE id = ? AND status IN ({_RUNNABLE_SQL}) "
+                    "RETURNING attempt, cls, queue",
+                    (now, now, job_id),
+                ).fetchone()
+                if row is not None:
+                    self._event(
+                        conn, job_id, now, JobStatus.CANCELED, row[0], row[1], row[2],
+                        reason="canceled",
+                    )  # fmt: skip
+                    return
+                conn.execute(
+                    "UPDATE jobs SET cancel_requested = 1, updated = ? WHERE id = ? AND status = 2",
+                    (now, job_id),
+                )
+
+        self._guard(run)
+        return self.get(job_id)
+
+    def requeue(self, job_id: str, *, now: float) -> tuple[JobRecord, bool]:
+        def run() -> bool:
+            with self._write() as conn:
+                row = conn.execute(
+                    "UPDATE jobs SET status = 0, at = ?, attempt = 0, ended = NULL, "
+                    "reason = 'retried', result = NULL, progress = 0, cancel_requested = 0, "
+                    "node = NULL, worker = NULL, updated = ? "
+                    "WHERE id = ? AND status IN (4, 5, 6) RETURNING cls, queue",
+                    (now, now, job_id),
+                ).fetchone()
+                if row is None:
+                    return False
+                self._event(
+                    conn, job_id, now, JobStatus.WAITING, 0, row[0], row[1], reason="retried"
+                )
+                return True
+
+        changed = self._guard(run)
+        return self.get(job_id), changed
+
+    # -- reading ----------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord:
+        row = self._read(
+            lambda c: c.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+        if row is None:
+            raise JobNotFound(job_id)
+        return _row_to_job(row)
+
+    def get_by_token(self, token: str) -> JobRecord | None:
+        row = self._read(
+            lambda c: c.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE claim_token = ?", (token,)
+            ).fetchone()
+        )
+        return _row_to_job(row) if row is not None else None
+
+    def find(self, query: JobQuery) -> list[JobRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+
+        def among(column: str, values: Sequence[Any]) -> None:
+            if values:
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                args.extend(values)
+
+        among("status", [int(s) for s in query.statuses])
+        among("cls", list(query.classes))
+        among("queue", list(query.queues))
+        among("id", list(query.ids))
+        if query.series is not None:
+            where.append("(series = ? OR id = ?)")
+            args.extend([query.series, query.series])
+        if query.since is not None:
+            where.append("created >= ?")
+            args.append(query.since)
+        sql = f"SELECT {_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC" if query.newest_first else " ORDER BY seq"
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            args.append(query.limit)
+        rows = self._read(lambda c: c.execute(sql, args).fetchall())
+        return [_row_to_job(r) for r in rows]
+
+    def cancel_requested(self, tokens: Iterable[str]) -> list[str]:
+        toks = list(tokens)
+        if not toks:
+            return []
+        out: list[str] = []
+        for i in range(0, len(toks), 500):
+            chunk = toks[i : i + 500]
+            rows = self._read(
+                lambda c, chunk=chunk: c.execute(  # type: ignore[misc]
+                    "SELECT claim_token FROM jobs WHERE cancel_requested = 1 AND status = 2 "
+                    "AND claim_token IN (%s)" % ",".join("?" * len(chunk)),
+                    chunk,
+                ).fetchall()
+            )
+            out.extend(r[0] for r in rows)
+        return out
+
+    def count_due(self, queues: Sequence[str], *, now: float, force_spawn: bool) -> int:
+        if not queues:
+            return 0
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status IN (0, 1) AND queue IN (%s) "
+                "AND spawn = ? AND at <= ?" % ",".join("?" * len(queues)),
+                [*queues, int(force_spawn), now],
+            ).fetchone()
+        )
+        return int(row[0])
+
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        if not queues:
+            return None
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT MIN(at) FROM jobs WHERE status IN (0, 1) AND queue IN (%s)"
+                % ",".join("?" * len(queues)),
+                list(queues),
+            ).fetchone()
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
+    def stats(self, *, now: float, window: float = 300.0) -> dict[str, Any]:
+        def run(c: sqlite3.Connection) -> dict[str, Any]:
+            by_status: dict[str, int] = {}
+            by_queue: dict[str, dict[str, int]] = {}
+            by_class: dict[str, dict[str, int]] = {}
+            for status, queue, cls, n in c.execute(
+                "SELECT status, queue, cls, COUNT(*) FROM jobs GROUP BY status, queue, cls"
+            ):
+                name = JobStatus(status).name
+                by_status[name] = by_status.get(name, 0) + n
+                q = by_queue.setdefault(queue, {})
+                q[name] = q.get(name, 0) + n
+                k = by_class.setdefault(cls, {})
+                k[name] = k.get(name, 0) + n
+            oldest = {
+                queue: now - at
+                for queue, at in c.execute(
+                    "SELECT queue, MIN(at) FROM jobs WHERE status IN (0, 1) AND at <= ? "
+                    "GROUP BY queue",
+                    (now,),
+                )
+            }
+            finished: dict[str, int] = {}
+            for status, n in c.execute(
+                f"SELECT status, COUNT(*) FROM events WHERE time >= ? AND status IN ({_FINAL_SQL}) "
+                "GROUP BY status",
+                (now - window,),
+            ):
+                finished[JobStatus(status).name] = n
+            return {
+                "by_status": by_status,
+                "by_queue": by_queue,
+                "by_class": by_class,
+                "oldest_waiting_age": oldest,
+                "finished_in_window": finished,
+                "window": window,
+            }
+
+        return self._read(run)
+
+    # -- events -------------------------------------------------------------------------
+    def events(
+        self,
+        *,
+        after: int = 0,
+        job_ids: Sequence[str] = (),
+        limit: int = 1000,
+        since: float | None = None,
+    ) -> list[EventRecord]:
+        sql = "SELECT * FROM events WHERE seq > ?"
+        args: list[Any] = [after]
+        if job_ids:
+            sql += f" AND job_id IN ({','.join('?' * len(job_ids))})"
+            args.extend(job_ids)
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        rows = self._read(lambda c: c.execute(sql, args).fetchall())
+        return [_row_to_event(r) for r in rows]
+
+    def last_event_seq(self) -> int:
+        row = self._read(lambda c: c.execute("SELECT MAX(seq) FROM events").fetchone())
+        return int(row[0] or 0)
+
+    def waker(self) -> Waker:
+        return self._notify.listen()
+
+    # -- housekeeping ----------------------------------------------------------------------
+    def purge(self, *, statuses: Sequence[JobStatus], ended_before: float) -> int:
+        finals = [int(s) for s in statuses if s.is_final]
+        if not finals:
+            return 0
+        marks = ",".join("?" * len(finals))
+        total = 0
+        while True:
+            # Small batches keep the write lock short while workers claim.
+            def batch(conn: sqlite3.Connection) -> int:
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM jobs WHERE status IN ({marks}) AND ended < ? LIMIT 500",
+                        [*finals, ended_before],
+                    )
+                ]
+                if not ids:
+                    return 0
+                q = ",".join("?" * len(ids))
+                conn.execute(f"DELETE FROM events WHERE job_id IN ({q})", ids)
+                conn.execute(f"DELETE FROM jobs WHERE id IN ({q})", ids)
+                return len(ids)
+
+            def run() -> int:
+                with self._write() as conn:
+                    return batch(conn)
+
+            n = self._guard(run)
+            total += n
+            if n == 0:
+                return total
+
+    def flush(self) -> None:
+        def run() -> None:
+            with self._write() as conn:
+                conn.execute("DELETE FROM events")
+                conn.execute("DELETE FROM jobs")
+
+        self._guard(run)
+
+    def heartbeat(self, node: NodeRecord) -> None:
+        def run() -> None:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO nodes (name, host, pid, started, heartbeat, "
+                    "workers_busy, workers_idle, running, queues, version) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        node.name,
+                        node.host,
+                        node.pid,
+                        node.started,
+                        node.heartbeat,
+                        node.workers_busy,
+                        node.workers_idle,
+                        json.dumps(list(node.running)),
+                        json.dumps(list(node.queues)),
+                        node.version,
+                    ),
+                )
+
+        self._guard(run)
+
+    def nodes(self, *, alive_after: float | None = None) -> list[NodeRecord]:
+        sql = "SELECT * FROM nodes"
+        args: list[Any] = []
+        if alive_after is not None:
+            sql += " WHERE heartbeat >= ?"
+            args.append(alive_after)
+        rows = self._read(lambda c: c.execute(sql + " ORDER BY name", args).fetchall())
+        return [
+            NodeRecord(
+                name=r[0],
+                host=r[1],
+                pid=r[2],
+                started=r[3],
+                heartbeat=r[4],
+                workers_busy=r[5],
+                workers_idle=r[6],
+                running=tuple(json.loads(r[7])),
+                queues=tuple(json.loads(r[8])),
+                version=r[9],
+            )
+            for r in rows
+        ]
+
+    def remove_node(self, name: str) -> None:
+        def run() -> None:
+            with self._write() as conn:
+                conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
+
+        self._guard(run)
+
+    def close(self) -> None:
+        if self._conn_obj is not None and self._pid == os.getpid():
+            with contextlib.suppress(sqlite3.Error):
+                self._conn_obj.close()
+        self._conn_obj = None
+        self._notify.close()
