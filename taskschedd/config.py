@@ -1,0 +1,675 @@
+"""The YAML configuration of a node, validated completely at start.
+
+Every problem is a ConfigError that names the file, the dotted key and the reason, so an
+operator can fix the file without reading a traceback. Loading writes nothing.
+
+Example (every key optional; an empty file means all defaults)::
+
+    store: sqlite:///var/lib/taskschedd/taskschedd.db   # or mongodb://user:pw@host/db
+    node: web-1
+    pm: dynamic              # dynamic | static | ondemand
+    min_children: 1
+    max_children: 8          # default: number of CPUs
+    idle_timeout: 60s
+    queues: [critical, default]   # served in order: the first has priority
+    lease: 30s
+    allowed_modules: [myapp.jobs] # "*" allows any module: UNSAFE, job names run code
+    max_worker_memory: 512MB      # MB as an integer, or 512MB / 1GB / 1.5GiB (binary)
+    logging: {format: json, level: info, file: /var/log/taskschedd.log}
+    metrics: {listen: "127.0.0.1:9464"}
+    mongodb: {write_concern: majority, change_streams: auto}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import grp
+import ipaddress
+import math
+import os
+import pwd
+import re
+import socket
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import unquote
+
+import yaml
+
+from taskschedd.errors import ConfigError
+from taskschedd.redact import redact_url
+from taskschedd.timeutil import parse_duration
+
+__all__ = [
+    "JOB_DEFAULTS_VALIDATOR",
+    "Config",
+    "ConfigError",
+    "LoggingConfig",
+    "MetricsConfig",
+    "MongoDBConfig",
+    "default_config_path",
+    "from_mapping",
+    "load",
+    "redact_url",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/taskschedd/taskschedd.yaml"
+DEFAULT_STORE = "sqlite:///var/lib/taskschedd/taskschedd.db"
+DEFAULT_MONGODB_DATABASE = "taskscheduler"
+STORE_FORMS = (
+    "sqlite:///ABSOLUTE/PATH, sqlite://RELATIVE/PATH (relative to the configuration file), "
+    "a plain file path (SQLite), mongodb://... or mongodb+srv://..."
+)
+JOB_DEFAULT_KEYS = (
+    "at",
+    "interval",
+    "interval_reference",
+    "retry",
+    "retry_interval",
+    "retry_backoff",
+    "timeout",
+    "priority",
+    "queue",
+    "expires",
+)
+
+#: Set by taskschedd.options so that job_defaults get the same validation as job options,
+#: without config importing options (which would be a cycle). It returns the normalised
+#: dict or raises ValueError; load() turns that into a ConfigError at key job_defaults.
+JOB_DEFAULTS_VALIDATOR: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+_NODE_RE = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
+_QUEUE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DOTTED_RE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_HOOK_RE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+_MEMORY_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*", re.I)
+_MEMORY_UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_LISTEN_RE = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?")
+_BAD_DB_CHARS = set('/\\. "$\0')
+
+
+def _default_node() -> str:
+    """The host name, made valid: a default must never fail validation."""
+    name = re.sub(r"[^A-Za-z0-9._@:-]", "-", socket.gethostname())[:128]
+    return name or "localhost"
+
+
+def _default_max_children() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where and how the daemon logs; file None means stderr (journald under systemd)."""
+
+    format: str = "console"  # json | console
+    level: str = "info"  # debug | info | warning | error
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus endpoint; listen None means no endpoint."""
+
+    listen: str | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, IPv6 hosts without brackets; None when off."""
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class MongoDBConfig:
+    """MongoDB names and durability; ignored when the store is SQLite."""
+
+    database: str = DEFAULT_MONGODB_DATABASE
+    jobs_collection: str = "taskscheduler.jobs"
+    events_collection: str = "taskscheduler.events"
+    nodes_collection: str = "taskscheduler.nodes"
+    write_concern: str | int = "majority"
+    change_streams: str = "auto"  # auto | on | off
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective, validated configuration of one node (all durations in seconds)."""
+
+    store: str = DEFAULT_STORE
+    node: str = field(default_factory=_default_node)
+    pm: str = "dynamic"
+    min_children: int = 1
+    max_children: int = field(default_factory=_default_max_children)
+    idle_timeout: float = 60.0
+    queues: list[str] = field(default_factory=lambda: ["default"])
+    lease: float = 30.0
+    shutdown_grace: float = 30.0
+    kill_grace: float = 5.0
+    reap_interval: float = 10.0
+    poll_interval: float = 1.0
+    heartbeat_interval: float = 5.0
+    allowed_modules: list[str] = field(default_factory=lambda: ["taskschedd.examples"])
+    setup_hook: str | None = None
+    max_jobs_per_worker: int = 0
+    max_worker_memory: int = 0  # MB, 0 = no limit
+    job_defaults: dict[str, Any] = field(default_factory=dict)
+    retention: float = 7 * 86400.0  # 0 = keep final jobs forever
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pidfile: str | None = None
+    user: str | None = None
+    group: str | None = None
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    mongodb: MongoDBConfig = field(default_factory=MongoDBConfig)
+
+    @property
+    def store_kind(self) -> str:
+        """ "sqlite" or "mongodb"."""
+        return "mongodb" if self.store.startswith(("mongodb://", "mongodb+srv://")) else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """Absolute path of the SQLite database, None for MongoDB."""
+        if self.store_kind != "sqlite":
+            return None
+        return Path(self.store.removeprefix("sqlite://"))
+
+    def module_allowed(self, module: str) -> bool:
+        """True when job classes may be imported from *module* (checked before import)."""
+        return any(
+            prefix == "*" or module == prefix or module.startswith(prefix + ".")
+            for prefix in self.allowed_modules
+        )
+
+    def __repr__(self) -> str:
+        """The dataclass repr minus URL passwords: configs end up in logs and tracebacks."""
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return redact_url(f"Config({fields})")
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as JSON-able data, with URL passwords masked."""
+        data = dataclasses.asdict(self)
+        data["store"] = redact_url(self.store)
+        data["job_defaults"] = _jsonable(self.job_defaults)
+        result: dict[str, Any] = data
+        return result
+
+
+def default_config_path() -> str:
+    """$TASKSCHED_CONFIG if set, else the packaged default location."""
+    return os.environ.get("TASKSCHED_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML configuration file; every problem is a ConfigError."""
+    name = os.fspath(path)
+    try:
+        raw = Path(name).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"cannot read the configuration file: {reason}", path=name) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte offset {exc.start})", path=name) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(_yaml_reason(exc), path=name) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", path=name) from None
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply", path=name) from None
+    if data is None:
+        data = {}  # an empty file (or only comments) is all defaults
+    return from_mapping(data, path=name)
+
+
+def from_mapping(data: Mapping[Any, Any], path: str | None = None) -> Config:
+    """Validate an already parsed mapping; relative paths resolve against path's directory."""
+    return _Validator(path).config(data)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys, which PyYAML would silently let win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if (
+                not isinstance(key_node, yaml.ScalarNode)
+                or key_node.tag == "tag:yaml.org,2002:merge"
+            ):
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given at line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_reason(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    what = " ".join(str(part) for part in (exc.context, exc.problem) if part) or "syntax error"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML{where}: {what}"
+
+
+def _typename(value: object) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if type(value) in names:
+        return names[type(value)]
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
+
+
+def _got(value: object) -> str:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"got {text} ({_typename(value)})"
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """Plain JSON data from YAML data (dates become ISO strings, cycles are cut)."""
+    if depth > 20:
+        return "..."
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v, depth + 1) for v in value]
+    return str(value)
+
+
+class _Validator:
+    """Turns one parsed mapping into a Config; knows the file for messages and paths."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        try:
+            base = Path(path).parent if path else Path.cwd()
+            self.base_dir = Path(os.path.abspath(base))
+        except (OSError, ValueError):
+            self.base_dir = Path("/")
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def fail(self, key: str | None, message: str) -> NoReturn:
+        raise ConfigError(message, path=self.path, key=key)
+
+    def section(self, data: object, prefix: str, accepted: Sequence[str]) -> dict[str, Any]:
+        """Check a mapping has only known string keys; None counts as empty."""
+        if data is None:
+            return {}
+        if not isinstance(data, Mapping):
+            what = f"expected a mapping with keys {', '.join(accepted)}"
+            if not prefix:
+                what = "the top level must be a mapping of configuration keys"
+            self.fail(prefix or None, f"{what}, {_got(data)}")
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if not isinstance(key, str):
+                self.fail(dotted, f"keys must be strings, {_got(key)}")
+            if key not in accepted:
+                close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.fail(dotted, f"unknown key {key!r}{hint} Accepted keys: {', '.join(accepted)}")
+            out[key] = value
+        return out
+
+    def integer(self, key: str, value: object, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"expected an integer >= {minimum}, {_got(value)}")
+        if value < minimum:
+            self.fail(key, f"must be >= {minimum}, {_got(value)}")
+        return value
+
+    def duration(self, key: str, value: object, minimum: float, *, positive: bool = False) -> float:
+        try:
+            seconds = parse_duration(value, what=key)
+        except ValueError as exc:
+            self.fail(key, str(exc).removeprefix(f"{key}: "))
+        if not math.isfinite(seconds):
+            self.fail(key, f"must be finite, {_got(value)}")
+        if positive and seconds <= 0:
+            self.fail(key, f"must be more than 0 seconds, {_got(value)}")
+        if seconds < minimum:
+            self.fail(key, f"must be at least {minimum:g}s, {_got(value)}")
+        return seconds
+
+    def string(self, key: str, value: object, example: str = "") -> str:
+        if not isinstance(value, str):
+            hint = f" like {example}" if example else ""
+            self.fail(key, f"expected a string{hint}, {_got(value)}")
+        if "\0" in value:
+            self.fail(key, "must not contain a NUL character")
+        return value
+
+    def choice(self, key: str, value: object, choices: Sequence[str]) -> str:
+        allowed = "|".join(choices)
+        if not isinstance(value, str) or value.strip().lower() not in choices:
+            self.fail(key, f"expected one of {allowed}, {_got(value)}")
+        return value.strip().lower()
+
+    def string_list(self, key: str, value: object, example: str) -> list[str]:
+        if not isinstance(value, list | tuple):
+            self.fail(key, f"expected a list of strings like {example}, {_got(value)}")
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.fail(f"{key}[{i}]", f"expected a string, {_got(item)}")
+            out.append(item)
+        return out
+
+    def file_path(self, key: str, value: object) -> str:
+        """An absolute path; relative ones are relative to the configuration file."""
+        text = self.string(key, value, "/var/run/taskschedd.pid")
+        if not text.strip():
+            self.fail(key, "must not be empty (use null for the default)")
+        try:
+            return str((self.base_dir / Path(text).expanduser()).resolve())
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.fail(key, f"cannot resolve the path {text!r}: {exc}")
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def config(self, data: object) -> Config:
+        top = self.section(data, "", [f.name for f in dataclasses.fields(Config)])
+        kw: dict[str, Any] = {}
+
+        kw["store"] = self.store(top.get("store", DEFAULT_STORE))
+        if "node" in top:
+            node = self.string("node", top["node"], "web-1")
+            if not _NODE_RE.fullmatch(node):
+                self.fail(
+                    "node", f"expected 1-128 characters of A-Z a-z 0-9 . _ @ : -, {_got(node)}"
+                )
+            kw["node"] = node
+        kw["pm"] = self.choice("pm", top.get("pm", "dynamic"), ("dynamic", "static", "ondemand"))
+        kw.update(self.children(top, kw["pm"]))
+        for key, minimum, positive in (
+            ("idle_timeout", 0.0, False),
+            ("lease", 1.0, True),
+            ("shutdown_grace", 0.0, False),
+            ("kill_grace", 0.0, False),
+            ("reap_interval", 0.0, True),
+            ("poll_interval", 0.0, True),
+            ("heartbeat_interval", 0.0, True),
+            ("retention", 0.0, False),
+        ):
+            if key in top:
+                kw[key] = self.duration(key, top[key], minimum, positive=positive)
+        if "queues" in top:
+            kw["queues"] = self.queues(top["queues"])
+        if "allowed_modules" in top:
+            kw["allowed_modules"] = self.allowed_modules(top["allowed_modules"])
+        if top.get("setup_hook") is not None:
+            hook = self.string("setup_hook", top["setup_hook"], "myapp.jobs:setup")
+            if not _HOOK_RE.fullmatch(hook):
+                self.fail(
+                    "setup_hook", f"expected module:function like myapp.jobs:setup, {_got(hook)}"
+                )
+            kw["setup_hook"] = hook
+        if "max_jobs_per_worker" in top:
+            kw["max_jobs_per_worker"] = self.integer(
+                "max_jobs_per_worker", top["max_jobs_per_worker"], 0
+            )
+        if "max_worker_memory" in top:
+            kw["max_worker_memory"] = self.memory("max_worker_memory", top["max_worker_memory"])
+        if "job_defaults" in top:
+            kw["job_defaults"] = self.job_defaults(top["job_defaults"])
+        kw["logging"] = self.logging(top.get("logging"))
+        if top.get("pidfile") is not None:
+            kw["pidfile"] = self.file_path("pidfile", top["pidfile"])
+        if top.get("user") is not None:
+            kw["user"] = self.account("user", top["user"])
+        if top.get("group") is not None:
+            kw["group"] = self.account("group", top["group"])
+        kw["metrics"] = self.metrics(top.get("metrics"))
+        kw["mongodb"] = self.mongodb(top.get("mongodb"), kw["store"])
+        return Config(**kw)
+
+    def store(self, value: object) -> str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        url = self.string("store", value, "sqlite:///var/lib/taskschedd/taskschedd.db")
+        if url.startswith(("mongodb://", "mongodb+srv://")):
+            self.mongodb_url(url)
+            return url
+        if url.startswith("sqlite://"):
+            raw = url.removeprefix("sqlite://")
+        elif "://" in url or _SCHEME_RE.match(url):
+            scheme = url.split(":", 1)[0]
+            self.fail("store", f"unsupported store {scheme!r}; accepted: {STORE_FORMS}")
+        else:
+            raw = url
+        if not raw.strip():
+            self.fail("store", f"no database path given; accepted: {STORE_FORMS}")
+        path = self.file_path("store", raw)
+        try:
+            is_dir = Path(path).is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            self.fail("store", f"{path} is a directory; give the path of the database file")
+        return "sqlite://" + path
+
+    def mongodb_url(self, url: str) -> None:
+        rest = url.split("://", 1)[1]
+        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        hosts = authority.rpartition("@")[2]
+        if not hosts or any(not h for h in hosts.split(",")):
+            self.fail("store", f"no host in MongoDB URL {redact_url(url)!r}")
+        if url.startswith("mongodb+srv://") and ("," in hosts or ":" in hosts):
+            self.fail("store", "a mongodb+srv:// URL takes exactly one host name and no port")
+
+    def children(self, top: dict[str, Any], pm: str) -> dict[str, int]:
+        lowest = 1 if pm == "static" else 0
+        minimum = self.integer("min_children", top.get("min_children", 1), lowest)
+        if "max_children" in top:
+            maximum = self.integer("max_children", top["max_children"], 1)
+            if minimum > maximum:
+                self.fail(
+                    "min_children",
+                    f"min_children ({minimum}) must be <= max_children ({maximum})",
+                )
+        else:  # the CPU count, but never below an explicit min_children
+            maximum = max(_default_max_children(), minimum, 1)
+        return {"min_children": minimum, "max_children": maximum}
+
+    def queues(self, value: object) -> list[str]:
+        names = self.string_list("queues", value, "[critical, default]")
+        if not names:
+            self.fail("queues", "must name at least one queue")
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if not _QUEUE_RE.fullmatch(name):
+                self.fail(
+                    f"queues[{i}]", f"expected 1-64 characters of A-Z a-z 0-9 . _ -, {_got(name)}"
+                )
+            if name in seen:
+                self.fail(f"queues[{i}]", f"queue {name!r} is listed twice")
+            seen.add(name)
+        return names
+
+    def allowed_modules(self, value: object) -> list[str]:
+        entries = self.string_list("allowed_modules", value, "[myapp.jobs]")
+        for i, entry in enumerate(entries):
+            if entry == "*":
+                continue
+            if entry.endswith(".*") and _DOTTED_RE.fullmatch(entry[:-2]):
+                self.fail(
+                    f"allowed_modules[{i}]",
+                    f"write {entry[:-2]!r}: an entry already allows its submodules",
+                )
+            if not _DOTTED_RE.fullmatch(entry):
+                self.fail(
+                    f"allowed_modules[{i}]",
+                    f"expected a dotted module name like myapp.jobs (or '*'), {_got(entry)}",
+                )
+        return entries
+
+    def memory(self, key: str, value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self.integer(key, value, 0)
+        if isinstance(value, str):
+            match = _MEMORY_RE.fullmatch(value)
+            if match:
+                unit = (match.group(2) or "m")[0].lower()
+                size = float(match.group(1)) * _MEMORY_UNITS[unit]
+                return math.ceil(size / 2**20)
+        self.fail(
+            key, f"expected megabytes as an integer or a size like 512MB or 1GB, {_got(value)}"
+        )
+
+    def job_defaults(self, value: object) -> dict[str, Any]:
+        options = self.section(value, "job_defaults", JOB_DEFAULT_KEYS)
+        validator = JOB_DEFAULTS_VALIDATOR
+        if validator is None:
+            return options
+        try:
+            return dict(validator(dict(options)))
+        except (ValueError, TypeError) as exc:
+            self.fail("job_defaults", str(exc))
+
+    def logging(self, value: object) -> LoggingConfig:
+        data = self.section(value, "logging", ("format", "level", "file"))
+        file = data.get("file")
+        return LoggingConfig(
+            format=self.choice(
+                "logging.format", data.get("format", "console"), ("json", "console")
+            ),
+            level=self.choice(
+                "logging.level", data.get("level", "info"), ("debug", "info", "warning", "error")
+            ),
+            file=None if file is None else self.file_path("logging.file", file),
+        )
+
+    def account(self, key: str, value: object) -> str:
+        """A user or group name (or numeric id) that exists on this host."""
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            self.fail(key, f"expected a {key} name, {_got(value)}")
+        db_name, by_name, by_id = (
+            ("user", pwd.getpwnam, pwd.getpwuid)
+            if key == "user"
+            else ("group", grp.getgrnam, grp.getgrgid)
+        )
+        try:
+            if isinstance(value, str):
+                if "\0" in value or not value:
+                    raise KeyError(value)
+                try:
+                    entry: Any = by_name(value)
+                except KeyError:
+                    if not value.isdigit():
+                        raise
+                    entry = by_id(int(value))
+            else:
+                entry = by_id(value)
+        except (KeyError, ValueError, OverflowError):
+            self.fail(key, f"no {db_name} {value!r} on this host")
+        return str(entry[0])
+
+    def metrics(self, value: object) -> MetricsConfig:
+        data = self.section(value, "metrics", ("listen",))
+        listen = data.get("listen")
+        if listen is None:
+            return MetricsConfig()
+        example = "127.0.0.1:9464"
+        text = self.string("metrics.listen", listen, example)
+        match = _LISTEN_RE.fullmatch(text)
+        bad = f"expected host:port like {example} or [::1]:9464, {_got(listen)}"
+        if not match or not 1 <= int(match["port"]) <= 65535:
+            self.fail("metrics.listen", bad)
+        if match["v6"] is not None:
+            try:
+                ipaddress.IPv6Address(match["v6"])
+            except ValueError:
+                self.fail("metrics.listen", bad)
+        else:
+            host = match["host"]
+            if re.fullmatch(r"[\d.]+", host):
+                try:
+                    ipaddress.IPv4Address(host)
+                except ValueError:
+                    self.fail("metrics.listen", bad)
+            elif len(host) > 253 or not all(_HOSTNAME_RE.fullmatch(p) for p in host.split(".")):
+                self.fail("metrics.listen", bad)
+        return MetricsConfig(listen=text)
+
+    def mongodb(self, value: object, store: str) -> MongoDBConfig:
+        keys = [f.name for f in dataclasses.fields(MongoDBConfig)]
+        data = self.section(value, "mongodb", keys)
+        defaults = MongoDBConfig()
+        database = _url_database(store) or DEFAULT_MONGODB_DATABASE
+        if "database" in data:
+            database = self.string("mongodb.database", data["database"], "taskscheduler")
+        if not database or len(database) > 63 or _BAD_DB_CHARS & set(database):
+            self.fail(
+                "mongodb.database",
+                f'expected 1-63 characters without / \\ . space " $, {_got(database)}',
+            )
+        names = {}
+        for key in ("jobs_collection", "events_collection", "nodes_collection"):
+            name = self.string(f"mongodb.{key}", data.get(key, getattr(defaults, key)))
+            if not name or "$" in name or name.startswith("system."):
+                self.fail(
+                    f"mongodb.{key}",
+                    f"expected a collection name without '$' not starting with 'system.', "
+                    f"{_got(name)}",
+                )
+            names[key] = name
+        concern = data.get("write_concern", "majority")
+        if concern != "majority" and (
+            isinstance(concern, bool) or not isinstance(concern, int) or concern < 0
+        ):
+            self.fail(
+                "mongodb.write_concern",
+                f"expected 'majority' or a number of nodes >= 0, {_got(concern)}",
+            )
+        streams = data.get("change_streams", "auto")
+        if isinstance(streams, bool):  # YAML 1.1 reads a bare on/off as a boolean
+            streams = "on" if streams else "off"
+        return MongoDBConfig(
+            database=database,
+            write_concern=concern,
+            change_streams=self.choice("mongodb.change_streams", streams, ("auto", "on", "off")),
+            **names,
+        )
+
+
+def _url_database(store: str) -> str | None:
+    """The database named in a MongoDB URL path, if any."""
+    if not store.startswith(("mongodb://", "mongodb+srv://")):
+        return None
+    rest = store.split("://", 1)[1]
+    _, slash, tail = rest.partition("/")
+    if not slash:
+        return None
+    name = unquote(re.split(r"[?#]", tail, maxsplit=1)[0])
+    return name or None
