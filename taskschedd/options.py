@@ -87,8 +87,8 @@ def _canonical(name: str) -> str:
 
 def unknown_option(name: str, known: tuple[str, ...]) -> OptionError:
     close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return OptionError(f"unknown option {name!r}{hint} accepted: {', '.join(known)}")
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return OptionError(f"unknown option {name!r}{hint}; accepted: {', '.join(known)}")
 
 
 def _int(name: str, value: Any, *, minimum: int, maximum: int, accepted: str) -> int:
@@ -209,6 +209,7 @@ def resolve(
 ) -> tuple[JobOptions, set[str]]:
     """Validate options given by a caller; return the resolved options and the explicit names."""
     explicit: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for key, value in given.items():
         if not isinstance(key, str):
             raise OptionError(f"option names must be strings, got {key!r}")
@@ -216,8 +217,16 @@ def resolve(
         if name not in OPTION_NAMES:
             raise unknown_option(key, OPTION_NAMES + tuple(ALIASES))
         if name in explicit:
-            raise OptionError(f"option {name!r} given twice (once as {key!r})")
-        explicit[name] = _check_value(name, value)
+            raise OptionError(
+                f"option {name!r} given twice, as {given_as[name]!r} and as {key!r}; give one"
+            )
+        given_as[name] = key
+        try:
+            explicit[name] = _check_value(name, value)
+        except OptionError as exc:
+            if key == name:
+                raise
+            raise OptionError(f"{exc} (given as {key!r})") from None
     merged = dict(defaults.values if defaults else {})
     merged.update(explicit)
     if "cron" in explicit and "interval" not in explicit:

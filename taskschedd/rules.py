@@ -30,7 +30,9 @@ def retry_delay(opts: JobOptions, attempt: int, rand: Rand = random.random) -> f
     """
     if opts.retry_backoff != "exponential":
         return opts.retry_interval
-    delay = float(min(opts.retry_backoff_max, opts.retry_interval * (2 ** max(0, attempt - 1))))
+    # A float power capped well below overflow: endless retries reach attempt 1025 and up.
+    growth = 2.0 ** min(max(0, attempt - 1), 1000)
+    delay = float(min(opts.retry_backoff_max, opts.retry_interval * growth))
     return delay / 2 + rand() * delay / 2
 
 
@@ -73,6 +75,9 @@ def on_error(
     rand: Rand = random.random,
 ) -> Settlement:
     """An exception in start() (or a class that cannot be loaded, when ``permanent``)."""
+    if job.cancel_requested:
+        # Canceled jobs are never rescheduled; the attempt's error is still kept.
+        return _final(job, JobStatus.CANCELED, now, error=error, reason="canceled", recur=False)
     if not permanent and retries_left(job):
         return _requeue(job, error, now, rand)
     return _final(job, JobStatus.FAILED, now, error=error, reason=error.reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 6048
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 DURATION_HELP = "a number of seconds or a duration like 30s, 10m, 2h, 7d, 1h30m"
 TIME_HELP = "an ISO 8601 time (2026-01-31T08:00:00Z) or a unix timestamp"
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
 def parse_duration(value: object, *, what: str = "duration") -> float:
@@ -19,6 +21,8 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
     if isinstance(value, int | float):
         if value < 0 or value != value:
             raise ValueError(f"{what}: must not be negative, got {value!r}")
+        if value == float("inf"):
+            raise ValueError(f"{what}: must be finite, got {value!r}")
         return float(value)
     if isinstance(value, str):
         text = value.strip().lower()
@@ -47,12 +51,14 @@ def parse_time(value: object, *, what: str = "time", now: float | None = None) -
     if isinstance(value, bool):
         raise ValueError(f"{what}: expected {TIME_HELP}, got {value!r}")
     if isinstance(value, int | float):
-        if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        # Up to the end of year 9999: later times cannot be shown (format_time) or compared.
+        if value != value or not 0 <= value <= MAX_TIME:
             raise ValueError(f"{what}: expected {TIME_HELP}, got {value!r}")
         return float(value)
     if isinstance(value, datetime):
         dt = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return dt.timestamp()
+        if 0 <= dt.timestamp() <= MAX_TIME:
+            return dt.timestamp()
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -64,7 +70,8 @@ def parse_time(value: object, *, what: str = "time", now: float | None = None) -
         except ValueError:
             pass
         else:
-            return parse_time(dt, what=what)
+            with contextlib.suppress(ValueError):  # out of range: name the text given
+                return parse_time(dt, what=what)
     raise ValueError(f"{what}: expected {TIME_HELP}, got {value!r}")
 
 
@@ -72,7 +79,10 @@ def format_time(ts: float | None) -> str:
     """ISO 8601 UTC with milliseconds, or '-' for no time."""
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # Whole milliseconds, rounded (not truncated), so a shown time parsed back shows the same.
+    ms = round(ts * 1000)
+    moment = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def format_duration(seconds: float) -> str:
