@@ -1,5 +1,7 @@
 """taskschedd: a job scheduler for Python whose jobs are never lost and never stuck."""
 
+from typing import TYPE_CHECKING, Any
+
 from taskschedd.errors import (
     ConfigError,
     JobClassError,
@@ -14,7 +16,20 @@ from taskschedd.errors import (
 )
 from taskschedd.job import Job, JobStatus
 from taskschedd.scheduler import JobSpec, Process, Scheduler
-from taskschedd.worker import Worker
+
+if TYPE_CHECKING:
+    from taskschedd.worker import Worker
+
+
+def __getattr__(name: str) -> Any:
+    # Worker pulls in structlog (and asyncio): loaded on first use so that a cron line
+    # running taskschedctl, which never runs jobs, does not pay for it.
+    if name == "Worker":
+        from taskschedd.worker import Worker
+
+        return Worker
+    raise AttributeError(f"module 'taskschedd' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
