@@ -1,0 +1,184 @@
+"""taskschedctl add: queue a job from the command line (cron lines included)."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from taskschedctl.common import EXIT_CODES, ctl_options, exit_for, print_jobs
+from taskschedctl.context import Ctl
+from taskschedctl.params import Duration, Time, load_data
+
+
+class _OptionalValue(click.Option):
+    """An option whose value is optional, GNU style: ``--wait`` or ``--wait=TIMEOUT``."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        return f"{self.opts[0]}[={self.metavar}]", record[1]
+
+
+class _AddCommand(click.Command):
+    """Rewrites a bare ``--wait`` to ``--wait=`` so that it never swallows CLASS or DATA."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out = []
+        for i, arg in enumerate(args):
+            if arg == "--":
+                out.extend(args[i:])
+                break
+            out.append("--wait=" if arg == "--wait" else arg)
+        return super().parse_args(ctx, out)
+
+
+@click.command(cls=_AddCommand, epilog=EXIT_CODES)
+@click.argument("cls_path", metavar="CLASS")
+@click.argument("data", required=False, metavar="[DATA]")
+@click.option("--at", type=Time(), help="Run at this time (ISO 8601 or unix time).")
+@click.option("--in", "in_", type=Duration(), metavar="DURATION", help="Run after this delay.")
+@click.option(
+    "--interval",
+    type=Duration(allow_minus_one=True),
+    help="Run again this long after each run (-1: again at once).",
+)
+@click.option(
+    "--interval-reference",
+    type=click.Choice(["end", "start"]),
+    help="Count --interval from the end (default) or the start of a run.",
+)
+@click.option("--cron", metavar="EXPR", help="Recur on a cron schedule ('*/5 * * * *', @daily).")
+@click.option("--retry", type=click.IntRange(min=-1), help="Retries after a failure (-1: endless).")
+@click.option("--retry-interval", type=Duration(), help="Delay before a retry (default 5m).")
+@click.option(
+    "--backoff",
+    type=click.Choice(["fixed", "exponential"]),
+    help="Retry delays: fixed, or doubling from --retry-interval (with jitter).",
+)
+@click.option("--backoff-max", type=Duration(), help="The longest exponential retry delay.")
+@click.option("--timeout", type=Duration(), help="Stop a run after this long (0: never).")
+@click.option("--priority", type=int, help="Higher runs first within a queue (default 0).")
+@click.option("--queue", metavar="NAME", help="The queue (default: default).")
+@click.option("--id", "job_id", metavar="ID", help="The job id (default: a random one).")
+@click.option(
+    "--expires",
+    type=Time(relative=1),
+    help="Cancel the job if it has not started by then (a time, or a duration from now).",
+)
+@click.option(
+    "--ignore-max-children", is_flag=True, help="Run in an extra worker when all are busy."
+)
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Add unless the same class and data is already waiting or running (safe for "
+    "overlapping cron runs); changed options replace the old job.",
+)
+@click.option("--ignore-data", is_flag=True, help="With --once: compare the class only.")
+@click.option(
+    "--wait",
+    "wait_",
+    cls=_OptionalValue,
+    metavar="TIMEOUT",
+    help="Then wait until the job is final and exit like 'wait' (0 DONE, 1 not DONE, "
+    "124 timeout). Give a timeout as --wait=10m.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@ctl_options
+def add(
+    ctl: Ctl,
+    cls_path: str,
+    data: str | None,
+    at: float | None,
+    in_: float | None,
+    interval: float | None,
+    interval_reference: str | None,
+    cron: str | None,
+    retry: int | None,
+    retry_interval: float | None,
+    backoff: str | None,
+    backoff_max: float | None,
+    timeout: float | None,
+    priority: int | None,
+    queue: str | None,
+    job_id: str | None,
+    expires: float | None,
+    ignore_max_children: bool,
+    once: bool,
+    ignore_data: bool,
+    wait_: str | None,
+    as_json: bool,
+) -> None:
+    """Queue a job of CLASS with DATA and print its id.
+
+    CLASS is a dotted path (myapp.jobs.SendMail) in a module the configuration allows;
+    it is not imported here. DATA is JSON text, @FILE, or - for stdin (default: null).
+    Durations: 90, 30s, 10m, 2h, 7d, 1h30m. Times: 2026-01-31T08:00:00Z or unix seconds.
+    """
+    from taskschedd.errors import JobClassError
+    from taskschedd.loader import split_path
+
+    if at is not None and in_ is not None:
+        raise click.UsageError("--at and --in exclude each other: give one start time")
+    if cron is not None and interval is not None:
+        raise click.UsageError("--cron and --interval exclude each other: give one recurrence")
+    if ignore_data and not once:
+        raise click.UsageError("--ignore-data only applies to --once")
+    wait_timeout = _wait_timeout(wait_)
+    module, _ = split_path(cls_path)
+    payload = load_data(data)
+    config = ctl.config
+    if config is not None and not config.module_allowed(module):
+        raise JobClassError(
+            f"job class {cls_path!r} is not allowed: module {module!r} is not in "
+            f"allowed_modules ({', '.join(config.allowed_modules) or 'empty'}) of "
+            f"{ctl.config_source()}; add it there or check the spelling"
+        )
+    given = {
+        "at": time.time() + in_ if in_ is not None else at,
+        "interval": interval,
+        "interval_reference": interval_reference,
+        "cron": cron,
+        "retry": retry,
+        "retry_interval": retry_interval,
+        "retry_backoff": backoff,
+        "retry_backoff_max": backoff_max,
+        "timeout": timeout,
+        "priority": priority,
+        "queue": queue,
+        "id": job_id,
+        "expires": expires,
+        "ignore_max_children": ignore_max_children or None,
+        "ignore_data": ignore_data or None,
+    }
+    options = {k: v for k, v in given.items() if v is not None}
+    sched = ctl.scheduler(create=True)
+    adder = sched.add_job_once if once else sched.add_job
+    job = adder(cls_path, payload, **options)
+    if wait_ is None:
+        print_jobs([job.record], as_json, single=True)
+        return
+    if not as_json:
+        click.echo(job.id)
+    from taskschedctl.follow import wait_jobs
+
+    (final,) = wait_jobs(sched.store, [job.id], wait_timeout)
+    if as_json:
+        print_jobs([final], True, single=True)
+    exit_for([final])
+
+
+def _wait_timeout(text: str | None) -> float | None:
+    """--wait (empty: no timeout) or --wait=TIMEOUT."""
+    if not text:
+        return None
+    from taskschedd.timeutil import DURATION_HELP, parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected {DURATION_HELP}, got {text!r}", param_hint="'--wait'"
+        ) from None

@@ -1,0 +1,142 @@
+"""taskschedctl stats, nodes, check and completion: operating a cluster."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from taskschedctl.common import EXIT_CODES, ctl_options
+from taskschedctl.context import Ctl
+from taskschedctl.params import Duration
+
+DEFAULT_STALE_AFTER = 15.0
+
+
+@click.command(epilog=EXIT_CODES)
+@click.option(
+    "--window",
+    type=Duration(),
+    default="5m",
+    show_default=True,
+    help="Throughput over this last stretch of time.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The numbers as JSON.")
+@ctl_options
+def stats(ctl: Ctl, window: float, as_json: bool) -> None:
+    """Counts by status, queue and class; oldest waiting age per queue; throughput."""
+    from taskschedctl.output import echo_json, stats_text
+
+    if window <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="'--window'")
+    sched = ctl.scheduler()
+    numbers = sched.store.stats(now=time.time(), window=window)
+    if as_json:
+        echo_json(numbers)
+    else:
+        click.echo(stats_text(numbers))
+
+
+def _stale_after(ctl: Ctl, given: float | None) -> float:
+    if given is not None:
+        return given
+    config = ctl.config
+    return 3 * config.heartbeat_interval if config is not None else DEFAULT_STALE_AFTER
+
+
+@click.command(epilog=EXIT_CODES)
+@click.option("--all", "all_", is_flag=True, help="Include nodes whose heartbeat is stale.")
+@click.option(
+    "--stale-after",
+    type=Duration(),
+    help="A node is stale after this long without a heartbeat "
+    "(default: 3 x the configuration's heartbeat_interval, else 15s).",
+)
+@click.option("--json", "as_json", is_flag=True, help="The nodes as a JSON array.")
+@ctl_options
+def nodes(ctl: Ctl, all_: bool, stale_after: float | None, as_json: bool) -> None:
+    """Live nodes: host, pid, workers busy/idle, running jobs, last heartbeat."""
+    from taskschedctl.output import echo_json, node_rows
+
+    limit = _stale_after(ctl, stale_after)
+    sched = ctl.scheduler()
+    now = time.time()
+    found = sched.store.nodes(alive_after=None if all_ else now - limit)
+    if as_json:
+        echo_json([{**n.to_dict(), "stale": now - n.heartbeat > limit} for n in found])
+    elif found:
+        click.echo(node_rows(found, limit, now))
+    elif sys.stdout.isatty():
+        click.echo(f"no live nodes (no heartbeat within {limit:g}s; --all shows stale ones)")
+
+
+@click.command(epilog=EXIT_CODES)
+@click.option(
+    "--timeout",
+    type=Duration(),
+    default="10s",
+    show_default=True,
+    help="Give up on a store that does not answer in time.",
+)
+@ctl_options
+def check(ctl: Ctl, timeout: float) -> None:
+    """Check that the configuration is valid and the store reachable (for monitoring).
+
+    Exit 0 when both are fine, 78 when the configuration is invalid, 69 when the store
+    cannot be reached.
+    """
+    import threading
+
+    from taskschedd.errors import StoreError, TaskSchedError
+    from taskschedd.redact import redact_url
+
+    source = ctl.config_source()
+    config = ctl.config
+    if config is not None:
+        click.echo(f"config {source}: ok")
+    else:
+        click.echo("config: none (--store given)")
+    url = redact_url(ctl.url)
+    answer: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            sched = ctl.scheduler()
+            now = time.time()
+            answer["stats"] = sched.store.stats(now=now, window=60.0)
+            answer["nodes"] = len(sched.store.nodes(alive_after=now - _stale_after(ctl, None)))
+        except TaskSchedError as exc:
+            answer["error"] = exc
+        except Exception as exc:  # a driver error we do not know: still "unreachable"
+            answer["error"] = StoreError(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=probe, name="store-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise StoreError(f"store {url}: no answer within {timeout:g}s")
+    if "error" in answer:
+        error: TaskSchedError = answer["error"]
+        if isinstance(error, StoreError):
+            raise StoreError(f"store {url}: {error}")
+        raise error
+    by_status: dict[str, int] = answer["stats"].get("by_status", {})
+    active = sum(by_status.get(s, 0) for s in ("WAITING", "POSTPONED", "PROCESSING"))
+    click.echo(f"store {url}: reachable ({active} active jobs, {answer['nodes']} live nodes)")
+
+
+# -- completion --------------------------------------------------------------------------
+
+
+@click.command(epilog="Example: taskschedctl completion bash > /etc/bash_completion.d/taskschedctl")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (job ids complete from the store)."""
+    from click.shell_completion import get_completion_class
+
+    comp_cls = get_completion_class(shell)
+    assert comp_cls is not None
+    root = click.get_current_context().find_root().command
+    click.echo(comp_cls(root, {}, "taskschedctl", "_TASKSCHEDCTL_COMPLETE").source())

@@ -1,0 +1,121 @@
+"""What the commands share: the store options, job id completion, exit on job failure."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from taskschedctl.context import Ctl, is_sqlite
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
+    from taskschedd.store.base import JobRecord
+
+EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    a job failed, timed out or was canceled (wait); a job was not found
+  2    usage error or bad input (JSON, duration, time, class, option)
+  69   the store is unavailable
+  78   the configuration is invalid or missing
+  124  wait timed out
+  130  interrupted (Ctrl-C)
+  141  the reader of the output went away (| head)"""
+
+
+def fail(message: str) -> None:
+    """Report one error without stopping (commands that take several ids)."""
+    from taskschedd.redact import redact_text
+
+    click.echo(f"taskschedctl: error: {redact_text(message)}", err=True)
+
+
+# -- shared options ---------------------------------------------------------------------
+
+
+def ctl_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """-c/--config and --store after the command name too; they override the group's."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, config_path: str | None, store: str | None, **kwargs: Any) -> Any:
+        ctl = click.get_current_context().ensure_object(Ctl)
+        ctl.override(config_path, store)
+        return f(ctl, *args, **kwargs)
+
+    wrapper = click.option(
+        "--store", metavar="URL", help="The store to use (overrides the configuration's)."
+    )(wrapper)
+    wrapper = click.option(
+        "-c", "--config", "config_path", metavar="PATH", help="A taskschedd configuration file."
+    )(wrapper)
+    return wrapper
+
+
+def _completion_ctl(ctx: click.Context) -> Ctl:
+    ctl = Ctl()
+    for c in reversed(list(_lineage(ctx))):
+        store = c.params.get("store")
+        ctl.override(c.params.get("config_path"), store if store else None)
+    return ctl
+
+
+def _lineage(ctx: click.Context) -> Sequence[click.Context]:
+    out = []
+    node: click.Context | None = ctx
+    while node is not None:
+        out.append(node)
+        node = node.parent
+    return out
+
+
+def complete_ids(
+    *statuses: str,
+) -> Callable[[click.Context, click.Parameter, str], list[CompletionItem]]:
+    """Job ids from the store, when that is cheap (an existing SQLite file)."""
+
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        try:
+            ctl = _completion_ctl(ctx)
+            if not is_sqlite(ctl.url):
+                return []
+            sched = ctl.scheduler()
+            try:
+                jobs = sched.get_jobs(status=list(statuses) or "all", limit=200, newest_first=True)
+            finally:
+                sched.close()
+        except Exception:
+            return []  # completion must never print a traceback into the shell
+        return [
+            CompletionItem(j.id, help=f"{j.status.name} {j.cls}")
+            for j in jobs
+            if j.id.startswith(incomplete)
+        ]
+
+    return complete
+
+
+def print_jobs(jobs: Sequence[JobRecord], as_json: bool, *, single: bool = False) -> None:
+    from taskschedctl.output import echo_json
+
+    if as_json:
+        echo_json(jobs[0].to_dict() if single else [j.to_dict() for j in jobs])
+    else:
+        for job in jobs:
+            click.echo(job.id)
+
+
+def exit_for(jobs: Sequence[JobRecord]) -> None:
+    """Exit 1 (and say why on stderr) when any job did not end DONE."""
+    bad = [j for j in jobs if j.status.name != "DONE"]
+    for job in bad:
+        last = job.errors[-1] if job.errors else None
+        why = f"{last.type}: {last.message}" if last else (job.reason or "no error recorded")
+        fail(f"job {job.id} ended {job.status.name}: {why}")
+    if bad:
+        click.get_current_context().exit(1)

@@ -1,0 +1,130 @@
+"""Which store and configuration a command talks to, resolved lazily.
+
+Nothing is loaded until a command needs it, so ``--help`` and usage errors never touch
+the configuration or the store, and a SQLite store never imports pymongo.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from taskschedd.config import Config
+    from taskschedd.scheduler import Scheduler
+
+DEFAULT_CONFIG_PATH = "/etc/taskschedd/taskschedd.yaml"
+STORE_SCHEMES = ("sqlite://", "mongodb://", "mongodb+srv://")
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite://") or "://" not in url
+
+
+def check_store_url(url: str) -> str:
+    """A usage error for a store URL no store understands (before anything is opened)."""
+    if "://" in url and not url.startswith(STORE_SCHEMES):
+        from taskschedd.redact import redact_url
+
+        raise click.BadParameter(
+            f"unknown store URL {redact_url(url)!r}; accepted: sqlite:///PATH, a file path, "
+            "mongodb://HOST/DB or mongodb+srv://HOST/DB",
+            param_hint="'--store'",
+        )
+    if not url.strip():
+        raise click.BadParameter("the store URL is empty", param_hint="'--store'")
+    return url
+
+
+@dataclass
+class Ctl:
+    """The options every command shares; the command-level ones override the group's."""
+
+    config_path: str | None = None
+    store_url: str | None = None
+    #: Where they came from: a -c on the command line wins over $TASKSCHED_STORE.
+    store_from_env: bool = False
+    config_from_cli: bool = False
+    _config: Config | None = None
+    _config_loaded: bool = False
+    _schedulers: list[Scheduler] = field(default_factory=list)
+
+    def override(self, config_path: str | None, store_url: str | None) -> None:
+        if config_path is not None:
+            self.config_path = config_path
+            self.config_from_cli = True
+            self._config_loaded = False
+        if store_url is not None:
+            self.store_url = check_store_url(store_url)
+            self.store_from_env = False
+
+    def config_source(self) -> str | None:
+        """The configuration file to read, or None when --store alone names the store.
+
+        ConfigError (exit 78) when nothing names a store and the default file is missing.
+        """
+        if self.config_path is not None:
+            return self.config_path
+        if self.store_url is not None:
+            return None
+        if os.path.exists(DEFAULT_CONFIG_PATH):
+            return DEFAULT_CONFIG_PATH
+        from taskschedd.errors import ConfigError
+
+        raise ConfigError(
+            "no store chosen: give --store URL (or set TASKSCHED_STORE), or -c CONFIG (or set "
+            f"TASKSCHED_CONFIG); the default configuration {DEFAULT_CONFIG_PATH} does not exist"
+        )
+
+    @property
+    def config(self) -> Config | None:
+        """The loaded configuration (ConfigError, exit 78, if invalid); None without one."""
+        if not self._config_loaded:
+            path = self.config_source()
+            if path is not None:
+                from taskschedd.config import load
+
+                self._config = load(path)
+            self._config_loaded = True
+        return self._config
+
+    @property
+    def url(self) -> str:
+        """The store URL: --store wins over the configuration's ``store``, which wins over
+        $TASKSCHED_STORE when the configuration was named on the command line."""
+        config = self.config
+        if self.store_url is not None and not (self.store_from_env and self.config_from_cli):
+            return self.store_url
+        assert config is not None  # config_source() raised otherwise
+        return config.store
+
+    def scheduler(self, *, create: bool = False) -> Scheduler:
+        """A Scheduler on the chosen store. A SQLite file is only created when ``create``:
+        a mistyped path must not leave an empty database behind a read-only command."""
+        from taskschedd.scheduler import Scheduler
+
+        config = self.config
+        url = self.url
+        if is_sqlite(url):
+            from taskschedd.errors import StoreError
+            from taskschedd.store.sqlite import SQLiteStore, path_from_url
+
+            path = path_from_url(url)
+            if not create and not os.path.exists(path):
+                raise StoreError(
+                    f"store file {path} does not exist; check --store or the configuration's "
+                    "'store' (taskschedd or the first 'taskschedctl add' creates it)"
+                )
+            sched = Scheduler(SQLiteStore(url, create=create), config=config)
+        else:
+            sched = Scheduler(self.store_url, config=config)
+        self._schedulers.append(sched)
+        return sched
+
+    def close(self) -> None:
+        for sched in self._schedulers:
+            sched.close()
+        self._schedulers.clear()

@@ -1,0 +1,276 @@
+"""Output helpers: aligned tables, JSON, ages, job and event text, a progress line.
+
+Tables and text are for people; ``--json`` / ``--jsonl`` are for scripts and keep the
+raw values (unix times as numbers) so that nothing is lost in formatting.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+import click
+
+if TYPE_CHECKING:
+    from taskschedd.store.base import EventRecord, JobRecord, NodeRecord
+
+
+def echo_json(value: Any) -> None:
+    """One JSON document, indented for people who look at it anyway."""
+    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def echo_jsonl(values: Iterable[Any]) -> None:
+    """One compact JSON document per line (flushed, so pipes see each at once)."""
+    for value in values:
+        click.echo(json.dumps(value, separators=(",", ":"), default=str))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Columns padded to the widest cell; the columns numbered in ``right`` align right."""
+    data = [list(headers), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in data) for i in range(len(headers))]
+    lines = []
+    for row in data:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    from taskschedd.timeutil import format_duration
+
+    return format_duration(max(0.0, seconds))
+
+
+def age(ts: float | None, now: float | None = None) -> str:
+    """'5m ago' / 'in 2h' / '-' relative to now."""
+    if ts is None:
+        return "-"
+    now = time.time() if now is None else now
+    if ts > now + 0.5:
+        return "in " + duration(ts - now)
+    return duration(now - ts) + " ago"
+
+
+def when(ts: float | None) -> str:
+    """ISO time with its age: 2026-01-31T08:00:00.000Z (5m ago)."""
+    from taskschedd.timeutil import format_time
+
+    if ts is None:
+        return "-"
+    return f"{format_time(ts)} ({age(ts)})"
+
+
+def job_when(job: JobRecord, now: float) -> str:
+    """The one time that matters for a job in a listing: due, started or ended."""
+    if job.status.is_final:
+        return age(job.ended, now)
+    if job.status.name == "PROCESSING":
+        return age(job.started, now)
+    return age(job.at, now)
+
+
+def job_rows(jobs: Sequence[JobRecord]) -> str:
+    now = time.time()
+    rows = [
+        [
+            j.id,
+            j.cls,
+            j.status.name + (" (cancel requested)" if j.cancel_requested else ""),
+            j.queue,
+            str(j.priority),
+            str(j.attempt),
+            f"{j.progress:.0f}%",
+            job_when(j, now),
+        ]
+        for j in jobs
+    ]
+    headers = ["ID", "CLASS", "STATUS", "QUEUE", "PRIO", "ATTEMPT", "PROGRESS", "AT/ENDED"]
+    return table(headers, rows, right=(4, 5, 6))
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())
+
+
+def _json_block(value: Any) -> str:
+    text = json.dumps(value, indent=2, sort_keys=True, default=str)
+    return text if "\n" not in text else "\n" + _indent(text, "    ")
+
+
+def job_text(job: JobRecord, events: Sequence[EventRecord]) -> str:
+    """Every field of a job, each attempt's error with its traceback, and its events."""
+    status = job.status.name
+    if job.reason:
+        status += f" ({job.reason})"
+    if job.cancel_requested and not job.is_final:
+        status += ", cancel requested"
+    fields: list[tuple[str, str]] = [
+        ("id", job.id),
+        ("class", job.cls),
+        ("status", status),
+        ("queue", job.queue),
+        ("priority", str(job.priority)),
+        ("attempt", str(job.attempt)),
+        ("progress", f"{job.progress:g}%"),
+        ("created", when(job.created)),
+        ("at", when(job.at)),
+        ("started", when(job.started)),
+        ("ended", when(job.ended)),
+        ("node", job.node or "-"),
+        ("worker", job.worker or "-"),
+        ("lease until", when(job.lease_until)),
+        ("updated", when(job.updated)),
+    ]
+    if job.series:
+        fields.append(("series", f"{job.series} (occurrence {job.series_seq})"))
+    fields.append(("data", _json_block(job.data)))
+    fields.append(("result", _json_block(job.result)))
+    width = max(len(k) for k, _ in fields) + 1
+    lines = [f"{k}:{v}" if v.startswith("\n") else f"{k + ':':<{width}} {v}" for k, v in fields]
+    lines.append("options:")
+    for key, value in sorted(job.options.stored().items()):
+        lines.append(f"    {key}: {json.dumps(value)}")
+    lines.append(f"errors: {len(job.errors) or 'none'}")
+    for err in job.errors:
+        lines.append(
+            f"    attempt {err.attempt} at {when(err.time or None)} [{err.reason}]: "
+            f"{err.type}: {err.message}"
+        )
+        if err.traceback:
+            lines.append(_indent(err.traceback, "        "))
+    lines.append(f"events: {len(events) or 'none'}")
+    for event in events:
+        lines.append("    " + event_line(event, with_job=False))
+    return "\n".join(lines)
+
+
+def event_line(event: EventRecord, *, with_job: bool = True) -> str:
+    from taskschedd.timeutil import format_time
+
+    parts = [format_time(event.time)]
+    if with_job:
+        parts.append(event.job_id)
+    parts.append(f"{event.status.name:<10}")
+    parts.append(f"attempt={event.attempt}")
+    if with_job:
+        parts.append(event.cls)
+        parts.append(f"queue={event.queue}")
+    if event.node:
+        parts.append(f"node={event.node}")
+    if event.reason:
+        parts.append(f"reason={event.reason}")
+    if event.error is not None:
+        first = event.error.message.splitlines()[0] if event.error.message else ""
+        parts.append(f"error={event.error.type}: {first}")
+    return " ".join(parts)
+
+
+def node_rows(nodes: Sequence[NodeRecord], stale_after: float, now: float) -> str:
+    rows = [
+        [
+            n.name,
+            n.host,
+            str(n.pid),
+            "live" if now - n.heartbeat <= stale_after else "STALE",
+            str(n.workers_busy),
+            str(n.workers_idle),
+            str(len(n.running)),
+            age(n.heartbeat, now),
+            duration(now - n.started),
+            ",".join(n.queues) or "-",
+            n.version or "-",
+        ]
+        for n in nodes
+    ]
+    headers = [
+        "NAME", "HOST", "PID", "STATE", "BUSY", "IDLE", "RUNNING", "HEARTBEAT", "UP", "QUEUES",
+        "VERSION",
+    ]  # fmt: skip
+    return table(headers, rows, right=(2, 4, 5, 6))
+
+
+STATUS_ORDER = ("WAITING", "POSTPONED", "PROCESSING", "DONE", "FAILED", "CANCELED", "TIMEOUT")
+
+
+def stats_text(stats: dict[str, Any]) -> str:
+    by_status: dict[str, int] = stats.get("by_status", {})
+    lines = ["jobs by status:"]
+    total = sum(by_status.values())
+    lines.append(
+        "    "
+        + "  ".join(f"{s} {by_status.get(s, 0)}" for s in STATUS_ORDER)
+        + f"  (total {total})"
+    )
+    oldest: dict[str, float] = stats.get("oldest_waiting_age", {})
+    for title, key in (("queue", "by_queue"), ("class", "by_class")):
+        groups: dict[str, dict[str, int]] = stats.get(key, {})
+        lines.append(f"by {title}:")
+        if not groups:
+            lines.append("    (no jobs)")
+            continue
+        headers = [title.upper(), *STATUS_ORDER]
+        if key == "by_queue":
+            headers.append("OLDEST WAITING")
+        rows = []
+        for name in sorted(groups):
+            row = [name, *(str(groups[name].get(s, 0)) for s in STATUS_ORDER)]
+            if key == "by_queue":
+                row.append(duration(oldest[name]) if name in oldest else "-")
+            rows.append(row)
+        lines.append(_indent(table(headers, rows, right=range(1, 8)), "    "))
+    window = float(stats.get("window", 300.0))
+    finished: dict[str, int] = stats.get("finished_in_window", {})
+    count = sum(finished.values())
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(finished.items())) or "none"
+    lines.append(
+        f"throughput (last {duration(window)}): {count} finished ({detail}), "
+        f"{count * 60.0 / window:.1f}/min"
+    )
+    return "\n".join(lines)
+
+
+class ProgressLine:
+    """A one-line progress display on a terminal (stderr), redrawn in place.
+
+    Silent when the stream is not a terminal: cron mails and pipes get no control codes.
+    """
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = ""
+
+    def update(self, jobs: Sequence[JobRecord], note: str = "") -> None:
+        if not self.enabled or not self.total:
+            return
+        final = sum(1 for j in jobs if j.is_final)
+        bad = sum(1 for j in jobs if j.is_final and j.status.name != "DONE")
+        running = sum(1 for j in jobs if j.status.name == "PROCESSING")
+        percent = sum(100.0 if j.is_final else j.progress for j in jobs) / self.total
+        filled = int(percent / 100 * 30)
+        text = f"[{'#' * filled}{'.' * (30 - filled)}] {percent:3.0f}%  {final}/{self.total} final"
+        if running:
+            text += f", {running} running"
+        if bad:
+            text += f", {bad} not DONE"
+        if note:
+            text += f"  ({note})"
+        if text != self._last:
+            self.stream.write("\r\x1b[K" + text)
+            self.stream.flush()
+            self._last = text
+
+    def close(self) -> None:
+        if self.enabled and self._last:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._last = ""
