@@ -66,7 +66,8 @@ def error_info(
 class Worker:
     """Runs jobs from ``queues`` (in order of preference) in this process.
 
-    ``on_claim`` / ``on_settle`` let the daemon tell its master what this worker holds.
+    ``on_claim`` / ``on_settle`` / ``on_progress`` let the daemon tell its master what this
+    worker holds.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Worker:
         poll_interval: float = 1.0,
         on_claim: Callable[[JobRecord], None] | None = None,
         on_settle: Callable[[Outcome], None] | None = None,
+        on_progress: Callable[[JobRecord, float], None] | None = None,
     ) -> None:
         self.store = store
         self.allowed_modules = tuple(allowed_modules)
@@ -95,6 +97,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.on_claim = on_claim
         self.on_settle = on_settle
+        self.on_progress = on_progress
         self.jobs_done = 0
         self._classes: dict[str, type[Job]] = {}
 
@@ -183,6 +186,8 @@ class Worker:
         def report(percent: float) -> None:
             with contextlib.suppress(StoreUnavailable):  # progress is best effort
                 self.store.progress(job.id, token, percent, now=time.time())
+            if self.on_progress is not None:
+                self.on_progress(job, percent)
 
         renewer = _LeaseRenewer(self.store, token, self.lease) if self.in_process else None
         alarm = self.in_process and job.options.timeout > 0 and _can_alarm()

@@ -1,0 +1,393 @@
+"""The forked worker process, and the protocol it speaks with its master.
+
+Master -> worker: one control pipe carrying lines ``stop`` (claim no more; exit after the
+current job) and ``reopen`` (reopen the log file). EOF on it means the master is gone.
+
+Worker -> master: one report pipe carrying JSON lines::
+
+    {"ev": "ready"}                                        boot done (hook ran, store opened)
+    {"ev": "claim", "id", "token", "cls", "attempt", "queue", "timeout", "started"}
+    {"ev": "progress", "id", "token", "percent"}
+    {"ev": "settle", "id", "token", "status", "settled"}
+    {"ev": "lost", "id", "token", "error"}        the outcome could not be stored: master settles
+    {"ev": "exit", "reason"}                               leaving on purpose (stop, recycle...)
+
+Signals in a worker (the master's are in ``taskschedd --help``):
+
+- SIGTERM: default action, the worker ends at once. The master sends it to the worker's
+  process group (the job's, grandchildren included) on timeout, cancel and stop; it
+  then settles the job itself, SIGKILL follows after ``kill_grace``.
+- SIGINT: the running job is given back to the queue (no attempt used) and the worker exits.
+- SIGHUP, SIGUSR1, SIGUSR2: ignored (the master reloads; log reopening comes by pipe).
+- PR_SET_PDEATHSIG=SIGTERM: the worker dies with its master; it also exits when
+  getppid() changes or the control pipe reaches EOF.
+
+Exit codes: 0 on purpose, 1 crash, EXIT_SETUP (3) setup hook failed, EXIT_STORE (4) store
+unusable at boot. Dying before "ready" counts as a start-up failure: the master backs off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import importlib
+import inspect
+import json
+import os
+import random
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from taskschedd import log
+from taskschedd.config import Config
+from taskschedd.errors import StoreError, StoreUnavailable
+from taskschedd.store import Store, open_store
+from taskschedd.store.base import JobRecord
+from taskschedd.worker import Outcome, Worker
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_SETUP = 3
+EXIT_STORE = 4
+EXIT_REASONS = {
+    EXIT_OK: "exited normally",
+    EXIT_CRASH: "crashed",
+    EXIT_SETUP: "the setup hook failed",
+    EXIT_STORE: "the store could not be opened",
+}
+
+CMD_STOP = "stop"
+CMD_REOPEN = "reopen"
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_STORE_BACKOFF_MAX = 5.0
+
+
+def prctl(option: int, value: int) -> bool:
+    """prctl(2) through libc; False where it is not available (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(option, value, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def set_child_subreaper() -> bool:
+    """Orphaned descendants (a job's grandchildren) become our children, so we can reap
+    them and see when a job's process group is really empty."""
+    return prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def store_options(config: Config) -> dict[str, Any]:
+    """Keyword arguments for open_store() from the configuration."""
+    if config.store_kind != "mongodb":
+        return {}
+    m = config.mongodb
+    return {
+        "database": m.database,
+        "jobs_collection": m.jobs_collection,
+        "events_collection": m.events_collection,
+        "nodes_collection": m.nodes_collection,
+        "write_concern": m.write_concern,
+        "change_streams": m.change_streams,
+        "poll_interval": config.poll_interval,
+    }
+
+
+def set_title(text: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(text)
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a forked worker needs; built by the master before fork."""
+
+    config: Config
+    name: str
+    master_pid: int
+    report_fd: int  # write end
+    control_fd: int  # read end
+    extra: bool = False  # a one-job worker for ignore_max_children jobs
+
+
+class _Channel:
+    """The worker's ends of its two pipes."""
+
+    def __init__(self, report_fd: int, control_fd: int) -> None:
+        self.report_fd = report_fd
+        self.control_fd = control_fd
+        os.set_blocking(control_fd, False)
+        self._buf = b""
+        self.master_gone = False
+
+    def send(self, ev: str, **fields: Any) -> None:
+        data = (json.dumps({"ev": ev, **fields}, separators=(",", ":")) + "\n").encode()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.report_fd, view) :]
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                self.master_gone = True
+            else:
+                raise
+
+    def commands(self) -> list[str]:
+        """Control lines received so far (non-blocking)."""
+        while True:
+            try:
+                chunk = os.read(self.control_fd, 4096)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.master_gone = True
+                break
+            if not chunk:
+                self.master_gone = True
+                break
+            self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        return [line.decode(errors="replace").strip() for line in lines if line.strip()]
+
+
+def _reset_signals() -> None:
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD, signal.SIGPIPE, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def _load_hook(path: str) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"setup_hook {path!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def run_setup_hook(path: str, config: Config) -> Any:
+    """Call ``module:function`` as ``function(config)``, or ``function()`` if it takes no
+    arguments; what it returns becomes every job's ``context``."""
+    hook = _load_hook(path)
+    try:
+        params = inspect.signature(hook).parameters.values()
+        takes_arg = any(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params
+        )
+    except (TypeError, ValueError):
+        takes_arg = True
+    return hook(config) if takes_arg else hook()
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MiB (0 when unknown)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def main(spec: WorkerSpec) -> int:
+    """Body of a forked worker; returns its exit code (the caller calls os._exit)."""
+    _reset_signals()
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # the job's process group is this worker's own
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != spec.master_pid:  # the master died before pdeathsig was set
+        return EXIT_OK
+    config = spec.config
+    bound = log.get_logger("taskschedd.workerproc", node=config.node, worker=spec.name)
+    title = f"taskschedd: worker {spec.name}{' (extra)' if spec.extra else ''}"
+    set_title(f"{title} starting")
+    chan = _Channel(spec.report_fd, spec.control_fd)
+
+    context: Any = None
+    if config.setup_hook:
+        try:
+            context = run_setup_hook(config.setup_hook, config)
+        except BaseException as exc:
+            bound.error(
+                "setup hook failed; the worker cannot start",
+                setup_hook=config.setup_hook,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=not isinstance(exc, SystemExit | KeyboardInterrupt),
+            )
+            return EXIT_SETUP
+    try:
+        store = open_store(config.store, **store_options(config))
+        store.next_due(config.queues)  # connect now: a broken store is a boot failure
+    except StoreError as exc:
+        bound.error("the store cannot be used; the worker cannot start", error=str(exc))
+        return EXIT_STORE
+    return _Loop(spec, chan, store, context, title).run()
+
+
+class _Loop:
+    """Claim, run, report; between jobs, obey the master and watch for its death."""
+
+    def __init__(
+        self, spec: WorkerSpec, chan: _Channel, store: Store, context: Any, title: str
+    ) -> None:
+        self.spec = spec
+        self.config = spec.config
+        self.chan = chan
+        self.store = store
+        self.title = title
+        self.log = log.get_logger("taskschedd.workerproc", node=spec.config.node, worker=spec.name)
+        self.stopping = False
+        self.exit_reason = "stop"
+        self.holding: JobRecord | None = None
+        self.worker = Worker(
+            store,
+            allowed_modules=self.config.allowed_modules,
+            queues=self.config.queues,
+            node=self.config.node,
+            name=spec.name,
+            lease=self.config.lease,
+            context=context,
+            in_process=False,
+            poll_interval=self.config.poll_interval,
+            on_claim=self._on_claim,
+            on_settle=self._on_settle,
+            on_progress=self._on_progress,
+        )
+
+    def _on_claim(self, job: JobRecord) -> None:
+        self.holding = job
+        self.chan.send(
+            "claim",
+            id=job.id,
+            token=job.claim_token,
+            cls=job.cls,
+            attempt=job.attempt,
+            queue=job.queue,
+            timeout=job.options.timeout,
+            started=job.started if job.started is not None else time.time(),
+        )
+        set_title(f"{self.title} running {job.id} {job.cls}")
+
+    def _on_progress(self, job: JobRecord, percent: float) -> None:
+        self.chan.send("progress", id=job.id, token=job.claim_token, percent=percent)
+
+    def _on_settle(self, outcome: Outcome) -> None:
+        self.holding = None
+        self.chan.send(
+            "settle",
+            id=outcome.job.id,
+            token=outcome.job.claim_token,
+            status=outcome.settlement.status.name,
+            settled=outcome.settled,
+        )
+        set_title(f"{self.title} idle")
+
+    def _obey(self) -> None:
+        for cmd in self.chan.commands():
+            if cmd == CMD_STOP:
+                self.stopping = True
+            elif cmd == CMD_REOPEN:
+                log.reopen()
+        if self.chan.master_gone or os.getppid() != self.spec.master_pid:
+            self.stopping = True
+            self.exit_reason = "master gone"
+
+    def _wait(self, waker_fd: int, timeout: float) -> None:
+        with contextlib.suppress(InterruptedError):
+            select.select([self.chan.control_fd, waker_fd], [], [], max(0.0, timeout))
+
+    def run(self) -> int:
+        waker = self.store.waker()
+        self.chan.send("ready")
+        set_title(f"{self.title} idle")
+        delay = 0.0
+        try:
+            while True:
+                self._obey()
+                if self.stopping:
+                    break
+                try:
+                    outcome = self.worker.run_one(force_spawn=self.spec.extra)
+                    delay = 0.0
+                except StoreUnavailable as exc:
+                    self._hand_over(exc)
+                    delay = min(_STORE_BACKOFF_MAX, max(0.1, delay * 2))
+                    pause = delay / 2 + random.random() * delay / 2
+                    self.log.warning("store unavailable; retrying", error=str(exc), retry_in=pause)
+                    self._wait(self.chan.control_fd, pause)
+                    continue
+                if outcome is not None:
+                    if self._should_leave():
+                        break
+                    continue
+                if self.spec.extra:  # its job went to someone else
+                    self.exit_reason = "nothing to do"
+                    break
+                waker.drain()
+                timeout = self.config.poll_interval
+                try:
+                    due = self.store.next_due(self.config.queues)
+                except StoreError:
+                    due = None
+                if due is not None:
+                    timeout = min(timeout, due - time.time())
+                self._wait(waker.fileno(), timeout)
+        except KeyboardInterrupt:
+            self.exit_reason = "interrupted"  # Worker released the running job
+        finally:
+            waker.close()
+        if not self.chan.master_gone:
+            self.chan.send("exit", reason=self.exit_reason)
+        self.store.close()
+        return EXIT_OK
+
+    def _hand_over(self, exc: Exception) -> None:
+        """The job ran but its outcome could not be stored: the master settles it (as
+        abandoned, so the retry policy applies) once the store is back."""
+        job, self.holding = self.holding, None
+        if job is not None:
+            self.log.error(
+                "could not store the job's outcome; the master will settle it",
+                job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
+                error=str(exc),
+            )  # fmt: skip
+            self.chan.send("lost", id=job.id, token=job.claim_token, error=str(exc))
+            set_title(f"{self.title} idle")
+
+    def _should_leave(self) -> bool:
+        config = self.config
+        if self.spec.extra:
+            self.exit_reason = "one job done"
+            return True
+        if config.max_jobs_per_worker and self.worker.jobs_done >= config.max_jobs_per_worker:
+            self.exit_reason = f"recycled after {self.worker.jobs_done} jobs"
+            return True
+        if config.max_worker_memory:
+            used = rss_mb()
+            if used > config.max_worker_memory:
+                self.exit_reason = (
+                    f"recycled: {used:.0f} MiB resident > max_worker_memory "
+                    f"{config.max_worker_memory} MiB"
+                )
+                return True
+        return False
