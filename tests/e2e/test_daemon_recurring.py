@@ -1,0 +1,66 @@
+"""Interval and cron series on two nodes sharing one store: each occurrence exists once."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from taskschedd import JobStatus, Scheduler
+from taskschedd.store.base import JobQuery
+from tests.e2e.conftest import JOBS, Daemon
+from tests.helpers import wait_for
+
+
+def start_two_nodes(daemon_factory: Callable[..., Daemon]) -> list[Daemon]:
+    nodes = [daemon_factory(name, pm="static", min_children=2).start(wait=False)
+             for name in ("n1", "n2")]  # fmt: skip
+    for d in nodes:
+        d.wait_ready()
+    return nodes
+
+
+def test_interval_occurrences_are_created_and_run_once_with_two_nodes(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    start_two_nodes(daemon_factory)
+    first = scheduler.add_job(f"{JOBS}.WhoAmI", interval=0.05)
+
+    def series() -> list:
+        return scheduler.store.find(JobQuery(series=first.id))
+
+    wait_for(lambda: sum(j.status == JobStatus.DONE for j in series()) >= 8, 10)
+    for job in series():
+        if not job.status.is_final:
+            scheduler.cancel_job(job.id)
+    wait_for(lambda: all(j.status.is_final for j in series()), 5)
+    jobs = series()
+    ids = [j.id for j in jobs]
+    assert ids == [first.id] + [f"{first.id}.{n}" for n in range(1, len(jobs))]
+    events = scheduler.events(job_ids=ids, limit=10_000)
+    for job in jobs:
+        starts = [e for e in events if e.job_id == job.id and e.status == JobStatus.PROCESSING]
+        if job.status == JobStatus.DONE:
+            assert len(starts) == 1 and job.attempt == 1, job  # ran exactly once
+    done = sorted((j for j in jobs if j.status == JobStatus.DONE), key=lambda j: j.series_seq)
+    for before, after in itertools.pairwise(done):
+        assert before.ended is not None and after.started is not None
+        assert after.started >= before.ended  # never two occurrences at once
+
+
+def test_cron_job_runs_and_schedules_its_next_occurrence_once(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    start_two_nodes(daemon_factory)
+    now = time.time()
+    first = scheduler.add_job(f"{JOBS}.WhoAmI", cron="* * * * *", at=now)
+    first.wait(10)
+    assert first.status == JobStatus.DONE
+    jobs = wait_for(lambda: len(j := scheduler.store.find(JobQuery(series=first.id))) >= 2 and j, 5)
+    assert [j.id for j in jobs] == [first.id, f"{first.id}.1"]
+    nxt = jobs[1]
+    assert nxt.status == JobStatus.POSTPONED
+    moment = datetime.fromtimestamp(nxt.at, UTC)
+    assert moment.second == 0 and moment.microsecond == 0 and now < nxt.at <= now + 61
+    scheduler.cancel_job(nxt.id)
