@@ -16,9 +16,11 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
-# Runs a node on the embedded SQLite store with the reference configuration.
+# Runs a node on the embedded SQLite store with the reference configuration; the store
+# lives in ./var so no root is needed (point taskschedctl at it with TASKSCHED_STORE).
 run: install
-	TASKSCHED_CONFIG=$(CONFIG) $(BIN)/taskschedd -c $(CONFIG)
+	mkdir -p var
+	$(BIN)/taskschedd -c $(CONFIG) --store sqlite:///$(CURDIR)/var/taskschedd.db
 
 lint: install-test
 	$(BIN)/ruff check .

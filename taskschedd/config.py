@@ -551,7 +551,9 @@ class _Validator:
         options = self.section(value, "job_defaults", JOB_DEFAULT_KEYS)
         validator = JOB_DEFAULTS_VALIDATOR
         if validator is None:
-            return options
+            from taskschedd.options import validate_defaults  # noqa: PLC0415
+
+            validator = validate_defaults
         try:
             return dict(validator(dict(options)))
         except (ValueError, TypeError) as exc:

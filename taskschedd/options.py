@@ -204,6 +204,12 @@ class Defaults:
         return Defaults(merged)
 
 
+def validate_defaults(given: dict[str, Any]) -> dict[str, Any]:
+    """Config ``job_defaults``: the same checks as job options (ValueError on bad input)."""
+    Defaults.parse(given)
+    return dict(given)
+
+
 def resolve(
     given: Mapping[str, Any], defaults: Defaults | None = None
 ) -> tuple[JobOptions, set[str]]:
