@@ -1,0 +1,157 @@
+"""systemd/: the units pass systemd-analyze verify, are hardened, and the snippets apply."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = ROOT / "systemd"
+SERVICE = UNITS / "taskschedd.service"
+TEMPLATE = UNITS / "taskschedd@.service"
+BINARY = "/usr/bin/taskschedd"
+
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ReadWritePaths": "/var/lib/taskschedd",
+    "PrivateTmp": "yes",
+    "ProtectHome": "yes",
+    "UMask": "0077",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictNamespaces": "yes",
+    "SystemCallArchitectures": "native",
+    "CapabilityBoundingSet": "",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+}
+LIFECYCLE = {
+    "Type": "notify",
+    "NotifyAccess": "main",
+    "ExecReload": "/bin/kill -HUP $MAINPID",
+    "KillMode": "control-group",
+    "KillSignal": "SIGTERM",
+    "Restart": "on-failure",
+    "RestartPreventExitStatus": "78",
+    "WatchdogSec": "30s",
+    "User": "taskschedd",
+    "Group": "taskschedd",
+    "StateDirectoryMode": "0700",
+}
+
+
+def service_section(path: Path) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None, strict=True, delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(path.read_text())
+    assert parser.sections() == ["Unit", "Service", "Install"]
+    return dict(parser["Service"])
+
+
+def seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1, "min": 60, "m": 60}
+    for unit, factor in units.items():
+        if value.endswith(unit) and value[: -len(unit)].isdigit():
+            return int(value[: -len(unit)]) * factor
+    return float(value)
+
+
+@pytest.mark.parametrize("unit", [SERVICE, TEMPLATE], ids=lambda p: p.name)
+def test_unit_is_hardened_and_speaks_notify(unit: Path) -> None:
+    service = service_section(unit)
+    for key, value in {**HARDENING, **LIFECYCLE}.items():
+        assert service.get(key) == value, f"{unit.name}: {key}={service.get(key)!r}"
+
+
+@pytest.mark.parametrize("unit", [SERVICE, TEMPLATE], ids=lambda p: p.name)
+def test_stop_timeout_is_above_the_drain_grace(unit: Path) -> None:
+    from taskschedd.config import Config
+
+    defaults = Config()
+    stop = seconds(service_section(unit)["TimeoutStopSec"])
+    assert stop > defaults.shutdown_grace + defaults.kill_grace + 5
+
+
+def test_service_runs_the_default_config() -> None:
+    service = service_section(SERVICE)
+    assert service["ExecStart"] == f"{BINARY} -c /etc/taskschedd/taskschedd.yaml"
+    assert service["StateDirectory"] == "taskschedd"
+    assert {"RuntimeDirectory", "LogsDirectory"} <= set(service)
+
+
+def test_template_instance_has_its_own_config_and_state() -> None:
+    service = service_section(TEMPLATE)
+    assert service["ExecStart"] == f"{BINARY} -c /etc/taskschedd/%i.yaml"
+    assert "taskschedd/%i" in service["StateDirectory"].split()
+    assert service["RuntimeDirectory"] == "taskschedd/%i"
+    assert service["LogsDirectory"] == "taskschedd/%i"
+
+
+def _verify(tmp_path: Path, unit: Path, name: str) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    binary = Path(sys.prefix) / "bin" / "taskschedd"
+    if not binary.exists():
+        pytest.skip(f"{binary} is not installed")
+    # verify insists that ExecStart names an existing executable: point it at this venv's.
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace(BINARY, str(binary)))
+    proc = subprocess.run(
+        [analyze, "verify", "--man=no", "--generators=no", str(tmp_path / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0"},
+    )
+    output = (proc.stdout + proc.stderr).strip()
+    mine = [line for line in output.splitlines() if "taskschedd" in line]
+    assert proc.returncode == 0, output
+    assert not mine, output
+
+
+def test_systemd_analyze_verify_service(tmp_path: Path) -> None:
+    _verify(tmp_path, SERVICE, "taskschedd.service")
+
+
+def test_systemd_analyze_verify_template_instance(tmp_path: Path) -> None:
+    _verify(tmp_path, TEMPLATE, "taskschedd@batch.service")
+
+
+def test_sysusers_and_tmpfiles_create_private_directories(tmp_path: Path) -> None:
+    sysusers, tmpfiles = shutil.which("systemd-sysusers"), shutil.which("systemd-tmpfiles")
+    if sysusers is None or tmpfiles is None:
+        pytest.skip("systemd-sysusers/systemd-tmpfiles are not installed")
+    if os.geteuid() != 0:
+        pytest.skip("creating users and owned directories in a root needs root")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for cmd in (
+        [sysusers, f"--root={root}", str(UNITS / "taskschedd.sysusers")],
+        [tmpfiles, f"--root={root}", "--create", str(UNITS / "taskschedd.tmpfiles")],
+    ):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+    entry = next(
+        line.split(":")
+        for line in (root / "etc" / "passwd").read_text().splitlines()
+        if line.startswith("taskschedd:")
+    )
+    uid, home, shell = int(entry[2]), entry[5], entry[6]
+    assert home == "/var/lib/taskschedd"
+    assert shell.endswith("nologin")
+    for sub in ("var/lib/taskschedd", "var/log/taskschedd", "run/taskschedd"):
+        st = (root / sub).stat()
+        assert (st.st_mode & 0o777, st.st_uid) == (0o700, uid), sub
