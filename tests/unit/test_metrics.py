@@ -111,11 +111,11 @@ def test_scrape_of_a_fresh_node(metrics: Metrics, server: MetricsServer) -> None
 
 
 def test_scrape_after_updates(metrics: Metrics, server: MetricsServer) -> None:
-    metrics.job_finished("myapp.jobs:Mail", "done", 0.003)
-    metrics.job_finished("myapp.jobs:Mail", "done", 0.2)
-    metrics.job_finished("myapp.jobs:Mail", "failed", 7.5)
-    metrics.job_finished("myapp.jobs:Mail", "retried", 1000.0)  # beyond the last bucket
-    metrics.job_finished("myapp.jobs:Report", "canceled")  # never ran: no duration
+    metrics.job_finished("myapp.jobs.Mail", "done", 0.003)
+    metrics.job_finished("myapp.jobs.Mail", "done", 0.2)
+    metrics.job_finished("myapp.jobs.Mail", "failed", 7.5)
+    metrics.job_finished("myapp.jobs.Mail", "retried", 1000.0)  # beyond the last bucket
+    metrics.job_finished("myapp.jobs.Report", "canceled")  # never ran: no duration
     metrics.lease_reaped()
     metrics.lease_reaped(2)
     metrics.set_workers(busy=3, idle=1)
@@ -129,7 +129,7 @@ def test_scrape_after_updates(metrics: Metrics, server: MetricsServer) -> None:
     metrics.set_queue_stats(stats, queues=["critical", "default"])
 
     samples, _, _ = parse(scrape(server.url)[2])
-    mail, report = "myapp.jobs:Mail", "myapp.jobs:Report"
+    mail, report = "myapp.jobs.Mail", "myapp.jobs.Report"
     assert samples[series("taskschedd_jobs_total", **{"class": mail, "outcome": "done"})] == 2
     assert samples[series("taskschedd_jobs_total", **{"class": mail, "outcome": "failed"})] == 1
     assert samples[series("taskschedd_jobs_total", **{"class": report, "outcome": "canceled"})]
