@@ -1,0 +1,522 @@
+"""What only the MongoDB store has to prove: indexes, fencing after lost replies, outages,
+redaction, wake-ups (polling and change streams), races between processes.
+
+Runs against nx-27017, or against ``$TASKSCHED_TEST_MONGODB_URI`` when set (tests that
+stop the server are then skipped).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import multiprocessing.synchronize
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+from pymongo import monitoring
+from pymongo.collection import Collection
+from pymongo.errors import AutoReconnect
+
+from taskschedd import rules
+from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
+from taskschedd.job import ACTIVE, JobStatus
+from taskschedd.store.base import JobQuery, NodeRecord, Settlement
+from taskschedd.store.mongo import MongoStore
+from tests.helpers import elapsed, wait_for
+from tests.mongo_server import MongoServer, external_mongo_uri, pick_free_port, unique_db_name
+from tests.store.test_contract import CLS, must_claim, new_job
+
+FORK = multiprocessing.get_context("fork")
+
+# nx-27017 rejects dots in collection names (the defaults have them): see docs/nx-27017.md.
+NAMES = {
+    "jobs_collection": "taskscheduler_jobs",
+    "events_collection": "taskscheduler_events",
+    "nodes_collection": "taskscheduler_nodes",
+}
+
+needs_own_server = pytest.mark.skipif(
+    external_mongo_uri() is not None, reason="stops and restarts the server"
+)
+
+
+def open_mongo(uri: str, database: str, **options: Any) -> MongoStore:
+    return MongoStore(uri, database=database, **{**NAMES, **options})
+
+
+@pytest.fixture
+def database(mongo_uri: str) -> Iterator[str]:
+    name = unique_db_name()
+    yield name
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        mongo_uri, serverSelectionTimeoutMS=5000
+    )
+    with client:
+        client.drop_database(name)
+
+
+@pytest.fixture
+def store(mongo_uri: str, database: str) -> Iterator[MongoStore]:
+    s = open_mongo(mongo_uri, database, poll_interval=0.05)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def server() -> Iterator[MongoServer]:
+    if external_mongo_uri() is not None:
+        pytest.skip("stops and restarts the server")
+    with MongoServer() as srv:
+        yield srv
+
+
+def raw(store: MongoStore, name: str) -> Collection[dict[str, Any]]:
+    """The store's own collection handle, for looking at what is stored."""
+    return store._db[name]
+
+
+def index_keys(coll: Collection[dict[str, Any]]) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Indexes by their field names (nx-27017 names them differently and loses -1)."""
+    return {tuple(ix["key"].keys()): dict(ix) for ix in coll.list_indexes()}
+
+
+# -- indexes ---------------------------------------------------------------------------------
+
+
+def test_indexes_serve_the_claim_once_keys_and_ttl(mongo_uri: str, database: str) -> None:
+    store = open_mongo(mongo_uri, database, retention=3600)
+    try:
+        store.last_event_seq()  # first use creates the indexes
+        jobs = index_keys(raw(store, NAMES["jobs_collection"]))
+        events = index_keys(raw(store, NAMES["events_collection"]))
+    finally:
+        store.close()
+    assert ("state", "queue", "spawn", "priority", "at", "seq") in jobs  # the claim's sort
+    assert jobs[("once",)].get("unique") is True
+    assert jobs[("ended_at",)].get("expireAfterSeconds") == 3600
+    assert events[("ended_at",)].get("expireAfterSeconds") == 3600
+    assert ("job_id", "seq") in events and ("seq",) in events
+    assert ("claim_token",) in jobs and ("state", "lease_until") in jobs
+
+
+def test_no_ttl_index_when_retention_is_zero(mongo_uri: str, database: str) -> None:
+    store = open_mongo(mongo_uri, database, retention=0)
+    try:
+        store.last_event_seq()
+        assert ("ended_at",) not in index_keys(raw(store, NAMES["jobs_collection"]))
+    finally:
+        store.close()
+
+
+def test_ttl_field_is_a_date_set_only_when_final(store: MongoStore) -> None:
+    now = time.time()
+    store.insert([new_job("done", now=now), new_job("waiting", now=now)])
+    job = must_claim(store, job_id="done", now=now)
+    assert store.settle("done", job.claim_token or "", rules.on_success(job, "1", now), now=now)
+    jobs = raw(store, NAMES["jobs_collection"])
+    done = jobs.find_one({"_id": "done"})
+    assert done is not None and ttl_instant(done["ended_at"]) == pytest.approx(now, abs=0.01)
+    waiting = jobs.find_one({"_id": "waiting"})
+    assert waiting is not None and "ended_at" not in waiting
+    store.requeue("done", now=now)  # not final any more: no expiry
+    again = jobs.find_one({"_id": "done"})
+    assert again is not None and again["status"] == 3  # DONE is not re-queued
+    store.cancel("waiting", now=now)
+    store.requeue("waiting", now=now)
+    requeued = jobs.find_one({"_id": "waiting"})
+    assert requeued is not None and "ended_at" not in requeued
+
+
+def ttl_instant(value: Any) -> float:
+    """A TTL field's instant. MongoDB stores a date; nx-27017 turns a date given to $set
+    into ISO text (its TTL expires that too; see docs/nx-27017.md)."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+    assert isinstance(value, dt.datetime), value
+    if value.tzinfo is None:  # pymongo returns naive UTC datetimes by default
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+# -- fencing after a lost reply ----------------------------------------------------------------
+
+
+class LoseReplies:
+    """Makes find_one_and_update raise AutoReconnect, before or after it is applied."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, applied: bool, times: int = 1) -> None:
+        self.calls = 0
+        self.left = times
+        real = Collection.find_one_and_update
+
+        def fake(coll: Collection[Any], *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.left <= 0:
+                return real(coll, *args, **kwargs)
+            self.left -= 1
+            if applied:
+                real(coll, *args, **kwargs)
+            raise AutoReconnect("connection closed (simulated)")
+
+        monkeypatch.setattr(Collection, "find_one_and_update", fake)
+
+
+def test_claim_with_a_lost_reply_is_looked_up_by_token_not_reissued(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.insert([new_job("a", priority=2), new_job("b", priority=1)])
+    lose = LoseReplies(monkeypatch, applied=True)
+    job = store.claim(["default"], node="n", worker="n/1", token="tok-a", lease=30, now=time.time())
+    assert job is not None and job.id == "a" and job.claim_token == "tok-a"
+    assert lose.calls == 1  # looked up, never claimed again
+    running = store.find(JobQuery(statuses=(JobStatus.PROCESSING,)))
+    assert [j.id for j in running] == ["a"]
+    assert store.get("b").status == JobStatus.WAITING
+    assert [e.status for e in store.events(job_ids=["a"])][-1] == JobStatus.PROCESSING
+
+
+def test_claim_lost_before_it_applied_claims_nothing(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.insert([new_job("a")])
+    lose = LoseReplies(monkeypatch, applied=False)
+    with pytest.raises(StoreUnavailable, match="reply was lost"):
+        store.claim(["default"], node="n", worker="n/1", token="t1", lease=30, now=time.time())
+    assert lose.calls == 1
+    assert store.get("a").status == JobStatus.WAITING
+    assert must_claim(store).id == "a"  # the caller retries with a new token
+
+
+def test_settle_with_a_lost_reply_reports_what_happened(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    store.insert([new_job("a", now=now), new_job("b", now=now)])
+    a = must_claim(store, job_id="a", now=now)
+    b = must_claim(store, job_id="b", now=now)
+    LoseReplies(monkeypatch, applied=True)
+    assert store.settle("a", a.claim_token or "", rules.on_success(a, '"ok"', now), now=now)
+    assert store.get("a").status == JobStatus.DONE
+    assert [e.status for e in store.events(job_ids=["a"])][-1] == JobStatus.DONE
+    LoseReplies(monkeypatch, applied=False)
+    with pytest.raises(StoreUnavailable):
+        store.settle("b", b.claim_token or "", rules.on_success(b, '"ok"', now), now=now)
+    assert store.get("b").status == JobStatus.PROCESSING  # the caller retries: still held
+    assert store.settle("b", b.claim_token or "", rules.on_success(b, '"ok"', now), now=now)
+
+
+def test_interrupted_next_occurrence_is_inserted_by_maintenance(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    store.insert([new_job("s", now=now, interval=60)])
+    job = must_claim(store, now=now)
+
+    def outage(*args: Any, **kwargs: Any) -> None:
+        raise AutoReconnect("simulated outage after the settle")
+
+    monkeypatch.setattr(store, "_insert_next", outage)
+    assert store.settle("s", job.claim_token or "", rules.on_success(job, "1", now), now=now)
+    with pytest.raises(JobNotFound):
+        store.get("s.1")
+    monkeypatch.undo()
+    store.heartbeat(NodeRecord(name="n", host="h", pid=1, started=now, heartbeat=now))
+    nxt = store.get("s.1")
+    assert (nxt.status, nxt.series, nxt.at) == (JobStatus.POSTPONED, "s", pytest.approx(now + 60))
+    stored = raw(store, NAMES["jobs_collection"]).find_one({"_id": "s"})
+    assert stored is not None and "next_pending" not in stored and "next_job" not in stored
+
+
+# -- event seqs ------------------------------------------------------------------------------
+
+
+def test_event_seqs_are_never_reused_after_flush_or_purge(store: MongoStore) -> None:
+    now = time.time()
+    store.insert([new_job("a", now=now - 100), new_job("b", now=now - 100)])
+    top = store.last_event_seq()
+    store.flush()
+    assert store.events() == []
+    assert store.last_event_seq() == top
+    store.insert([new_job("c", now=now - 100)])
+    (event,) = store.events(after=top)
+    assert event.job_id == "c" and event.seq == top + 1
+    store.cancel("c", now=now - 100)
+    top = store.last_event_seq()
+    assert store.purge(statuses=(JobStatus.CANCELED,), ended_before=now) == 1
+    store.insert([new_job("d", now=now)])
+    assert [e.seq for e in store.events(after=top)] == [top + 1]
+
+
+def _emit_events(
+    spec: tuple[str, str], barrier: multiprocessing.synchronize.Barrier, n: int
+) -> None:
+    store = open_mongo(*spec)
+    try:
+        store.last_event_seq()
+        barrier.wait(30)
+        for i in range(n):
+            store.insert([new_job(f"{uuid.uuid4().hex}-{i}")])
+    finally:
+        store.close()
+
+
+def test_event_seqs_are_dense_and_unique_across_processes(
+    store: MongoStore, mongo_uri: str, database: str
+) -> None:
+    barrier = FORK.Barrier(4)
+    procs = [
+        FORK.Process(target=_emit_events, args=((mongo_uri, database), barrier, 40))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    seqs = [e.seq for e in store.events(limit=1000)]
+    assert seqs == list(range(1, 161))
+
+
+# -- outages, redaction -----------------------------------------------------------------------
+
+
+@needs_own_server
+def test_outage_raises_store_unavailable_then_the_same_store_resumes(server: MongoServer) -> None:
+    store = open_mongo(server.uri, unique_db_name(), server_selection_timeout=0.5)
+    try:
+        now = time.time()
+        store.insert([new_job(f"j{i}", now=now) for i in range(5)])
+        held = must_claim(store, now=now)
+        server.stop()
+        for operation in (
+            lambda: store.get("j1"),
+            lambda: store.claim(["default"], node="n", worker="w", token="t", lease=5, now=now),
+            lambda: store.insert([new_job("lost-while-down")]),
+            lambda: store.settle(held.id, held.claim_token or "", rules.release(held), now=now),
+            store.last_event_seq,
+        ):
+            with pytest.raises(StoreUnavailable):
+                operation()
+        server.start()
+        assert wait_for(lambda: _reachable(store), timeout=10)
+        assert store.settle(
+            held.id, held.claim_token or "", rules.on_success(held, "1", now), now=now
+        )
+        jobs = {j.id: j for j in store.find(JobQuery())}
+        assert sorted(jobs) == ["j0", "j1", "j2", "j3", "j4"]
+        assert jobs[held.id].status == JobStatus.DONE
+        assert sum(j.status == JobStatus.WAITING for j in jobs.values()) == 4
+    finally:
+        store.close()
+
+
+def _reachable(store: MongoStore) -> bool:
+    try:
+        store.last_event_seq()
+    except StoreUnavailable:
+        return False
+    return True
+
+
+def test_passwords_never_reach_errors(capfd: pytest.CaptureFixture[str]) -> None:
+    port = pick_free_port()  # nothing listens there
+    url = f"mongodb://scheduler:s3cr3t-pw@127.0.0.1:{port}/jobs?authSource=admin"
+    store = MongoStore(url, server_selection_timeout=0.2, **NAMES)
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            store.get("x")
+        assert "s3cr3t-pw" not in str(info.value)
+        assert "127.0.0.1" in str(info.value)
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+        assert "s3cr3t-pw" not in repr(store) and "s3cr3t-pw" not in store.url
+    finally:
+        store.close()
+    with pytest.raises(StoreError) as bad:
+        MongoStore("mongodb://scheduler:s3cr3t-pw@127.0.0.1:notaport/").get("x")
+    assert "s3cr3t-pw" not in str(bad.value) and "invalid MongoDB URL" in str(bad.value)
+    out, err = capfd.readouterr()
+    assert "s3cr3t-pw" not in out + err
+
+
+def test_start_logs_topology_wakeups_and_the_standalone_warning(
+    mongo_uri: str, database: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    if external_mongo_uri() is not None:
+        pytest.skip("the external server may be a replica set")
+    store = open_mongo(mongo_uri, database, poll_interval=0.25)
+    try:
+        store.last_event_seq()
+    finally:
+        store.close()
+    err = capfd.readouterr().err
+    assert "topology=standalone" in err and "polling every 0.25s" in err
+    assert "standalone server" in err and "warning" in err
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(StoreError, match="change_streams must be one of auto, on, off"):
+        MongoStore("mongodb://localhost/", change_streams="sometimes")
+
+
+# -- wake-ups -------------------------------------------------------------------------------
+
+
+def _wake_after_insert(store: MongoStore, other: MongoStore, limit: float) -> None:
+    waker = store.waker()
+    timer = threading.Timer(0.1, lambda: other.insert([new_job()]))
+    try:
+        assert waker.wait(0.2) is False
+        timer.start()
+        woke, took = elapsed(lambda: waker.wait(5.0))
+        assert woke is True
+        assert took < limit
+    finally:
+        timer.join()
+        waker.close()
+
+
+def test_polling_waker_wakes_within_the_poll_interval(mongo_uri: str, database: str) -> None:
+    store = open_mongo(mongo_uri, database, poll_interval=0.05, change_streams="off")
+    other = open_mongo(mongo_uri, database)
+    try:
+        waker = store.waker()
+        assert getattr(waker, "mode", None) == "polling"
+        waker.close()
+        _wake_after_insert(store, other, limit=0.1 + 0.05 + 0.25)
+    finally:
+        store.close()
+        other.close()
+
+
+def test_change_stream_waker_wakes_on_insert(mongo_uri: str, database: str) -> None:
+    # Polling every 10 s: only the change stream can wake it this fast.
+    store = open_mongo(mongo_uri, database, poll_interval=10.0, change_streams="on")
+    other = open_mongo(mongo_uri, database)
+    try:
+        waker = store.waker()
+        assert getattr(waker, "mode", None) == "change stream"
+        waker.close()
+        _wake_after_insert(store, other, limit=0.1 + 0.5)
+    finally:
+        store.close()
+        other.close()
+
+
+def test_waker_survives_fork_and_close_in_the_child(store: MongoStore) -> None:
+    waker = store.waker()
+    child = FORK.Process(target=waker.close)
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    store.insert([new_job()])
+    assert waker.wait(5.0) is True
+    waker.close()
+
+
+# -- races between processes -------------------------------------------------------------------
+
+
+def _add_once_many(
+    spec: tuple[str, str], barrier: multiprocessing.synchronize.Barrier, out: str
+) -> None:
+    store = open_mongo(*spec)
+    try:
+        store.last_event_seq()
+        barrier.wait(30)
+        got = []
+        for key in ("k1", "k2", "k3"):
+            job, _ = store.insert_once(new_job(once_key=key), lambda existing: True)
+            got.append(job.id)
+        Path(out).write_text("\n".join(got))
+    finally:
+        store.close()
+
+
+def test_insert_once_race_of_8_processes_creates_one_job_per_key(
+    store: MongoStore, mongo_uri: str, database: str, tmp_path: Path
+) -> None:
+    barrier = FORK.Barrier(8)
+    outs = [str(tmp_path / f"out-{i}") for i in range(8)]
+    procs = [
+        FORK.Process(target=_add_once_many, args=((mongo_uri, database), barrier, o)) for o in outs
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 8
+    jobs = store.find(JobQuery(statuses=ACTIVE))
+    assert sorted(j.once_key or "" for j in jobs) == ["k1", "k2", "k3"]
+    assert len(store.find(JobQuery())) == 3
+    answers = [Path(o).read_text().split("\n") for o in outs]
+    assert all(a == answers[0] for a in answers)  # everyone got the same job per key
+
+
+# -- cost ----------------------------------------------------------------------------------------
+
+
+class Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def count_commands(commands: Commands, fn: Callable[[], Any]) -> list[str]:
+    start = len(commands.names)
+    fn()
+    return commands.names[start:]
+
+
+def test_round_trips_per_job_claim_to_settle(mongo_uri: str, database: str) -> None:
+    commands = Commands()
+    store = open_mongo(mongo_uri, database, client_options={"event_listeners": [commands]})
+    try:
+        now = time.time()
+        store.insert([new_job(f"j{i}", now=now) for i in range(3)])
+        must_claim(store, now=now)  # warm up: connection, indexes
+
+        def one_job() -> None:
+            job = must_claim(store, now=now)
+            assert store.settle(
+                job.id, job.claim_token or "", rules.on_success(job, "1", now), now=now
+            )
+
+        names = count_commands(commands, one_job)
+    finally:
+        store.close()
+    # claim (findAndModify) + its event (find the top seq, insert), settle (findAndModify)
+    # + its event (find, insert).
+    assert names == ["findAndModify", "find", "insert", "findAndModify", "find", "insert"]
+
+
+def test_claim_does_not_scan_other_queues_first(store: MongoStore) -> None:
+    store.insert([new_job("x", queue="b")])
+    assert must_claim(store, queues=("a", "b")).id == "x"
+    assert store.count_due(["a", "b", "a"], now=time.time(), force_spawn=False) == 0
+
+
+def test_data_with_dots_and_dollars_round_trips(store: MongoStore) -> None:
+    data = {"a.b": 1, "$where": "x", "nested": {"c.d": [1, {"$e": None}]}}
+    store.insert([new_job("d", data=data, cls=CLS)])
+    job = must_claim(store)
+    assert job.data == data
+    result = '{"x.y": {"$z": 2}}'
+    settled = Settlement(status=JobStatus.DONE, result_json=result, reason="done")
+    assert store.settle("d", job.claim_token or "", settled, now=time.time())
+    assert store.get("d").result == {"x.y": {"$z": 2}}
