@@ -1,0 +1,1 @@
+"""Benchmarks of taskschedd against Huey, Celery and RQ (see bench/README.md)."""

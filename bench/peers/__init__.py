@@ -1,0 +1,1 @@
+"""Peer job systems, run from the peers virtualenv (bench/.venv-peers)."""

@@ -1,0 +1,332 @@
+"""taskschedd under test (runs in the project's venv): the daemon, bare workers, and the
+figures only taskschedd has (taskschedctl add, RSS growth, claim scaling, Mongo round trips).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import common
+from taskschedd.options import Defaults, resolve
+from taskschedd.scheduler import JobSpec, Scheduler
+from taskschedd.store.base import NewJob
+from taskschedd.store.sqlite import SQLiteStore
+
+BIN = Path(sys.executable).parent
+NOOP = "bench.jobs.Noop"
+STAMP = "bench.jobs.Stamp"
+
+
+def daemon_available() -> bool:
+    try:
+        import taskschedd.master  # noqa: F401
+    except ImportError:
+        return False
+    return (BIN / "taskschedd").exists()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(common.REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+class Taskschedd(common.System):
+    """The real daemon: a generated config, pm static with 2 workers, SQLite store at its
+    default durability (WAL, synchronous=FULL), logging at its default level into a file."""
+
+    name = "taskschedd"
+    batch = True
+
+    def __init__(self, workdir: Path, tag: str = "tsd", extra: dict[str, Any] | None = None):
+        self.workdir = workdir
+        self.db = workdir / f"{tag}.db"
+        self.url = f"sqlite:///{self.db}"
+        self.config_path = workdir / f"{tag}.yaml"
+        self.log = workdir / f"{tag}.log"
+        config: dict[str, Any] = {
+            "store": self.url,
+            "node": "bench",
+            "pm": "static",
+            "min_children": 2,
+            "max_children": 2,
+            "allowed_modules": ["bench.jobs"],
+            "logging": {"format": "json", "level": "info", "file": str(self.log)},
+        }
+        config.update(extra or {})
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.scheduler = Scheduler(self.url)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def reset(self) -> None:
+        self.scheduler.flush()
+
+    def enqueue_noop(self) -> None:
+        self.scheduler.add_job(NOOP)
+
+    def enqueue_noop_batch(self, k: int) -> None:
+        self.scheduler.add_jobs([JobSpec(NOOP)] * k)
+
+    def enqueue_stamp(self, tag: str, t: float) -> None:
+        self.scheduler.add_job(STAMP, {"k": tag, "t": t})
+
+    def start(self) -> None:
+        argv = [str(BIN / "taskschedd"), "-c", str(self.config_path)]
+        self.proc = common.spawn(argv, env=_env(), log=self.workdir / f"{self.name}.out")
+
+    def roots(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
+
+    def backlog(self) -> int:
+        return self.scheduler.store.count_due(["default"], now=time.time(), force_spawn=False)
+
+    def done(self) -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as c:
+            return int(c.execute("SELECT COUNT(*) FROM jobs WHERE status = 3").fetchone()[0])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            common.stop(self.proc, grace=30)
+            self.proc = None
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+    def master_and_workers(self) -> dict[str, Any]:
+        if self.proc is None:
+            return {}
+        workers = common.children(self.proc.pid)
+        return {
+            "master_mb": common.rss_mb(self.proc.pid),
+            "workers_mb": [common.rss_mb(w) for w in workers],
+        }
+
+
+class BareWorkers(Taskschedd):
+    """Two processes each running ``taskschedd.Worker(...).run()``: no master."""
+
+    name = "taskschedd-bare"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, tag="bare")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for i in range(2):
+            argv = [sys.executable, "-m", "bench.tsd_worker", self.url]
+            self.procs.append(
+                common.spawn(argv, env=_env(), log=self.workdir / f"{self.name}-{i}.out")
+            )
+
+    def roots(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            common.stop(p, grace=30)
+        self.procs = []
+
+
+# -- figures only taskschedd has --------------------------------------------------------
+def ctl_add(workdir: Path, count: int) -> dict[str, Any]:
+    """Wall time of ``taskschedctl add`` (a fresh process each time), against SQLite."""
+    ctl = BIN / "taskschedctl"
+    if not ctl.exists():
+        return {"skipped": "taskschedctl is not installed"}
+    url = f"sqlite:///{workdir / 'ctl.db'}"
+    env = _env()
+    argv = [str(ctl), "--store", url, "add", NOOP, '{"x": 1}']
+
+    def once(cmd: list[str]) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=30, cwd=common.REPO)
+        return time.perf_counter() - t0
+
+    for _ in range(2):
+        once(argv)  # warm the page cache and create the store
+    times = [once(argv) for _ in range(count)]
+    python_floor = [once([sys.executable, "-c", "pass"]) for _ in range(5)]
+    import_only = [once([sys.executable, "-c", "import taskschedctl.cli"]) for _ in range(5)]
+    return {
+        "median_s": common.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "n": count,
+        "python_startup_median_s": common.median(python_floor),
+        "import_taskschedctl_cli_median_s": common.median(import_only),
+    }
+
+
+def rss_growth(workdir: Path, checkpoints: list[int], timeout: float) -> dict[str, Any]:
+    """Master and worker RSS after each checkpoint of jobs run by one daemon."""
+    system = Taskschedd(workdir, tag="rss")
+    system.reset()
+    out: dict[str, Any] = {"checkpoints": []}
+    system.start()
+    try:
+        wait_workers(system)
+        out["boot"] = system.master_and_workers()
+        added = 0
+        for target in checkpoints:
+            while added < target:
+                k = min(common.BATCH, target - added)
+                system.enqueue_noop_batch(k)
+                added += k
+            common.wait_until(
+                lambda target=target: system.done() >= target,  # type: ignore[misc]
+                timeout,
+                f"{target} jobs done",
+                interval=0.2,
+            )
+            out["checkpoints"].append({"jobs": target, **system.master_and_workers()})
+    finally:
+        system.stop()
+        system.close()
+    return out
+
+
+def wait_workers(system: Taskschedd) -> None:
+    common.wait_until(
+        lambda: system.proc is not None and len(common.children(system.proc.pid)) >= 2,
+        30,
+        "2 workers",
+        interval=0.05,
+    )
+
+
+def _new_jobs(k: int, now: float) -> list[NewJob]:
+    opts, _ = resolve({}, Defaults.parse({}))
+    return [
+        NewJob(id=uuid.uuid4().hex, cls=NOOP, data_json="null", options=opts, at=now, created=now)
+        for _ in range(k)
+    ]
+
+
+def claim_scaling(workdir: Path, sizes: list[int], claims: int) -> dict[str, Any]:
+    """Median time of one claim() (and of the master's count_due()) with N waiting jobs."""
+    out: dict[str, Any] = {}
+    for size in sizes:
+        path = workdir / f"claim-{size}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        store = SQLiteStore(f"sqlite:///{path}")
+        t0 = time.perf_counter()
+        now = time.time() - 1
+        left = size
+        while left > 0:
+            k = min(10000, left)
+            store.insert(_new_jobs(k, now))
+            left -= k
+        build = time.perf_counter() - t0
+        claim_t: list[float] = []
+        for _ in range(claims):
+            token = secrets.token_hex(16)
+            t0 = time.perf_counter()
+            job = store.claim(
+                ["default"], node="bench", worker="w", token=token, lease=30.0, now=time.time()
+            )
+            claim_t.append(time.perf_counter() - t0)
+            assert job is not None
+        count_t: list[float] = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            store.count_due(["default"], now=time.time(), force_spawn=False)
+            count_t.append(time.perf_counter() - t0)
+        store.close()
+        out[str(size)] = {
+            "build_s": build,
+            "claim_median_ms": (common.median(claim_t) or 0) * 1000,
+            "claim_p90_ms": (common.percentile(claim_t, 90) or 0) * 1000,
+            "count_due_median_ms": (common.median(count_t) or 0) * 1000,
+            "db_mb": path.stat().st_size / 2**20,
+        }
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    small, big = (out[str(s)]["claim_median_ms"] for s in (sizes[0], sizes[-1]))
+    out["ratio_big_vs_small"] = big / small if small else None
+    return out
+
+
+def mongo_round_trips(jobs: int) -> dict[str, Any]:
+    """pymongo commands per job against nx-27017: enqueue, then claim+settle (backlog)."""
+    try:
+        import taskschedd.store.mongo  # noqa: F401
+    except ImportError:
+        return {"skipped": "taskschedd/store/mongo.py does not exist yet"}
+    from pymongo import monitoring
+
+    from taskschedd import Worker
+    from taskschedd.store import open_store
+    from tests.mongo_server import MongoServer
+
+    class Counter(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.by_name: dict[str, int] = {}
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            self.by_name[event.command_name] = self.by_name.get(event.command_name, 0) + 1
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+        def take(self) -> dict[str, int]:
+            out, self.by_name = self.by_name, {}
+            return out
+
+    counter = Counter()
+    monitoring.register(counter)
+    with MongoServer() as server:
+        url = server.uri.rstrip("/") + "/benchrt"
+        # nx-27017 accepts no dots in collection names (MongoDB's defaults have them).
+        store = open_store(
+            url,
+            jobs_collection="taskscheduler_jobs",
+            events_collection="taskscheduler_events",
+            nodes_collection="taskscheduler_nodes",
+        )
+        scheduler = Scheduler(store)
+        worker = Worker(store, allowed_modules=["bench.jobs"], in_process=False)
+        scheduler.add_job(NOOP)  # warm up: connect, create indexes
+        worker.run_one()
+        counter.take()
+        for _ in range(jobs):
+            scheduler.add_job(NOOP)
+        enqueue_one = counter.take()
+        scheduler.add_jobs([JobSpec(NOOP)] * jobs)
+        enqueue_batch = counter.take()
+        ran = 0
+        while worker.run_one() is not None:
+            ran += 1
+        work = counter.take()
+        idle_polls = 10
+        for _ in range(idle_polls):
+            worker.run_one()
+        idle = counter.take()
+        store.close()
+
+    def per(d: dict[str, int], n: int) -> float:
+        return sum(v for k, v in d.items() if k not in ("hello", "isMaster", "ismaster")) / n
+
+    return {
+        "jobs": jobs,
+        "enqueue_one_per_job": per(enqueue_one, jobs),
+        "enqueue_batch_per_job": per(enqueue_batch, jobs),
+        "claim_settle_per_job": per(work, ran),
+        "steady_state_per_job": per(enqueue_one, jobs) + per(work, ran),
+        "idle_claim_attempt": per(idle, idle_polls),
+        "commands": {"enqueue_one": enqueue_one, "enqueue_batch": enqueue_batch, "work": work},
+    }
