@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -124,6 +125,20 @@ def path_from_url(url: str) -> str:
     return os.path.abspath(url)
 
 
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL. While another connection converts a new database, this pragma fails
+    with SQLITE_BUSY at once (the busy handler is not called): retry up to the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
     (
         job_id, cls, data, status, queue, priority, at, created, started, ended, attempt,
@@ -228,7 +243,7 @@ class SQLiteStore(Store):
                     check_same_thread=False,
                 )
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                conn.execute("PRAGMA journal_mode = WAL")
+                _set_wal(conn, self.busy_timeout)
                 conn.execute("PRAGMA synchronous = FULL")
                 conn.execute("PRAGMA foreign_keys = OFF")
                 self._ensure_schema(conn)
