@@ -294,7 +294,7 @@ class Master:
         self.waker = self.store.waker()
         self.selector.register(self.waker.fileno(), selectors.EVENT_READ, "waker")
         now = time.monotonic()
-        self.purge_timer.next = now + 5.0
+        self.purge_timer.next = now + min(5.0, self._purge_interval())
         self._heartbeat(now)
         self._manage_pool(now)
         systemd.ready(status=self._status_line())
@@ -371,8 +371,11 @@ class Master:
             now + LOOP_MAX_WAIT,
         ]
         if self.state is State.RUNNING:
-            times.append(self.pool_next if not self.pool_dirty else self.pool_last + PLAN_DEBOUNCE)
-        if self.heartbeat_soon or self.status_text != self._status_line():
+            planned = self.pool_last + PLAN_DEBOUNCE if self.pool_dirty else self.pool_next
+            times.append(max(planned, self.pool_timer.next))  # no spinning in a store outage
+        if self.heartbeat_soon and not self.heartbeat_timer.failures:
+            times.append(now + 0.1)
+        if self.status_text != self._status_line():
             times.append(now + 0.1)
         if any(w.job for w in self.workers.values()):
             times.append(self.cancel_timer.next)
@@ -417,6 +420,7 @@ class Master:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        master_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker; never returns into the master's code
             code = workerproc.EXIT_CRASH
@@ -429,7 +433,7 @@ class Master:
                 spec = workerproc.WorkerSpec(
                     config=self.config,
                     name=f"{self.config.node}/{os.getpid()}",
-                    master_pid=os.getppid(),
+                    master_pid=master_pid,
                     report_fd=report_w,
                     control_fd=control_r,
                     extra=extra,
@@ -842,7 +846,11 @@ class Master:
 
     # -- periodic duties --------------------------------------------------------------
     def _heartbeat(self, now: float) -> None:
-        soon = self.heartbeat_soon and now - self.heartbeat_last >= 0.1
+        soon = (
+            self.heartbeat_soon
+            and not self.heartbeat_timer.failures
+            and now - self.heartbeat_last >= 0.1
+        )
         if now < self.heartbeat_timer.next and not soon:
             return
         assert self.store is not None
@@ -873,7 +881,7 @@ class Master:
         if now < self.purge_timer.next:
             return
         retention = self.config.retention
-        interval = min(3600.0, max(60.0, retention / 10))
+        interval = self._purge_interval()
         if retention <= 0:
             self.purge_timer.done(now, interval)
             return
@@ -886,6 +894,10 @@ class Master:
         self.purge_timer.done(now, interval)
         if n:
             self.log.info("purged finished jobs past their retention", jobs=n, retention=retention)
+
+    def _purge_interval(self) -> float:
+        """A tenth of the retention, between 1 s and an hour: one indexed delete is cheap."""
+        return min(3600.0, max(1.0, self.config.retention / 10))
 
     def _watchdog(self, now: float) -> None:
         if self.watchdog_every and now >= self.watchdog_next:
