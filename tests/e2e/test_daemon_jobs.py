@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from taskschedd import JobStatus, Scheduler
-from tests.e2e.conftest import JOBS, Daemon, pid_gone
+from taskschedd import JobNotFound, JobStatus, Scheduler
+from tests.e2e.conftest import JOBS, Daemon, cmdline, pid_gone
 from tests.helpers import wait_for
 
 
@@ -124,3 +124,58 @@ def test_add_job_once_runs_one_job_for_repeated_requests(
     later = scheduler.add_job_once(f"{JOBS}.Sleep", {"seconds": 0.5})
     assert later.id != first.id  # the first one is final: a new request is a new job
     assert later.wait(10).status == JobStatus.DONE
+
+
+def test_expired_leases_of_other_nodes_are_reaped(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    daemon_factory(reap_interval="0.2s").start()
+    # A job on a queue this node does not serve, claimed by a node that then vanished.
+    job = scheduler.add_job(f"{JOBS}.WhoAmI", queue="elsewhere", retry=0)
+    claimed = scheduler.store.claim(
+        ["elsewhere"], node="ghost", worker="ghost/1", token="t" * 32, lease=0.3,
+        now=time.time(),
+    )  # fmt: skip
+    assert claimed is not None and claimed.id == job.id
+    job.wait(5)
+    assert job.status == JobStatus.FAILED and job.reason == "abandoned"
+    assert "lease expired (node ghost" in job.errors[-1].message
+
+
+def test_job_log_lines_and_process_titles_name_the_job(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    d = daemon_factory().start()
+    job = scheduler.add_job(f"{JOBS}.Sleep", {"seconds": 30}, timeout=0.5)
+    wait_for(lambda: job.refresh().status == JobStatus.PROCESSING, 5)
+    pid = worker_pid(job.record.worker)
+    title = f"taskschedd: worker n1/{pid} running {job.id} {JOBS}.Sleep"
+    wait_for(lambda: cmdline(pid) == title, 5, message=lambda: f"title {cmdline(pid)!r}")
+    assert "taskschedd: master n1" in cmdline(d.pid)
+    job.wait(5)
+    fields = {"job_id": job.id, "job_class": f"{JOBS}.Sleep", "attempt": 1,
+              "queue": "default", "node": "n1", "worker": f"n1/{pid}"}  # fmt: skip
+    for event in ("job started", "stopping a running job", "job settled by the master"):
+        (line,) = wait_for(lambda event=event: [e for e in d.logged(event)
+                                                if e.get("job_id") == job.id], 5)  # fmt: skip
+        assert {k: line.get(k) for k in fields} == fields, event
+    (start,) = d.logged("taskschedd starting")
+    assert start["config"]["node"] == "n1" and start["config"]["pm"] == "static"
+
+
+def test_finished_jobs_are_purged_after_the_retention(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    daemon_factory(retention="0.5s").start()
+    done = scheduler.add_job(f"{JOBS}.WhoAmI").wait(10)
+    waiting = scheduler.add_job(f"{JOBS}.WhoAmI", at=time.time() + 3600)
+
+    def purged() -> bool:
+        try:
+            scheduler.get_job(done.id)
+        except JobNotFound:
+            return True
+        return False
+
+    wait_for(purged, 5, message="the finished job to be purged")
+    assert waiting.refresh().status == JobStatus.POSTPONED  # only final jobs go

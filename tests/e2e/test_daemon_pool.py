@@ -116,3 +116,30 @@ def test_a_failing_setup_hook_backs_off_instead_of_spinning(
     assert failures and "exited with code 3" in failures[0]["how"]
     hook_errors = d.logged("setup hook failed; the worker cannot start")
     assert "setup hook failed on purpose" in hook_errors[0]["error"]
+
+
+def test_workers_are_recycled_after_max_jobs_per_worker(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    daemon_factory(pm="static", min_children=1, max_jobs_per_worker=2).start()
+    pids = [scheduler.add_job(f"{JOBS}.WhoAmI").wait(10).result["pid"] for _ in range(4)]
+    assert pids[0] == pids[1] != pids[2] == pids[3]
+
+
+def test_workers_are_recycled_above_max_worker_memory(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    d = daemon_factory(pm="static", min_children=1, max_worker_memory=1).start()  # 1 MiB
+    pids = [scheduler.add_job(f"{JOBS}.WhoAmI").wait(10).result["pid"] for _ in range(2)]
+    assert pids[0] != pids[1]
+    exited = wait_for(lambda: d.logged("worker exited"), 5)
+    assert "max_worker_memory" in exited[0]["reason"]
+
+
+def test_workers_exit_when_the_master_dies(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory(pm="static", min_children=2).start()
+    pids = d.wait_workers(2)
+    d.signal(signal.SIGKILL)
+    d.wait_exit(5)
+    for pid in pids:
+        wait_for(lambda pid=pid: pid_gone(pid), 2, message=f"worker {pid} to exit")

@@ -6,6 +6,8 @@ import signal
 import time
 from collections.abc import Callable
 
+import pytest
+
 from taskschedd import JobStatus, Scheduler
 from tests.e2e.conftest import JOBS, Daemon, pid_gone
 from tests.helpers import wait_for
@@ -14,12 +16,6 @@ from tests.helpers import wait_for
 def worker_pid(worker: str | None) -> int:
     assert worker is not None
     return int(worker.rsplit("/", 1)[1])
-
-
-def running(scheduler: Scheduler, seconds: float, **options: object) -> object:
-    job = scheduler.add_job(f"{JOBS}.Sleep", {"seconds": seconds}, **options)
-    wait_for(lambda: job.refresh().status == JobStatus.PROCESSING, 5)
-    return job
 
 
 def test_sigterm_drains_a_job_that_finishes_within_the_grace(
@@ -36,15 +32,16 @@ def test_sigterm_drains_a_job_that_finishes_within_the_grace(
     assert scheduler.nodes() == []  # the node left the registry
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_releases_a_job_still_running_after_the_grace_without_using_an_attempt(
-    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler, sig: signal.Signals
 ) -> None:
     d = daemon_factory(shutdown_grace="0.5s", kill_grace="0.5s").start()
     job = scheduler.add_job(f"{JOBS}.Sleep", {"seconds": 30})
     wait_for(lambda: job.refresh().status == JobStatus.PROCESSING, 5)
     pid = worker_pid(job.record.worker)
     started = time.monotonic()
-    d.signal(signal.SIGTERM)
+    d.signal(sig)
     assert d.wait_exit(8) == 0
     assert time.monotonic() - started < 3
     job.refresh()
