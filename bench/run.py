@@ -29,7 +29,7 @@ from bench import common, profile, tsd
 
 PEERS = ["huey-sqlite", "huey-redis", "celery", "rq"]
 TSD = ["taskschedd", "taskschedd-bare"]
-SECTIONS = ["drain", "latency", "ctl", "rss", "idle", "claim", "mongo"]
+SECTIONS = ["wal", "drain", "latency", "ctl", "rss", "idle", "claim", "mongo"]
 RUN_ENV = "BENCH_RUN_ID"
 
 
@@ -182,6 +182,11 @@ def main() -> int:
                 results["versions"] = pe.run(peers[0], "versions", 60)
             results["versions"] = {**results.get("versions", {}), **tsd_versions()}
             raw = results["raw"]
+            if "wal" in sections:
+                log("SQLite WAL pages per write (taskschedd, Huey-SQLite)")
+                raw["wal"] = {"taskschedd": tsd.wal_pages()}
+                if "huey-sqlite" in peers:
+                    raw["wal"]["huey-sqlite"] = pe.run("huey-sqlite", "walpages", 120)
             if "drain" in sections:
                 raw["drain"] = section_reps(reps, systems, pe, workdir, "drain", n)
             if "latency" in sections:
@@ -406,7 +411,60 @@ def render(results: dict[str, Any]) -> str:
             f"| {t['target']} | {op} {fmt(t['goal'], 1)} {t['unit']} | "
             f"{fmt(t['value'], 2)} {t['unit']} | {met} |"
         )
+    lines += ["", *details(results.get("raw", {}))]
     return "\n".join(lines) + "\n"
+
+
+def details(raw: dict[str, Any]) -> list[str]:
+    """One line per taskschedd-only figure."""
+    out: list[str] = []
+    wal = raw.get("wal", {})
+    if "taskschedd" in wal:
+        t = wal["taskschedd"]
+        line = (
+            f"- SQLite WAL pages per commit: taskschedd add_job {t['add_job']:.1f}, claim "
+            f"{t['claim']:.1f}, settle {t['settle']:.1f} (2 commits per drained job)"
+        )
+        h = wal.get("huey-sqlite", {})
+        if "enqueue" in h:
+            line += (
+                f"; Huey-SQLite enqueue {h['enqueue']:.1f}, dequeue {h['dequeue']:.1f} "
+                f"(1 commit per drained job; synchronous={h['synchronous']}, {h['journal_mode']})"
+            )
+        out.append(line)
+    ctl = raw.get("ctl", {})
+    if "median_s" in ctl:
+        out.append(
+            f"- taskschedctl add: median {ctl['median_s'] * 1000:.0f} ms of {ctl['n']} "
+            f"(python -c pass {ctl['python_startup_median_s'] * 1000:.0f} ms, "
+            f"import taskschedctl.cli {ctl['import_taskschedctl_cli_median_s'] * 1000:.0f} ms)"
+        )
+    rss = raw.get("rss", {})
+    for cp in rss.get("checkpoints", []):
+        workers = ", ".join(f"{w:.1f}" for w in cp.get("workers_mb") or [] if w)
+        out.append(
+            f"- RSS after {cp['jobs']:,} jobs: master {cp['master_mb']:.1f} MiB, "
+            f"workers {workers} MiB"
+        )
+    claim = raw.get("claim", {})
+    for size, c in claim.items():
+        if isinstance(c, dict):
+            out.append(
+                f"- claim() with {int(size):,} waiting jobs: median {c['claim_median_ms']:.2f} ms "
+                f"(p90 {c['claim_p90_ms']:.2f}); the master's count_due() "
+                f"{c['count_due_median_ms']:.2f} ms"
+            )
+    mongo = raw.get("mongo", {})
+    if "steady_state_per_job" in mongo:
+        out.append(
+            f"- Mongo round trips per job: {mongo['steady_state_per_job']:.2f} = add_job "
+            f"{mongo['enqueue_one_per_job']:.2f} + claim and settle "
+            f"{mongo['claim_settle_per_job']:.2f} (batch add {mongo['enqueue_batch_per_job']:.2f}/job; "
+            f"an empty claim {mongo['idle_claim_attempt']:.1f}); commands {mongo['commands']}"
+        )
+    elif mongo:
+        out.append(f"- Mongo round trips: {mongo.get('skipped') or mongo.get('error')}")
+    return out
 
 
 if __name__ == "__main__":

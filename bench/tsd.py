@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from bench import common
+from taskschedd import rules
 from taskschedd.options import Defaults, resolve
 from taskschedd.scheduler import JobSpec, Scheduler
 from taskschedd.store.base import NewJob
@@ -329,4 +330,46 @@ def mongo_round_trips(jobs: int) -> dict[str, Any]:
         "steady_state_per_job": per(enqueue_one, jobs) + per(work, ran),
         "idle_claim_attempt": per(idle, idle_polls),
         "commands": {"enqueue_one": enqueue_one, "enqueue_batch": enqueue_batch, "work": work},
+    }
+
+
+def wal_pages(jobs: int = 100) -> dict[str, Any]:
+    """SQLite WAL pages written per add_job, claim and settle (each one commit, each commit
+    one fsync at synchronous=FULL). Deterministic, unlike timings on a shared machine."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="taskschedd-wal-") as d:
+        scheduler = Scheduler(f"sqlite:///{d}/w.db")
+        store = scheduler.store
+        assert isinstance(store, SQLiteStore)
+        for _ in range(300):  # a realistic B-tree depth first
+            scheduler.add_job(NOOP)
+        conn = store._conn
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        wal = Path(f"{d}/w.db-wal")
+
+        def frames() -> float:
+            return wal.stat().st_size / (4096 + 24) if wal.exists() else 0.0
+
+        from taskschedd.worker import Worker
+
+        worker = Worker(store, allowed_modules=["bench.jobs"], in_process=False)
+        f0 = frames()
+        for _ in range(jobs):
+            scheduler.add_job(NOOP)
+        f1 = frames()
+        claimed = [worker.claim() for _ in range(jobs)]
+        f2 = frames()
+        for job in claimed:
+            assert job is not None and job.claim_token is not None
+            worker._settle(job, rules.on_success(job, "null", time.time()))
+        f3 = frames()
+        scheduler.close()
+    return {
+        "add_job": (f1 - f0) / jobs,
+        "claim": (f2 - f1) / jobs,
+        "settle": (f3 - f2) / jobs,
+        "commits_per_job": 3,
+        "drain_commits_per_job": 2,
     }

@@ -164,6 +164,39 @@ def make(system: str, workdir: Path) -> common.System:
     raise SystemExit(f"unknown system {system!r}; accepted: huey-sqlite, huey-redis, celery, rq")
 
 
+def huey_wal_pages(workdir: Path, jobs: int = 100) -> dict[str, Any]:
+    """SQLite WAL pages per Huey enqueue and dequeue (one commit each), as for taskschedd."""
+    system = Huey(workdir, "sqlite", os.environ.get("BENCH_REDIS_URL", ""))
+    system.reset()
+    for _ in range(300):
+        system.enqueue_noop()
+    conn = system.app.huey.storage.conn
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    wal = Path(f"{workdir / 'huey.db'}-wal")
+
+    def frames() -> float:
+        return wal.stat().st_size / (4096 + 24) if wal.exists() else 0.0
+
+    f0 = frames()
+    for _ in range(jobs):
+        system.enqueue_noop()
+    f1 = frames()
+    for _ in range(jobs):
+        system.app.huey.storage.dequeue()
+    f2 = frames()
+    sync = conn.execute("PRAGMA synchronous").fetchone()[0]
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    return {
+        "enqueue": (f1 - f0) / jobs,
+        "dequeue": (f2 - f1) / jobs,
+        "synchronous": sync,
+        "journal_mode": mode,
+        "commits_per_job": 2,
+        "drain_commits_per_job": 1,
+    }
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -173,7 +206,7 @@ def versions() -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.peers.driver")
     parser.add_argument("system")
-    parser.add_argument("measure", choices=["drain", "latency", "idle", "versions"])
+    parser.add_argument("measure", choices=["drain", "latency", "idle", "versions", "walpages"])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("-n", type=int, default=20000)
     parser.add_argument("--count", type=int, default=500)
@@ -182,6 +215,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.measure == "versions":
         print(json.dumps(versions()))
+        return 0
+    if args.measure == "walpages":
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(huey_wal_pages(args.workdir)))
         return 0
     common.install_signal_cleanup()
     args.workdir.mkdir(parents=True, exist_ok=True)
