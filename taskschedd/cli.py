@@ -7,9 +7,11 @@ configuration, 69 for an unusable store), never a traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import click
 
@@ -71,6 +73,14 @@ Exit codes: 0 stopped cleanly, 1 error, 69 store unavailable, 78 bad configurati
     help="Detach from the terminal (python-daemon); use with a pidfile and a log file.",
 )
 @click.option(
+    "--store",
+    "store_url",
+    metavar="URL",
+    default=None,
+    help="Store URL (sqlite:///PATH, a file path, mongodb://...), overriding 'store' in the "
+    "configuration file.",
+)
+@click.option(
     "--pidfile",
     metavar="PATH",
     default=None,
@@ -78,10 +88,20 @@ Exit codes: 0 stopped cleanly, 1 error, 69 store unavailable, 78 bad configurati
 )
 @click.version_option(__version__, "--version", prog_name="taskschedd")
 def command(
-    config_path: str | None, check_config: bool, daemonize: bool, pidfile: str | None
+    config_path: str | None,
+    check_config: bool,
+    daemonize: bool,
+    store_url: str | None,
+    pidfile: str | None,
 ) -> int:
     path = config_path or config_mod.default_config_path()
-    cfg = config_mod.load(path)
+    overrides: dict[str, Any] = {}
+    if store_url is not None:
+        try:
+            overrides["store"] = config_mod.from_mapping({"store": store_url}).store
+        except config_mod.ConfigError as exc:
+            raise config_mod.ConfigError(exc.reason, key="--store") from None
+    cfg = dataclasses.replace(config_mod.load(path), **overrides)
     if check_config:
         import json
 
@@ -102,7 +122,7 @@ def command(
             raise TaskSchedError(
                 f"cannot drop privileges to {cfg.user}/{cfg.group}: {exc}"
             ) from None
-        return master.run(cfg, os.path.abspath(path))
+        return master.run(cfg, os.path.abspath(path), overrides)
 
 
 def _check_store(cfg: config_mod.Config) -> None:

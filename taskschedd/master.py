@@ -41,7 +41,7 @@ from typing import Any
 from taskschedd import __version__, log, pool, rules, systemd, workerproc
 from taskschedd.config import Config, ConfigError
 from taskschedd.config import load as load_config
-from taskschedd.errors import JobNotFound, StoreError, TaskSchedError
+from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable, TaskSchedError
 from taskschedd.job import FINAL, JobStatus
 from taskschedd.store import Store, open_store
 from taskschedd.store.base import JobRecord, NodeRecord, Settlement, Waker
@@ -221,9 +221,15 @@ def drop_privileges(user: str | None, group: str | None) -> None:
 class Master:
     """Runs the node until it is told to stop; :meth:`run` returns the exit code."""
 
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self.overrides = dict(overrides or {})  # command-line settings, kept across reloads
         self.settings = pool.PoolSettings.from_config(config)
         self.log = log.get_logger("taskschedd.master", node=config.node)
         self.state = State.RUNNING
@@ -279,7 +285,7 @@ class Master:
             config=self.config.redacted(),
         )
         self.store = open_store(self.config.store, **workerproc.store_options(self.config))
-        self.store.last_event_seq()  # fail now (exit 69) if the store cannot be used
+        self._wait_for_store()
         self.selector = selectors.DefaultSelector()
         self._sig_r, self._sig_w = os.pipe()
         for fd in (self._sig_r, self._sig_w):
@@ -299,6 +305,26 @@ class Master:
         self._manage_pool(now)
         systemd.ready(status=self._status_line())
         self.log.info("taskschedd ready", pm=self.config.pm, queues=self.config.queues)
+
+    def _wait_for_store(self) -> None:
+        """A store that is down for now (StoreUnavailable) is waited for, with backoff; one
+        that cannot work (StoreError: bad path, not a database...) ends the start (exit 69).
+        Our signal handlers are not installed yet: SIGTERM still just ends the process."""
+        assert self.store is not None
+        failures = 0
+        while True:
+            try:
+                self.store.last_event_seq()
+                return
+            except StoreUnavailable as exc:
+                failures += 1
+                delay = store_backoff(failures)
+                self.log.warning(
+                    "store unavailable at start; waiting for it", error=str(exc),
+                    retry_in=round(delay, 2),
+                )  # fmt: skip
+                systemd.status(f"waiting for the store: {exc}")
+                time.sleep(delay)
 
     def _record_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.append(signum)  # only record: the loop does the work
@@ -965,7 +991,7 @@ class Master:
         try:
             if self.config_path is None:
                 raise ConfigError("no configuration file to reload")
-            new = load_config(self.config_path)
+            new = dataclasses.replace(load_config(self.config_path), **self.overrides)
         except ConfigError as exc:
             self.log.error(
                 "reload refused: the new configuration is invalid; keeping the old one",
@@ -1041,9 +1067,11 @@ class Master:
         )
 
 
-def run(config: Config, config_path: str | None = None) -> int:
+def run(
+    config: Config, config_path: str | None = None, overrides: dict[str, Any] | None = None
+) -> int:
     """Run a node in the foreground until it is stopped; returns the exit code."""
-    return Master(config, config_path).run()
+    return Master(config, config_path, overrides).run()
 
 
 __all__ = ["Master", "State", "drop_privileges", "run"]

@@ -106,3 +106,13 @@ def test_daemon_mode_detaches_and_runs(tmp_path: Path) -> None:
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not pidfile.exists(), 5)
+
+
+def test_store_option_overrides_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"store: {tmp_path}/from-file.db\n")
+    result = taskschedd("--check-config", "-c", str(config), "--store", f"{tmp_path}/cli.db")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["store"] == f"sqlite://{tmp_path}/cli.db"
+    bad = taskschedd("--check-config", "-c", str(config), "--store", "ftp://nowhere")
+    assert bad.returncode == 78 and bad.stderr.startswith("taskschedd: --store: unsupported")
