@@ -41,7 +41,7 @@ LIFECYCLE = {
     "Type": "notify",
     "NotifyAccess": "main",
     "ExecReload": "/bin/kill -HUP $MAINPID",
-    "KillMode": "control-group",
+    "KillMode": "mixed",
     "KillSignal": "SIGTERM",
     "Restart": "on-failure",
     "RestartPreventExitStatus": "78",
