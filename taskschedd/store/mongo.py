@@ -40,6 +40,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -78,12 +79,9 @@ from taskschedd.store.base import (
 )
 from taskschedd.store.mongo_waker import STREAM_AWAIT_MS, MongoWaker
 
-log = get_logger("taskschedd.store.mongo")
-
 Doc = dict[str, Any]
 
 DEFAULT_DATABASE = "taskscheduler"
-DEFAULT_RETENTION = 7 * 86400.0
 
 READY, RUNNING, DONE = "ready", "running", "final"
 FLOOR_ID = "~floor"
@@ -107,6 +105,11 @@ _EVENT_FIELDS = {"attempt": 1, "cls": 1, "queue": 1, "node": 1, "worker": 1}
 
 class _OnceKeyTaken(StoreError):
     """An insert lost the race for a once key to an active job."""
+
+
+def _log() -> Any:
+    # Not at import: get_logger() configures logging on first use.
+    return get_logger("taskschedd.store.mongo")
 
 
 def _state(status: JobStatus) -> str:
@@ -243,8 +246,10 @@ def _is_transient(exc: PyMongoError) -> bool:
 class MongoStore(Store):
     """See the module docstring.
 
-    ``retention``: seconds after which final jobs and events expire through TTL indexes
-    (0: never; the daemon's own purge also applies). ``poll_interval``: how often a
+    ``retention``: seconds after which final jobs and events expire through TTL indexes on
+    ``ended_at``; 0 removes those indexes (keep forever); None (the default) leaves them
+    as they are, so that opening a store without the node's configuration (a script, a
+    CLI without config) never changes the cluster's retention. ``poll_interval``: how often a
     polling waker checks for new events. ``server_selection_timeout`` bounds how long an
     operation waits for a reachable server before StoreUnavailable, so callers back off.
     ``client_options`` are passed to MongoClient (tests use it for command monitoring).
@@ -261,13 +266,13 @@ class MongoStore(Store):
         write_concern: str | int = "majority",
         change_streams: str = "auto",
         poll_interval: float = 1.0,
-        retention: float = DEFAULT_RETENTION,
+        retention: float | None = None,
         server_selection_timeout: float = 5.0,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
         if change_streams not in ("auto", "on", "off"):
             raise StoreError(f"change_streams must be one of auto, on, off; got {change_streams!r}")
-        if retention < 0:
+        if retention is not None and retention < 0:
             raise StoreError(f"retention must be >= 0 seconds (0 = keep), got {retention!r}")
         self._url = url
         self.url = redact_url(url)
@@ -278,7 +283,7 @@ class MongoStore(Store):
         self.write_concern = write_concern
         self.change_streams = change_streams
         self.poll_interval = float(poll_interval)
-        self.retention = float(retention)
+        self.retention = None if retention is None else float(retention)
         self.server_selection_timeout = float(server_selection_timeout)
         self._client_options = dict(client_options or {})
         self._client_obj: pymongo.MongoClient[Doc] | None = None
@@ -287,9 +292,19 @@ class MongoStore(Store):
         self._ready = False
         self._use_streams = False
         self.topology = "unknown"
-        self._lock = threading.RLock()
+        self._lock_obj = threading.RLock()
+        self._lock_pid = os.getpid()
         self._seq_last = 0
         self._maintained = 0.0
+        self._wakers: weakref.WeakSet[MongoWaker] = weakref.WeakSet()
+
+    @property
+    def _lock(self) -> threading.RLock:
+        """This process's lock: one inherited across fork may be held by a dead thread."""
+        if self._lock_pid != os.getpid():
+            self._lock_obj = threading.RLock()
+            self._lock_pid = os.getpid()
+        return self._lock_obj
 
     # -- connection ---------------------------------------------------------------------
     def _new_client(self) -> pymongo.MongoClient[Doc]:
@@ -376,7 +391,7 @@ class MongoStore(Store):
                 if self._use_streams
                 else f"polling every {self.poll_interval:g}s"
             )
-            log.info(
+            _log().info(
                 "MongoDB store",
                 url=self.url,
                 database=db.name,
@@ -386,7 +401,7 @@ class MongoStore(Store):
                 retention=self.retention,
             )
             if not replicated:
-                log.warning(
+                _log().warning(
                     "MongoDB is a standalone server: write concern "
                     f"{self.write_concern!r} is acknowledged by that one server only, so "
                     "its loss can lose job state; use a replica set for production",
@@ -435,20 +450,28 @@ class MongoStore(Store):
             if _is_transient(exc):
                 raise
             # E.g. a user without the createIndex privilege: indexes made by an admin work.
-            log.warning("could not create MongoDB indexes", error=redact_text(str(exc)))
-        if self.retention > 0:
+            _log().warning("could not create MongoDB indexes", error=redact_text(str(exc)))
+        if self.retention is not None:
             for coll in (jobs, events):
-                self._ttl_index(db, coll)
+                self._ttl_index(db, coll, self.retention)
 
-    def _ttl_index(self, db: Database[Doc], coll: Collection[Doc]) -> None:
-        seconds = int(self.retention)
+    def _ttl_index(self, db: Database[Doc], coll: Collection[Doc], retention: float) -> None:
+        seconds = int(retention)
+        if seconds <= 0:
+            # Keep forever: drop a TTL index an earlier configuration made. The name comes
+            # from the server's own listing (nx-27017 names indexes its own way).
+            for ix in coll.list_indexes():
+                if list(ix["key"].keys()) == ["ended_at"] and "expireAfterSeconds" in ix:
+                    coll.drop_index(ix["name"])
+                    _log().info("TTL index removed (retention 0)", collection=coll.name)
+            return
         try:
             coll.create_index([("ended_at", 1)], expireAfterSeconds=seconds)
         except OperationFailure as exc:
             if exc.code not in _OPTIONS_CONFLICT:
                 if _is_transient(exc):
                     raise
-                log.warning("could not create a TTL index", error=redact_text(str(exc)))
+                _log().warning("could not create a TTL index", error=redact_text(str(exc)))
                 return
             # The retention changed since the index was made: change it in place.
             try:
@@ -458,7 +481,7 @@ class MongoStore(Store):
                     index={"keyPattern": {"ended_at": 1}, "expireAfterSeconds": seconds},
                 )
             except OperationFailure as again:
-                log.warning(
+                _log().warning(
                     "could not change the TTL of an existing index",
                     collection=coll.name,
                     error=redact_text(str(again)),
@@ -581,7 +604,7 @@ class MongoStore(Store):
             with self._errors(f"record events ({doing})"):
                 self._emit(events)
         except StoreError as exc:
-            log.warning(
+            _log().warning(
                 "job state changed but its event could not be recorded",
                 doing=doing,
                 job_ids=sorted({e["job_id"] for e in events})[:10],
@@ -753,6 +776,7 @@ class MongoStore(Store):
                 event = _event(doc, now, JobStatus.PROCESSING, node=node, worker=worker)
                 self._emit_after("claim", [event])
                 return job
+        self._maintain()  # idle: a good moment (rate limited) for housekeeping
         return None
 
     def _claim_one(
@@ -853,7 +877,7 @@ class MongoStore(Store):
                 with self._errors("insert the next occurrence"):
                     self._insert_next(job_id, next_doc)
             except StoreError as exc:
-                log.warning(
+                _log().warning(
                     "next occurrence not inserted yet; a later maintenance pass will",
                     job_id=job_id,
                     next_id=next_doc["_id"],
@@ -1151,7 +1175,11 @@ class MongoStore(Store):
     def waker(self) -> Waker:
         """Change streams when enabled and supported, else polling ``last_event_seq()``."""
         opener = None if self.change_streams == "off" else self._open_stream
-        return MongoWaker(poll=self.last_event_seq, interval=self.poll_interval, open_stream=opener)
+        waker = MongoWaker(
+            poll=self.last_event_seq, interval=self.poll_interval, open_stream=opener
+        )
+        self._wakers.add(waker)
+        return waker
 
     # -- housekeeping -------------------------------------------------------------------
     def purge(self, *, statuses: Sequence[JobStatus], ended_before: float) -> int:
@@ -1206,7 +1234,7 @@ class MongoStore(Store):
         self._maintain()
 
     def _maintain(self) -> None:
-        """Piggybacks on heartbeats (nodes call them regularly): keep the seq floor close
+        """Runs on heartbeats and idle claims, at most every 30 s: keep the seq floor close
         to the top, so TTL expiry of every event cannot make seqs restart; insert next
         occurrences whose settle was interrupted before it could insert them."""
         now = time.monotonic()
@@ -1222,7 +1250,7 @@ class MongoStore(Store):
                     if isinstance(doc.get("next_job"), dict):
                         self._insert_next(doc["_id"], doc["next_job"])
         except StoreError as exc:
-            log.warning("store maintenance failed; will retry", error=str(exc))
+            _log().warning("store maintenance failed; will retry", error=str(exc))
             self._maintained = 0.0
 
     def nodes(self, *, alive_after: float | None = None) -> list[NodeRecord]:
@@ -1250,6 +1278,8 @@ class MongoStore(Store):
             self._nodes.delete_one({"_id": name})
 
     def close(self) -> None:
+        for waker in list(self._wakers):
+            waker.close()  # their threads would reconnect the store
         with self._lock:
             client = self._client_obj
             if client is not None and self._pid == os.getpid():

@@ -23,8 +23,6 @@ from taskschedd.errors import StoreError
 from taskschedd.log import get_logger
 from taskschedd.store.base import Waker
 
-log = get_logger("taskschedd.store.mongo")
-
 #: How long a try_next() that returned at once makes the thread sleep. nx-27017 answers
 #: getMore immediately (it ignores maxAwaitTimeMS); a real server blocks for up to
 #: STREAM_AWAIT_MS, so this pause only applies when the server does not wait itself.
@@ -34,6 +32,10 @@ STREAM_AWAIT_MS = 1000
 STREAM_RETRY_AFTER = 5.0
 
 StreamOpener = Callable[[], Any]
+
+
+def _log() -> Any:
+    return get_logger("taskschedd.store.mongo")
 
 
 class MongoWaker(Waker):
@@ -73,9 +75,12 @@ class MongoWaker(Waker):
     def _try_open(self) -> Any:
         assert self._open_stream is not None
         try:
-            return self._open_stream()
+            stream = self._open_stream()
+            if stream is None:
+                self._open_stream = None  # the store decided: no change streams here
+            return stream
         except (StoreError, PyMongoError) as exc:
-            log.info("change stream unavailable; polling for wake-ups", error=str(exc))
+            _log().info("change stream unavailable; polling for wake-ups", error=str(exc))
             self._stream_retry = time.monotonic() + STREAM_RETRY_AFTER
             return None
 
@@ -127,7 +132,7 @@ class MongoWaker(Waker):
                     self._stop.wait(STREAM_IDLE_PAUSE)
         except PyMongoError as exc:
             if not self._stop.is_set():
-                log.info("change stream failed; polling for wake-ups", error=str(exc))
+                _log().info("change stream failed; polling for wake-ups", error=str(exc))
             self._close_stream()
             self._stream_retry = time.monotonic() + STREAM_RETRY_AFTER
             self._last = None  # the next successful poll wakes (changes may be missed)
