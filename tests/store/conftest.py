@@ -50,7 +50,16 @@ def make_mongo(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
             client.drop_database(name)
 
     request.addfinalizer(drop)
-    return StoreSpec("mongo", uri, {"database": name})
+    # nx-27017 rejects collection names with dots (the original's defaults); these names
+    # are valid on MongoDB too. A short poll interval keeps the waker tests fast.
+    options = {
+        "database": name,
+        "jobs_collection": "taskscheduler_jobs",
+        "events_collection": "taskscheduler_events",
+        "nodes_collection": "taskscheduler_nodes",
+        "poll_interval": 0.1,
+    }
+    return StoreSpec("mongo", uri, options)
 
 
 STORE_KINDS: dict[str, Callable[[pytest.FixtureRequest, Path], StoreSpec]] = {
