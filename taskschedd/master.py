@@ -1,21 +1,17 @@
 """The master (arbiter): one per node. It forks and supervises the workers, and does for
 their jobs what a worker cannot do for itself.
 
-One wake-up source: a selector over the self-pipe that ``signal.set_wakeup_fd`` feeds,
-every worker's report pipe and the store's waker. Signal handlers only record the
-signal; each pass of the loop then dispatches signals, reaps children with a
-``waitpid(-1, WNOHANG)`` loop, enforces timeouts and cancels (SIGTERM to the job's
-process group, SIGKILL after ``kill_grace``), settles jobs whose worker is gone (through
-:mod:`taskschedd.rules`), renews the leases of its running jobs every lease/3, reaps
-expired leases of other nodes, heartbeats, purges old jobs and applies the pm policy of
-:mod:`taskschedd.pool`. Kills escalate by deadline, never by sleeping.
+One wake-up source: a selector over the self-pipe that ``signal.set_wakeup_fd`` feeds
+(:mod:`taskschedd.signals`), every worker's report pipe and the store's waker. Signal
+handlers only record the signal; each pass of the loop then dispatches signals to
+``handle_<name>``, reaps children with a ``waitpid(-1, WNOHANG)`` loop, lets the
+:class:`~taskschedd.supervise.Supervisor` enforce timeouts and cancels, escalate kills,
+settle jobs whose worker is gone and renew leases, lets
+:class:`~taskschedd.housekeeping.Housekeeping` reap other nodes' expired leases,
+heartbeat and purge, and applies the pm policy of :mod:`taskschedd.pool`.
 
 The master is a child subreaper: a job's orphaned grandchildren become its children, so
-it reaps them and knows when a killed job's process group is really empty; a job is
-settled only then (or when SIGKILL has been sent), so a retry never overlaps the
-remains of the attempt before it. Store outages are logged and retried with bounded,
-jittered backoff; a settlement the master owes is kept until the store takes it or the
-claim is fenced off.
+it reaps them and knows when a killed job's process group is really empty.
 """
 
 from __future__ import annotations
@@ -23,28 +19,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import grp
-import json
 import os
-import pwd
-import random
 import selectors
 import signal
-import socket
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
-from taskschedd import __version__, log, pool, rules, systemd, workerproc
+from taskschedd import __version__, log, pool, systemd, workerproc
+from taskschedd.children import WorkerHandle, describe_status, killpg
 from taskschedd.config import Config, ConfigError
 from taskschedd.config import load as load_config
-from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable, TaskSchedError
-from taskschedd.job import FINAL, JobStatus
+from taskschedd.errors import StoreError, StoreUnavailable
+from taskschedd.housekeeping import Housekeeping
+from taskschedd.periodic import Every, store_backoff, store_trouble
+from taskschedd.privileges import drop_privileges
+from taskschedd.signals import SignalQueue
 from taskschedd.store import Store, open_store
-from taskschedd.store.base import JobRecord, NodeRecord, Settlement, Waker
+from taskschedd.store.base import Waker
+from taskschedd.supervise import Supervisor
 
 #: Keys a reload cannot change (they need a restart); their old values are kept.
 RESTART_KEYS = ("store", "node", "user", "group", "pidfile", "metrics", "mongodb")
@@ -58,9 +51,7 @@ WORKER_KEYS = (
     "max_jobs_per_worker",
     "max_worker_memory",
 )
-CANCEL_POLL = 0.5  # seconds between looks for cancel requests of running jobs
 PLAN_DEBOUNCE = 0.05  # the store waker fires on every write; plan at most this often
-STORE_BACKOFF_MAX = 10.0
 LOOP_MAX_WAIT = 1.0
 
 
@@ -68,154 +59,6 @@ class State(enum.Enum):
     RUNNING = "running"
     DRAINING = "draining"  # SIGTERM: no new claims, running jobs get shutdown_grace
     STOPPING = "stopping"  # stop now: running jobs are killed and released
-
-
-@dataclass
-class RunningJob:
-    """A job a worker holds, as it reported the claim."""
-
-    id: str
-    token: str
-    cls: str
-    attempt: int
-    queue: str
-    timeout: float
-    started: float  # wall clock
-    progress: float = 0.0
-
-
-@dataclass
-class Kill:
-    """A kill in progress: SIGTERM was sent to the group; SIGKILL at ``deadline``."""
-
-    reason: str  # timeout | cancel | release
-    deadline: float  # monotonic
-    hard: bool = False
-
-
-@dataclass
-class WorkerHandle:
-    pid: int
-    name: str
-    report_fd: int
-    control_fd: int
-    extra: bool
-    spawned: float
-    idle_since: float
-    ready: bool = False
-    retiring: bool = False
-    job: RunningJob | None = None
-    kill: Kill | None = None
-    jobs_done: int = 0
-    exit_reason: str | None = None
-    buf: bytes = b""
-    eof: bool = False
-
-    @property
-    def state(self) -> str:
-        if self.kill is not None:
-            return f"killing ({self.kill.reason})"
-        if self.job is not None:
-            return "busy"
-        if not self.ready:
-            return "starting"
-        return "retiring" if self.retiring else "idle"
-
-
-@dataclass
-class Owed:
-    """A settlement the master owes for a job whose worker is gone."""
-
-    job: RunningJob
-    reason: str  # timeout | cancel | release | abandoned
-    detail: str
-    worker: str
-    pgid: int | None  # settle once this process group is empty...
-    deadline: float  # ...or at this monotonic time, after SIGKILL to it
-    next_try: float = 0.0
-    failures: int = 0
-
-
-@dataclass
-class _Every:
-    """A periodic duty with backoff while the store is unavailable."""
-
-    next: float = 0.0
-    failures: int = 0
-
-    def done(self, now: float, interval: float) -> None:
-        self.failures = 0
-        self.next = now + interval
-
-    def failed(self, now: float) -> float:
-        self.failures += 1
-        delay = store_backoff(self.failures)
-        self.next = now + delay
-        return delay
-
-
-def store_backoff(failures: int) -> float:
-    """Bounded exponential backoff with equal jitter, for store outages."""
-    delay = float(min(STORE_BACKOFF_MAX, 0.2 * 2 ** max(0, failures - 1)))
-    return delay / 2 + random.random() * delay / 2
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"died from signal {sig} ({name})"
-    code = os.waitstatus_to_exitcode(status)
-    reason = workerproc.EXIT_REASONS.get(code)
-    return f"exited with code {code}" + (f" ({reason})" if reason else "")
-
-
-def drop_privileges(user: str | None, group: str | None) -> None:
-    """Switch to the configured user/group (setgid, initgroups, setuid), then make sure
-    root cannot be regained. Done before any worker is forked."""
-    if user is None and group is None:
-        return
-    pw = pwd.getpwnam(user) if user is not None else None
-    gid = grp.getgrnam(group).gr_gid if group is not None else (pw.pw_gid if pw else os.getgid())
-    uid = pw.pw_uid if pw is not None else os.getuid()
-    if os.getuid() != 0:
-        if uid == os.getuid() and gid in (os.getgid(), *os.getgroups()):
-            return  # already the configured identity
-        raise ConfigError(
-            f"cannot switch to user {user or '-'} / group {group or '-'}: "
-            "taskschedd must be started as root to change identity",
-            key="user" if user else "group",
-        )
-    if pw is not None:
-        os.initgroups(pw.pw_name, gid)
-    else:
-        os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    if uid != 0:
-        try:
-            os.setuid(0)
-        except PermissionError:
-            return
-        raise TaskSchedError("dropping privileges failed: setuid(0) still works")
 
 
 class Master:
@@ -234,15 +77,12 @@ class Master:
         self.log = log.get_logger("taskschedd.master", node=config.node)
         self.state = State.RUNNING
         self.workers: dict[int, WorkerHandle] = {}
-        self.owed: list[Owed] = []
+        self.jobs = Supervisor(config, self.workers, self.log)
+        self.house = Housekeeping(config, self.workers, self.log)
         self.store: Store | None = None
         self.waker: Waker | None = None
         self.selector: selectors.BaseSelector | None = None
-        self._signals: deque[int] = deque()
-        self._sig_r = self._sig_w = -1
-        self._old_handlers: dict[int, Any] = {}
-        self.started_wall = time.time()
-        self.host = socket.gethostname()
+        self.signals = SignalQueue()
         self.boot_failures = 0
         self.spawn_not_before = 0.0
         self.drain_deadline: float | None = None
@@ -250,14 +90,7 @@ class Master:
         self.pool_dirty = True
         self.pool_next = 0.0
         self.pool_last = 0.0
-        self.pool_timer = _Every()
-        self.renew_timer = _Every()
-        self.cancel_timer = _Every()
-        self.reap_timer = _Every()
-        self.heartbeat_timer = _Every()
-        self.purge_timer = _Every()
-        self.heartbeat_soon = False
-        self.heartbeat_last = 0.0
+        self.pool_timer = Every()
         self.watchdog_every = systemd.watchdog_interval()
         self.watchdog_next = 0.0
         self.status_text = ""
@@ -285,23 +118,15 @@ class Master:
             config=self.config.redacted(),
         )
         self.store = open_store(self.config.store, **workerproc.store_options(self.config))
+        self.jobs.store = self.house.store = self.store
         self._wait_for_store()
         self.selector = selectors.DefaultSelector()
-        self._sig_r, self._sig_w = os.pipe()
-        for fd in (self._sig_r, self._sig_w):
-            os.set_blocking(fd, False)
-        self.selector.register(self._sig_r, selectors.EVENT_READ, "signal")
-        signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
-        for sig in (
-            signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-            signal.SIGUSR1, signal.SIGCHLD,
-        ):  # fmt: skip
-            self._old_handlers[sig] = signal.signal(sig, self._record_signal)
+        self.selector.register(self.signals.install(), selectors.EVENT_READ, "signal")
         self.waker = self.store.waker()
         self.selector.register(self.waker.fileno(), selectors.EVENT_READ, "waker")
         now = time.monotonic()
-        self.purge_timer.next = now + min(5.0, self._purge_interval())
-        self._heartbeat(now)
+        self.house.start(now)
+        self.house.heartbeat(now)
         self._manage_pool(now)
         systemd.ready(status=self._status_line())
         self.log.info("taskschedd ready", pm=self.config.pm, queues=self.config.queues)
@@ -326,18 +151,11 @@ class Master:
                 systemd.status(f"waiting for the store: {exc}")
                 time.sleep(delay)
 
-    def _record_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals.append(signum)  # only record: the loop does the work
-
     def _finished(self) -> bool:
-        return self.state is not State.RUNNING and not self.workers and not self.owed
+        return self.state is not State.RUNNING and not self.workers and not self.jobs.owed
 
     def _close(self) -> None:
-        with contextlib.suppress(ValueError):
-            signal.set_wakeup_fd(-1)
-        for sig, handler in self._old_handlers.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, handler)
+        self.signals.restore()
         if self.store is not None:
             try:
                 self.store.remove_node(self.config.node)
@@ -347,10 +165,7 @@ class Master:
             self.waker.close()
         if self.selector is not None:
             self.selector.close()
-        for fd in (self._sig_r, self._sig_w):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        self.signals.close()
         if self.store is not None:
             self.store.close()
 
@@ -360,59 +175,39 @@ class Master:
         wait = max(0.0, min(LOOP_MAX_WAIT, self._next_wakeup() - time.monotonic()))
         for key, _ in self.selector.select(wait):
             if key.data == "signal":
-                with contextlib.suppress(OSError):
-                    while os.read(self._sig_r, 512):
-                        pass
+                self.signals.clear_pipe()
             elif key.data == "waker":
                 assert self.waker is not None
                 self.waker.drain()
                 self.pool_dirty = True
             else:
                 self._read_worker(key.data)
-        while self._signals:
-            self._dispatch(self._signals.popleft())
+        for signum in self.signals.pending():
+            self._dispatch(signum)
         now = time.monotonic()
         self._reap()
-        self._enforce_timeouts(now)
-        self._poll_cancels(now)
+        self.jobs.enforce_timeouts(now)
+        self.jobs.poll_cancels(now)
         self._escalate(now)
-        self._settle_owed(now)
-        self._renew(now)
-        self._reap_expired(now)
+        self.jobs.settle_owed(now)
+        self.jobs.renew(now)
+        self.house.reap_expired(now, set(self.jobs.held_tokens()))
         self._shutdown_step(now)
         if self.state is State.RUNNING:
             self._manage_pool(now)
-        self._heartbeat(now)
-        self._purge(now)
+        self.house.heartbeat(now)
+        self.house.purge(now)
         self._watchdog(now)
         self._update_status(now)
 
     def _next_wakeup(self) -> float:
         now = time.monotonic()
-        times = [
-            self.renew_timer.next,
-            self.reap_timer.next,
-            self.heartbeat_timer.next,
-            self.purge_timer.next,
-            now + LOOP_MAX_WAIT,
-        ]
+        times = [*self.jobs.wakeups(now), *self.house.wakeups(now), now + LOOP_MAX_WAIT]
         if self.state is State.RUNNING:
             planned = self.pool_last + PLAN_DEBOUNCE if self.pool_dirty else self.pool_next
             times.append(max(planned, self.pool_timer.next))  # no spinning in a store outage
-        if self.heartbeat_soon and not self.heartbeat_timer.failures:
-            times.append(now + 0.1)
         if self.status_text != self._status_line():
             times.append(now + 0.1)
-        if any(w.job for w in self.workers.values()):
-            times.append(self.cancel_timer.next)
-            for w in self.workers.values():
-                if w.job and w.kill is None and w.job.timeout > 0:
-                    times.append(now + (w.job.started + w.job.timeout - time.time()))
-        for w in self.workers.values():
-            if w.kill is not None and not w.kill.hard:
-                times.append(w.kill.deadline)
-        for owed in self.owed:
-            times.append(now + 0.05 if owed.pgid is not None else owed.next_try)
         if self.drain_deadline is not None:
             times.append(self.drain_deadline)
         if self.stop_deadline is not None:
@@ -421,22 +216,43 @@ class Master:
             times.append(self.watchdog_next)
         return min(times)
 
+    def _escalate(self, now: float) -> None:
+        self.jobs.escalate(now)
+        if self.stop_deadline is not None and now >= self.stop_deadline:
+            for w in self.workers.values():
+                killpg(w.pid, signal.SIGKILL)
+            self.stop_deadline = now + 1.0
+
+    # -- signals ------------------------------------------------------------------------
     def _dispatch(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            if self.state is State.RUNNING:
-                self._begin_drain(signal.Signals(signum).name)
-            else:
-                self._begin_stop(f"second {signal.Signals(signum).name}")
-        elif signum == signal.SIGQUIT:
-            self._begin_stop("SIGQUIT")
-        elif signum == signal.SIGHUP:
-            if self.state is State.RUNNING:
-                self._reload()
-            else:
-                self.log.info("SIGHUP ignored: shutting down")
-        elif signum == signal.SIGUSR1:
-            self._dump_status()
-        # SIGCHLD: nothing to do here; every pass reaps.
+        name = signal.Signals(signum).name  # SIGTERM -> handle_term
+        handler = getattr(self, "handle_" + name.removeprefix("SIG").lower(), None)
+        if handler is not None:
+            handler(name)
+
+    def handle_term(self, name: str) -> None:
+        """Drain; a second one stops now."""
+        if self.state is State.RUNNING:
+            self._begin_drain(name)
+        else:
+            self._begin_stop(f"second {name}")
+
+    handle_int = handle_term
+
+    def handle_quit(self, name: str) -> None:
+        self._begin_stop(name)
+
+    def handle_hup(self, name: str) -> None:
+        if self.state is State.RUNNING:
+            self._reload()
+        else:
+            self.log.info("SIGHUP ignored: shutting down")
+
+    def handle_usr1(self, name: str) -> None:
+        self._dump_status()
+
+    def handle_chld(self, name: str) -> None:
+        """Nothing to do here: every pass of the loop reaps."""
 
     # -- workers ----------------------------------------------------------------------
     def _spawn(self, *, extra: bool = False) -> WorkerHandle:
@@ -489,7 +305,7 @@ class Master:
         )
         self.workers[pid] = handle
         self.selector.register(report_r, selectors.EVENT_READ, handle)
-        self.heartbeat_soon = True
+        self.house.heartbeat_soon = True
         self.log.info("worker started", worker=handle.name, pid=pid, extra=extra)
         return handle
 
@@ -499,52 +315,29 @@ class Master:
         if self.selector is not None:
             with contextlib.suppress(Exception):
                 self.selector.close()
-        for fd in (self._sig_r, self._sig_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self.signals.forget_in_child()
         if self.waker is not None:
             with contextlib.suppress(Exception):
                 self.waker.close()  # closes the socket; the name file is the master's
         for w in self.workers.values():
-            for fd in (w.report_fd, w.control_fd):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    def _command(self, w: WorkerHandle, cmd: str) -> None:
-        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
-            os.write(w.control_fd, (cmd + "\n").encode())
+            w.close_pipes()
 
     def _retire(self, w: WorkerHandle, why: str) -> None:
         if not w.retiring:
             w.retiring = True
-            self._command(w, workerproc.CMD_STOP)
-            self.heartbeat_soon = True
+            w.command(workerproc.CMD_STOP)
+            self.house.heartbeat_soon = True
             self.log.debug("worker retiring", worker=w.name, why=why)
 
     def _read_worker(self, w: WorkerHandle) -> None:
-        while not w.eof:
-            try:
-                chunk = os.read(w.report_fd, 65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                chunk = b""
-            if not chunk:
-                w.eof = True
-                if self.selector is not None:
-                    with contextlib.suppress(KeyError, ValueError):
-                        self.selector.unregister(w.report_fd)
-                break
-            w.buf += chunk
-            *lines, w.buf = w.buf.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    try:
-                        msg = json.loads(line)
-                    except ValueError:
-                        self.log.warning("unreadable message from a worker", worker=w.name)
-                        continue
-                    self._message(w, msg)
+        for msg in w.reports():
+            if msg is None:
+                self.log.warning("unreadable message from a worker", worker=w.name)
+            else:
+                self._message(w, msg)
+        if w.eof and self.selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(w.report_fd)
 
     def _message(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
         ev = msg.get("ev")
@@ -556,60 +349,22 @@ class Master:
             self.spawn_not_before = 0.0
             self.pool_dirty = True
         elif ev == "claim":
-            w.job = RunningJob(
-                id=str(msg["id"]),
-                token=str(msg["token"]),
-                cls=str(msg.get("cls", "")),
-                attempt=int(msg.get("attempt", 0)),
-                queue=str(msg.get("queue", "")),
-                timeout=float(msg.get("timeout") or 0.0),
-                started=float(msg.get("started") or time.time()),
-            )
+            self.jobs.claimed(w, msg)
             self.pool_dirty = True
-            self.heartbeat_soon = True
+            self.house.heartbeat_soon = True
             if self.state is State.STOPPING:
-                self._kill(w, "release")  # it claimed while we were stopping
+                self.jobs.kill(w, "release")  # it claimed while we were stopping
         elif ev == "progress":
-            if w.job is not None and w.job.token == msg.get("token"):
-                w.job.progress = float(msg.get("percent", 0.0))
+            self.jobs.progressed(w, msg)
         elif ev == "settle":
-            if w.job is not None and w.job.token == msg.get("token"):
-                w.job = None
-                w.jobs_done += 1
-                w.idle_since = time.monotonic()
+            if self.jobs.settled(w, msg) is not None:
                 self.pool_dirty = True
-                self.heartbeat_soon = True
+                self.house.heartbeat_soon = True
         elif ev == "lost":
-            if w.job is not None and w.job.token == msg.get("token"):
-                detail = f"worker pid {w.pid} could not store the outcome: {msg.get('error')}"
-                self.owed.append(Owed(w.job, "abandoned", detail, w.name, None, 0.0))
-                w.job = None
-                w.idle_since = time.monotonic()
+            if self.jobs.lost(w, msg):
                 self.pool_dirty = True
         elif ev == "exit":
             w.exit_reason = str(msg.get("reason", ""))
-
-    def _job_log(self, job: RunningJob, worker: str) -> Any:
-        return self.log.bind(
-            job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
-            worker=worker,
-        )  # fmt: skip
-
-    def _kill(self, w: WorkerHandle, reason: str) -> None:
-        """SIGTERM the worker's process group (its job and the job's children)."""
-        if w.kill is not None:
-            return
-        grace = self.config.kill_grace
-        w.kill = Kill(reason=reason, deadline=time.monotonic() + grace)
-        w.retiring = True
-        if w.job is not None:
-            self._job_log(w.job, w.name).warning(
-                "stopping a running job", why=reason, kill_grace=grace
-            )
-        killpg(w.pid, signal.SIGTERM)
-        if grace <= 0:
-            killpg(w.pid, signal.SIGKILL)
-            w.kill.hard = True
 
     def _reap(self) -> None:
         while True:
@@ -631,31 +386,12 @@ class Master:
         if self.selector is not None and not w.eof:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(w.report_fd)
-        for fd in (w.report_fd, w.control_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        w.close_pipes()
         how = describe_status(status)
         now = time.monotonic()
         self.pool_dirty = True
-        self.heartbeat_soon = True
-        if w.job is not None:
-            job = w.job
-            detail = f"worker pid {w.pid} {how}"
-            signalled = os.WIFSIGNALED(status) and os.WTERMSIG(status) in (
-                signal.SIGTERM, signal.SIGKILL, signal.SIGINT,
-            )  # fmt: skip
-            if w.kill is not None:
-                owed = Owed(job, w.kill.reason, detail, w.name, w.pid, w.kill.deadline)
-            elif self.state is not State.RUNNING and signalled:
-                # Killed along with us (e.g. systemd KillMode=control-group): give it back.
-                owed = Owed(job, "release", detail, w.name, w.pid, now + self.config.kill_grace)
-            else:
-                killpg(w.pid, signal.SIGKILL)  # what the job left behind goes too
-                owed = Owed(job, "abandoned", detail, w.name, None, now)
-                self._job_log(job, w.name).error(
-                    "worker died while running a job; settling the job now", detail=detail
-                )
-            self.owed.append(owed)
+        self.house.heartbeat_soon = True
+        self.jobs.worker_died(w, status, how, now, shutting_down=self.state is not State.RUNNING)
         if not w.ready and w.kill is None and not w.retiring:
             self.boot_failures += 1
             delay = pool.backoff_delay(self.boot_failures)
@@ -672,147 +408,6 @@ class Master:
         else:
             why = w.exit_reason or (f"stopped ({w.kill.reason})" if w.kill else None)
             self.log.info("worker exited", worker=w.name, how=how, reason=why)
-
-    # -- job supervision --------------------------------------------------------------
-    def _enforce_timeouts(self, now: float) -> None:
-        wall = time.time()
-        for w in list(self.workers.values()):
-            job = w.job
-            if job and w.kill is None and job.timeout > 0 and wall >= job.started + job.timeout:
-                self._kill(w, "timeout")
-
-    def _poll_cancels(self, now: float) -> None:
-        if now < self.cancel_timer.next:
-            return
-        held = {w.job.token: w for w in self.workers.values() if w.job and w.kill is None}
-        if not held:
-            self.cancel_timer.done(now, CANCEL_POLL)
-            return
-        assert self.store is not None
-        try:
-            tokens = self.store.cancel_requested(held)
-        except StoreError as exc:
-            self._store_trouble("poll cancel requests", self.cancel_timer, now, exc)
-            return
-        self.cancel_timer.done(now, CANCEL_POLL)
-        for token in tokens:
-            w = held[token]
-            if w.kill is None:
-                self._kill(w, "cancel")
-
-    def _escalate(self, now: float) -> None:
-        for w in self.workers.values():
-            if w.kill is not None and not w.kill.hard and now >= w.kill.deadline:
-                killpg(w.pid, signal.SIGKILL)
-                w.kill.hard = True
-        if self.stop_deadline is not None and now >= self.stop_deadline:
-            for w in self.workers.values():
-                killpg(w.pid, signal.SIGKILL)
-            self.stop_deadline = now + 1.0
-
-    def _settle_owed(self, now: float) -> None:
-        for owed in list(self.owed):
-            if owed.next_try > now:
-                continue
-            if owed.pgid is not None:
-                if group_alive(owed.pgid) and now < owed.deadline:
-                    continue  # the job's children still get their grace
-                killpg(owed.pgid, signal.SIGKILL)
-                owed.pgid = None
-            if self._settle(owed):
-                self.owed.remove(owed)
-            else:
-                owed.failures += 1
-                owed.next_try = now + store_backoff(owed.failures)
-
-    def _settle(self, owed: Owed) -> bool:
-        """True when done (settled, or someone else already did)."""
-        assert self.store is not None
-        job = owed.job
-        bound = self._job_log(job, owed.worker)
-        try:
-            record = self.store.get(job.id)
-            if record.claim_token != job.token or record.status is not JobStatus.PROCESSING:
-                bound.info("job was already settled elsewhere", status=record.status.name)
-                return True
-            settlement = self._settlement(record, owed)
-            ok = self.store.settle(job.id, job.token, settlement, now=time.time())
-        except JobNotFound:
-            return True
-        except StoreError as exc:
-            bound.warning("store unavailable while settling; will retry", error=str(exc))
-            return False
-        if ok:
-            log_fn = bound.info if owed.reason == "release" else bound.warning
-            log_fn(
-                "job settled by the master",
-                why=owed.reason,
-                status=settlement.status.name,
-                reason=settlement.reason,
-                detail=owed.detail,
-            )
-        return True
-
-    @staticmethod
-    def _settlement(record: JobRecord, owed: Owed) -> Settlement:
-        now = time.time()
-        if owed.reason == "timeout":
-            return rules.on_timeout(record, now)
-        if owed.reason == "cancel":
-            return rules.on_cancel_running(record, now)
-        if owed.reason == "release":
-            return rules.release(record)
-        return rules.on_abandoned(record, now, detail=owed.detail)
-
-    def _held_tokens(self) -> list[str]:
-        tokens = [w.job.token for w in self.workers.values() if w.job is not None]
-        return tokens + [o.job.token for o in self.owed]
-
-    def _renew(self, now: float) -> None:
-        if now < self.renew_timer.next:
-            return
-        interval = self.config.lease / 3
-        tokens = self._held_tokens()
-        if not tokens:
-            self.renew_timer.done(now, interval)
-            return
-        assert self.store is not None
-        try:
-            renewed = self.store.renew(tokens, lease_until=time.time() + self.config.lease)
-        except StoreError as exc:
-            self._store_trouble("renew leases", self.renew_timer, now, exc)
-            return
-        self.renew_timer.done(now, interval)
-        if renewed < len(tokens):
-            self.log.debug("some claims were no longer held", held=len(tokens), renewed=renewed)
-
-    def _reap_expired(self, now: float) -> None:
-        if now < self.reap_timer.next:
-            return
-        assert self.store is not None
-        mine = set(self._held_tokens())
-        try:
-            expired = self.store.expired(time.time())
-            for record in expired:
-                if record.claim_token is None or record.claim_token in mine:
-                    continue
-                detail = f"its lease expired (node {record.node}, worker {record.worker})"
-                settlement = rules.on_abandoned(record, time.time(), detail=detail)
-                if self.store.settle(record.id, record.claim_token, settlement, now=time.time()):
-                    self.log.warning(
-                        "reaped a job whose lease expired",
-                        job_id=record.id, job_class=record.cls, attempt=record.attempt,
-                        queue=record.queue, owner_node=record.node, owner_worker=record.worker,
-                        status=settlement.status.name,
-                    )  # fmt: skip
-        except StoreError as exc:
-            self._store_trouble("reap expired leases", self.reap_timer, now, exc)
-            return
-        self.reap_timer.done(now, self.config.reap_interval)
-
-    def _store_trouble(self, what: str, timer: _Every, now: float, exc: Exception) -> None:
-        delay = timer.failed(now)
-        self.log.warning("store unavailable", doing=what, error=str(exc), retry_in=round(delay, 2))
 
     # -- the pool ---------------------------------------------------------------------
     def _manage_pool(self, now: float) -> None:
@@ -833,7 +428,7 @@ class Master:
             if not demand.due and not demand.due_extra:
                 due_at = self.store.next_due(queues)
         except StoreError as exc:
-            self._store_trouble("count due jobs", self.pool_timer, now, exc)
+            store_trouble(self.log, "count due jobs", self.pool_timer, now, exc)
             demand = pool.Demand()
         else:
             self.pool_timer.done(now, 0.0)
@@ -870,61 +465,7 @@ class Master:
         for extra in wanted:
             self._spawn(extra=extra)
 
-    # -- periodic duties --------------------------------------------------------------
-    def _heartbeat(self, now: float) -> None:
-        soon = (
-            self.heartbeat_soon
-            and not self.heartbeat_timer.failures
-            and now - self.heartbeat_last >= 0.1
-        )
-        if now < self.heartbeat_timer.next and not soon:
-            return
-        assert self.store is not None
-        busy = [w for w in self.workers.values() if w.job is not None]
-        idle = [w for w in self.workers.values() if w.job is None and not w.retiring]
-        record = NodeRecord(
-            name=self.config.node,
-            host=self.host,
-            pid=os.getpid(),
-            started=self.started_wall,
-            heartbeat=time.time(),
-            workers_busy=len(busy),
-            workers_idle=len(idle),
-            running=tuple(w.job.id for w in busy if w.job is not None),
-            queues=tuple(self.config.queues),
-            version=__version__,
-        )
-        try:
-            self.store.heartbeat(record)
-        except StoreError as exc:
-            self._store_trouble("heartbeat", self.heartbeat_timer, now, exc)
-            return
-        self.heartbeat_soon = False
-        self.heartbeat_last = now
-        self.heartbeat_timer.done(now, self.config.heartbeat_interval)
-
-    def _purge(self, now: float) -> None:
-        if now < self.purge_timer.next:
-            return
-        retention = self.config.retention
-        interval = self._purge_interval()
-        if retention <= 0:
-            self.purge_timer.done(now, interval)
-            return
-        assert self.store is not None
-        try:
-            n = self.store.purge(statuses=FINAL, ended_before=time.time() - retention)
-        except StoreError as exc:
-            self._store_trouble("purge old jobs", self.purge_timer, now, exc)
-            return
-        self.purge_timer.done(now, interval)
-        if n:
-            self.log.info("purged finished jobs past their retention", jobs=n, retention=retention)
-
-    def _purge_interval(self) -> float:
-        """A tenth of the retention, between 1 s and an hour: one indexed delete is cheap."""
-        return min(3600.0, max(1.0, self.config.retention / 10))
-
+    # -- systemd: watchdog and status ---------------------------------------------------
     def _watchdog(self, now: float) -> None:
         if self.watchdog_every and now >= self.watchdog_next:
             systemd.watchdog()
@@ -947,7 +488,7 @@ class Master:
             systemd.status(text)
             workerproc.set_title(f"taskschedd: master {self.config.node} [{text}]")
 
-    # -- signals: drain, stop, reload, status ------------------------------------------
+    # -- drain, stop, reload, status ----------------------------------------------------
     def _begin_drain(self, why: str) -> None:
         self.state = State.DRAINING
         grace = self.config.shutdown_grace
@@ -973,7 +514,7 @@ class Master:
             self._update_status(time.monotonic(), force=True)
         for w in self.workers.values():
             if w.job is not None:
-                self._kill(w, "release")
+                self.jobs.kill(w, "release")
             else:
                 self._retire(w, "stop")
 
@@ -1022,19 +563,21 @@ class Master:
         self.config = new
         self.settings = pool.PoolSettings.from_config(new)
         self.log = log.get_logger("taskschedd.master", node=new.node)
+        for part in (self.jobs, self.house):
+            part.config, part.log = new, self.log
         if any(k in changed for k in WORKER_KEYS) or "logging" in changed:
             for w in self.workers.values():
                 self._retire(w, "reload")  # replacements start with the new settings
         else:
             self._command_all(workerproc.CMD_REOPEN)
         self.pool_dirty = True
-        self.heartbeat_soon = True
+        self.house.heartbeat_soon = True
         self.log.info("configuration reloaded", changed=changed, config=new.redacted())
         systemd.ready(status=self._status_line())
 
     def _command_all(self, cmd: str) -> None:
         for w in self.workers.values():
-            self._command(w, cmd)
+            w.command(cmd)
 
     def _dump_status(self) -> None:
         wall = time.time()
@@ -1061,7 +604,7 @@ class Master:
             pm=self.config.pm,
             workers=workers,
             running=sum(1 for w in self.workers.values() if w.job is not None),
-            owed_settlements=len(self.owed),
+            owed_settlements=len(self.jobs.owed),
             start_failures=self.boot_failures,
             jobs=counts,
         )

@@ -1,0 +1,130 @@
+"""The node's duties towards the cluster, apart from its own jobs: heartbeats in the
+node registry, reaping the expired leases of other nodes (their jobs are settled per
+the retry policy with reason "abandoned"), and purging finished jobs past retention.
+
+Each duty runs on its own :class:`~taskschedd.periodic.Every` and backs off while the
+store is unavailable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from taskschedd import __version__, rules
+from taskschedd.children import WorkerHandle
+from taskschedd.config import Config
+from taskschedd.errors import StoreError
+from taskschedd.job import FINAL
+from taskschedd.periodic import Every, store_trouble
+from taskschedd.store import Store
+from taskschedd.store.base import NodeRecord
+
+
+class Housekeeping:
+    """Heartbeat, lease reaping and purge (``workers`` is the master's live table)."""
+
+    def __init__(self, config: Config, workers: dict[int, WorkerHandle], logger: Any) -> None:
+        self.config = config
+        self.workers = workers
+        self.log = logger
+        self.store: Store | None = None
+        self.started_wall = time.time()
+        self.host = socket.gethostname()
+        self.reap_timer = Every()
+        self.heartbeat_timer = Every()
+        self.purge_timer = Every()
+        self.heartbeat_soon = False  # the registry should see a change in the pool soon
+        self.heartbeat_last = 0.0
+
+    def start(self, now: float) -> None:
+        self.purge_timer.next = now + min(5.0, self.purge_interval())
+
+    def wakeups(self, now: float) -> list[float]:
+        times = [self.reap_timer.next, self.heartbeat_timer.next, self.purge_timer.next]
+        if self.heartbeat_soon and not self.heartbeat_timer.failures:
+            times.append(now + 0.1)
+        return times
+
+    def heartbeat(self, now: float) -> None:
+        soon = (
+            self.heartbeat_soon
+            and not self.heartbeat_timer.failures
+            and now - self.heartbeat_last >= 0.1
+        )
+        if now < self.heartbeat_timer.next and not soon:
+            return
+        assert self.store is not None
+        busy = [w for w in self.workers.values() if w.job is not None]
+        idle = [w for w in self.workers.values() if w.job is None and not w.retiring]
+        record = NodeRecord(
+            name=self.config.node,
+            host=self.host,
+            pid=os.getpid(),
+            started=self.started_wall,
+            heartbeat=time.time(),
+            workers_busy=len(busy),
+            workers_idle=len(idle),
+            running=tuple(w.job.id for w in busy if w.job is not None),
+            queues=tuple(self.config.queues),
+            version=__version__,
+        )
+        try:
+            self.store.heartbeat(record)
+        except StoreError as exc:
+            store_trouble(self.log, "heartbeat", self.heartbeat_timer, now, exc)
+            return
+        self.heartbeat_soon = False
+        self.heartbeat_last = now
+        self.heartbeat_timer.done(now, self.config.heartbeat_interval)
+
+    def reap_expired(self, now: float, mine: set[str]) -> None:
+        """Settle the jobs of other nodes whose lease expired (``mine``: our own claims)."""
+        if now < self.reap_timer.next:
+            return
+        assert self.store is not None
+        try:
+            expired = self.store.expired(time.time())
+            for record in expired:
+                if record.claim_token is None or record.claim_token in mine:
+                    continue
+                detail = f"its lease expired (node {record.node}, worker {record.worker})"
+                settlement = rules.on_abandoned(record, time.time(), detail=detail)
+                if self.store.settle(record.id, record.claim_token, settlement, now=time.time()):
+                    self.log.warning(
+                        "reaped a job whose lease expired",
+                        job_id=record.id, job_class=record.cls, attempt=record.attempt,
+                        queue=record.queue, owner_node=record.node, owner_worker=record.worker,
+                        status=settlement.status.name,
+                    )  # fmt: skip
+        except StoreError as exc:
+            store_trouble(self.log, "reap expired leases", self.reap_timer, now, exc)
+            return
+        self.reap_timer.done(now, self.config.reap_interval)
+
+    def purge(self, now: float) -> None:
+        if now < self.purge_timer.next:
+            return
+        retention = self.config.retention
+        interval = self.purge_interval()
+        if retention <= 0:
+            self.purge_timer.done(now, interval)
+            return
+        assert self.store is not None
+        try:
+            n = self.store.purge(statuses=FINAL, ended_before=time.time() - retention)
+        except StoreError as exc:
+            store_trouble(self.log, "purge old jobs", self.purge_timer, now, exc)
+            return
+        self.purge_timer.done(now, interval)
+        if n:
+            self.log.info("purged finished jobs past their retention", jobs=n, retention=retention)
+
+    def purge_interval(self) -> float:
+        """A tenth of the retention, between 1 s and an hour: one indexed delete is cheap."""
+        return min(3600.0, max(1.0, self.config.retention / 10))
+
+
+__all__ = ["Housekeeping"]

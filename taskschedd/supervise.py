@@ -1,0 +1,270 @@
+"""Supervision of the jobs the node's workers hold, for what a worker cannot do itself.
+
+The :class:`Supervisor` follows each worker's claim from its reports (claim, progress,
+settle, lost), renews the leases of every held claim every lease/3, enforces timeouts
+and cancel requests (SIGTERM to the worker's process group, SIGKILL at a deadline:
+kills escalate by deadline, never by sleeping), and settles, through
+:mod:`taskschedd.rules`, the jobs whose worker is gone.
+
+A job is settled only once its process group is empty (or SIGKILL has been sent to it),
+so a retry never overlaps the remains of the attempt before it. A settlement the master
+owes (:class:`Owed`) is kept, with backoff, until the store takes it or the claim is
+fenced off.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from taskschedd import rules
+from taskschedd.children import Kill, RunningJob, WorkerHandle, group_alive, killpg
+from taskschedd.config import Config
+from taskschedd.errors import JobNotFound, StoreError
+from taskschedd.job import JobStatus
+from taskschedd.periodic import Every, store_backoff, store_trouble
+from taskschedd.store import Store
+from taskschedd.store.base import JobRecord, Settlement
+
+CANCEL_POLL = 0.5  # seconds between looks for cancel requests of running jobs
+
+
+@dataclass
+class Owed:
+    """A settlement the master owes for a job whose worker is gone."""
+
+    job: RunningJob
+    reason: str  # timeout | cancel | release | abandoned
+    detail: str
+    worker: str
+    pgid: int | None  # settle once this process group is empty...
+    deadline: float  # ...or at this monotonic time, after SIGKILL to it
+    next_try: float = 0.0
+    failures: int = 0
+
+
+class Supervisor:
+    """The claims of the node's workers (``workers`` is the master's live table)."""
+
+    def __init__(self, config: Config, workers: dict[int, WorkerHandle], logger: Any) -> None:
+        self.config = config
+        self.workers = workers
+        self.log = logger
+        self.store: Store | None = None
+        self.owed: list[Owed] = []
+        self.renew_timer = Every()
+        self.cancel_timer = Every()
+
+    def job_log(self, job: RunningJob, worker: str) -> Any:
+        return self.log.bind(
+            job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
+            worker=worker,
+        )  # fmt: skip
+
+    # -- worker reports -----------------------------------------------------------------
+    def claimed(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
+        w.job = RunningJob(
+            id=str(msg["id"]),
+            token=str(msg["token"]),
+            cls=str(msg.get("cls", "")),
+            attempt=int(msg.get("attempt", 0)),
+            queue=str(msg.get("queue", "")),
+            timeout=float(msg.get("timeout") or 0.0),
+            started=float(msg.get("started") or time.time()),
+        )
+
+    def progressed(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
+        if w.job is not None and w.job.token == msg.get("token"):
+            w.job.progress = float(msg.get("percent", 0.0))
+
+    def settled(self, w: WorkerHandle, msg: dict[str, Any]) -> RunningJob | None:
+        """The worker settled its job itself; returns the job (None: not the one held)."""
+        if w.job is None or w.job.token != msg.get("token"):
+            return None
+        job, w.job = w.job, None
+        w.jobs_done += 1
+        w.idle_since = time.monotonic()
+        return job
+
+    def lost(self, w: WorkerHandle, msg: dict[str, Any]) -> bool:
+        """The worker could not store the outcome: the master owes the settlement."""
+        if w.job is None or w.job.token != msg.get("token"):
+            return False
+        detail = f"worker pid {w.pid} could not store the outcome: {msg.get('error')}"
+        self.owed.append(Owed(w.job, "abandoned", detail, w.name, None, 0.0))
+        w.job = None
+        w.idle_since = time.monotonic()
+        return True
+
+    def worker_died(
+        self, w: WorkerHandle, status: int, how: str, now: float, *, shutting_down: bool
+    ) -> None:
+        """A worker that held a job is gone: owe its settlement (after its group is empty)."""
+        if w.job is None:
+            return
+        job = w.job
+        detail = f"worker pid {w.pid} {how}"
+        signalled = os.WIFSIGNALED(status) and os.WTERMSIG(status) in (
+            signal.SIGTERM, signal.SIGKILL, signal.SIGINT,
+        )  # fmt: skip
+        if w.kill is not None:
+            owed = Owed(job, w.kill.reason, detail, w.name, w.pid, w.kill.deadline)
+        elif shutting_down and signalled:
+            # Killed along with us (e.g. systemd KillMode=control-group): give it back.
+            owed = Owed(job, "release", detail, w.name, w.pid, now + self.config.kill_grace)
+        else:
+            killpg(w.pid, signal.SIGKILL)  # what the job left behind goes too
+            owed = Owed(job, "abandoned", detail, w.name, None, now)
+            self.job_log(job, w.name).error(
+                "worker died while running a job; settling the job now", detail=detail
+            )
+        self.owed.append(owed)
+
+    # -- kills ----------------------------------------------------------------------------
+    def kill(self, w: WorkerHandle, reason: str) -> None:
+        """SIGTERM the worker's process group (its job and the job's children)."""
+        if w.kill is not None:
+            return
+        grace = self.config.kill_grace
+        w.kill = Kill(reason=reason, deadline=time.monotonic() + grace)
+        w.retiring = True
+        if w.job is not None:
+            self.job_log(w.job, w.name).warning(
+                "stopping a running job", why=reason, kill_grace=grace
+            )
+        killpg(w.pid, signal.SIGTERM)
+        if grace <= 0:
+            killpg(w.pid, signal.SIGKILL)
+            w.kill.hard = True
+
+    def enforce_timeouts(self, now: float) -> None:
+        wall = time.time()
+        for w in list(self.workers.values()):
+            job = w.job
+            if job and w.kill is None and job.timeout > 0 and wall >= job.started + job.timeout:
+                self.kill(w, "timeout")
+
+    def poll_cancels(self, now: float) -> None:
+        if now < self.cancel_timer.next:
+            return
+        held = {w.job.token: w for w in self.workers.values() if w.job and w.kill is None}
+        if not held:
+            self.cancel_timer.done(now, CANCEL_POLL)
+            return
+        assert self.store is not None
+        try:
+            tokens = self.store.cancel_requested(held)
+        except StoreError as exc:
+            store_trouble(self.log, "poll cancel requests", self.cancel_timer, now, exc)
+            return
+        self.cancel_timer.done(now, CANCEL_POLL)
+        for token in tokens:
+            w = held[token]
+            if w.kill is None:
+                self.kill(w, "cancel")
+
+    def escalate(self, now: float) -> None:
+        """SIGKILL the groups whose SIGTERM grace is over."""
+        for w in self.workers.values():
+            if w.kill is not None and not w.kill.hard and now >= w.kill.deadline:
+                killpg(w.pid, signal.SIGKILL)
+                w.kill.hard = True
+
+    # -- settlements the master owes --------------------------------------------------
+    def settle_owed(self, now: float) -> None:
+        for owed in list(self.owed):
+            if owed.next_try > now:
+                continue
+            if owed.pgid is not None:
+                if group_alive(owed.pgid) and now < owed.deadline:
+                    continue  # the job's children still get their grace
+                killpg(owed.pgid, signal.SIGKILL)
+                owed.pgid = None
+            if self._settle(owed):
+                self.owed.remove(owed)
+            else:
+                owed.failures += 1
+                owed.next_try = now + store_backoff(owed.failures)
+
+    def _settle(self, owed: Owed) -> bool:
+        """True when done (settled, or someone else already did)."""
+        assert self.store is not None
+        job = owed.job
+        bound = self.job_log(job, owed.worker)
+        try:
+            record = self.store.get(job.id)
+            if record.claim_token != job.token or record.status is not JobStatus.PROCESSING:
+                bound.info("job was already settled elsewhere", status=record.status.name)
+                return True
+            settlement = self.settlement(record, owed)
+            ok = self.store.settle(job.id, job.token, settlement, now=time.time())
+        except JobNotFound:
+            return True
+        except StoreError as exc:
+            bound.warning("store unavailable while settling; will retry", error=str(exc))
+            return False
+        if ok:
+            log_fn = bound.info if owed.reason == "release" else bound.warning
+            log_fn(
+                "job settled by the master",
+                why=owed.reason,
+                status=settlement.status.name,
+                reason=settlement.reason,
+                detail=owed.detail,
+            )
+        return True
+
+    @staticmethod
+    def settlement(record: JobRecord, owed: Owed) -> Settlement:
+        now = time.time()
+        if owed.reason == "timeout":
+            return rules.on_timeout(record, now)
+        if owed.reason == "cancel":
+            return rules.on_cancel_running(record, now)
+        if owed.reason == "release":
+            return rules.release(record)
+        return rules.on_abandoned(record, now, detail=owed.detail)
+
+    # -- leases -------------------------------------------------------------------------
+    def held_tokens(self) -> list[str]:
+        tokens = [w.job.token for w in self.workers.values() if w.job is not None]
+        return tokens + [o.job.token for o in self.owed]
+
+    def renew(self, now: float) -> None:
+        if now < self.renew_timer.next:
+            return
+        interval = self.config.lease / 3
+        tokens = self.held_tokens()
+        if not tokens:
+            self.renew_timer.done(now, interval)
+            return
+        assert self.store is not None
+        try:
+            renewed = self.store.renew(tokens, lease_until=time.time() + self.config.lease)
+        except StoreError as exc:
+            store_trouble(self.log, "renew leases", self.renew_timer, now, exc)
+            return
+        self.renew_timer.done(now, interval)
+        if renewed < len(tokens):
+            self.log.debug("some claims were no longer held", held=len(tokens), renewed=renewed)
+
+    def wakeups(self, now: float) -> list[float]:
+        """When the supervisor next has something to do (monotonic times)."""
+        times = [self.renew_timer.next]
+        if any(w.job for w in self.workers.values()):
+            times.append(self.cancel_timer.next)
+            for w in self.workers.values():
+                if w.job and w.kill is None and w.job.timeout > 0:
+                    times.append(now + (w.job.started + w.job.timeout - time.time()))
+        for w in self.workers.values():
+            if w.kill is not None and not w.kill.hard:
+                times.append(w.kill.deadline)
+        for owed in self.owed:
+            times.append(now + 0.05 if owed.pgid is not None else owed.next_try)
+        return times
+
+
+__all__ = ["CANCEL_POLL", "Owed", "Supervisor"]
