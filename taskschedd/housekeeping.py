@@ -80,11 +80,13 @@ class Housekeeping:
         self.heartbeat_last = now
         self.heartbeat_timer.done(now, self.config.heartbeat_interval)
 
-    def reap_expired(self, now: float, mine: set[str]) -> None:
-        """Settle the jobs of other nodes whose lease expired (``mine``: our own claims)."""
+    def reap_expired(self, now: float, mine: set[str]) -> int:
+        """Settle the jobs of other nodes whose lease expired (``mine``: our own claims);
+        returns how many this node reaped."""
         if now < self.reap_timer.next:
-            return
+            return 0
         assert self.store is not None
+        reaped = 0
         try:
             expired = self.store.expired(time.time())
             for record in expired:
@@ -93,6 +95,7 @@ class Housekeeping:
                 detail = f"its lease expired (node {record.node}, worker {record.worker})"
                 settlement = rules.on_abandoned(record, time.time(), detail=detail)
                 if self.store.settle(record.id, record.claim_token, settlement, now=time.time()):
+                    reaped += 1
                     self.log.warning(
                         "reaped a job whose lease expired",
                         job_id=record.id, job_class=record.cls, attempt=record.attempt,
@@ -101,8 +104,9 @@ class Housekeeping:
                     )  # fmt: skip
         except StoreError as exc:
             store_trouble(self.log, "reap expired leases", self.reap_timer, now, exc)
-            return
+            return reaped
         self.reap_timer.done(now, self.config.reap_interval)
+        return reaped
 
     def purge(self, now: float) -> None:
         if now < self.purge_timer.next:

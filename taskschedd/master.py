@@ -8,7 +8,8 @@ handlers only record the signal; each pass of the loop then dispatches signals t
 :class:`~taskschedd.supervise.Supervisor` enforce timeouts and cancels, escalate kills,
 settle jobs whose worker is gone and renew leases, lets
 :class:`~taskschedd.housekeeping.Housekeeping` reap other nodes' expired leases,
-heartbeat and purge, and applies the pm policy of :mod:`taskschedd.pool`.
+heartbeat and purge, applies the pm policy of :mod:`taskschedd.pool`, and feeds the
+Prometheus endpoint (:mod:`taskschedd.nodemetrics`; the server thread only reads).
 
 The master is a child subreaper: a job's orphaned grandchildren become its children, so
 it reaps them and knows when a killed job's process group is really empty.
@@ -32,6 +33,7 @@ from taskschedd.config import Config, ConfigError
 from taskschedd.config import load as load_config
 from taskschedd.errors import StoreError, StoreUnavailable
 from taskschedd.housekeeping import Housekeeping
+from taskschedd.nodemetrics import NodeMetrics
 from taskschedd.periodic import Every, store_backoff, store_trouble
 from taskschedd.privileges import drop_privileges
 from taskschedd.signals import SignalQueue
@@ -40,7 +42,7 @@ from taskschedd.store.base import Waker
 from taskschedd.supervise import Supervisor
 
 #: Keys a reload cannot change (they need a restart); their old values are kept.
-RESTART_KEYS = ("store", "node", "user", "group", "pidfile", "metrics", "mongodb")
+RESTART_KEYS = ("store", "node", "user", "group", "pidfile", "mongodb")
 #: Keys the workers read: a reload that changes one replaces every worker.
 WORKER_KEYS = (
     "queues",
@@ -79,6 +81,7 @@ class Master:
         self.workers: dict[int, WorkerHandle] = {}
         self.jobs = Supervisor(config, self.workers, self.log)
         self.house = Housekeeping(config, self.workers, self.log)
+        self.metrics = NodeMetrics(self.log)
         self.store: Store | None = None
         self.waker: Waker | None = None
         self.selector: selectors.BaseSelector | None = None
@@ -120,6 +123,7 @@ class Master:
         self.store = open_store(self.config.store, **workerproc.store_options(self.config))
         self.jobs.store = self.house.store = self.store
         self._wait_for_store()
+        self.metrics.start(self.config.metrics)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.signals.install(), selectors.EVENT_READ, "signal")
         self.waker = self.store.waker()
@@ -156,6 +160,7 @@ class Master:
 
     def _close(self) -> None:
         self.signals.restore()
+        self.metrics.close()
         if self.store is not None:
             try:
                 self.store.remove_node(self.config.node)
@@ -189,9 +194,10 @@ class Master:
         self.jobs.enforce_timeouts(now)
         self.jobs.poll_cancels(now)
         self._escalate(now)
-        self.jobs.settle_owed(now)
+        for owed in self.jobs.settle_owed(now):
+            self.metrics.master_settled(owed.job, owed.reason)
         self.jobs.renew(now)
-        self.house.reap_expired(now, set(self.jobs.held_tokens()))
+        self.metrics.lease_reaped(self.house.reap_expired(now, set(self.jobs.held_tokens())))
         self._shutdown_step(now)
         if self.state is State.RUNNING:
             self._manage_pool(now)
@@ -199,6 +205,9 @@ class Master:
         self.house.purge(now)
         self._watchdog(now)
         self._update_status(now)
+        self.metrics.workers(self.workers.values())
+        assert self.store is not None
+        self.metrics.refresh_queues(now, self.store, self.config.queues)
 
     def _next_wakeup(self) -> float:
         now = time.monotonic()
@@ -357,7 +366,9 @@ class Master:
         elif ev == "progress":
             self.jobs.progressed(w, msg)
         elif ev == "settle":
-            if self.jobs.settled(w, msg) is not None:
+            job = self.jobs.settled(w, msg)
+            if job is not None:
+                self.metrics.worker_settled(job, msg)
                 self.pool_dirty = True
                 self.house.heartbeat_soon = True
         elif ev == "lost":
@@ -555,6 +566,8 @@ class Master:
             self.log.error("reload refused; keeping the old configuration", error=str(exc))
             systemd.ready(status=self._status_line())
             return
+        if new.metrics != old.metrics and not self.metrics.move(new.metrics):
+            new = dataclasses.replace(new, metrics=old.metrics)
         changed = [
             f.name
             for f in dataclasses.fields(Config)
@@ -565,6 +578,7 @@ class Master:
         self.log = log.get_logger("taskschedd.master", node=new.node)
         for part in (self.jobs, self.house):
             part.config, part.log = new, self.log
+        self.metrics.log = self.log
         if any(k in changed for k in WORKER_KEYS) or "logging" in changed:
             for w in self.workers.values():
                 self._retire(w, "reload")  # replacements start with the new settings

@@ -174,7 +174,9 @@ class Supervisor:
                 w.kill.hard = True
 
     # -- settlements the master owes --------------------------------------------------
-    def settle_owed(self, now: float) -> None:
+    def settle_owed(self, now: float) -> list[Owed]:
+        """Settle what is owed and can be; returns those the master settled itself."""
+        settled: list[Owed] = []
         for owed in list(self.owed):
             if owed.next_try > now:
                 continue
@@ -183,14 +185,19 @@ class Supervisor:
                     continue  # the job's children still get their grace
                 killpg(owed.pgid, signal.SIGKILL)
                 owed.pgid = None
-            if self._settle(owed):
+            done, ours = self._settle(owed)
+            if done:
                 self.owed.remove(owed)
+                if ours:
+                    settled.append(owed)
             else:
                 owed.failures += 1
                 owed.next_try = now + store_backoff(owed.failures)
+        return settled
 
-    def _settle(self, owed: Owed) -> bool:
-        """True when done (settled, or someone else already did)."""
+    def _settle(self, owed: Owed) -> tuple[bool, bool]:
+        """(done, ours): done when settled, or someone else already did; ours when this
+        call stored the settlement."""
         assert self.store is not None
         job = owed.job
         bound = self.job_log(job, owed.worker)
@@ -198,14 +205,14 @@ class Supervisor:
             record = self.store.get(job.id)
             if record.claim_token != job.token or record.status is not JobStatus.PROCESSING:
                 bound.info("job was already settled elsewhere", status=record.status.name)
-                return True
+                return True, False
             settlement = self.settlement(record, owed)
             ok = self.store.settle(job.id, job.token, settlement, now=time.time())
         except JobNotFound:
-            return True
+            return True, False
         except StoreError as exc:
             bound.warning("store unavailable while settling; will retry", error=str(exc))
-            return False
+            return False, False
         if ok:
             log_fn = bound.info if owed.reason == "release" else bound.warning
             log_fn(
@@ -215,7 +222,7 @@ class Supervisor:
                 reason=settlement.reason,
                 detail=owed.detail,
             )
-        return True
+        return True, ok
 
     @staticmethod
     def settlement(record: JobRecord, owed: Owed) -> Settlement:

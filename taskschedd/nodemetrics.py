@@ -1,0 +1,141 @@
+"""What the master feeds its Prometheus endpoint (:mod:`taskschedd.metrics`), and the
+endpoint's life: started when ``metrics.listen`` is set, moved on SIGHUP when the
+address changes, closed on exit. Every update comes from the master's main loop.
+
+Outcomes of job runs (``taskschedd_jobs_total{outcome}``): a worker's own settlement
+counts by the status it wrote (done, failed, retried, timeout, canceled; lost when its
+claim was fenced off and nothing was written); a settlement the master makes for a
+worker counts by why (timeout, canceled, abandoned, released). Durations run from the
+claim's start to the settlement.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from taskschedd import __version__
+from taskschedd.children import RunningJob, WorkerHandle
+from taskschedd.config import MetricsConfig
+from taskschedd.errors import StoreError, TaskSchedError
+from taskschedd.metrics import Metrics, MetricsServer
+from taskschedd.periodic import Every, store_trouble
+from taskschedd.store import Store
+
+#: A worker's settle message carries the status it wrote; a requeue is a retry.
+STATUS_OUTCOMES = {
+    "DONE": "done",
+    "FAILED": "failed",
+    "TIMEOUT": "timeout",
+    "CANCELED": "canceled",
+    "WAITING": "retried",
+    "POSTPONED": "retried",
+}
+#: Why the master settled a job for its worker (supervise.Owed.reason) -> outcome.
+OWED_OUTCOMES = {
+    "timeout": "timeout",
+    "cancel": "canceled",
+    "abandoned": "abandoned",
+    "release": "released",
+}
+
+
+class NodeMetrics:
+    """The node's metrics registry, its HTTP endpoint (if on), and the feeds into them."""
+
+    def __init__(self, logger: Any) -> None:
+        self.log = logger
+        self.registry = Metrics(__version__)
+        self.server: MetricsServer | None = None
+        self.address: tuple[str, int] | None = None
+        self.queue_timer = Every()  # backs the stats query off while the store is down
+        self._workers: tuple[int, int] | None = None
+
+    # -- the endpoint ---------------------------------------------------------------------
+    def start(self, config: MetricsConfig) -> None:
+        """Serve at ``config.address`` (nothing when off); a port that cannot be bound is a
+        TaskSchedError naming it."""
+        address = config.address
+        if address is not None:
+            self.server = MetricsServer(address, self.registry.collect)
+            self.log.info("serving metrics", url=self.server.url)
+        self.address = address
+
+    def move(self, config: MetricsConfig) -> bool:
+        """On reload: serve at the new address. False (logged) when it cannot be bound; the
+        old endpoint then keeps serving, if it can be bound again."""
+        address = config.address
+        if address == self.address:
+            return True
+        old = self.address
+        self.close()
+        try:
+            self.start(config)
+        except TaskSchedError as exc:
+            self.log.error("metrics endpoint not moved; keeping the old address", error=str(exc))
+            try:
+                self.start(MetricsConfig(listen=None if old is None else _listen(old)))
+            except TaskSchedError as again:
+                self.log.error("metrics endpoint lost", error=str(again))
+                self.address = None
+            return False
+        if address is None:
+            self.log.info("metrics endpoint closed")
+        return True
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.address = None
+
+    # -- feeds ------------------------------------------------------------------------------
+    def worker_settled(self, job: RunningJob, msg: Mapping[str, Any]) -> None:
+        status = str(msg.get("status", ""))
+        outcome = STATUS_OUTCOMES.get(status, status.lower() or "unknown")
+        if msg.get("settled") is False:
+            outcome = "lost"
+        self.registry.job_finished(job.cls, outcome, time.time() - job.started)
+
+    def master_settled(self, job: RunningJob, reason: str) -> None:
+        outcome = OWED_OUTCOMES.get(reason, reason)
+        self.registry.job_finished(job.cls, outcome, time.time() - job.started)
+
+    def lease_reaped(self, count: int) -> None:
+        if count:
+            self.registry.lease_reaped(count)
+
+    def workers(self, workers: Iterable[WorkerHandle]) -> None:
+        """Busy and idle as the node registry counts them (idle: not retiring)."""
+        busy = idle = 0
+        for w in workers:
+            if w.job is not None:
+                busy += 1
+            elif not w.retiring:
+                idle += 1
+        if (busy, idle) != self._workers:
+            self._workers = (busy, idle)
+            self.registry.set_workers(busy, idle)
+
+    def refresh_queues(self, now: float, store: Store, queues: Iterable[str]) -> None:
+        """Queue depth and oldest waiting age, when a refresh is due and someone can scrape."""
+        if self.server is None or now < self.queue_timer.next:
+            return
+        if not self.registry.queue_refresh_due(now):
+            return
+        try:
+            stats = store.stats(now=time.time())
+        except StoreError as exc:
+            store_trouble(self.log, "refresh queue metrics", self.queue_timer, now, exc)
+            return
+        self.queue_timer.done(now, 0.0)
+        self.registry.set_queue_stats(stats, queues=queues, now=now)
+
+
+def _listen(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+__all__ = ["OWED_OUTCOMES", "STATUS_OUTCOMES", "NodeMetrics"]
