@@ -551,7 +551,7 @@ class _Validator:
         options = self.section(value, "job_defaults", JOB_DEFAULT_KEYS)
         validator = JOB_DEFAULTS_VALIDATOR
         if validator is None:
-            from taskschedd.options import validate_defaults  # noqa: PLC0415
+            from taskschedd.options import validate_defaults
 
             validator = validate_defaults
         try:

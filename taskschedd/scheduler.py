@@ -14,7 +14,7 @@ from taskschedd.errors import JobFailed, OptionError, TaskSchedError, WaitTimeou
 from taskschedd.job import ACTIVE, JobStatus
 from taskschedd.loader import normalize, path_of
 from taskschedd.options import Defaults, JobOptions, dump_data, resolve
-from taskschedd.store import DEFAULT_URL, open_store
+from taskschedd.store import DEFAULT_URL, open_configured, open_store
 from taskschedd.store.base import (
     DuplicateJobId,
     ErrorInfo,
@@ -149,28 +149,13 @@ class Scheduler:
 
     def _open(self, url: str | None) -> Store:
         if url is None and self.config is not None:
-            return open_store(self.config.store, **self._store_options(self.config))
+            return open_configured(self.config)
         if url is None:
             url = os.environ.get("TASKSCHED_STORE")
         if url is None and os.environ.get("TASKSCHED_CONFIG"):
             self.config = self._load_config(os.environ["TASKSCHED_CONFIG"])
-            return open_store(self.config.store, **self._store_options(self.config))
+            return open_configured(self.config)
         return open_store(url or DEFAULT_URL)
-
-    @staticmethod
-    def _store_options(config: Config) -> dict[str, Any]:
-        if config.store_kind != "mongodb":
-            return {}
-        m = config.mongodb
-        return {
-            "database": m.database,
-            "jobs_collection": m.jobs_collection,
-            "events_collection": m.events_collection,
-            "nodes_collection": m.nodes_collection,
-            "write_concern": m.write_concern,
-            "change_streams": m.change_streams,
-            "poll_interval": config.poll_interval,
-        }
 
     # -- options ------------------------------------------------------------------
     def set_options(self, **defaults: Any) -> None:

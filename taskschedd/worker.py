@@ -253,8 +253,11 @@ class Worker:
                     continue
                 if idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
                     break
-                due = self.store.next_due(self.queues)
                 timeout = self.poll_interval
+                try:
+                    due = self.store.next_due(self.queues)
+                except StoreUnavailable:
+                    due = None  # the next claim attempt reports the outage
                 if due is not None:
                     timeout = max(0.0, min(timeout, due - time.time()))
                 if idle_exit is not None:

@@ -89,18 +89,9 @@ def set_child_subreaper() -> bool:
 
 def store_options(config: Config) -> dict[str, Any]:
     """Keyword arguments for open_store() from the configuration."""
-    if config.store_kind != "mongodb":
-        return {}
-    m = config.mongodb
-    return {
-        "database": m.database,
-        "jobs_collection": m.jobs_collection,
-        "events_collection": m.events_collection,
-        "nodes_collection": m.nodes_collection,
-        "write_concern": m.write_concern,
-        "change_streams": m.change_streams,
-        "poll_interval": config.poll_interval,
-    }
+    from taskschedd.store import config_store_options
+
+    return config_store_options(config)
 
 
 def set_title(text: str) -> None:

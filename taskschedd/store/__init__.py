@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskschedd.errors import StoreError
 from taskschedd.store.base import Store
+
+if TYPE_CHECKING:
+    from taskschedd.config import Config
 
 DEFAULT_URL = "sqlite:///var/lib/taskschedd/taskschedd.db"
 
@@ -29,4 +32,27 @@ def open_store(url: str, **options: Any) -> Store:
     )
 
 
-__all__ = ["DEFAULT_URL", "Store", "open_store"]
+def config_store_options(config: Config) -> dict[str, Any]:
+    """Keyword arguments for :func:`open_store` from a node configuration."""
+    if config.store_kind != "mongodb":
+        return {}
+    m = config.mongodb
+    return {
+        "database": m.database,
+        "jobs_collection": m.jobs_collection,
+        "events_collection": m.events_collection,
+        "nodes_collection": m.nodes_collection,
+        "write_concern": m.write_concern,
+        "change_streams": m.change_streams,
+        "poll_interval": config.poll_interval,
+        # TTL indexes follow the configured retention (0 = keep finished jobs forever).
+        "retention": config.retention,
+    }
+
+
+def open_configured(config: Config) -> Store:
+    """The store a node configuration names, with its options."""
+    return open_store(config.store, **config_store_options(config))
+
+
+__all__ = ["DEFAULT_URL", "Store", "config_store_options", "open_configured", "open_store"]
