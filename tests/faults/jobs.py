@@ -1,0 +1,97 @@
+"""Jobs for the fault-injection and soak tests (their configs allow ``tests.faults.jobs``).
+
+Every run is counted outside the store: :class:`Run` appends ``<job id> <pid> <attempt>``
+to ``data["runs"]`` with one O_APPEND write before doing anything else, so a double run
+cannot hide behind whatever the store says.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from taskschedd.job import Job
+
+MODULE = "tests.faults.jobs"
+
+
+def record_run(path: str, job_id: str, attempt: int) -> None:
+    """One line per run, written with a single O_APPEND write (atomic between processes)."""
+    line = f"{job_id} {os.getpid()} {attempt}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+class Run(Job):
+    """Records the run, then does what ``data`` asks:
+
+    - ``kill_self``: SIGKILL its own worker (a poison job), on every attempt;
+    - ``sleep`` seconds, on the attempts listed in ``sleep_attempts`` (default: all);
+    - ``progress``: report 50 % after the sleep (a late write when fenced off);
+    - returns ``{"pid", "attempt", "echo": data["echo"]}``.
+    """
+
+    progress_rate_limit = 0.0
+
+    def start(self) -> Any:
+        data = self.data
+        record_run(data["runs"], self.id, self.attempt)
+        if data.get("kill_self"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        seconds = float(data.get("sleep", 0))
+        only = data.get("sleep_attempts")
+        if seconds > 0 and (only is None or self.attempt in only):
+            time.sleep(seconds)
+        if data.get("progress"):
+            self.update_progress(50)
+        return {"pid": os.getpid(), "attempt": self.attempt, "echo": data.get("echo")}
+
+
+class Echo(Job):
+    """Returns its data unchanged (the JSON round-trip tests)."""
+
+    def start(self) -> Any:
+        return self.data
+
+
+class Identity(Job):
+    """Who the job runs as, and whether it can become root again."""
+
+    def start(self) -> Any:
+        status = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("Uid", "Gid", "Groups"):
+                    status[key] = value.split()
+        try:
+            os.setuid(0)
+            regained = True
+        except PermissionError:
+            regained = False
+        return {"pid": os.getpid(), "status": status, "setuid0": regained}
+
+
+class NotAJob:
+    """A class that is not a Job subclass (the worker must refuse it)."""
+
+    def start(self) -> Any:
+        return "should never run"
+
+
+class RaisesInInit(Job):
+    """Its constructor raises: the job fails, the worker survives."""
+
+    def __init__(self) -> None:
+        raise RuntimeError("constructor refuses on purpose")
+
+    def start(self) -> Any:  # pragma: no cover - never reached
+        return None
+
+
+not_a_class = 42
