@@ -44,7 +44,8 @@ Signals to a worker (its process group is its job's):
   SIGTERM          end at once (the master sends it to the group on timeout, cancel and
                    stop, then SIGKILL after kill_grace, and settles the job itself)
   SIGINT           give the running job back to the queue and exit
-  SIGHUP, SIGUSR1  ignored
+  SIGHUP, SIGUSR1, SIGUSR2
+                   ignored
   Workers exit when their master dies (PR_SET_PDEATHSIG and a parent check).
 
 \b
