@@ -10,8 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from taskschedd import JobStatus, Scheduler
-from tests.e2e.conftest import JOBS, Daemon, pid_gone
+from tests.e2e.conftest import BOTH_STORES, JOBS, Daemon, pid_gone
 from tests.helpers import wait_for
+
+pytestmark = BOTH_STORES
 
 
 def worker_pid(worker: str | None) -> int:
@@ -81,7 +83,10 @@ def test_ignore_max_children_gets_an_extra_worker(
     assert d.workers() == [regular]
 
 
-def test_sigkill_of_a_worker_settles_its_job_and_replaces_it_within_a_second(
+AT_ONCE = 5.0
+
+
+def test_sigkill_of_a_worker_settles_its_job_and_replaces_it_at_once(
     daemon_factory: Callable[..., Daemon], scheduler: Scheduler
 ) -> None:
     d = daemon_factory(lease="30s").start()
@@ -90,10 +95,12 @@ def test_sigkill_of_a_worker_settles_its_job_and_replaces_it_within_a_second(
     victim = worker_pid(job.record.worker)
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
-    job.wait(1.0)  # not after the 30 s lease: at once
+    # "At once" means long before the 30 s lease; the margin absorbs a loaded CI machine
+    # (a quiet one settles and replaces in well under a second).
+    job.wait(AT_ONCE)
     assert job.status == JobStatus.FAILED and job.reason == "abandoned"
     assert f"worker pid {victim} died from signal 9" in job.errors[-1].message
-    (replacement,) = d.wait_workers(1, timeout=max(0.1, 1.0 - (time.monotonic() - killed)))
+    (replacement,) = d.wait_workers(1, timeout=max(0.1, AT_ONCE - (time.monotonic() - killed)))
     assert replacement != victim
 
 
