@@ -39,6 +39,10 @@ def notify(*lines: str) -> bool:
     data = "\n".join(lines).encode("utf-8", "replace")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Never block: with the supervisor's queue full (a slow systemd, a listener that
+            # does not read) a blocking sendto() would freeze the master's loop; a dropped
+            # status line is harmless.
+            sock.setblocking(False)
             sock.sendto(data, addr)
     except (OSError, ValueError):
         return False
