@@ -144,13 +144,17 @@ class Worker:
     def _settle(self, job: JobRecord, settlement: Settlement) -> bool:
         assert job.claim_token is not None
         delay = 0.05
-        deadline = time.monotonic() + max(self.lease, 5.0)
+        # The settle is fenced by the claim token, so trying after the lease is safe: if
+        # another node reaped the job meanwhile, it matches nothing. A daemon worker keeps
+        # the outcome until the store takes it (its master renews the lease once the store
+        # is back, and stops or outlives it); giving up would turn a job that ran into an
+        # "abandoned" attempt. In-process, give up after the lease.
+        deadline = time.monotonic() + max(self.lease, 5.0) if self.in_process else None
         while True:
             try:
                 return self.store.settle(job.id, job.claim_token, settlement, now=time.time())
             except StoreUnavailable as exc:
-                # Keep the outcome while the lease lasts; after that the job is someone else's.
-                if time.monotonic() > deadline:
+                if deadline is not None and time.monotonic() > deadline:
                     raise
                 log.warning("store unavailable while settling; retrying", error=str(exc))
                 time.sleep(delay)
