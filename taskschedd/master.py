@@ -55,6 +55,7 @@ WORKER_KEYS = (
 )
 PLAN_DEBOUNCE = 0.05  # the store waker fires on every write; plan at most this often
 LOOP_MAX_WAIT = 1.0
+MASTER_STORE_WAIT = 1.0  # seconds a store call of the master may block (lock, server)
 
 
 class State(enum.Enum):
@@ -98,6 +99,7 @@ class Master:
         self.watchdog_next = 0.0
         self.status_text = ""
         self.status_sent = 0.0
+        self.store_down_since: float | None = None
 
     # -- life cycle -------------------------------------------------------------------
     def run(self) -> int:
@@ -120,7 +122,7 @@ class Master:
             config_file=self.config_path,
             config=self.config.redacted(),
         )
-        self.store = open_store(self.config.store, **workerproc.store_options(self.config))
+        self.store = open_store(self.config.store, **self._store_options())
         self.jobs.store = self.house.store = self.store
         self._wait_for_store()
         self.metrics.start(self.config.metrics)
@@ -134,6 +136,32 @@ class Master:
         self._manage_pool(now)
         systemd.ready(status=self._status_line())
         self.log.info("taskschedd ready", pm=self.config.pm, queues=self.config.queues)
+
+    def _store_options(self) -> dict[str, Any]:
+        """The workers' store options, but no store call of the master waits longer than
+        MASTER_STORE_WAIT: in an outage its loop must keep reaping workers, obeying
+        signals and saying what is wrong (SQLite waits 10 s for a lock, MongoDB 5 s for a
+        server by default)."""
+        options = workerproc.store_options(self.config)
+        if self.config.store_kind == "mongodb":
+            options["server_selection_timeout"] = MASTER_STORE_WAIT
+        else:
+            options["busy_timeout"] = MASTER_STORE_WAIT
+        return options
+
+    def _store_health(self, now: float) -> None:
+        """Log once when a store outage begins to show and once when it is over."""
+        timers = (self.pool_timer, self.jobs.renew_timer, self.jobs.cancel_timer,
+                  self.house.reap_timer, self.house.heartbeat_timer, self.house.purge_timer)  # fmt: skip
+        down = any(t.failures for t in timers)
+        if down and self.store_down_since is None:
+            self.store_down_since = now
+            self.log.error("store unavailable: retrying with backoff; running jobs continue")
+        elif not down and self.store_down_since is not None:
+            self.log.warning(
+                "store available again", unavailable_for=round(now - self.store_down_since, 2)
+            )
+            self.store_down_since = None
 
     def _wait_for_store(self) -> None:
         """A store that is down for now (StoreUnavailable) is waited for, with backoff; one
@@ -203,6 +231,7 @@ class Master:
             self._manage_pool(now)
         self.house.heartbeat(now)
         self.house.purge(now)
+        self._store_health(now)
         self._watchdog(now)
         self._update_status(now)
         self.metrics.workers(self.workers.values())
