@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover - the MongoDB store joins once it exists
 else:
     HAVE_MONGO = True
 
+SOAK_ENV = "TASKSCHED_SOAK_MINUTES"
 KINDS = ["sqlite", "mongo"] if HAVE_MONGO else ["sqlite"]
 
 #: nx-27017 rejects dots in collection names (the defaults have them): docs/nx-27017.md.
@@ -136,8 +137,11 @@ class FaultDaemon(Daemon):
     collection options a bare URL cannot carry)."""
 
     def __init__(self, tmp_path: Path, name: str, kind: StoreKind, config: dict[str, Any]):
+        logging = {"format": "json", "level": "debug", "file": str(tmp_path / name / "taskschedd.log"),
+                   **config.pop("logging", {})}  # fmt: skip
         merged = {
             **FAST,
+            "logging": logging,
             "allowed_modules": [MODULE, JOBS, "taskschedd.examples"],
             **kind.daemon_config,
             **config,
@@ -199,6 +203,20 @@ def node_factory(
         if failed is not None and failed.failed:
             print(d.diagnostics())
         d.kill_all()
+
+
+def long_runs_requested(config: pytest.Config) -> bool:
+    """Slow and soak tests run only when asked: ``-m slow``/``-m soak`` or from the soak
+    command ($TASKSCHED_SOAK_MINUTES); the default run stays short."""
+    markexpr = str(config.getoption("markexpr", "") or "")
+    return "slow" in markexpr or "soak" in markexpr or bool(os.environ.get(SOAK_ENV))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if (item.get_closest_marker("slow") or item.get_closest_marker("soak")) and not (
+        long_runs_requested(item.config)
+    ):
+        pytest.skip(f"long run: select it with -m slow (or set {SOAK_ENV})")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -27,11 +27,20 @@ def record_run(path: str, job_id: str, attempt: int) -> None:
         os.close(fd)
 
 
+def ran_before(path: str, job_id: str) -> bool:
+    try:
+        with open(path) as f:
+            return any(line.startswith(job_id + " ") for line in f)
+    except FileNotFoundError:
+        return False
+
+
 class Run(Job):
     """Records the run, then does what ``data`` asks:
 
     - ``kill_self``: SIGKILL its own worker (a poison job), on every attempt;
-    - ``sleep`` seconds, on the attempts listed in ``sleep_attempts`` (default: all);
+    - ``sleep`` seconds, on the attempts listed in ``sleep_attempts`` (default: all), or
+      with ``sleep_once`` only on the job's first run (a released job keeps its attempt);
     - ``progress``: report 50 % after the sleep (a late write when fenced off);
     - returns ``{"pid", "attempt", "echo": data["echo"]}``.
     """
@@ -40,11 +49,14 @@ class Run(Job):
 
     def start(self) -> Any:
         data = self.data
+        first = not ran_before(data["runs"], self.id)
         record_run(data["runs"], self.id, self.attempt)
         if data.get("kill_self"):
             os.kill(os.getpid(), signal.SIGKILL)
         seconds = float(data.get("sleep", 0))
         only = data.get("sleep_attempts")
+        if data.get("sleep_once") and not first:
+            seconds = 0.0
         if seconds > 0 and (only is None or self.attempt in only):
             time.sleep(seconds)
         if data.get("progress"):
