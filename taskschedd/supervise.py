@@ -27,7 +27,7 @@ from taskschedd.errors import JobNotFound, StoreError
 from taskschedd.job import JobStatus
 from taskschedd.periodic import Every, store_backoff, store_trouble
 from taskschedd.store import Store
-from taskschedd.store.base import JobRecord, Settlement
+from taskschedd.store.base import JobQuery, JobRecord, Settlement
 
 CANCEL_POLL = 0.5  # seconds between looks for cancel requests of running jobs
 
@@ -104,6 +104,8 @@ class Supervisor:
     ) -> None:
         """A worker that held a job is gone: owe its settlement (after its group is empty)."""
         if w.job is None:
+            if w.exit_reason is None and w.ready and not shutting_down:
+                self._unreported_claim(w, how, now)
             return
         job = w.job
         detail = f"worker pid {w.pid} {how}"
@@ -122,6 +124,32 @@ class Supervisor:
                 "worker died while running a job; settling the job now", detail=detail
             )
         self.owed.append(owed)
+
+    def _unreported_claim(self, w: WorkerHandle, how: str, now: float) -> None:
+        """A worker died without a word between its claim's commit and its report (a
+        MongoDB claim also writes its event in between): settle such a job now instead of
+        after its lease. Best effort; if the store cannot say, the lease still expires."""
+        assert self.store is not None
+        try:
+            running = self.store.find(JobQuery(statuses=(JobStatus.PROCESSING,)))
+        except StoreError as exc:
+            self.log.warning("could not look for a dead worker's claim", error=str(exc))
+            return
+        for record in running:
+            if record.worker != w.name or record.claim_token is None:
+                continue
+            job = RunningJob(
+                id=record.id, token=record.claim_token, cls=record.cls,
+                attempt=record.attempt, queue=record.queue,
+                timeout=float(record.options.timeout or 0.0),
+                started=record.started or time.time(),
+            )  # fmt: skip
+            killpg(w.pid, signal.SIGKILL)  # what the job left behind goes too
+            detail = f"worker pid {w.pid} {how}"
+            self.owed.append(Owed(job, "abandoned", detail, w.name, None, now))
+            self.job_log(job, w.name).error(
+                "worker died right after claiming a job; settling the job now", detail=detail
+            )
 
     # -- kills ----------------------------------------------------------------------------
     def kill(self, w: WorkerHandle, reason: str) -> None:
