@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from taskschedd import JobNotFound, JobStatus, Scheduler
-from tests.e2e.conftest import JOBS, Daemon, cmdline, pid_gone
+from tests.e2e.conftest import BOTH_STORES, JOBS, Daemon, cmdline, pid_gone
 from tests.helpers import wait_for
+
+pytestmark = BOTH_STORES
 
 
 def worker_pid(worker: str | None) -> int:

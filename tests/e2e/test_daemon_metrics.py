@@ -13,8 +13,10 @@ import urllib.request
 from collections.abc import Callable
 
 from taskschedd import JobStatus, Scheduler
-from tests.e2e.conftest import JOBS, Daemon
+from tests.e2e.conftest import BOTH_STORES, JOBS, Daemon
 from tests.helpers import wait_for
+
+pytestmark = BOTH_STORES
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
 

@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 
 from taskschedd import JobStatus, Scheduler
 from taskschedd.store.base import JobQuery
-from tests.e2e.conftest import JOBS, Daemon
+from tests.e2e.conftest import BOTH_STORES, JOBS, Daemon
 from tests.helpers import wait_for
+
+pytestmark = BOTH_STORES
 
 
 def start_two_nodes(daemon_factory: Callable[..., Daemon]) -> list[Daemon]:
