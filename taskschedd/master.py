@@ -613,6 +613,10 @@ class Master:
                 self._retire(w, "reload")  # replacements start with the new settings
         else:
             self._command_all(workerproc.CMD_REOPEN)
+        if self.boot_failures:
+            # Workers fail to start; a reload is how the operator says "fixed": probe now
+            # instead of at the end of a backoff of up to 30 s (one probe, as before).
+            self.spawn_not_before = 0.0
         self.pool_dirty = True
         self.house.heartbeat_soon = True
         self.log.info("configuration reloaded", changed=changed, config=new.redacted())
