@@ -337,7 +337,10 @@ class System:
         return pids
 
     def rss(self) -> dict[str, Any]:
-        return {str(p): {"rss_mb": rss_mb(p), "cmd": cmdline(p)[:120]} for p in self.processes()}
+        return {
+            str(p): {"rss_mb": rss_mb(p), "cpu_s": cpu_seconds(p), "cmd": cmdline(p)[:120]}
+            for p in self.processes()
+        }
 
 
 ONE_AT_A_TIME = 2000  # enqueue-rate sample (one job per call)

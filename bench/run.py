@@ -432,6 +432,23 @@ def details(raw: dict[str, Any]) -> list[str]:
                 f"(1 commit per drained job; synchronous={h['synchronous']}, {h['journal_mode']})"
             )
         out.append(line)
+    for system, rows in raw.get("drain", {}).items():
+        per_k: list[tuple[float, float]] = []
+        for r in rows:
+            procs = list(r.get("rss_after_drain", {}).values())
+            if not procs or not r.get("n") or any(p.get("cpu_s") is None for p in procs):
+                continue
+            master = sum(p["cpu_s"] for p in procs if "master" in p["cmd"])
+            rest = sum(p["cpu_s"] for p in procs if "master" not in p["cmd"])
+            per_k.append((master * 1000 / r["n"], rest * 1000 / r["n"]))
+        if per_k:
+            m = common.median([x for x, _ in per_k]) or 0.0
+            w = common.median([y for _, y in per_k]) or 0.0
+            out.append(
+                f"- {system} CPU per 1,000 jobs drained (start-up included): "
+                + (f"master {m:.2f} s, " if m else "")
+                + f"workers {w:.2f} s"
+            )
     ctl = raw.get("ctl", {})
     if "median_s" in ctl:
         out.append(
