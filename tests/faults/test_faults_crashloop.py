@@ -14,7 +14,7 @@ from pathlib import Path
 
 from taskschedd.job import JobStatus
 from tests.e2e.conftest import REPO
-from tests.faults.conftest import FaultDaemon, StoreKind, worker_pid
+from tests.faults.harness import FaultDaemon, StoreKind, worker_pid
 from tests.helpers import wait_for
 
 Factory = Callable[..., FaultDaemon]

@@ -18,7 +18,7 @@ import pytest
 
 from taskschedd.job import JobStatus
 from taskschedd.scheduler import JobSpec
-from tests.faults.conftest import (
+from tests.faults.harness import (
     RUN,
     FaultDaemon,
     StoreKind,

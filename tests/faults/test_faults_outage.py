@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from taskschedd.scheduler import JobSpec
-from tests.faults.conftest import (
+from tests.faults.harness import (
     RUN,
     FaultDaemon,
     StoreKind,
