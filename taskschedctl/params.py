@@ -142,6 +142,13 @@ def load_data(text: str | None) -> Any:
             raise click.BadParameter(f"cannot read {source}: {reason}", param_hint="DATA") from None
     try:
         return json.loads(text)
+    except RecursionError:
+        from taskschedd.options import MAX_JSON_DEPTH
+
+        raise click.BadParameter(
+            f"{source} is nested too deeply (job data takes at most {MAX_JSON_DEPTH} levels)",
+            param_hint="DATA",
+        ) from None
     except json.JSONDecodeError as exc:
         raise click.BadParameter(
             f"{source} is not valid JSON ({exc}); give a JSON value such as "

@@ -261,20 +261,49 @@ def with_id(opts: JobOptions, job_id: str | None) -> JobOptions:
     return replace(opts, id=job_id)
 
 
+#: Deepest nesting of lists/objects accepted in job data and results (MongoDB's own limit).
+#: Deeper JSON would be stored but could not be read back by a process whose stack is
+#: deeper than the writer's: a worker would crash on every claim of such a job.
+MAX_JSON_DEPTH = 100
+
+
+def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when lists/dicts nest more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def dump_data(data: Any) -> str:
     """Job data as canonical JSON text; JobDataError says what is not JSON."""
     try:
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise JobDataError(
             f"job data must be JSON-serialisable (dicts, lists, strings, numbers, "
-            f"booleans, null; no NaN/Infinity): {exc}"
+            f"booleans, null; no NaN/Infinity; at most {MAX_JSON_DEPTH} levels deep): {exc}"
         ) from None
+    if _too_deep(data):
+        raise JobDataError(f"job data is nested more than {MAX_JSON_DEPTH} levels deep")
+    return text
 
 
 def dump_result(result: Any) -> str:
     """A job's return value as JSON text; JobDataError names the problem."""
     try:
-        return json.dumps(result, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(result, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise JobDataError(f"the job's return value is not JSON-serialisable: {exc}") from None
+    if _too_deep(result):
+        raise JobDataError(f"the job's return value is nested more than {MAX_JSON_DEPTH} levels")
+    return text
