@@ -71,6 +71,21 @@ class Echo(Job):
         return self.data
 
 
+class BadResult(Job):
+    """Returns what cannot be stored: ``data["kind"]`` is set, nan or deep."""
+
+    def start(self) -> Any:
+        kind = self.data["kind"]
+        if kind == "set":
+            return {1, 2}
+        if kind == "nan":
+            return {"x": float("nan")}
+        deep: Any = []
+        for _ in range(150):
+            deep = [deep]
+        return deep
+
+
 class Identity(Job):
     """Who the job runs as, and whether it can become root again."""
 
