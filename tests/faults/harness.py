@@ -20,9 +20,11 @@ import os
 import signal
 import site
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,3 +359,34 @@ def wait_pids_gone(pids: Sequence[int], timeout: float) -> float:
 
 
 RUN = f"{MODULE}.Run"
+
+
+# Holds the database's write lock (BEGIN IMMEDIATE) until stdin closes or the time is up.
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+print("released", flush=True)
+"""
+
+
+@contextmanager
+def sqlite_locked(path: Path, seconds: float) -> Iterator[None]:
+    """Another process holds the write lock of the database for ``seconds``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "locked"
+        yield
+        assert proc.wait(seconds + 30) == 0  # the lock ends when the holder commits
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -3,8 +3,6 @@ stopped, each for 10 s. The daemon must survive, say so in its log, resume, lose
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,42 +16,13 @@ from tests.faults.harness import (
     audit,
     read_runs,
     run_data,
+    sqlite_locked,
     wait_all_final,
 )
 from tests.helpers import wait_for
 
 Factory = Callable[..., FaultDaemon]
 OUTAGE = 10.0
-
-# Holds the database's write lock (BEGIN IMMEDIATE) until stdin closes or the time is up.
-LOCKER = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("COMMIT")
-print("released", flush=True)
-"""
-
-
-@contextmanager
-def sqlite_locked(path: Path, seconds: float) -> Iterator[None]:
-    """Another process holds the write lock of the database for ``seconds``."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(path), str(seconds)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "locked"
-        yield
-        assert proc.wait(seconds + 30) == 0  # the lock ends when the holder commits
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager

@@ -1,0 +1,416 @@
+"""Soak: N minutes of random load on real daemons while workers and masters are killed,
+nodes drained and restarted, and the store is made unavailable; then every job must be
+final, none lost, none run twice at once.
+
+    .venv/bin/python -m tests.soak.soak --minutes 10 --store sqlite
+    .venv/bin/python -m tests.soak.soak --minutes 10 --store mongo
+    .venv/bin/python -m tests.soak.soak --slow        # also the -m slow tests (10,000 jobs)
+
+Load: a random mix of short and long jobs, failures with retries, jobs that time out,
+poison jobs that kill their worker, and cancels. Chaos, every few seconds: SIGKILL a
+worker; SIGKILL a master and restart it; SIGTERM a node (drain) and restart it; hold the
+SQLite write lock for 1-5 s, or stop (or SIGKILL) the MongoDB server for 1-5 s.
+
+Counted at the end, in the store and in the jobs' own run log (tests/soak/jobs.py):
+lost (added but missing), stuck (not final after the calm drain), duplicated (a run that
+started while another run of the same job was still going on). Exit status 1 when any is
+non-zero. MongoDB runs on its own nx-27017 server; its claims cost O(ready jobs), so the
+MongoDB load rate is lower (see --rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from taskschedd import Scheduler
+from taskschedd.errors import OptionError, TaskSchedError
+from taskschedd.job import JobStatus
+from taskschedd.store.base import JobRecord
+from tests.faults.harness import (
+    LOCKER,
+    MONGO_COLLECTIONS,
+    FaultDaemon,
+    StoreKind,
+    all_jobs,
+    sqlite_kind,
+)
+from tests.mongo_server import MongoServer, unique_db_name
+from tests.soak.jobs import MODULE
+
+REPO = Path(__file__).resolve().parents[2]
+SOAK_RUN = f"{MODULE}.SoakRun"
+NODE_CONFIG: dict[str, Any] = {
+    "pm": "static",
+    "min_children": 3,
+    "max_children": 4,
+    "lease": "3s",
+    "reap_interval": "0.5s",
+    "heartbeat_interval": "0.5s",
+    "kill_grace": "0.5s",
+    "shutdown_grace": "2s",
+    "allowed_modules": [MODULE],
+    "logging": {"format": "json", "level": "info"},
+}
+
+
+def job_mix(rng: random.Random, runs: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(data, options, kind) of one random job."""
+    roll = rng.random()
+    data: dict[str, Any] = {"runs": runs, "sleep": round(rng.uniform(0, 0.3), 3)}
+    if roll < 0.55:
+        return data, {}, "quick"
+    if roll < 0.72:
+        data["sleep"] = round(rng.uniform(0.5, 3.0), 3)
+        return data, {"retry": 1, "retry_interval": 0.2}, "long"
+    if roll < 0.84:
+        data["fail_on"] = [1]
+        return data, {"retry": 2, "retry_interval": 0.5}, "fails once"
+    if roll < 0.90:
+        data["fail"] = True
+        return data, {"retry": 1, "retry_interval": 0.2}, "always fails"
+    if roll < 0.95:
+        data["sleep"] = 5
+        return data, {"timeout": 1}, "times out"
+    if roll < 0.98:
+        data["kill_self"] = True
+        return data, {"retry": 1, "retry_interval": 0.2}, "poison"
+    data["sleep"] = round(rng.uniform(1, 4), 3)
+    return data, {"priority": rng.randint(-5, 5)}, "prioritised"
+
+
+@dataclass
+class Outage:
+    kind: str
+    until: float
+    proc: subprocess.Popen[str] | None = None
+
+
+@dataclass
+class Soak:
+    store: str
+    minutes: float
+    rate: float
+    nodes_n: int
+    seed: int
+    workdir: Path
+    rng: random.Random = field(init=False)
+    kind: StoreKind = field(init=False)
+    server: MongoServer | None = None
+    nodes: list[FaultDaemon] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    kinds: Counter[str] = field(default_factory=Counter)
+    chaos: Counter[str] = field(default_factory=Counter)
+    pending: dict[str, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
+    restart_at: dict[int, float] = field(default_factory=dict)
+    outage: Outage | None = None
+    add_failures: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.runs = str(self.workdir / "runs.log")
+        if self.store == "sqlite":
+            self.kind = sqlite_kind(self.workdir)
+        else:
+            self.server = MongoServer(data_dir=self.workdir / "mongo-data").start()
+            name = unique_db_name("soak")
+            options = {"database": name, "change_streams": "off", "poll_interval": 0.2,
+                       "server_selection_timeout": 1.0, **MONGO_COLLECTIONS}  # fmt: skip
+            daemon = {"store": self.server.uri, "poll_interval": "0.2s",
+                      "mongodb": {"database": name, "change_streams": "off",
+                                  **MONGO_COLLECTIONS}}  # fmt: skip
+            self.kind = StoreKind("mongo", self.server.uri, options, daemon, server=self.server)
+        self.scheduler = Scheduler(self.kind.open())
+        self.nodes = [
+            FaultDaemon(self.workdir, f"n{i}", self.kind, dict(NODE_CONFIG))
+            for i in range(1, self.nodes_n + 1)
+        ]
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        for node in self.nodes:
+            node.start(wait=False)
+        for node in self.nodes:
+            node.wait_ready(30)
+        started = time.monotonic()
+        end = started + self.minutes * 60
+        next_chaos = started + self.rng.uniform(2, 6)
+        last = started
+        owed = 0.0
+        while (now := time.monotonic()) < end:
+            owed += (now - last) * self.rate
+            last = now
+            while owed >= 1:
+                owed -= 1
+                self.timed("add", self.add_one)
+            self.timed("retry adds", self.retry_pending)
+            if self.rng.random() < 0.02:
+                self.timed("cancel", self.cancel_one)
+            if now >= next_chaos:
+                self.timed("chaos", self.chaos_step)
+                next_chaos = time.monotonic() + self.rng.uniform(2, 6)
+            self.timed("tend", lambda: self.tend(time.monotonic()))
+            time.sleep(0.1)  # pacing of the load generator, not a synchronisation
+        load_seconds = time.monotonic() - started
+        self.calm()
+        drained = self.drain(timeout=240)
+        report = self.audit(load_seconds, drained)
+        return report
+
+    def timed(self, what: str, step: Callable[[], None]) -> None:
+        """Run one step of the driver; say so on stderr when it held the driver up."""
+        started = time.monotonic()
+        step()
+        took = time.monotonic() - started
+        if took > 2:
+            print(f"soak: {what} took {took:.1f}s (chaos so far: {dict(self.chaos)})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    def add_one(self, job_id: str | None = None) -> None:
+        if job_id is None:
+            data, options, what = job_mix(self.rng, self.runs)
+            job_id = uuid.uuid4().hex
+            self.kinds[what] += 1
+            self.pending[job_id] = (data, options)
+        data, options = self.pending[job_id]
+        try:
+            self.scheduler.add_job(SOAK_RUN, data, id=job_id, **options)
+        except OptionError as exc:
+            if "already exists" not in str(exc):  # a retried add that had been stored
+                raise
+        except TaskSchedError:
+            self.add_failures += 1  # the store is down: retried later, same id
+            return
+        del self.pending[job_id]
+        self.added.append(job_id)
+
+    def retry_pending(self) -> None:
+        for job_id in list(self.pending)[:20]:
+            self.add_one(job_id)
+            if job_id in self.pending:
+                return  # still down: try again on a later tick
+
+    def cancel_one(self) -> None:
+        if self.added:
+            with contextlib.suppress(TaskSchedError):
+                self.scheduler.cancel_job(self.rng.choice(self.added[-50:]))
+                self.chaos["cancel"] += 1
+
+    # -- chaos -----------------------------------------------------------------------------
+    def live_nodes(self) -> list[FaultDaemon]:
+        return [n for n in self.nodes if n.running() and id(n) not in self.restart_at]
+
+    def chaos_step(self) -> None:
+        live = self.live_nodes()
+        actions = ["kill worker", "kill worker", "kill worker", "kill master", "drain node"]
+        if self.outage is None:
+            actions += ["store outage", "store outage"]
+        action = self.rng.choice(actions)
+        if action in ("kill master", "drain node") and len(live) < 2:
+            action = "kill worker"  # keep at least one node serving
+        if action == "kill worker":
+            pids = [p for n in live for p in n.workers()]
+            if pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.rng.choice(pids), signal.SIGKILL)
+                self.chaos[action] += 1
+        elif action == "kill master":
+            node = self.rng.choice(live)
+            node.signal(signal.SIGKILL)
+            node.wait_exit(10)
+            self.restart_at[id(node)] = time.monotonic() + self.rng.uniform(0, 3)
+            self.chaos[action] += 1
+        elif action == "drain node":
+            node = self.rng.choice(live)
+            node.signal(signal.SIGTERM)
+            self.restart_at[id(node)] = time.monotonic() + self.rng.uniform(3, 5)
+            self.chaos[action] += 1
+        else:
+            self.start_outage(self.rng.uniform(1, 5))
+
+    def start_outage(self, seconds: float) -> None:
+        now = time.monotonic()
+        if self.kind.kind == "sqlite":
+            assert self.kind.sqlite_path is not None
+            proc = subprocess.Popen(
+                [sys.executable, "-c", LOCKER, str(self.kind.sqlite_path), str(seconds)],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert proc.stdout is not None
+            proc.stdout.readline()  # "locked"
+            self.outage = Outage("sqlite lock", now + seconds, proc)
+            self.chaos["sqlite lock"] += 1
+            return
+        assert self.server is not None
+        if self.rng.random() < 0.3:
+            self.server.kill()
+            self.chaos["mongo server SIGKILL"] += 1
+        else:
+            self.server.stop()
+            self.chaos["mongo server stop"] += 1
+        self.outage = Outage("mongo down", now + seconds)
+
+    def end_outage(self) -> None:
+        if self.outage is None:
+            return
+        if self.outage.proc is not None:
+            self.outage.proc.wait(60)
+        elif self.server is not None:
+            self.server.start()
+        self.outage = None
+
+    def tend(self, now: float) -> None:
+        if self.outage is not None and now >= self.outage.until:
+            self.end_outage()
+        for node in self.nodes:
+            due = self.restart_at.get(id(node))
+            if due is not None and now >= due and not node.running():
+                del self.restart_at[id(node)]
+                node.start(wait=False)
+
+    def calm(self) -> None:
+        """No more chaos: the store back, every node running."""
+        self.end_outage()
+        deadline = time.monotonic() + 30
+        for node in self.nodes:
+            if node.running() and id(node) in self.restart_at:  # still draining
+                node.wait_exit(max(1.0, deadline - time.monotonic()))
+            self.restart_at.pop(id(node), None)
+            if not node.running():
+                node.start(wait=False)
+        for node in self.nodes:
+            node.wait_ready(30)
+        deadline = time.monotonic() + 60
+        while self.pending and time.monotonic() < deadline:
+            before = len(self.pending)
+            self.retry_pending()
+            if len(self.pending) == before:
+                time.sleep(0.5)
+        if self.pending:
+            raise RuntimeError(f"{len(self.pending)} jobs could not be added after the chaos")
+
+    # -- the verdict -----------------------------------------------------------------------
+    def drain(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        wanted = set(self.added)
+        while time.monotonic() < deadline:
+            jobs = all_jobs(self.scheduler.store)
+            if all(i in jobs and jobs[i].is_final for i in wanted):
+                return True
+            time.sleep(0.5)
+        return False
+
+    def audit(self, load_seconds: float, drained: bool) -> dict[str, Any]:
+        jobs: dict[str, JobRecord] = all_jobs(self.scheduler.store)
+        wanted = set(self.added)
+        runs = [line.split() for line in Path(self.runs).read_text().splitlines()]
+        starts = [r for r in runs if r[0] == "S"]
+        ok_runs = Counter(r[1] for r in runs if r[0] == "E" and r[5] == "ok")
+        overlapping = sorted({r[1] for r in starts if int(r[5]) > 0})
+        lost = sorted(wanted - set(jobs))
+        stuck = sorted(i for i in wanted if i in jobs and not jobs[i].is_final)
+        unrun = sorted(
+            i for i in wanted if i in jobs and jobs[i].status == JobStatus.DONE and not ok_runs[i]
+        )
+        return {
+            "store": self.kind.kind,
+            "minutes": round(load_seconds / 60, 2),
+            "nodes": self.nodes_n,
+            "jobs": len(wanted),
+            "mix": dict(self.kinds),
+            "runs": len(starts),
+            "statuses": dict(Counter(jobs[i].status.name for i in wanted if i in jobs)),
+            "chaos": dict(self.chaos),
+            "adds retried in outages": self.add_failures,
+            "drained": drained,
+            "lost": len(lost),
+            "duplicated": len(overlapping),
+            "stuck": len(stuck),
+            "done without a run": len(unrun),
+            "examples": {
+                "lost": lost[:5],
+                "duplicated": overlapping[:5],
+                "stuck": stuck[:5],
+                "unrun": unrun[:5],
+            },
+        }
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.end_outage()
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.kill_all()
+        with contextlib.suppress(Exception):
+            self.scheduler.store.close()
+        if self.server is not None:
+            self.server.close()
+
+
+def run_slow_tests() -> int:
+    """The long fault tests (-m slow: 10,000 jobs on 3 nodes x 4 workers)."""
+    return subprocess.call(
+        [sys.executable, "-m", "pytest", "-m", "slow", "-q", "-p", "no:cacheprovider",
+         "tests/faults"],
+        cwd=REPO, env={**os.environ, "TASKSCHED_SOAK_MINUTES": "0"},
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.soak.soak", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--minutes", type=float, default=float(
+        os.environ.get("TASKSCHED_SOAK_MINUTES") or 1))  # fmt: skip
+    parser.add_argument("--store", choices=["sqlite", "mongo"], default="sqlite")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="jobs added per second (default: 8 on SQLite, 3 on MongoDB)")  # fmt: skip
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--slow", action="store_true", help="also run the -m slow tests")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    rate = args.rate if args.rate is not None else (8.0 if args.store == "sqlite" else 3.0)
+    code = 0
+    if args.slow:
+        code = run_slow_tests()
+    if args.minutes > 0:
+        workdir = Path(tempfile.mkdtemp(prefix=f"taskschedd-soak-{args.store}-"))
+        soak = Soak(args.store, args.minutes, rate, args.nodes, seed, workdir)
+        try:
+            report = soak.run()
+        finally:
+            soak.close()
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+        report["seed"] = seed
+        print(json.dumps(report, indent=2))
+        print(
+            f"soak {args.store} {report['minutes']} min: {report['jobs']} jobs, "
+            f"{report['runs']} runs, chaos {sum(report['chaos'].values())} events: "
+            f"lost {report['lost']}, duplicated {report['duplicated']}, stuck {report['stuck']}"
+            + (f" (work dir {workdir})" if args.keep else "")
+        )
+        bad = report["lost"] or report["duplicated"] or report["stuck"]
+        bad = bad or report["done without a run"]
+        code = code or (1 if bad else 0)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
