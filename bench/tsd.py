@@ -111,6 +111,8 @@ class Taskschedd(common.System):
         return {
             "master_mb": common.rss_mb(self.proc.pid),
             "workers_mb": [common.rss_mb(w) for w in workers],
+            "master_cpu_s": common.cpu_seconds(self.proc.pid),
+            "workers_cpu_s": [common.cpu_seconds(w) for w in workers],
         }
 
 
