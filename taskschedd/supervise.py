@@ -123,9 +123,15 @@ class Supervisor:
             self.job_log(job, w.name).error(
                 "worker died while running a job; settling the job now", detail=detail
             )
+            # It may have died between a settle-and-claim commit and its reports: the
+            # next job it claimed is settled now too, not after its lease.
+            if w.ready and not shutting_down:
+                self._unreported_claim(w, how, now, skip=job.token)
         self.owed.append(owed)
 
-    def _unreported_claim(self, w: WorkerHandle, how: str, now: float) -> None:
+    def _unreported_claim(
+        self, w: WorkerHandle, how: str, now: float, skip: str | None = None
+    ) -> None:
         """A worker died without a word between its claim's commit and its report (a
         MongoDB claim also writes its event in between): settle such a job now instead of
         after its lease. Best effort; if the store cannot say, the lease still expires."""
@@ -136,7 +142,7 @@ class Supervisor:
             self.log.warning("could not look for a dead worker's claim", error=str(exc))
             return
         for record in running:
-            if record.worker != w.name or record.claim_token is None:
+            if record.worker != w.name or record.claim_token is None or record.claim_token == skip:
                 continue
             job = RunningJob(
                 id=record.id, token=record.claim_token, cls=record.cls,

@@ -42,6 +42,7 @@ class Outcome:
     job: JobRecord
     settlement: Settlement
     settled: bool  # False: the claim was lost (fenced off), nothing was written
+    next_job: JobRecord | None = None  # claimed in the settle's transaction (claim_next)
 
 
 def error_info(
@@ -114,14 +115,31 @@ class Worker:
             job_id=job_id,
         )
 
-    def run_one(self, *, force_spawn: bool = False, job_id: str | None = None) -> Outcome | None:
-        """Claim and run one due job; None when there is none."""
+    def run_one(
+        self,
+        *,
+        force_spawn: bool = False,
+        job_id: str | None = None,
+        claim_next: Callable[[], bool] | None = None,
+    ) -> Outcome | None:
+        """Claim and run one due job; None when there is none. See :meth:`execute` for
+        ``claim_next``."""
         job = self.claim(force_spawn=force_spawn, job_id=job_id)
         if job is None:
             return None
-        return self.execute(job)
+        return self.execute(job, claim_next=claim_next, force_spawn=force_spawn)
 
-    def execute(self, job: JobRecord) -> Outcome:
+    def execute(
+        self,
+        job: JobRecord,
+        *,
+        claim_next: Callable[[], bool] | None = None,
+        force_spawn: bool = False,
+    ) -> Outcome:
+        """Run a claimed job and settle it. If ``claim_next()`` says so just before the
+        settle, the next due job is claimed in the same store transaction (one commit
+        instead of two) and returned as ``Outcome.next_job``: the caller must execute
+        it (or give it back) and report it as claimed only after this outcome."""
         assert job.claim_token is not None
         if self.on_claim is not None:
             self.on_claim(job)
@@ -130,9 +148,11 @@ class Worker:
             node=self.node, worker=self.name,
         )  # fmt: skip
         settlement = self._run(job, bound)
-        settled = self._settle(job, settlement)
+        want_next = claim_next is not None and claim_next()
+        settled, next_job = self._settle(job, settlement, claim_next=want_next,
+                                         force_spawn=force_spawn)  # fmt: skip
         self.jobs_done += 1
-        outcome = Outcome(job=job, settlement=settlement, settled=settled)
+        outcome = Outcome(job=job, settlement=settlement, settled=settled, next_job=next_job)
         if settled:
             bound.info("job settled", status=settlement.status.name, reason=settlement.reason)
         else:
@@ -141,7 +161,19 @@ class Worker:
             self.on_settle(outcome)
         return outcome
 
-    def _settle(self, job: JobRecord, settlement: Settlement) -> bool:
+    def release(self, job: JobRecord) -> bool:
+        """Give back a claimed job that was not started (no attempt used)."""
+        assert job.claim_token is not None
+        return self.store.settle(job.id, job.claim_token, rules.release(job), now=time.time())
+
+    def _settle(
+        self,
+        job: JobRecord,
+        settlement: Settlement,
+        *,
+        claim_next: bool = False,
+        force_spawn: bool = False,
+    ) -> tuple[bool, JobRecord | None]:
         assert job.claim_token is not None
         delay = 0.05
         # The settle is fenced by the claim token, so trying after the lease is safe: if
@@ -150,9 +182,17 @@ class Worker:
         # is back, and stops or outlives it); giving up would turn a job that ran into an
         # "abandoned" attempt. In-process, give up after the lease.
         deadline = time.monotonic() + max(self.lease, 5.0) if self.in_process else None
+        next_token = secrets.token_hex(16)
         while True:
             try:
-                return self.store.settle(job.id, job.claim_token, settlement, now=time.time())
+                if not claim_next:
+                    now = time.time()
+                    return self.store.settle(job.id, job.claim_token, settlement, now=now), None
+                return self.store.settle_and_claim(
+                    job.id, job.claim_token, settlement, now=time.time(), queues=self.queues,
+                    node=self.node, worker=self.name, next_token=next_token, lease=self.lease,
+                    force_spawn=force_spawn,
+                )  # fmt: skip
             except StoreUnavailable as exc:
                 if deadline is not None and time.monotonic() > deadline:
                     raise
@@ -243,10 +283,19 @@ class Worker:
         ran = 0
         idle_since = time.monotonic()
         waker = self.store.waker()
+        pending: JobRecord | None = None  # claimed along with the last settle
+
+        def claim_next() -> bool:
+            return not stop() and (max_jobs is None or ran + 1 < max_jobs)
+
         try:
-            while not stop() and (max_jobs is None or ran < max_jobs):
+            while pending is not None or (not stop() and (max_jobs is None or ran < max_jobs)):
                 try:
-                    outcome = self.run_one()
+                    if pending is not None:
+                        job, pending = pending, None
+                        outcome: Outcome | None = self.execute(job, claim_next=claim_next)
+                    else:
+                        outcome = self.run_one(claim_next=claim_next)
                 except StoreUnavailable as exc:
                     log.warning("store unavailable; retrying", error=str(exc))
                     waker.wait(self.poll_interval)
@@ -254,6 +303,7 @@ class Worker:
                 if outcome is not None:
                     ran += 1
                     idle_since = time.monotonic()
+                    pending = outcome.next_job
                     continue
                 if idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
                     break
@@ -268,6 +318,9 @@ class Worker:
                     timeout = min(timeout, max(0.0, idle_exit - (time.monotonic() - idle_since)))
                 waker.wait(timeout)
         finally:
+            if pending is not None:  # interrupted between a settle and the next job's start
+                with contextlib.suppress(StoreUnavailable):
+                    self.release(pending)
             waker.close()
         return ran
 

@@ -250,6 +250,7 @@ class _Loop:
         self.stopping = False
         self.exit_reason = "stop"
         self.holding: JobRecord | None = None
+        self.pending: JobRecord | None = None  # claimed with the last settle, not yet reported
         self.worker = Worker(
             store,
             allowed_modules=self.config.allowed_modules,
@@ -267,6 +268,7 @@ class _Loop:
 
     def _on_claim(self, job: JobRecord) -> None:
         self.holding = job
+        self.pending = None
         self.chan.send(
             "claim",
             id=job.id,
@@ -284,6 +286,7 @@ class _Loop:
 
     def _on_settle(self, outcome: Outcome) -> None:
         self.holding = None
+        self.pending = outcome.next_job  # reported as claimed (after this) when it starts
         self.chan.send(
             "settle",
             id=outcome.job.id,
@@ -315,10 +318,19 @@ class _Loop:
         try:
             while True:
                 self._obey()
-                if self.stopping:
+                if self.stopping and self.pending is None:
                     break
                 try:
-                    outcome = self.worker.run_one(force_spawn=self.spec.extra)
+                    if self.pending is not None:
+                        # Claimed in the transaction that settled the last job, before any
+                        # stop: run it (the master hears "settle" for that one first).
+                        outcome: Outcome | None = self.worker.execute(
+                            self.pending, claim_next=self._claim_next
+                        )
+                    else:
+                        outcome = self.worker.run_one(
+                            force_spawn=self.spec.extra, claim_next=self._claim_next
+                        )
                     delay = 0.0
                 except StoreUnavailable as exc:
                     self._hand_over(exc)
@@ -328,7 +340,7 @@ class _Loop:
                     self._wait(self.chan.control_fd, pause)
                     continue
                 if outcome is not None:
-                    if self._should_leave():
+                    if outcome.next_job is None and self._should_leave():
                         break
                     continue
                 if self.spec.extra:  # its job went to someone else
@@ -345,6 +357,10 @@ class _Loop:
                 self._wait(waker.fileno(), timeout)
         except KeyboardInterrupt:
             self.exit_reason = "interrupted"  # Worker released the running job
+            if self.pending is not None:  # claimed, not started, not reported: give it back
+                with contextlib.suppress(StoreError):
+                    self.worker.release(self.pending)
+                self.pending = None
         finally:
             waker.close()
         if not self.chan.master_gone:
@@ -365,13 +381,21 @@ class _Loop:
             self.chan.send("lost", id=job.id, token=job.claim_token, error=str(exc))
             set_title(f"{self.title} idle")
 
-    def _should_leave(self) -> bool:
+    def _claim_next(self) -> bool:
+        """Just before settling a job: claim the next one in the same transaction? Only
+        when this worker goes on (no stop, not an extra, not recycling after this job)."""
+        self._obey()
+        return not self.stopping and not self._should_leave(ahead=1)
+
+    def _should_leave(self, ahead: int = 0) -> bool:
+        """``ahead``: jobs finished but not yet counted (the one being settled)."""
         config = self.config
         if self.spec.extra:
             self.exit_reason = "one job done"
             return True
-        if config.max_jobs_per_worker and self.worker.jobs_done >= config.max_jobs_per_worker:
-            self.exit_reason = f"recycled after {self.worker.jobs_done} jobs"
+        done = self.worker.jobs_done + ahead
+        if config.max_jobs_per_worker and done >= config.max_jobs_per_worker:
+            self.exit_reason = f"recycled after {done} jobs"
             return True
         if config.max_worker_memory:
             used = rss_mb()

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskschedd.errors import StoreUnavailable
 from taskschedd.job import JobStatus
 from taskschedd.options import JobOptions
 
@@ -286,6 +287,38 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
         """Apply a settlement if the job is still held under ``token``; False if fenced off."""
+
+    def settle_and_claim(
+        self,
+        job_id: str,
+        token: str,
+        settlement: Settlement,
+        *,
+        now: float,
+        queues: Sequence[str],
+        node: str,
+        worker: str,
+        next_token: str,
+        lease: float,
+        force_spawn: bool = False,
+    ) -> tuple[bool, JobRecord | None]:
+        """Settle a job, then (only if that worked) claim the next due one under
+        ``next_token``: (settled, next job or None). Fenced as :meth:`settle`.
+
+        Stores that can do both in one transaction override this (one durable commit
+        per job instead of two). Here the claim is best effort: if the store fails after
+        the settle, the settle stands and the caller's next plain claim meets the outage.
+        """
+        if not self.settle(job_id, token, settlement, now=now):
+            return False, None
+        try:
+            job = self.claim(
+                queues, node=node, worker=worker, token=next_token, lease=lease, now=now,
+                force_spawn=force_spawn,
+            )  # fmt: skip
+        except StoreUnavailable:
+            return True, None
+        return True, job
 
     @abc.abstractmethod
     def renew(self, tokens: Iterable[str], *, lease_until: float) -> int:

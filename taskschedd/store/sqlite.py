@@ -443,6 +443,42 @@ class SQLiteStore(Store):
                 (now, old.id),
             )
 
+    _CLAIM_SET = (
+        "UPDATE jobs SET status = 2, attempt = attempt + 1, claim_token = ?, "
+        "lease_until = ?, node = ?, worker = ?, started = ?, updated = ?, progress = 0, "
+        "ended = NULL "
+    )
+    _CLAIM_PICK = (
+        "WHERE seq = (SELECT seq FROM jobs WHERE status IN (0, 1) AND queue = ? "
+        "AND spawn = ? AND at <= ? ORDER BY priority DESC, at, seq LIMIT 1)"
+    )
+
+    def _claim_row(
+        self,
+        conn: sqlite3.Connection,
+        where: str,
+        wargs: list[Any],
+        *,
+        token: str,
+        lease: float,
+        node: str,
+        worker: str,
+        now: float,
+    ) -> JobRecord | None:
+        """The claim statement and its event, inside a write transaction."""
+        row = conn.execute(
+            self._CLAIM_SET + where + f" RETURNING {_COLUMNS}",
+            [token, now + lease, node, worker, now, now, *wargs],
+        ).fetchone()
+        if row is None:
+            return None
+        job = _row_to_job(row)
+        self._event(
+            conn, job.id, now, JobStatus.PROCESSING, job.attempt, job.cls, job.queue, node,
+            worker,
+        )  # fmt: skip
+        return job
+
     def claim(
         self,
         queues: Sequence[str],
@@ -455,22 +491,12 @@ class SQLiteStore(Store):
         force_spawn: bool = False,
         job_id: str | None = None,
     ) -> JobRecord | None:
-        sets = (
-            "UPDATE jobs SET status = 2, attempt = attempt + 1, claim_token = ?, "
-            "lease_until = ?, node = ?, worker = ?, started = ?, updated = ?, progress = 0, "
-            "ended = NULL "
-        )
-        args: list[Any] = [token, now + lease, node, worker, now, now]
         if job_id is not None:
             targets: list[tuple[str, list[Any]]] = [
                 (f"WHERE id = ? AND status IN ({_RUNNABLE_SQL}) AND at <= ?", [job_id, now])
             ]
         else:
-            pick = (
-                "WHERE seq = (SELECT seq FROM jobs WHERE status IN (0, 1) AND queue = ? "
-                "AND spawn = ? AND at <= ? ORDER BY priority DESC, at, seq LIMIT 1)"
-            )
-            targets = [(pick, [q, int(force_spawn), now]) for q in queues]
+            targets = [(self._CLAIM_PICK, [q, int(force_spawn), now]) for q in queues]
         with self._lock:
             for where, wargs in targets:
                 # A cheap read first keeps idle polling from taking the write lock.
@@ -484,67 +510,99 @@ class SQLiteStore(Store):
                     continue
                 try:
                     with self._write() as conn:
-                        row = conn.execute(
-                            sets + where + f" RETURNING {_COLUMNS}", args + wargs
-                        ).fetchone()
-                        if row is None:
-                            continue
-                        job = _row_to_job(row)
-                        self._event(
-                            conn, job.id, now, JobStatus.PROCESSING, job.attempt, job.cls,
-                            job.queue, node, worker,
+                        job = self._claim_row(
+                            conn, where, wargs, token=token, lease=lease, node=node,
+                            worker=worker, now=now,
                         )  # fmt: skip
+                        if job is None:
+                            continue
                 except sqlite3.Error as exc:
                     raise self._error(exc) from None
                 return job
         return None
 
-    def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
-        s = settlement
+    def _settle_row(
+        self, conn: sqlite3.Connection, job_id: str, token: str, s: Settlement, now: float
+    ) -> bool:
+        """The fenced settle statement, its event and the next occurrence, inside a write
+        transaction; False (nothing written) if the job is no longer held under ``token``."""
         final = s.status.is_final
         error_json = json.dumps(s.error.to_dict()) if s.error else None
+        row = conn.execute(
+            "UPDATE jobs SET status = ?, at = COALESCE(?, at), "
+            "result = COALESCE(?, result), "
+            "errors = CASE WHEN ? IS NULL THEN errors "
+            "ELSE json_insert(errors, '$[#]', json(?)) END, "
+            "reason = ?, progress = COALESCE(?, progress), attempt = attempt + ?, "
+            "ended = ?, claim_token = NULL, lease_until = NULL, "
+            "cancel_requested = CASE WHEN ? THEN 0 ELSE cancel_requested END, "
+            "once_key = CASE WHEN ? THEN NULL ELSE once_key END, updated = ? "
+            "WHERE id = ? AND claim_token = ? AND status = 2 "
+            "RETURNING attempt, cls, queue, node, worker",
+            (
+                int(s.status),
+                s.at,
+                s.result_json,
+                error_json,
+                error_json,
+                s.reason,
+                s.progress,
+                s.attempt_delta,
+                now if final else None,
+                final,
+                final,
+                now,
+                job_id,
+                token,
+            ),
+        ).fetchone()
+        if row is None:
+            return False
+        attempt, cls, queue, node, worker = row
+        self._event(
+            conn, job_id, now, s.status, attempt, cls, queue, node, worker, s.error, s.reason
+        )
+        if s.next_job is not None:
+            self._insert_row(conn, s.next_job, ignore=True)
+        return True
+
+    def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
         try:
             with self._write() as conn:
-                row = conn.execute(
-                    "UPDATE jobs SET status = ?, at = COALESCE(?, at), "
-                    "result = COALESCE(?, result), "
-                    "errors = CASE WHEN ? IS NULL THEN errors "
-                    "ELSE json_insert(errors, '$[#]', json(?)) END, "
-                    "reason = ?, progress = COALESCE(?, progress), attempt = attempt + ?, "
-                    "ended = ?, claim_token = NULL, lease_until = NULL, "
-                    "cancel_requested = CASE WHEN ? THEN 0 ELSE cancel_requested END, "
-                    "once_key = CASE WHEN ? THEN NULL ELSE once_key END, updated = ? "
-                    "WHERE id = ? AND claim_token = ? AND status = 2 "
-                    "RETURNING attempt, cls, queue, node, worker",
-                    (
-                        int(s.status),
-                        s.at,
-                        s.result_json,
-                        error_json,
-                        error_json,
-                        s.reason,
-                        s.progress,
-                        s.attempt_delta,
-                        now if final else None,
-                        final,
-                        final,
-                        now,
-                        job_id,
-                        token,
-                    ),
-                ).fetchone()
-                if row is None:
-                    return False
-                attempt, cls, queue, node, worker = row
-                self._event(
-                    conn, job_id, now, s.status, attempt, cls, queue, node, worker, s.error,
-                    s.reason,
-                )  # fmt: skip
-                if s.next_job is not None:
-                    self._insert_row(conn, s.next_job, ignore=True)
+                return self._settle_row(conn, job_id, token, settlement, now)
         except sqlite3.Error as exc:
             raise self._error(exc) from None
-        return True
+
+    def settle_and_claim(
+        self,
+        job_id: str,
+        token: str,
+        settlement: Settlement,
+        *,
+        now: float,
+        queues: Sequence[str],
+        node: str,
+        worker: str,
+        next_token: str,
+        lease: float,
+        force_spawn: bool = False,
+    ) -> tuple[bool, JobRecord | None]:
+        """One transaction, one fsync'd commit: the fenced settle (with its event and next
+        occurrence), then the claim of the next due job (with its event)."""
+        try:
+            with self._write() as conn:
+                if not self._settle_row(conn, job_id, token, settlement, now):
+                    return False, None
+                for q in queues:
+                    job = self._claim_row(
+                        conn, self._CLAIM_PICK, [q, int(force_spawn), now], token=next_token,
+                        lease=lease, node=node, worker=worker, now=now,
+                    )  # fmt: skip
+                    if job is not None:
+                        return True, job
+                return True, None
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
 
     def renew(self, tokens: Iterable[str], *, lease_until: float) -> int:
         toks = list(tokens)

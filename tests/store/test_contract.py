@@ -414,6 +414,70 @@ def test_settle_inserts_next_occurrence_once(store: Store) -> None:
     assert store.get("t.1").at == near(now + 999)
 
 
+def _settle_and_claim(
+    store: Store, job: JobRecord, settlement: Settlement, now: float, next_token: str
+) -> tuple[bool, JobRecord | None]:
+    return store.settle_and_claim(
+        job.id, job.claim_token or "", settlement, now=now, queues=("other", "default"),
+        node="node-a", worker="node-a/1", next_token=next_token, lease=30.0,
+    )  # fmt: skip
+
+
+def test_settle_and_claim_fenced_off_claims_nothing(store: Store) -> None:
+    now = time.time()
+    store.insert([new_job("a", now=now), new_job("b", now=now)])
+    job = must_claim(store, now=now, token="right")
+    seq = store.last_event_seq()
+    done = Settlement(status=JobStatus.DONE, result_json='"x"', reason="done")
+    stale = JobRecord(**{**job.__dict__, "claim_token": "wrong"})
+    assert _settle_and_claim(store, stale, done, now, "next") == (False, None)
+    assert (store.get("a").status, store.get("a").claim_token) == (JobStatus.PROCESSING, "right")
+    assert store.get("b").status == JobStatus.WAITING
+    assert store.get_by_token("next") is None
+    assert store.last_event_seq() == seq
+
+
+def test_settle_and_claim_settles_one_and_claims_the_next(store: Store) -> None:
+    now = time.time()
+    store.insert([new_job("a", now=now, interval=60), new_job("b", now=now)])
+    store.insert([new_job("c", now=now, queue="other", priority=-5)])
+    job = must_claim(store, now=now, token="first", queues=("default",))
+    assert job.id == "a"
+    settled, nxt = _settle_and_claim(store, job, rules.on_success(job, "7", now), now, "second")
+    assert settled
+    # The queues are taken in the order given, as claim() does.
+    assert nxt is not None and nxt.id == "c"
+    assert (nxt.status, nxt.claim_token, nxt.attempt) == (JobStatus.PROCESSING, "second", 1)
+    assert (nxt.node, nxt.worker, nxt.lease_until) == ("node-a", "node-a/1", near(now + 30))
+    a = store.get("a")
+    assert (a.status, a.result, a.claim_token) == (JobStatus.DONE, 7, None)
+    assert store.get("a.1").status == JobStatus.POSTPONED  # the next occurrence
+    assert store.get_by_token("second") is not None and store.get("c").claim_token == "second"
+    assert statuses_of_events(store, "a")[-1] == JobStatus.DONE
+    assert statuses_of_events(store, "c") == [JobStatus.WAITING, JobStatus.PROCESSING]
+    events = [e for e in store.events(after=0) if e.job_id in ("a", "c")]
+    assert [e.job_id for e in events[-2:]] == ["a", "c"]  # the settle's event first
+    assert store.get("b").status == JobStatus.WAITING
+
+    # The next claim is fenced by its own token like any claim.
+    settled, nxt2 = _settle_and_claim(store, nxt, Settlement(status=JobStatus.DONE), now, "third")
+    assert settled and nxt2 is not None and nxt2.id == "b"
+    assert not store.settle("c", "second", Settlement(status=JobStatus.DONE), now=now)
+
+
+def test_settle_and_claim_with_nothing_due_settles_only(store: Store) -> None:
+    now = time.time()
+    store.insert([new_job("a", now=now), new_job("later", now=now, at=now + 60)])
+    store.insert([new_job("spawn", now=now, ignore_max_children=True)])
+    job = must_claim(store, now=now)
+    done = Settlement(status=JobStatus.DONE, reason="done")
+    assert _settle_and_claim(store, job, done, now, "next") == (True, None)
+    assert store.get("a").status == JobStatus.DONE
+    assert store.get_by_token("next") is None
+    assert store.get("later").status == JobStatus.POSTPONED
+    assert store.get("spawn").status == JobStatus.WAITING
+
+
 # -- leases ----------------------------------------------------------------------------------
 
 
