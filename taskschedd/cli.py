@@ -116,7 +116,9 @@ def command(
         _daemonize(cfg)
     with _pidfile(pidfile):
         from taskschedd import master
+        from taskschedd.store import preload
 
+        preload(cfg.store)
         try:
             master.drop_privileges(cfg.user, cfg.group)
         except (OSError, KeyError) as exc:

@@ -32,6 +32,15 @@ def open_store(url: str, **options: Any) -> Store:
     )
 
 
+def preload(url: str) -> None:
+    """Import the backend a URL needs now: after a privilege drop the service user may not
+    be able to read the interpreter's own files (a Python under /root, say)."""
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        import taskschedd.store.mongo
+    else:
+        import taskschedd.store.sqlite  # noqa: F401
+
+
 def config_store_options(config: Config) -> dict[str, Any]:
     """Keyword arguments for :func:`open_store` from a node configuration."""
     if config.store_kind != "mongodb":
@@ -55,4 +64,11 @@ def open_configured(config: Config) -> Store:
     return open_store(config.store, **config_store_options(config))
 
 
-__all__ = ["DEFAULT_URL", "Store", "config_store_options", "open_configured", "open_store"]
+__all__ = [
+    "DEFAULT_URL",
+    "Store",
+    "config_store_options",
+    "open_configured",
+    "open_store",
+    "preload",
+]
