@@ -461,9 +461,12 @@ class Master:
         due_at: float | None = None
         try:
             wall = time.time()
+            # The plan never needs more than max_children of either: a capped count stays
+            # cheap behind a backlog of millions (a full one costs ~0.1 s per million).
+            cap = self.settings.max_children + 1
             demand = pool.Demand(
-                due=self.store.count_due(queues, now=wall, force_spawn=False),
-                due_extra=self.store.count_due(queues, now=wall, force_spawn=True),
+                due=self.store.count_due(queues, now=wall, force_spawn=False, limit=cap),
+                due_extra=self.store.count_due(queues, now=wall, force_spawn=True, limit=cap),
             )
             if not demand.due and not demand.due_extra:
                 due_at = self.store.next_due(queues)

@@ -362,8 +362,15 @@ class Store(abc.ABC):
         """Of the jobs held under these tokens, the tokens whose cancel was requested."""
 
     @abc.abstractmethod
-    def count_due(self, queues: Sequence[str], *, now: float, force_spawn: bool) -> int:
-        """Due runnable jobs in these queues (with or without ignore_max_children)."""
+    def count_due(
+        self, queues: Sequence[str], *, now: float, force_spawn: bool, limit: int | None = None
+    ) -> int:
+        """Due runnable jobs in these queues (with or without ignore_max_children).
+
+        ``limit``: count at most about that many (callers that only size a pool need no
+        more, and a full count costs time proportional to the backlog); may be exceeded
+        by a store that counts per queue, never undercounts below min(limit, due).
+        """
 
     @abc.abstractmethod
     def next_due(self, queues: Sequence[str]) -> float | None:

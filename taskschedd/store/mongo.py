@@ -1048,11 +1048,16 @@ class MongoStore(Store):
                 )
         return out
 
-    def count_due(self, queues: Sequence[str], *, now: float, force_spawn: bool) -> int:
+    def count_due(
+        self, queues: Sequence[str], *, now: float, force_spawn: bool, limit: int | None = None
+    ) -> int:
         now = _t(now)
         total = 0
         with self._errors("count due jobs"):
             for q in dict.fromkeys(queues):
+                if limit is not None and total >= limit:
+                    break
+                extra: dict[str, Any] = {} if limit is None else {"limit": max(1, limit - total)}
                 # The count command, not count_documents (an aggregate): nx-27017 runs the
                 # aggregate in Python over every ready job (~25x slower), and masters count
                 # on every wake-up. On a sharded cluster count may include orphans during
@@ -1062,6 +1067,7 @@ class MongoStore(Store):
                     self.jobs_collection,
                     query={"state": READY, "queue": q, "spawn": bool(force_spawn),
                            "at": {"$lte": now}},
+                    **extra,
                 )  # fmt: skip
                 total += int(reply.get("n", 0))
         return total

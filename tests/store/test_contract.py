@@ -762,6 +762,9 @@ def test_count_due_and_next_due(store: Store) -> None:
     assert store.count_due(["default"], now=now, force_spawn=True) == 1
     assert store.count_due(["default", "other"], now=now, force_spawn=False) == 3
     assert store.count_due(["default"], now=now + 60, force_spawn=False) == 3
+    assert store.count_due(["default"], now=now + 60, force_spawn=False, limit=2) == 2
+    assert store.count_due(["default", "other"], now=now, force_spawn=False, limit=10) == 3
+    assert store.count_due(["default"], now=now, force_spawn=False, limit=0) == 0
     assert store.count_due([], now=now, force_spawn=False) == 0
     assert store.next_due(["default"]) == near(now - 5)
     assert store.next_due(["other", "default"]) == near(now - 100)
