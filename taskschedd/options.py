@@ -10,7 +10,7 @@ import difflib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from taskschedd.errors import JobDataError, OptionError
@@ -61,11 +61,11 @@ class JobOptions:
     expires: float | None = None
 
     def stored(self) -> dict[str, Any]:
-        """The options kept with the job (for rules and display); id and at live in columns."""
-        data = asdict(self)
-        data.pop("id")
-        data.pop("at")
-        return data
+        """The options kept with the job (for rules and display); id and at live in columns.
+
+        Not dataclasses.asdict: its deep copy was half the cost of add_jobs, and every
+        option is a scalar."""
+        return {name: getattr(self, name) for name in _STORED_NAMES}
 
     @classmethod
     def from_stored(cls, data: Mapping[str, Any]) -> JobOptions:
@@ -74,6 +74,7 @@ class JobOptions:
 
 
 OPTION_NAMES = tuple(f.name for f in fields(JobOptions))
+_STORED_NAMES = tuple(n for n in OPTION_NAMES if n not in ("id", "at"))
 DEFAULT_NAMES = tuple(f"default_{n}" for n in OPTION_NAMES if n not in ("id", "ignore_data"))
 
 

@@ -338,8 +338,7 @@ class SQLiteStore(Store):
         reason: str | None = None,
     ) -> None:
         conn.execute(
-            "INSERT INTO events (job_id, time, status, attempt, cls, queue, node, worker, "
-            "error, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            SQLiteStore._EVENT_SQL,
             (
                 job_id,
                 now,
@@ -354,35 +353,51 @@ class SQLiteStore(Store):
             ),
         )
 
+    _INSERT_SQL = (
+        "INTO jobs (id, cls, data, status, queue, priority, spawn, at, created, options, "
+        "once_key, series, series_seq, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    )
+    _EVENT_SQL = (
+        "INSERT INTO events (job_id, time, status, attempt, cls, queue, node, worker, "
+        "error, reason) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    )
+
+    @staticmethod
+    def _job_row(job: NewJob) -> tuple[Any, ...]:
+        opts = job.options
+        return (
+            job.id,
+            job.cls,
+            job.data_json,
+            int(job.status),
+            opts.queue,
+            opts.priority,
+            int(opts.ignore_max_children),
+            job.at,
+            job.created,
+            json.dumps(opts.stored(), separators=(",", ":")),
+            job.once_key,
+            job.series,
+            job.series_seq,
+            job.created,
+        )
+
+    @staticmethod
+    def _added_event(job: NewJob) -> tuple[Any, ...]:
+        return (
+            job.id, job.created, int(job.status), 0, job.cls, job.options.queue, None, None,
+            None, "added",
+        )  # fmt: skip
+
     @staticmethod
     def _insert_row(conn: sqlite3.Connection, job: NewJob, *, ignore: bool = False) -> bool:
-        opts = job.options
         cur = conn.execute(
-            f"INSERT {'OR IGNORE ' if ignore else ''}INTO jobs (id, cls, data, status, queue, "
-            "priority, spawn, at, created, options, once_key, series, series_seq, updated) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                job.id,
-                job.cls,
-                job.data_json,
-                int(job.status),
-                opts.queue,
-                opts.priority,
-                int(opts.ignore_max_children),
-                job.at,
-                job.created,
-                json.dumps(opts.stored(), separators=(",", ":")),
-                job.once_key,
-                job.series,
-                job.series_seq,
-                job.created,
-            ),
+            f"INSERT {'OR IGNORE ' if ignore else ''}" + SQLiteStore._INSERT_SQL,
+            SQLiteStore._job_row(job),
         )
         if cur.rowcount == 0:
             return False
-        SQLiteStore._event(
-            conn, job.id, job.created, job.status, 0, job.cls, opts.queue, reason="added"
-        )
+        conn.execute(SQLiteStore._EVENT_SQL, SQLiteStore._added_event(job))
         return True
 
     # -- writing jobs -------------------------------------------------------------------
@@ -391,8 +406,11 @@ class SQLiteStore(Store):
             return
         try:
             with self._write() as conn:
-                for job in jobs:
-                    self._insert_row(conn, job)
+                if len(jobs) == 1:
+                    self._insert_row(conn, jobs[0])
+                else:  # one statement per table, not two per job
+                    conn.executemany("INSERT " + self._INSERT_SQL, map(self._job_row, jobs))
+                    conn.executemany(self._EVENT_SQL, map(self._added_event, jobs))
         except sqlite3.IntegrityError as exc:
             if "jobs.id" in str(exc):
                 existing = self._read(
