@@ -43,8 +43,19 @@ JOBS = "tests.e2e.jobs"
 
 #: Every store kind the daemon tests know; unmarked tests run on SQLite only.
 STORE_KINDS = ("sqlite", "mongo")
-#: Run a test (or, as ``pytestmark``, a module) once per store kind.
-BOTH_STORES = pytest.mark.store_kinds(*STORE_KINDS)
+
+
+def __getattr__(name: str) -> Any:
+    """``BOTH_STORES``: run a test (or, as ``pytestmark``, a module) once per store kind.
+
+    Made on first use, not at import: with --strict-markers, ``pytest.mark.store_kinds``
+    fails until this conftest's pytest_configure registered it, and other test
+    directories (tests/faults, tests/mongo) import this module for Daemon.
+    """
+    if name == "BOTH_STORES":
+        return pytest.mark.store_kinds(*STORE_KINDS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: nx-27017 refuses dotted collection names (the defaults have them): docs/nx-27017.md.
 MONGO_COLLECTIONS = {
