@@ -16,10 +16,12 @@ import os
 import secrets
 import select
 import socket
+import time
 
 from taskschedd.store.base import Waker
 
 _PREFIX = b"\0taskschedd-"
+_RACY_WINDOW = 0.05  # seconds: well above the kernel's timestamp granularity (1-10 ms)
 
 
 class NotifyDir:
@@ -29,6 +31,10 @@ class NotifyDir:
         self.path = path
         self._sock: socket.socket | None = None
         self._pid = -1
+        # The listeners as last listed, and the directory's (inode, mtime) they are
+        # valid for: a post costs one stat, not a listdir, while nobody comes or goes.
+        self._names: list[tuple[str, bytes]] = []
+        self._seen: tuple[int, int] | None = None
 
     def _sender(self) -> socket.socket:
         if self._sock is None or self._pid != os.getpid():
@@ -37,21 +43,43 @@ class NotifyDir:
             self._pid = os.getpid()
         return self._sock
 
-    def post(self) -> None:
+    def _listeners(self) -> list[tuple[str, bytes]]:
+        before = time.time()
         try:
-            entries = os.listdir(self.path)
+            st = os.stat(self.path)
         except FileNotFoundError:
+            self._seen = None
+            return []
+        key = (st.st_ino, st.st_mtime_ns)
+        if key == self._seen:
+            return self._names
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            self._seen = None
+            return []
+        self._names = [(name, _PREFIX + name.encode()) for name in names]
+        # Directory times come from a coarse clock: a listener arriving in the same tick
+        # as the one this listing saw would leave the mtime unchanged. Trust the listing
+        # only once its mtime is clearly older than the listing itself.
+        self._seen = key if before - st.st_mtime_ns / 1e9 > _RACY_WINDOW else None
+        return self._names
+
+    def post(self) -> None:
+        listeners = self._listeners()
+        if not listeners:
             return
         sock = self._sender()
-        for name in entries:
+        for name, address in listeners:
             try:
-                sock.sendto(b"!", _PREFIX + name.encode())
+                sock.sendto(b"!", address)
             except BlockingIOError:
                 pass  # its buffer is full: a wake-up is already pending
             except OSError as exc:
                 if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(self.path, name))
+                    self._seen = None  # list again next time
 
     def listen(self) -> SocketWaker:
         os.makedirs(self.path, mode=0o700, exist_ok=True)

@@ -114,3 +114,25 @@ def test_a_locked_database_raises_store_unavailable_then_recovers(tmp_path: Path
     assert store.get("before").status == JobStatus.WAITING
     assert [j.id for j in store.find(JobQuery())] == ["before", "after"]
     store.close()
+
+
+def test_a_listener_that_arrives_right_after_a_post_is_woken(tmp_path: Path) -> None:
+    # Posts cache the listener directory while its mtime is unchanged; a listener that
+    # registers within the same timestamp tick as a listing must not be missed.
+    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db")
+    writer = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db")
+    try:
+        for i in range(20):
+            writer.insert([new_job(f"before-{i}")])  # lists (and maybe caches) the listeners
+            waker = store.waker()
+            try:
+                writer.insert([new_job(f"after-{i}")])
+                assert waker.wait(2.0), f"round {i}: the new listener was not woken"
+            finally:
+                waker.close()
+        stale = store.waker()
+        stale.close()
+        writer.insert([new_job("after-close")])  # a listener that left is no trouble
+    finally:
+        store.close()
+        writer.close()
