@@ -1,0 +1,37 @@
+"""The MongoDB store: one database shared by any number of nodes on any number of hosts.
+
+Data model (collection names configurable; defaults are the PHP original's):
+
+* jobs (``taskscheduler.jobs``, an ordinary collection, never capped): ``_id`` is the
+  job id (a string). Times are float epoch seconds. ``status`` is the JobStatus number;
+  ``state`` ("ready" for WAITING/POSTPONED, "running", "final") exists so that the claim
+  filters on equality (``$in`` would be a full scan on nx-27017). ``seq`` orders jobs
+  for FIFO: ``time.time_ns()`` made strictly increasing per store object, so it orders
+  the jobs of one client exactly and those of different clients by clock.
+  ``once`` is always present and unique: ``"k:<once_key>"`` while an add_job_once job is
+  active, ``"j:<id>"`` otherwise; it makes add_job_once race-free without relying on
+  how null or missing values behave in unique indexes. ``data``, ``result`` and each
+  entry of ``errors`` are JSON text, so user keys (dots, ``$``) never become field
+  names. ``ended_at`` (a BSON date) is set only when the job is final and only feeds the
+  TTL index; nothing filters on it.
+* events (``taskscheduler.events``): one document per state change. ``seq`` is dense
+  and increasing in commit order: a writer inserts ``_id`` = the zero-padded seq one
+  above the highest seq it can see, and on a duplicate key reads again. An event with
+  seq N is therefore only ever written after N-1 was visible, so a follower reading
+  ``seq > after`` never skips one that commits late (a shared counter would let N+1
+  commit before N). A floor document (``_id`` ``~floor``, no job) keeps the highest seq
+  handed out when events are deleted (purge, flush, TTL), so seqs are never reused.
+* nodes (``taskscheduler.nodes``): ``_id`` is the node name; heartbeats upsert it.
+
+Every write after a claim is filtered by ``{_id, claim_token}``; a claim whose reply is
+lost (AutoReconnect) is looked up by its token, never re-issued. Job state is written
+with write concern ``majority`` (journaled) by default; at start the store warns when
+the deployment is a single server. The client is created lazily in each process (pymongo
+is not fork-safe). Network errors become StoreUnavailable (the callers back off and
+retry); URL passwords never appear in logs or errors.
+"""
+
+from taskschedd.store.mongo.store import DEFAULT_DATABASE, MongoStore
+from taskschedd.store.mongo.waker import MongoWaker
+
+__all__ = ["DEFAULT_DATABASE", "MongoStore", "MongoWaker"]

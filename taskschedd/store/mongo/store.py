@@ -1,0 +1,977 @@
+"""MongoStore: the Store interface on MongoDB (the data model is in the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pymongo
+from pymongo import ReturnDocument
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
+from pymongo.write_concern import WriteConcern
+
+from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
+from taskschedd.job import FINAL, JobStatus
+from taskschedd.redact import redact_text, redact_url
+from taskschedd.store.base import (
+    DuplicateJobId,
+    EventRecord,
+    JobQuery,
+    JobRecord,
+    NewJob,
+    NodeRecord,
+    Settlement,
+    Store,
+    Waker,
+)
+from taskschedd.store.mongo.common import _is_transient, _log
+from taskschedd.store.mongo.documents import (
+    _EVENT_FIELDS,
+    DONE,
+    READY,
+    RUNNING,
+    Doc,
+    _added_event,
+    _among,
+    _date,
+    _event,
+    _new_job_doc,
+    _state,
+    _t,
+    _to_event,
+    _to_job,
+)
+from taskschedd.store.mongo.events import FLOOR_ID, EventLog
+from taskschedd.store.mongo.indexes import create_indexes
+from taskschedd.store.mongo.waker import STREAM_AWAIT_MS, MongoWaker
+
+DEFAULT_DATABASE = "taskscheduler"
+
+_MAINTENANCE_EVERY = 30.0
+_IN_CHUNK = 500
+
+# Which (url, database) pairs have logged their start-up lines in this process tree: the
+# set is inherited across fork, so forked workers do not repeat the master's lines.
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+class _OnceKeyTaken(StoreError):
+    """An insert lost the race for a once key to an active job."""
+
+
+def _url_options(url: str) -> set[str]:
+    """Lower-cased option names given in a MongoDB URL's query string."""
+    _, _, query = url.partition("?")
+    return {k.lower() for k, _ in parse_qsl(query, keep_blank_values=True)}
+
+
+class MongoStore(Store):
+    """See the module docstring.
+
+    ``retention``: seconds after which final jobs and events expire through TTL indexes on
+    ``ended_at``; 0 removes those indexes (keep forever); None (the default) leaves them
+    as they are, so that opening a store without the node's configuration (a script, a
+    CLI without config) never changes the cluster's retention. ``poll_interval``: how often a
+    polling waker checks for new events. ``server_selection_timeout`` bounds how long an
+    operation waits for a reachable server before StoreUnavailable, so callers back off.
+    ``client_options`` are passed to MongoClient (tests use it for command monitoring).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: str | None = None,
+        jobs_collection: str = "taskscheduler.jobs",
+        events_collection: str = "taskscheduler.events",
+        nodes_collection: str = "taskscheduler.nodes",
+        write_concern: str | int = "majority",
+        change_streams: str = "auto",
+        poll_interval: float = 1.0,
+        retention: float | None = None,
+        server_selection_timeout: float = 5.0,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if change_streams not in ("auto", "on", "off"):
+            raise StoreError(f"change_streams must be one of auto, on, off; got {change_streams!r}")
+        if retention is not None and retention < 0:
+            raise StoreError(f"retention must be >= 0 seconds (0 = keep), got {retention!r}")
+        self._url = url
+        self.url = redact_url(url)
+        self._database_name = database
+        self.jobs_collection = jobs_collection
+        self.events_collection = events_collection
+        self.nodes_collection = nodes_collection
+        self.write_concern = write_concern
+        self.change_streams = change_streams
+        self.poll_interval = float(poll_interval)
+        self.retention = None if retention is None else float(retention)
+        self.server_selection_timeout = float(server_selection_timeout)
+        self._client_options = dict(client_options or {})
+        self._client_obj: pymongo.MongoClient[Doc] | None = None
+        self._db_obj: Database[Doc] | None = None
+        self._pid = -1
+        self._ready = False
+        self._use_streams = False
+        self.topology = "unknown"
+        self._lock_obj = threading.RLock()
+        self._lock_pid = os.getpid()
+        self._seq_last = 0
+        self._maintained = 0.0
+        self._wakers: weakref.WeakSet[MongoWaker] = weakref.WeakSet()
+        self._event_log = EventLog(lambda: self._events, self.url)
+
+    @property
+    def _lock(self) -> threading.RLock:
+        """This process's lock: one inherited across fork may be held by a dead thread."""
+        if self._lock_pid != os.getpid():
+            self._lock_obj = threading.RLock()
+            self._lock_pid = os.getpid()
+        return self._lock_obj
+
+    # -- connection ---------------------------------------------------------------------
+    def _new_client(self) -> pymongo.MongoClient[Doc]:
+        given = _url_options(self._url)
+        options: dict[str, Any] = {"appname": "taskschedd"}
+        defaults = {
+            "serverSelectionTimeoutMS": int(self.server_selection_timeout * 1000),
+            "connectTimeoutMS": min(10_000, max(1000, int(self.server_selection_timeout * 1000))),
+            # Bounded, but longer than a change stream's server-side wait.
+            "socketTimeoutMS": max(30_000, STREAM_AWAIT_MS * 5),
+        }
+        for key, value in defaults.items():
+            if key.lower() not in given:
+                options[key] = value
+        options.update(self._client_options)
+        try:
+            return pymongo.MongoClient(self._url, connect=False, **options)
+        except (PyMongoError, ValueError, TypeError) as exc:  # pymongo raises all three
+            raise StoreError(
+                f"invalid MongoDB URL {self.url}: {redact_text(str(exc))}; expected "
+                "mongodb://[user:password@]host[:port][,...]/[database][?options]"
+            ) from None
+
+    @property
+    def _db(self) -> Database[Doc]:
+        """This process's database handle; created after fork, set up on first use."""
+        with self._lock:
+            if self._db_obj is None or self._pid != os.getpid():
+                # A client inherited across fork must not be used (or closed) here.
+                self._client_obj = None
+                self._db_obj = None
+                self._ready = False
+                client = self._new_client()
+                name = self._database_name or DEFAULT_DATABASE
+                if self._database_name is None:
+                    with contextlib.suppress(PyMongoError):
+                        name = client.get_default_database(DEFAULT_DATABASE).name
+                self._client_obj = client
+                self._db_obj = client.get_database(name)
+                self._pid = os.getpid()
+            if not self._ready:
+                with self._errors("connect"):
+                    self._setup(self._db_obj)
+                self._ready = True
+            return self._db_obj
+
+    def _coll(self, name: str) -> Collection[Doc]:
+        w = self.write_concern
+        concern = WriteConcern(w=w, j=True) if w != 0 else WriteConcern(w=0)
+        return self._db.get_collection(name, write_concern=concern)
+
+    @property
+    def _jobs(self) -> Collection[Doc]:
+        return self._coll(self.jobs_collection)
+
+    @property
+    def _events(self) -> Collection[Doc]:
+        return self._coll(self.events_collection)
+
+    @property
+    def _nodes(self) -> Collection[Doc]:
+        return self._coll(self.nodes_collection)
+
+    def _setup(self, db: Database[Doc]) -> None:
+        """Learn the topology, log how wake-ups and durability work, create indexes."""
+        hello = db.client.admin.command("hello")
+        if hello.get("setName"):
+            self.topology = f"replica set {hello['setName']}"
+            replicated = True
+        elif hello.get("msg") == "isdbgrid":
+            self.topology = "sharded cluster"
+            replicated = True
+        else:
+            self.topology = "standalone"
+            replicated = False
+        self._use_streams = self.change_streams == "on" or (
+            self.change_streams == "auto" and replicated
+        )
+        key = (self._url, db.name)
+        if key not in _ANNOUNCED:
+            _ANNOUNCED.add(key)
+            wakeups = (
+                "change streams (polling as fallback)"
+                if self._use_streams
+                else f"polling every {self.poll_interval:g}s"
+            )
+            _log().info(
+                "MongoDB store",
+                url=self.url,
+                database=db.name,
+                topology=self.topology,
+                wakeups=wakeups,
+                write_concern=self.write_concern,
+                retention=self.retention,
+            )
+            if not replicated:
+                _log().warning(
+                    "MongoDB is a standalone server: write concern "
+                    f"{self.write_concern!r} is acknowledged by that one server only, so "
+                    "its loss can lose job state; use a replica set for production",
+                    url=self.url,
+                )
+        create_indexes(
+            db,
+            jobs_collection=self.jobs_collection,
+            events_collection=self.events_collection,
+            nodes_collection=self.nodes_collection,
+            retention=self.retention,
+        )
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except PyMongoError as exc:
+            raise self._translate(doing, exc) from None
+
+    def _translate(self, doing: str, exc: PyMongoError) -> StoreError:
+        text = redact_text(str(exc))
+        if _is_transient(exc):
+            return StoreUnavailable(f"MongoDB store {self.url} is unavailable ({doing}): {text}")
+        return StoreError(f"MongoDB store {self.url}: {doing} failed: {text}")
+
+    # -- documents and events -----------------------------------------------------------
+    def _next_seq(self) -> int:
+        with self._lock:
+            self._seq_last = max(time.time_ns(), self._seq_last + 1)
+            return self._seq_last
+
+    def _emit_after(self, doing: str, events: Sequence[Doc]) -> None:
+        """Record events for a state change that is already written: never fail it."""
+        try:
+            with self._errors(f"record events ({doing})"):
+                self._event_log.emit(events)
+        except StoreError as exc:
+            _log().warning(
+                "job state changed but its event could not be recorded",
+                doing=doing,
+                job_ids=sorted({e["job_id"] for e in events})[:10],
+                error=str(exc),
+            )
+
+    # -- writing jobs ---------------------------------------------------------------------
+    def insert(self, jobs: Sequence[NewJob]) -> None:
+        if not jobs:
+            return
+        docs = [_new_job_doc(j, self._next_seq()) for j in jobs]
+        with self._errors("insert jobs"):
+            self._insert_docs(docs)
+        self._emit_after("insert", [_added_event(d) for d in docs])
+
+    def _insert_docs(self, docs: list[Doc]) -> None:
+        """Insert all or nothing (as far as MongoDB allows without transactions)."""
+        ids = [d["_id"] for d in docs]
+        existing = self._existing_ids(ids)
+        if existing:
+            raise DuplicateJobId(next(i for i in ids if i in existing))
+        batch = secrets.token_hex(8)
+        for d in docs:
+            d["ins"] = batch
+        try:
+            if len(docs) == 1:
+                self._jobs.insert_one(docs[0])
+            else:
+                self._jobs.insert_many(docs, ordered=True)
+        except (DuplicateKeyError, BulkWriteError) as exc:
+            done = int(exc.details.get("nInserted", 0)) if isinstance(exc, BulkWriteError) else 0
+            if isinstance(exc, BulkWriteError):
+                errors = exc.details.get("writeErrors") or [{}]
+                if errors[0].get("code") != 11000:
+                    raise
+            # A concurrent writer won a key between our check and our insert: undo ours.
+            self._undo_insert(ids[:done], batch)
+            failed = ids[done]
+            if self._existing_ids([failed]):
+                raise DuplicateJobId(failed) from None
+            key = docs[done].get("once_key")
+            raise _OnceKeyTaken(
+                f"a job with once key {key!r} is already waiting or running; "
+                "use add_job_once to share it"
+            ) from None
+        except ServerSelectionTimeoutError:
+            raise  # never sent
+        except ConnectionFailure:
+            # The reply was lost: the ordered insert landed for a prefix of the batch.
+            landed = self._jobs.count_documents({"_id": {"$in": ids}, "ins": batch})
+            if landed == len(docs):
+                return
+            self._undo_insert(ids[:landed], batch)
+            raise
+
+    def _undo_insert(self, ids: list[str], batch: str) -> None:
+        if ids:
+            self._jobs.delete_many({"_id": {"$in": ids}, "ins": batch, "attempt": 0})
+
+    def _existing_ids(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = list(ids[i : i + _IN_CHUNK])
+            found.update(
+                d["_id"] for d in self._jobs.find({"_id": {"$in": chunk}}, projection={"_id": 1})
+            )
+        return found
+
+    def insert_once(self, job: NewJob, same: Any) -> tuple[JobRecord, bool]:
+        if not job.once_key:
+            self.insert([job])
+            return self.get(job.id), True
+        lock = f"k:{job.once_key}"
+        for _ in range(100):
+            with self._errors("add a job once"):
+                found = self._jobs.find_one({"once": lock})
+            if found is not None:
+                existing = _to_job(found)
+                if same(existing):
+                    return existing, False
+                self._replace(existing, lock, job.created)
+            doc = _new_job_doc(job, self._next_seq())
+            try:
+                with self._errors("add a job once"):
+                    self._insert_docs([doc])
+            except _OnceKeyTaken:
+                continue  # another caller took the once key first: look again
+            self._emit_after("insert", [_added_event(doc)])
+            doc.pop("ins", None)
+            return _to_job(doc), True
+        raise StoreUnavailable(f"MongoDB store {self.url}: add_job_once kept racing; retry")
+
+    def _replace(self, old: JobRecord, lock: str, now: float) -> None:
+        """Cancel (or ask to stop) the job holding ``lock``, releasing the once key."""
+        now = _t(now)
+        release = {"once_key": None, "once": f"j:{old.id}", "updated": now}
+        with self._errors("replace a job"):
+            done = self._jobs.find_one_and_update(
+                {"_id": old.id, "once": lock, "state": READY},
+                {
+                    "$set": {
+                        **release,
+                        "status": int(JobStatus.CANCELED),
+                        "state": DONE,
+                        "ended": now,
+                        "ended_at": _date(now),
+                        "reason": "replaced",
+                    }
+                },
+                projection=_EVENT_FIELDS,
+                return_document=ReturnDocument.AFTER,
+            )
+            if done is None:
+                self._jobs.update_one(
+                    {"_id": old.id, "once": lock, "state": RUNNING},
+                    {"$set": {**release, "cancel_requested": True}},
+                )
+        if done is not None:
+            event = _event(done, now, JobStatus.CANCELED, reason="replaced")
+            self._emit_after("replace", [event])
+
+    def claim(
+        self,
+        queues: Sequence[str],
+        *,
+        node: str,
+        worker: str,
+        token: str,
+        lease: float,
+        now: float,
+        force_spawn: bool = False,
+        job_id: str | None = None,
+    ) -> JobRecord | None:
+        now = _t(now)
+        update = {
+            "$set": {
+                "status": int(JobStatus.PROCESSING),
+                "state": RUNNING,
+                "claim_token": token,
+                "lease_until": _t(now + lease),
+                "node": node,
+                "worker": worker,
+                "started": now,
+                "updated": now,
+                "progress": 0.0,
+                "ended": None,
+            },
+            "$inc": {"attempt": 1},
+        }
+        if job_id is not None:
+            targets: list[Doc] = [{"_id": job_id, "state": READY, "at": {"$lte": now}}]
+        else:
+            targets = [
+                {"state": READY, "queue": q, "spawn": bool(force_spawn), "at": {"$lte": now}}
+                for q in queues
+            ]
+        sort = [("priority", -1), ("at", 1), ("seq", 1)]
+        for where in targets:
+            doc = self._claim_one(where, update, sort, token)
+            if doc is not None:
+                job = _to_job(doc)
+                event = _event(doc, now, JobStatus.PROCESSING, node=node, worker=worker)
+                self._emit_after("claim", [event])
+                return job
+        self._maintain()  # idle: a good moment (rate limited) for housekeeping
+        return None
+
+    def _claim_one(
+        self, where: Doc, update: Doc, sort: list[tuple[str, int]], token: str
+    ) -> Doc | None:
+        try:
+            with self._errors("claim"):
+                try:
+                    return self._jobs.find_one_and_update(
+                        where, update, sort=sort, return_document=ReturnDocument.AFTER
+                    )
+                except ServerSelectionTimeoutError:
+                    raise  # never sent
+                except ConnectionFailure as exc:
+                    # The claim may have been applied: never re-issue it, look the token up.
+                    lost = redact_text(str(exc))
+                    found = self._jobs.find_one({"claim_token": token})
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(
+                f"{exc} (the claim's outcome is unknown; its lease will expire if it was taken)"
+            ) from None
+        if found is None:
+            # Not applied. Claiming again here could give a second job the same token if
+            # the first request is still queued on the server: let the caller retry.
+            raise StoreUnavailable(f"MongoDB store {self.url}: a claim's reply was lost: {lost}")
+        return found
+
+    def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
+        s = settlement
+        now = _t(now)
+        final = s.status.is_final
+        sets: Doc = {
+            "status": int(s.status),
+            "state": _state(s.status),
+            "reason": s.reason,
+            "ended": now if final else None,
+            "claim_token": None,
+            "lease_until": None,
+            "updated": now,
+            "settled_by": token,
+        }
+        if s.at is not None:
+            sets["at"] = _t(s.at)
+        if s.result_json is not None:
+            sets["result"] = s.result_json
+        if s.progress is not None:
+            sets["progress"] = float(s.progress)
+        if final:
+            sets.update(
+                cancel_requested=False, once_key=None, once=f"j:{job_id}", ended_at=_date(now)
+            )
+        next_doc = _new_job_doc(s.next_job, self._next_seq()) if s.next_job is not None else None
+        if next_doc is not None:
+            # Kept with the settled job until it is inserted: a crash between the two
+            # writes leaves it for the next maintenance pass instead of losing the series.
+            sets.update(next_pending=True, next_job=next_doc)
+        update: Doc = {"$set": sets}
+        if s.error is not None:
+            # JSON text: nx-27017 turns a pushed sub-document into a string anyway.
+            update["$push"] = {"errors": json.dumps(s.error.to_dict())}
+        if s.attempt_delta:
+            update["$inc"] = {"attempt": s.attempt_delta}
+        where = {"_id": job_id, "claim_token": token, "state": RUNNING}
+        with self._errors("settle"):
+            try:
+                doc = self._jobs.find_one_and_update(
+                    where, update, projection=_EVENT_FIELDS, return_document=ReturnDocument.AFTER
+                )
+            except ServerSelectionTimeoutError:
+                raise  # never sent
+            except ConnectionFailure as exc:
+                # Applied or not? Our token in settled_by says it was; still holding it
+                # says it was not (the caller retries: the write is fenced, so idempotent).
+                doc = self._jobs.find_one(
+                    {"_id": job_id}, projection={**_EVENT_FIELDS, "claim_token": 1, "settled_by": 1}
+                )
+                if doc is not None and doc.get("claim_token") == token:
+                    raise StoreUnavailable(
+                        f"MongoDB store {self.url}: a settle's reply was lost, not applied: "
+                        f"{redact_text(str(exc))}"
+                    ) from None
+                if doc is not None and doc.get("settled_by") != token:
+                    doc = None  # fenced off: another claim took the job meanwhile
+        if doc is None:
+            return False
+        event = _event(
+            doc,
+            now,
+            s.status,
+            node=doc.get("node"),
+            worker=doc.get("worker"),
+            error=s.error,
+            reason=s.reason,
+        )
+        self._emit_after("settle", [event])
+        if next_doc is not None:
+            try:
+                with self._errors("insert the next occurrence"):
+                    self._insert_next(job_id, next_doc)
+            except StoreError as exc:
+                _log().warning(
+                    "next occurrence not inserted yet; a later maintenance pass will",
+                    job_id=job_id,
+                    next_id=next_doc["_id"],
+                    error=str(exc),
+                )
+        return True
+
+    def _insert_next(self, job_id: str, doc: Doc) -> None:
+        """Insert a series' next occurrence (idempotent: its id is deterministic)."""
+        doc = dict(doc)
+        try:
+            self._jobs.insert_one(doc)
+        except DuplicateKeyError:
+            pass  # already there (another node settled this occurrence, or a retry)
+        else:
+            self._emit_after("next occurrence", [_added_event(doc)])
+        self._jobs.update_one(
+            {"_id": job_id, "next_pending": True},
+            {"$unset": {"next_pending": "", "next_job": ""}},
+        )
+
+    def renew(self, tokens: Iterable[str], *, lease_until: float) -> int:
+        toks = list(tokens)
+        total = 0
+        with self._errors("renew leases"):
+            for i in range(0, len(toks), _IN_CHUNK):
+                chunk = toks[i : i + _IN_CHUNK]
+                result = self._jobs.update_many(
+                    {**_among("claim_token", chunk), "state": RUNNING},
+                    {"$set": {"lease_until": _t(lease_until)}},
+                )
+                total += result.matched_count
+        return total
+
+    def progress(self, job_id: str, token: str, percent: float, *, now: float) -> bool:
+        now = _t(now)
+        with self._errors("record progress"):
+            result = self._jobs.update_one(
+                {"_id": job_id, "claim_token": token, "state": RUNNING},
+                {"$set": {"progress": float(percent), "updated": now}},
+            )
+        return result.matched_count == 1
+
+    def expired(self, now: float, limit: int = 100) -> list[JobRecord]:
+        now = _t(now)
+        with self._errors("find expired leases"):
+            docs = list(
+                self._jobs.find({"state": RUNNING, "lease_until": {"$lt": now}})
+                .sort("lease_until", 1)
+                .limit(limit)
+            )
+        return [_to_job(d) for d in docs]
+
+    def cancel(self, job_id: str, *, now: float) -> JobRecord:
+        now = _t(now)
+        with self._errors("cancel"):
+            doc = self._jobs.find_one_and_update(
+                {"_id": job_id, "state": READY},
+                {
+                    "$set": {
+                        "status": int(JobStatus.CANCELED),
+                        "state": DONE,
+                        "ended": now,
+                        "ended_at": _date(now),
+                        "reason": "canceled",
+                        "once_key": None,
+                        "once": f"j:{job_id}",
+                        "updated": now,
+                    }
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                self._jobs.update_one(
+                    {"_id": job_id, "state": RUNNING},
+                    {"$set": {"cancel_requested": True, "updated": now}},
+                )
+        if doc is not None:
+            job = _to_job(doc)
+            event = _event(doc, now, JobStatus.CANCELED, reason="canceled")
+            self._emit_after("cancel", [event])
+            return job
+        return self.get(job_id)
+
+    def requeue(self, job_id: str, *, now: float) -> tuple[JobRecord, bool]:
+        now = _t(now)
+        with self._errors("retry a job"):
+            doc = self._jobs.find_one_and_update(
+                {"_id": job_id, "state": DONE, "status": {"$ne": int(JobStatus.DONE)}},
+                {
+                    "$set": {
+                        "status": int(JobStatus.WAITING),
+                        "state": READY,
+                        "at": now,
+                        "attempt": 0,
+                        "ended": None,
+                        "reason": "retried",
+                        "result": None,
+                        "progress": 0.0,
+                        "cancel_requested": False,
+                        "node": None,
+                        "worker": None,
+                        "updated": now,
+                    },
+                    "$unset": {"ended_at": ""},
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+        if doc is None:
+            return self.get(job_id), False
+        job = _to_job(doc)
+        event = _event(doc, now, JobStatus.WAITING, attempt=0, reason="retried")
+        self._emit_after("retry", [event])
+        return job, True
+
+    # -- reading ------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord:
+        with self._errors("get a job"):
+            doc = self._jobs.find_one({"_id": job_id})
+        if doc is None:
+            raise JobNotFound(job_id)
+        return _to_job(doc)
+
+    def get_by_token(self, token: str) -> JobRecord | None:
+        with self._errors("find a job by claim token"):
+            doc = self._jobs.find_one({"claim_token": token})
+        return _to_job(doc) if doc is not None else None
+
+    def find(self, query: JobQuery) -> list[JobRecord]:
+        where: Doc = {}
+        if query.statuses:
+            where.update(_among("status", [int(s) for s in query.statuses]))
+        if query.classes:
+            where.update(_among("cls", list(query.classes)))
+        if query.queues:
+            where.update(_among("queue", list(query.queues)))
+        if query.ids:
+            where.update(_among("_id", list(query.ids)))
+        if query.series is not None:
+            where["$or"] = [{"series": query.series}, {"_id": query.series}]
+        if query.since is not None:
+            where["created"] = {"$gte": _t(query.since)}
+        with self._errors("list jobs"):
+            cursor = self._jobs.find(where).sort("seq", -1 if query.newest_first else 1)
+            if query.limit is not None:
+                if query.limit == 0:
+                    return []
+                cursor = cursor.limit(query.limit)
+            docs = list(cursor)
+        return [_to_job(d) for d in docs]
+
+    def cancel_requested(self, tokens: Iterable[str]) -> list[str]:
+        toks = list(tokens)
+        out: list[str] = []
+        with self._errors("poll cancel requests"):
+            for i in range(0, len(toks), _IN_CHUNK):
+                chunk = toks[i : i + _IN_CHUNK]
+                out.extend(
+                    d["claim_token"]
+                    for d in self._jobs.find(
+                        {
+                            **_among("claim_token", chunk),
+                            "state": RUNNING,
+                            "cancel_requested": True,
+                        },
+                        projection={"claim_token": 1},
+                    )
+                )
+        return out
+
+    def count_due(
+        self, queues: Sequence[str], *, now: float, force_spawn: bool, limit: int | None = None
+    ) -> int:
+        now = _t(now)
+        total = 0
+        with self._errors("count due jobs"):
+            for q in dict.fromkeys(queues):
+                if limit is not None and total >= limit:
+                    break
+                extra: dict[str, Any] = {} if limit is None else {"limit": max(1, limit - total)}
+                # The count command, not count_documents (an aggregate): nx-27017 runs the
+                # aggregate in Python over every ready job (~25x slower), and masters count
+                # on every wake-up. On a sharded cluster count may include orphans during
+                # a migration: fine for sizing a worker pool.
+                reply = self._db.command(
+                    "count",
+                    self.jobs_collection,
+                    query={"state": READY, "queue": q, "spawn": bool(force_spawn),
+                           "at": {"$lte": now}},
+                    **extra,
+                )  # fmt: skip
+                total += int(reply.get("n", 0))
+        return total
+
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        best: float | None = None
+        with self._errors("find the next due job"):
+            for q in dict.fromkeys(queues):
+                doc = self._jobs.find_one(
+                    {"state": READY, "queue": q}, sort=[("at", 1)], projection={"at": 1}
+                )
+                if doc is not None and (best is None or float(doc["at"]) < best):
+                    best = float(doc["at"])
+        return best
+
+    def stats(self, *, now: float, window: float = 300.0) -> dict[str, Any]:
+        sep = "\x1f"
+        with self._errors("stats"):
+            # One group key built with $concat: compound $group keys are not evaluated
+            # by nx-27017. Class paths never contain the separator; split it off the end.
+            groups = list(
+                self._jobs.aggregate(
+                    [
+                        {
+                            "$group": {
+                                "_id": {
+                                    "$concat": [
+                                        {"$toString": "$status"},
+                                        sep,
+                                        "$queue",
+                                        sep,
+                                        "$cls",
+                                    ]
+                                },
+                                "n": {"$sum": 1},
+                            }
+                        }
+                    ]
+                )
+            )
+            oldest_rows = list(
+                self._jobs.aggregate(
+                    [
+                        {"$match": {"state": READY, "at": {"$lte": _t(now)}}},
+                        {"$group": {"_id": "$queue", "at": {"$min": "$at"}}},
+                    ]
+                )
+            )
+            finished_rows = list(
+                self._events.aggregate(
+                    [
+                        {
+                            "$match": {
+                                "time": {"$gte": now - window},
+                                "status": {"$gte": int(min(FINAL))},
+                            }
+                        },
+                        {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+                    ]
+                )
+            )
+        by_status: dict[str, int] = {}
+        by_queue: dict[str, dict[str, int]] = {}
+        by_class: dict[str, dict[str, int]] = {}
+        for row in groups:
+            status_text, rest = str(row["_id"]).split(sep, 1)
+            queue, cls = rest.rsplit(sep, 1)
+            name = JobStatus(int(float(status_text))).name
+            n = int(row["n"])
+            by_status[name] = by_status.get(name, 0) + n
+            q = by_queue.setdefault(queue, {})
+            q[name] = q.get(name, 0) + n
+            k = by_class.setdefault(cls, {})
+            k[name] = k.get(name, 0) + n
+        finished = {JobStatus(int(r["_id"])).name: int(r["n"]) for r in finished_rows if r.get("n")}
+        return {
+            "by_status": by_status,
+            "by_queue": by_queue,
+            "by_class": by_class,
+            "oldest_waiting_age": {r["_id"]: now - float(r["at"]) for r in oldest_rows},
+            "finished_in_window": finished,
+            "window": window,
+        }
+
+    # -- events -------------------------------------------------------------------------
+    def events(
+        self,
+        *,
+        after: int = 0,
+        job_ids: Sequence[str] = (),
+        limit: int = 1000,
+        since: float | None = None,
+    ) -> list[EventRecord]:
+        if limit <= 0:
+            return []
+        where: Doc = {"seq": {"$gt": after}}
+        if job_ids:
+            where.update(_among("job_id", list(job_ids)))
+        if since is not None:
+            where["time"] = {"$gte": since}
+        with self._errors("read events"):
+            # One more than asked: the floor document may be among them (it has no job).
+            docs = list(self._events.find(where).sort("seq", 1).limit(limit + 1))
+        return [_to_event(d) for d in docs if d["_id"] != FLOOR_ID][:limit]
+
+    def last_event_seq(self) -> int:
+        with self._errors("read the last event"):
+            return self._event_log.top_seq()
+
+    def _open_stream(self) -> Any:
+        with self._errors("open a change stream"):
+            db = self._db
+            if not self._use_streams:
+                return None
+            return db[self.events_collection].watch(
+                [{"$match": {"operationType": "insert"}}], max_await_time_ms=STREAM_AWAIT_MS
+            )
+
+    def waker(self) -> Waker:
+        """Change streams when enabled and supported, else polling ``last_event_seq()``."""
+        opener = None if self.change_streams == "off" else self._open_stream
+        waker = MongoWaker(
+            poll=self.last_event_seq, interval=self.poll_interval, open_stream=opener
+        )
+        self._wakers.add(waker)
+        return waker
+
+    # -- housekeeping -------------------------------------------------------------------
+    def purge(self, *, statuses: Sequence[JobStatus], ended_before: float) -> int:
+        finals = [int(s) for s in statuses if s.is_final]
+        if not finals:
+            return 0
+        total = 0
+        with self._errors("purge"):
+            self._event_log.raise_floor()
+            while True:
+                ids = [
+                    d["_id"]
+                    for d in self._jobs.find(
+                        {
+                            "state": DONE,
+                            **_among("status", finals),
+                            "ended": {"$lt": _t(ended_before)},
+                        },
+                        projection={"_id": 1},
+                    ).limit(_IN_CHUNK)
+                ]
+                if not ids:
+                    return total
+                # Events first: if we stop half-way, the next purge finds the jobs again.
+                self._events.delete_many(_among("job_id", ids))
+                total += self._jobs.delete_many({"_id": {"$in": ids}, "state": DONE}).deleted_count
+
+    def flush(self) -> None:
+        with self._errors("flush"):
+            top = self._event_log.raise_floor()
+            self._events.delete_many({"seq": {"$lte": top}, "_id": {"$ne": FLOOR_ID}})
+            self._jobs.delete_many({})
+
+    def heartbeat(self, node: NodeRecord) -> None:
+        with self._errors("heartbeat"):
+            self._nodes.replace_one(
+                {"_id": node.name},
+                {
+                    "_id": node.name,
+                    "host": node.host,
+                    "pid": int(node.pid),
+                    "started": float(node.started),
+                    "heartbeat": float(node.heartbeat),
+                    "workers_busy": int(node.workers_busy),
+                    "workers_idle": int(node.workers_idle),
+                    "running": list(node.running),
+                    "queues": list(node.queues),
+                    "version": node.version,
+                },
+                upsert=True,
+            )
+        self._maintain()
+
+    def _maintain(self) -> None:
+        """Runs on heartbeats and idle claims, at most every 30 s: keep the seq floor close
+        to the top, so TTL expiry of every event cannot make seqs restart; insert next
+        occurrences whose settle was interrupted before it could insert them."""
+        now = time.monotonic()
+        if now - self._maintained < _MAINTENANCE_EVERY:
+            return
+        self._maintained = now
+        try:
+            with self._errors("maintenance"):
+                self._event_log.raise_floor()
+                for doc in self._jobs.find(
+                    {"next_pending": True}, projection={"next_job": 1}
+                ).limit(100):
+                    if isinstance(doc.get("next_job"), dict):
+                        self._insert_next(doc["_id"], doc["next_job"])
+        except StoreError as exc:
+            _log().warning("store maintenance failed; will retry", error=str(exc))
+            self._maintained = 0.0
+
+    def nodes(self, *, alive_after: float | None = None) -> list[NodeRecord]:
+        where: Doc = {} if alive_after is None else {"heartbeat": {"$gte": alive_after}}
+        with self._errors("list nodes"):
+            docs = list(self._nodes.find(where).sort("_id", 1))
+        return [
+            NodeRecord(
+                name=d["_id"],
+                host=d["host"],
+                pid=int(d["pid"]),
+                started=float(d["started"]),
+                heartbeat=float(d["heartbeat"]),
+                workers_busy=int(d.get("workers_busy", 0)),
+                workers_idle=int(d.get("workers_idle", 0)),
+                running=tuple(d.get("running") or ()),
+                queues=tuple(d.get("queues") or ()),
+                version=d.get("version", ""),
+            )
+            for d in docs
+        ]
+
+    def remove_node(self, name: str) -> None:
+        with self._errors("remove a node"):
+            self._nodes.delete_one({"_id": name})
+
+    def close(self) -> None:
+        for waker in list(self._wakers):
+            waker.close()  # their threads would reconnect the store
+        with self._lock:
+            client = self._client_obj
+            if client is not None and self._pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    client.close()
+            self._client_obj = None
+            self._db_obj = None
+            self._ready = False
+
+    def __repr__(self) -> str:
+        return f"MongoStore({self.url!r})"
