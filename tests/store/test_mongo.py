@@ -513,9 +513,37 @@ def test_round_trips_per_job_claim_to_settle(mongo_uri: str, database: str) -> N
         names = count_commands(commands, one_job)
     finally:
         store.close()
-    # claim (findAndModify) + its event (find the top seq, insert), settle (findAndModify)
-    # + its event (find, insert).
-    assert names == ["findAndModify", "find", "insert", "findAndModify", "find", "insert"]
+    # claim (findAndModify) + its event (an insert right above the seq this store wrote
+    # last: no read of the top), settle (findAndModify) + its event (insert).
+    assert names == ["findAndModify", "insert", "findAndModify", "insert"]
+
+
+def test_event_inserts_guess_probe_and_read_and_stay_dense(mongo_uri: str, database: str) -> None:
+    commands = Commands()
+    store = open_mongo(mongo_uri, database, client_options={"event_listeners": [commands]})
+    other = open_mongo(mongo_uri, database)
+    store._event_log.GUESS_FOR = 60.0  # a loaded machine must not age the guesses out
+    try:
+        now = time.time()
+        store.insert([new_job("a", now=now)])  # seq 1 (read the top: nothing seen yet)
+        other.insert([new_job("b", now=now)])  # seq 2, by another client
+        # Guess 1 + 1: taken (duplicate key), so 2 is visible: insert at 3, no read.
+        names = count_commands(commands, lambda: store.insert([new_job("c", now=now)]))
+        assert names == ["find", "insert", "insert", "insert"]  # ids check, dup, insert
+        other.insert([new_job(f"o{i}", now=now) for i in range(3)])  # seqs 4-6, in one batch
+        # Guess 3: 4 taken, and so are the PROBES (2) next ones; read the top, insert 7.
+        names = count_commands(commands, lambda: store.insert([new_job("d", now=now)]))
+        assert names == ["find", "insert", "insert", "insert", "insert", "find", "insert"]
+        assert [e.seq for e in store.events()] == [1, 2, 3, 4, 5, 6, 7]
+        # Another client flushes; once the guess has aged out the writer reads the top
+        # (the floor) and never reuses a deleted seq.
+        other.flush()
+        store._event_log.GUESS_FOR = 0.0
+        store.insert([new_job("e", now=now)])
+        assert [e.seq for e in store.events()] == [8]
+    finally:
+        store.close()
+        other.close()
 
 
 def test_claim_does_not_scan_other_queues_first(store: MongoStore) -> None:

@@ -16,11 +16,14 @@ Data model (collection names configurable; defaults are the PHP original's):
   TTL index; nothing filters on it.
 * events (``taskscheduler.events``): one document per state change. ``seq`` is dense
   and increasing in commit order: a writer inserts ``_id`` = the zero-padded seq one
-  above the highest seq it can see, and on a duplicate key reads again. An event with
-  seq N is therefore only ever written after N-1 was visible, so a follower reading
-  ``seq > after`` never skips one that commits late (a shared counter would let N+1
-  commit before N). A floor document (``_id`` ``~floor``, no job) keeps the highest seq
-  handed out when events are deleted (purge, flush, TTL), so seqs are never reused.
+  above a seq it saw visible: the highest it read, or (without a read: one round trip
+  per event) its own last insert or the top it read less than 0.25 s ago, or the seq a
+  duplicate key just proved taken; after a few duplicates it reads the top again
+  (events.EventLog). An event with seq N is therefore only ever written after N-1 was
+  visible, so a follower reading ``seq > after`` never skips one that commits late (a
+  shared counter would let N+1 commit before N). A floor document (``_id`` ``~floor``,
+  no job) keeps the highest seq handed out when events are deleted (purge, flush, TTL),
+  so seqs are not reused (EventLog says when a concurrent flush can still make one be).
 * nodes (``taskscheduler.nodes``): ``_id`` is the node name; heartbeats upsert it.
 
 Every write after a claim is filtered by ``{_id, claim_token}``; a claim whose reply is

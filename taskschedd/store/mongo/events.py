@@ -29,16 +29,48 @@ def _seq_id(seq: int) -> str:
 class EventLog:
     """Appends events to the collection ``collection()`` returns (this process's handle)
     with the seq rules of the package docstring; ``url`` (redacted) names the store in
-    errors."""
+    errors.
+
+    Round trips: an append does not read the top first when this process saw a seq
+    visible less than GUESS_FOR seconds ago (it read it, or wrote it): it inserts at
+    that seq + 1, one round trip per event. A duplicate key proves the seq it hit is
+    visible, so the next try goes one higher (PROBES times), then reads the top. Each
+    insert still lands right above a visible seq.
+
+    Why the age limit: every seq above one seen visible was written after it, so less
+    than GUESS_FOR seconds ago, and retention (the nodes' purge, TTL indexes) deletes
+    only older events: a guess never lands on a deleted seq. A flush(), or a purge()
+    with a cutoff less than GUESS_FOR old, run by another process while this one
+    writes, can still make a guess reuse a deleted seq for GUESS_FOR seconds (as a
+    writer paused between reading the top and inserting always could).
+    """
+
+    #: How long a seq this process saw visible may seed a guess (monotonic seconds).
+    GUESS_FOR = 0.25
+    #: Inserts one higher after a duplicate key, before reading the top again.
+    PROBES = 2
 
     def __init__(self, collection: Callable[[], Collection[Doc]], url: str) -> None:
         self._collection = collection
         self.url = url
+        self._seen = 0  # a seq this process saw visible...
+        self._seen_until = 0.0  # ...usable as a guess until then (monotonic)
+
+    def _saw(self, seq: int) -> None:
+        self._seen = seq
+        self._seen_until = time.monotonic() + self.GUESS_FOR
+
+    def _guess(self) -> int | None:
+        if self._seen and time.monotonic() < self._seen_until:
+            return self._seen
+        return None
 
     def top_seq(self) -> int:
         """The highest seq handed out that is still visible (events or the floor)."""
         doc = self._collection().find_one({}, sort=[("seq", -1)], projection={"seq": 1})
-        return int(doc["seq"]) if doc is not None and doc.get("seq") is not None else 0
+        top = int(doc["seq"]) if doc is not None and doc.get("seq") is not None else 0
+        self._saw(top)
+        return top
 
     def emit(self, events: Sequence[Doc]) -> None:
         """Append events with dense seqs in commit order (see the package docstring)."""
@@ -47,25 +79,33 @@ class EventLog:
         batch = secrets.token_hex(8)
         pending = [dict(e, batch=batch) for e in events]
         coll = self._collection()
+        below = self._guess()  # insert right above this visible seq; None: read the top
+        probes = 0
         for attempt in range(_EMIT_ATTEMPTS):
-            top = self.top_seq()
+            if below is None:
+                top, probes = self.top_seq(), 0
+            else:
+                top = below
             docs = [
                 {"_id": _seq_id(top + 1 + i), "seq": top + 1 + i, **e}
                 for i, e in enumerate(pending)
             ]
+            below = None
             try:
                 if len(docs) == 1:
                     coll.insert_one(docs[0])
                 else:
                     coll.insert_many(docs, ordered=True)
+                self._saw(top + len(docs))
                 return
             except DuplicateKeyError:
-                pass  # another writer took that seq: read the top again
+                taken = 0  # another writer took top + 1: it is visible
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors") or [{}]
                 if errors[0].get("code") != 11000:
                     raise
-                pending = pending[int(exc.details.get("nInserted", 0)) :]
+                taken = int(exc.details.get("nInserted", 0))  # ours, then someone's
+                pending = pending[taken:]
             except ServerSelectionTimeoutError:
                 raise  # never sent
             except ConnectionFailure:
@@ -74,7 +114,12 @@ class EventLog:
                 landed = coll.count_documents({"_id": {"$in": ids}, "batch": batch})
                 pending = pending[landed:]
                 if not pending:
+                    self._saw(top + len(docs))
                     return
+                continue  # read the top: who holds the next seq is unknown
+            probes += 1
+            if probes <= self.PROBES:
+                below = top + taken + 1
             if attempt >= 3:
                 time.sleep(0.001 * min(attempt, 20) * secrets.randbelow(100) / 100)
         raise StoreUnavailable(
