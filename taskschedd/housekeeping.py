@@ -85,6 +85,12 @@ class Housekeeping:
         returns how many this node reaped."""
         if now < self.reap_timer.next:
             return 0
+        if self.reap_timer.failures:
+            # The store was down for us, so it was for the owners too and their leases
+            # lapsed unrenewed: give them one lease (they renew every lease/3) before
+            # taking any job away from a node that is alive.
+            self.reap_timer.done(now, self.config.lease)
+            return 0
         assert self.store is not None
         reaped = 0
         try:

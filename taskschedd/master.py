@@ -162,6 +162,8 @@ class Master:
                 "store available again", unavailable_for=round(now - self.store_down_since, 2)
             )
             self.store_down_since = None
+            # Leases lapsed everywhere during the outage: owners renew first, reaping waits.
+            self.house.reap_timer.next = max(self.house.reap_timer.next, now + self.config.lease)
 
     def _wait_for_store(self) -> None:
         """A store that is down for now (StoreUnavailable) is waited for, with backoff; one

@@ -484,6 +484,10 @@ class SQLiteStore(Store):
         now: float,
     ) -> JobRecord | None:
         """The claim statement and its event, inside a write transaction."""
+        # The lease runs from when the write lock was ours, not from the caller's `now`:
+        # BEGIN IMMEDIATE may have waited out a lock for up to busy_timeout, and a lease
+        # counted from before that wait could be over at commit (and the job reaped).
+        now = max(now, time.time())
         row = conn.execute(
             self._CLAIM_SET + where + f" RETURNING {_COLUMNS}",
             [token, now + lease, node, worker, now, now, *wargs],
