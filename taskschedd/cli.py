@@ -103,6 +103,7 @@ def command(
         except config_mod.ConfigError as exc:
             raise config_mod.ConfigError(exc.reason, key="--store") from None
     cfg = dataclasses.replace(config_mod.load(path), **overrides)
+    _check_writable_paths(cfg, path)
     if check_config:
         import json
 
@@ -126,6 +127,25 @@ def command(
                 f"cannot drop privileges to {cfg.user}/{cfg.group}: {exc}"
             ) from None
         return master.run(cfg, os.path.abspath(path), overrides)
+
+
+def _check_writable_paths(cfg: config_mod.Config, path: str) -> None:
+    """Files the node will write must have a writable directory: found by --check-config,
+    not only by a start that then fails."""
+    for key, target in (("logging.file", cfg.logging.file), ("pidfile", cfg.pidfile)):
+        if not target:
+            continue
+        directory = os.path.dirname(os.path.abspath(target)) or "."
+        if not os.path.isdir(directory):
+            raise config_mod.ConfigError(
+                f"directory {directory} does not exist; create it or choose another path",
+                path=path,
+                key=key,
+            )
+        if not os.access(directory, os.W_OK):
+            raise config_mod.ConfigError(
+                f"directory {directory} is not writable by this user", path=path, key=key
+            )
 
 
 def _check_store(cfg: config_mod.Config) -> None:

@@ -94,7 +94,7 @@ CONFIG_CASES: list[tuple[str, dict[str, Any] | None, str | bytes | None, tuple[s
     ("not a mapping", None, "- pm\n- static\n", ("mapping",)),
     ("not utf-8", None, b"node: \xff\xfe\n", ("UTF-8",)),
     ("logging.file in a missing directory", {"logging": {"file": "/nonexistent/dir/t.log"}},
-     None, ("logging.file: cannot open log file /nonexistent/dir/t.log",)),
+     None, ("logging.file: directory /nonexistent/dir does not exist",)),
 ]  # fmt: skip
 
 

@@ -63,6 +63,19 @@ def test_check_config_validates_without_starting(tmp_path: Path) -> None:
     )
 
 
+def test_check_config_refuses_a_log_file_in_a_missing_directory(tmp_path: Path) -> None:
+    config = tmp_path / "logs.yaml"
+    config.write_text(
+        f"store: {tmp_path}/t.db\nlogging:\n  file: {tmp_path}/missing/taskschedd.log\n"
+    )
+    for args in (["--check-config"], []):
+        result = taskschedd(*args, "-c", str(config))
+        assert result.returncode == 78, result.stderr
+        assert f"logging.file: directory {tmp_path}/missing does not exist" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "t.db").exists()
+
+
 def test_help_documents_every_signal_and_version_prints() -> None:
     result = taskschedd("--help")
     assert result.returncode == 0
