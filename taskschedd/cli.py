@@ -150,10 +150,9 @@ def _check_writable_paths(cfg: config_mod.Config, path: str) -> None:
 
 def _check_store(cfg: config_mod.Config) -> None:
     """Open and close the store once, so that a broken one is reported before detaching."""
-    from taskschedd.store import open_store
-    from taskschedd.workerproc import store_options
+    from taskschedd.store import open_configured
 
-    store = open_store(cfg.store, **store_options(cfg))
+    store = open_configured(cfg)
     try:
         store.last_event_seq()
     finally:

@@ -37,7 +37,7 @@ from taskschedd.nodemetrics import NodeMetrics
 from taskschedd.periodic import Every, store_backoff, store_trouble
 from taskschedd.privileges import drop_privileges
 from taskschedd.signals import SignalQueue
-from taskschedd.store import Store, open_store
+from taskschedd.store import Store, config_store_options, open_store
 from taskschedd.store.base import Waker
 from taskschedd.supervise import Supervisor
 
@@ -142,7 +142,7 @@ class Master:
         MASTER_STORE_WAIT: in an outage its loop must keep reaping workers, obeying
         signals and saying what is wrong (SQLite waits 10 s for a lock, MongoDB 5 s for a
         server by default)."""
-        options = workerproc.store_options(self.config)
+        options = config_store_options(self.config)
         if self.config.store_kind == "mongodb":
             options["server_selection_timeout"] = MASTER_STORE_WAIT
         else:

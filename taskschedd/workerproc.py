@@ -47,7 +47,7 @@ from typing import Any
 from taskschedd import log
 from taskschedd.config import Config
 from taskschedd.errors import StoreError, StoreUnavailable
-from taskschedd.store import Store, open_store
+from taskschedd.store import Store, open_configured
 from taskschedd.store.base import JobRecord
 from taskschedd.worker import Outcome, Worker
 
@@ -85,13 +85,6 @@ def set_child_subreaper() -> bool:
     """Orphaned descendants (a job's grandchildren) become our children, so we can reap
     them and see when a job's process group is really empty."""
     return prctl(_PR_SET_CHILD_SUBREAPER, 1)
-
-
-def store_options(config: Config) -> dict[str, Any]:
-    """Keyword arguments for open_store() from the configuration."""
-    from taskschedd.store import config_store_options
-
-    return config_store_options(config)
 
 
 def set_title(text: str) -> None:
@@ -227,7 +220,7 @@ def main(spec: WorkerSpec) -> int:
             )
             return EXIT_SETUP
     try:
-        store = open_store(config.store, **store_options(config))
+        store = open_configured(config)
         store.next_due(config.queues)  # connect now: a broken store is a boot failure
     except StoreError as exc:
         bound.error("the store cannot be used; the worker cannot start", error=str(exc))
