@@ -26,7 +26,7 @@ from taskschedd.errors import JobClassError, JobDataError, StoreUnavailable
 from taskschedd.job import Job
 from taskschedd.loader import load_class
 from taskschedd.options import dump_result
-from taskschedd.store.base import ErrorInfo, JobRecord, Settlement, Store
+from taskschedd.store.base import ClaimRequest, ErrorInfo, JobRecord, Settlement, Store
 
 log = structlog.get_logger("taskschedd.worker")
 
@@ -188,11 +188,14 @@ class Worker:
                 if not claim_next:
                     now = time.time()
                     return self.store.settle(job.id, job.claim_token, settlement, now=now), None
-                return self.store.settle_and_claim(
-                    job.id, job.claim_token, settlement, now=time.time(), queues=self.queues,
-                    node=self.node, worker=self.name, next_token=next_token, lease=self.lease,
-                    force_spawn=force_spawn,
+                claim = ClaimRequest(
+                    queues=self.queues, node=self.node, worker=self.name, token=next_token,
+                    lease=self.lease, force_spawn=force_spawn,
                 )  # fmt: skip
+                done, jobs = self.store.settle_batch(
+                    [(job.id, job.claim_token, settlement)], now=time.time(), claim=claim
+                )
+                return done[0], (jobs[0] if jobs else None)
             except StoreUnavailable as exc:
                 if deadline is not None and time.monotonic() > deadline:
                     raise

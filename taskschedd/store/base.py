@@ -146,6 +146,24 @@ class Settlement:
 
 
 @dataclass(frozen=True)
+class ClaimRequest:
+    """What :meth:`Store.settle_batch` claims: up to ``limit`` due jobs from ``queues``
+    (in that order of preference), each under its own token derived from ``token``."""
+
+    queues: Sequence[str]
+    node: str
+    worker: str
+    token: str
+    lease: float
+    limit: int = 1
+    force_spawn: bool = False
+
+    def token_for(self, index: int) -> str:
+        """The claim token of the ``index``-th job claimed (unique per job)."""
+        return self.token if index == 0 else f"{self.token}.{index}"
+
+
+@dataclass(frozen=True)
 class EventRecord:
     """One state change of a job."""
 
@@ -288,37 +306,39 @@ class Store(abc.ABC):
     def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
         """Apply a settlement if the job is still held under ``token``; False if fenced off."""
 
-    def settle_and_claim(
+    def settle_batch(
         self,
-        job_id: str,
-        token: str,
-        settlement: Settlement,
+        settles: Sequence[tuple[str, str, Settlement]],
         *,
         now: float,
-        queues: Sequence[str],
-        node: str,
-        worker: str,
-        next_token: str,
-        lease: float,
-        force_spawn: bool = False,
-    ) -> tuple[bool, JobRecord | None]:
-        """Settle a job, then (only if that worked) claim the next due one under
-        ``next_token``: (settled, next job or None). Fenced as :meth:`settle`.
+        claim: ClaimRequest | None = None,
+    ) -> tuple[list[bool], list[JobRecord]]:
+        """Apply several fenced settlements ``(job_id, token, settlement)``, then claim up
+        to ``claim.limit`` due jobs: (settled flag per settlement, jobs claimed).
 
-        Stores that can do both in one transaction override this (one durable commit
-        per job instead of two). Here the claim is best effort: if the store fails after
-        the settle, the settle stands and the caller's next plain claim meets the outage.
+        Stores that can do it all in one transaction override this (one durable commit for
+        a batch of jobs instead of one or two per job). Here each step is its own write and
+        the claim is best effort once something was settled: if the store fails after
+        a settle, the settle stands and the caller's next claim meets the outage.
         """
-        if not self.settle(job_id, token, settlement, now=now):
-            return False, None
+        done = [self.settle(job_id, token, s, now=now) for job_id, token, s in settles]
+        jobs: list[JobRecord] = []
+        if claim is None:
+            return done, jobs
         try:
-            job = self.claim(
-                queues, node=node, worker=worker, token=next_token, lease=lease, now=now,
-                force_spawn=force_spawn,
-            )  # fmt: skip
+            for i in range(claim.limit):
+                job = self.claim(
+                    claim.queues, node=claim.node, worker=claim.worker,
+                    token=claim.token_for(i), lease=claim.lease, now=now,
+                    force_spawn=claim.force_spawn,
+                )  # fmt: skip
+                if job is None:
+                    break
+                jobs.append(job)
         except StoreUnavailable:
-            return True, None
-        return True, job
+            if not settles and not jobs:
+                raise
+        return done, jobs
 
     @abc.abstractmethod
     def renew(self, tokens: Iterable[str], *, lease_until: float) -> int:

@@ -22,6 +22,7 @@ from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
 from taskschedd.job import FINAL, RUNNABLE, JobStatus
 from taskschedd.options import JobOptions
 from taskschedd.store.base import (
+    ClaimRequest,
     DuplicateJobId,
     ErrorInfo,
     EventRecord,
@@ -550,6 +551,21 @@ class SQLiteStore(Store):
                 return job
         return None
 
+    def _any_due(self, claim: ClaimRequest, now: float) -> bool:
+        spawn = int(claim.force_spawn)
+
+        def look(c: sqlite3.Connection) -> bool:
+            return any(
+                c.execute(
+                    "SELECT 1 FROM jobs WHERE status IN (0, 1) AND queue = ? AND spawn = ? "
+                    "AND at <= ? LIMIT 1",
+                    (q, spawn, now),
+                ).fetchone()
+                for q in claim.queues
+            )
+
+        return self._read(look)
+
     def _settle_row(
         self, conn: sqlite3.Connection, job_id: str, token: str, s: Settlement, now: float
     ) -> bool:
@@ -602,34 +618,35 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise self._error(exc) from None
 
-    def settle_and_claim(
+    def settle_batch(
         self,
-        job_id: str,
-        token: str,
-        settlement: Settlement,
+        settles: Sequence[tuple[str, str, Settlement]],
         *,
         now: float,
-        queues: Sequence[str],
-        node: str,
-        worker: str,
-        next_token: str,
-        lease: float,
-        force_spawn: bool = False,
-    ) -> tuple[bool, JobRecord | None]:
-        """One transaction, one fsync'd commit: the fenced settle (with its event and next
-        occurrence), then the claim of the next due job (with its event)."""
+        claim: ClaimRequest | None = None,
+    ) -> tuple[list[bool], list[JobRecord]]:
+        """One transaction, one fsync'd commit: the fenced settles (each with its event
+        and next occurrence), then the claims (each with its event)."""
+        if not settles and (claim is None or not self._any_due(claim, now)):
+            return [], []  # idle polling never takes the write lock
         try:
             with self._write() as conn:
-                if not self._settle_row(conn, job_id, token, settlement, now):
-                    return False, None
-                for q in queues:
-                    job = self._claim_row(
-                        conn, self._CLAIM_PICK, [q, int(force_spawn), now], token=next_token,
-                        lease=lease, node=node, worker=worker, now=now,
-                    )  # fmt: skip
-                    if job is not None:
-                        return True, job
-                return True, None
+                done = [self._settle_row(conn, j, t, s, now) for j, t, s in settles]
+                jobs: list[JobRecord] = []
+                if claim is None:
+                    return done, jobs
+                spawn = int(claim.force_spawn)
+                for q in claim.queues:
+                    while len(jobs) < claim.limit:
+                        job = self._claim_row(
+                            conn, self._CLAIM_PICK, [q, spawn, now],
+                            token=claim.token_for(len(jobs)), lease=claim.lease,
+                            node=claim.node, worker=claim.worker, now=now,
+                        )  # fmt: skip
+                        if job is None:
+                            break
+                        jobs.append(job)
+                return done, jobs
         except sqlite3.Error as exc:
             raise self._error(exc) from None
 

@@ -11,6 +11,7 @@ import multiprocessing.synchronize
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from taskschedd.job import ACTIVE, FINAL, JobStatus
 from taskschedd.options import JobOptions, dump_data
 from taskschedd.scheduler import Scheduler
 from taskschedd.store.base import (
+    ClaimRequest,
     DuplicateJobId,
     ErrorInfo,
     JobQuery,
@@ -417,27 +419,75 @@ def test_settle_inserts_next_occurrence_once(store: Store) -> None:
 def _settle_and_claim(
     store: Store, job: JobRecord, settlement: Settlement, now: float, next_token: str
 ) -> tuple[bool, JobRecord | None]:
-    return store.settle_and_claim(
-        job.id, job.claim_token or "", settlement, now=now, queues=("other", "default"),
-        node="node-a", worker="node-a/1", next_token=next_token, lease=30.0,
+    claim = ClaimRequest(
+        queues=("other", "default"), node="node-a", worker="node-a/1", token=next_token,
+        lease=30.0,
     )  # fmt: skip
+    done, jobs = store.settle_batch([(job.id, job.claim_token or "", settlement)], now=now,
+                                    claim=claim)  # fmt: skip
+    assert len(done) == 1 and len(jobs) <= 1
+    return done[0], jobs[0] if jobs else None
 
 
-def test_settle_and_claim_fenced_off_claims_nothing(store: Store) -> None:
+def test_settle_batch_fenced_off_settle_writes_nothing_for_that_job(store: Store) -> None:
     now = time.time()
-    store.insert([new_job("a", now=now), new_job("b", now=now)])
-    job = must_claim(store, now=now, token="right")
-    seq = store.last_event_seq()
+    store.insert([new_job("a", now=now), new_job("b", now=now), new_job("c", now=now)])
+    a = must_claim(store, now=now, token="right")
+    b = must_claim(store, now=now, token="b-token")
     done = Settlement(status=JobStatus.DONE, result_json='"x"', reason="done")
-    stale = JobRecord(**{**job.__dict__, "claim_token": "wrong"})
-    assert _settle_and_claim(store, stale, done, now, "next") == (False, None)
+    seq = store.last_event_seq()
+    flags, jobs = store.settle_batch([("a", "wrong", done), ("b", "b-token", done)], now=now)
+    assert (flags, jobs) == ([False, True], [])
     assert (store.get("a").status, store.get("a").claim_token) == (JobStatus.PROCESSING, "right")
-    assert store.get("b").status == JobStatus.WAITING
-    assert store.get_by_token("next") is None
+    assert (store.get("b").status, store.get("b").result) == (JobStatus.DONE, "x")
+    assert store.get("c").status == JobStatus.WAITING
+    assert [e.job_id for e in store.events(after=seq)] == ["b"]
+    assert b.claim_token == "b-token" and a.claim_token == "right"
+
+
+def test_settle_batch_claims_several_in_order_each_with_its_own_token(store: Store) -> None:
+    now = time.time()
+    store.insert([new_job(n, now=now + i * 1e-3) for i, n in enumerate(["d1", "d2", "d3"])])
+    store.insert([new_job("hi", now=now, priority=5), new_job("later", now=now, at=now + 60)])
+    store.insert([new_job("o1", now=now, queue="other", priority=-5)])
+    claim = ClaimRequest(queues=("other", "default"), node="n", worker="n/1", token="tok",
+                         lease=30.0, limit=4)  # fmt: skip
+    seq = store.last_event_seq()
+    flags, jobs = store.settle_batch([], now=now + 0.01, claim=claim)
+    assert flags == []
+    # Queues in the order given, then priority, then due time.
+    assert [j.id for j in jobs] == ["o1", "hi", "d1", "d2"]
+    assert [j.claim_token for j in jobs] == [claim.token_for(i) for i in range(4)]
+    assert len({j.claim_token for j in jobs}) == 4
+    for job in jobs:
+        stored = store.get(job.id)
+        assert (stored.status, stored.attempt, stored.worker) == (JobStatus.PROCESSING, 1, "n/1")
+        assert stored.lease_until == near(now + 0.01 + 30)
+    assert sorted(e.job_id for e in store.events(after=seq)) == ["d1", "d2", "hi", "o1"]
+    assert store.get("d3").status == JobStatus.WAITING
+    # Each claim is fenced by its own token.
+    done = Settlement(status=JobStatus.DONE, reason="done")
+    flags, more = store.settle_batch(
+        [("o1", jobs[1].claim_token or "", done), ("hi", jobs[1].claim_token or "", done)],
+        now=now + 0.01, claim=replace(claim, limit=5, token="tok2"),
+    )  # fmt: skip
+    assert flags == [False, True]
+    assert [j.id for j in more] == ["d3"]  # only what is due
+    assert store.get("o1").status == JobStatus.PROCESSING
+
+
+def test_settle_batch_with_nothing_due_and_nothing_to_settle_writes_nothing(store: Store) -> None:
+    now = time.time()
+    store.insert([new_job("later", now=now, at=now + 60)])
+    seq = store.last_event_seq()
+    claim = ClaimRequest(queues=("default",), node="n", worker="n/1", token="t", lease=30.0,
+                         limit=8)  # fmt: skip
+    assert store.settle_batch([], now=now, claim=claim) == ([], [])
+    assert store.settle_batch([], now=now) == ([], [])
     assert store.last_event_seq() == seq
 
 
-def test_settle_and_claim_settles_one_and_claims_the_next(store: Store) -> None:
+def test_settle_batch_settles_one_and_claims_the_next(store: Store) -> None:
     now = time.time()
     store.insert([new_job("a", now=now, interval=60), new_job("b", now=now)])
     store.insert([new_job("c", now=now, queue="other", priority=-5)])
@@ -465,7 +515,7 @@ def test_settle_and_claim_settles_one_and_claims_the_next(store: Store) -> None:
     assert not store.settle("c", "second", Settlement(status=JobStatus.DONE), now=now)
 
 
-def test_settle_and_claim_with_nothing_due_settles_only(store: Store) -> None:
+def test_settle_batch_with_nothing_due_settles_only(store: Store) -> None:
     now = time.time()
     store.insert([new_job("a", now=now), new_job("later", now=now, at=now + 60)])
     store.insert([new_job("spawn", now=now, ignore_max_children=True)])
