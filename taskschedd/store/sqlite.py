@@ -36,13 +36,43 @@ from taskschedd.store.base import (
 )
 from taskschedd.store.notify import NotifyDir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: A claim that waited longer than this for the write lock counts its lease from the end
 #: of the wait (shorter waits are noise, and keep the caller's `now` exact).
 LOCK_WAIT_SHIFT = 0.5
+#: The status of the placeholder row that keeps the highest event seq after a delete.
+EVENT_FLOOR = -1
 T = TypeVar("T")
 
-_SCHEMA = """
+# Schema 2 writes about half the pages of schema 1 per add/claim/settle (each page is
+# WAL bandwidth and fsync time): indexes that most rows do not need are partial
+# (finished jobs for purge and stats, series members), events have no time index
+# (nothing needs one: followers and `watch` read by seq), and event seqs come from
+# max(seq) + 1 with a placeholder row instead of AUTOINCREMENT's counter row.
+#: Only final jobs have `ended` (purge, stats); only series members have `series`.
+_V2_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(status, ended) WHERE ended IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series, series_seq) WHERE series IS NOT NULL;
+"""
+
+_EVENTS_TABLE = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    status INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    cls TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    node TEXT,
+    worker TEXT,
+    error TEXT,
+    reason TEXT
+);
+"""
+_EVENTS_INDEX = "CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);"
+
+_JOBS_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY,
@@ -79,24 +109,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_token ON jobs(claim_token)
     WHERE claim_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(lease_until) WHERE status = 2;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_once ON jobs(once_key) WHERE once_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_status_ended ON jobs(status, ended);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
-CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series, series_seq);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    time REAL NOT NULL,
-    status INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    cls TEXT NOT NULL,
-    queue TEXT NOT NULL,
-    node TEXT,
-    worker TEXT,
-    error TEXT,
-    reason TEXT
-);
-CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
-CREATE INDEX IF NOT EXISTS events_time ON events(time);
+"""
+_NODES_TABLE = """
 CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
     host TEXT NOT NULL,
@@ -110,6 +125,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     version TEXT NOT NULL
 );
 """
+_SCHEMA = _JOBS_TABLES + _V2_INDEXES + _EVENTS_TABLE + _EVENTS_INDEX + _NODES_TABLE
 
 _COLUMNS = (
     "id, cls, data, status, queue, priority, at, created, started, ended, attempt, options, "
@@ -195,6 +211,47 @@ def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
     )
 
 
+def _upgrade_v1(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2, inside the caller's write transaction. Rebuilding the events table
+    (to drop AUTOINCREMENT) copies every event: seconds for millions, once."""
+    conn.execute("DROP INDEX IF EXISTS jobs_status_ended")
+    conn.execute("DROP INDEX IF EXISTS jobs_series")
+    for stmt in _V2_INDEXES.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    issued = int(row[0]) if row is not None else 0
+    conn.execute("ALTER TABLE events RENAME TO events_v1")
+    conn.execute(_EVENTS_TABLE)
+    conn.execute("INSERT INTO events SELECT * FROM events_v1")
+    conn.execute("DROP TABLE events_v1")  # and its indexes, events_time among them
+    conn.execute(_EVENTS_INDEX)
+    _hold_event_floor(conn, issued)  # deleted events' seqs stay used
+
+
+def _hold_event_floor(conn: sqlite3.Connection, top: int | None) -> None:
+    """Keep ``top`` as the highest event seq after a delete.
+
+    New events are numbered max(seq) + 1, so deleting the newest events would hand their
+    seqs out again, and a follower whose cursor is past them would miss the new ones. A
+    placeholder row (status EVENT_FLOOR, no job; never returned) holds the highest seq;
+    meta 'event_floor' names it, so there is at most one."""
+    if not top:
+        return
+    (now_top,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
+    if now_top is not None and now_top >= top:
+        return
+    old = conn.execute("SELECT value FROM meta WHERE key = 'event_floor'").fetchone()
+    if old is not None:
+        conn.execute("DELETE FROM events WHERE seq = ?", (int(old[0]),))
+    conn.execute(
+        "INSERT INTO events (seq, job_id, time, status, attempt, cls, queue) "
+        "VALUES (?, '', 0, ?, 0, '', '')",
+        (top, EVENT_FLOOR),
+    )
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('event_floor', ?)", (top,))
+
+
 class SQLiteStore(Store):
     """See the module docstring. ``busy_timeout`` bounds how long a write waits for a lock."""
 
@@ -259,28 +316,42 @@ class SQLiteStore(Store):
         return self._conn_obj
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
-        row = None
-        with contextlib.suppress(sqlite3.OperationalError):
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is not None:
-            if int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {self.path} has schema {row[0]}, newer than this taskschedd "
-                    f"understands ({SCHEMA_VERSION}); upgrade taskschedd"
-                )
+        """Create the schema, or upgrade an older one in place: in one write transaction,
+        deciding again under the lock, so processes opening the store at once do it once."""
+        if self._schema_version(conn) == SCHEMA_VERSION:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
-            )
+            version = self._schema_version(conn)
+            if version is None:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
+                    (SCHEMA_VERSION,),
+                )
+            elif version < SCHEMA_VERSION:
+                _upgrade_v1(conn)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int | None:
+        """The store's schema version, None for a new file; StoreError if too new."""
+        row = None
+        with contextlib.suppress(sqlite3.OperationalError):  # no meta table yet
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            return None
+        if int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema {row[0]}, newer than this taskschedd "
+                f"understands ({SCHEMA_VERSION}); upgrade taskschedd"
+            )
+        return int(row[0])
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
@@ -845,9 +916,11 @@ class SQLiteStore(Store):
                 )
             }
             finished: dict[str, int] = {}
+            # Jobs that ended in the window (jobs_ended), not final events: there is no
+            # time index on events. Differs only for a job retried since it ended.
             for status, n in c.execute(
-                f"SELECT status, COUNT(*) FROM events WHERE time >= ? AND status IN ({_FINAL_SQL}) "
-                "GROUP BY status",
+                f"SELECT status, COUNT(*) FROM jobs WHERE status IN ({_FINAL_SQL}) "
+                "AND ended >= ? GROUP BY status",
                 (now - window,),
             ):
                 finished[JobStatus(status).name] = n
@@ -871,7 +944,7 @@ class SQLiteStore(Store):
         limit: int = 1000,
         since: float | None = None,
     ) -> list[EventRecord]:
-        sql = "SELECT * FROM events WHERE seq > ?"
+        sql = f"SELECT * FROM events WHERE seq > ? AND status != {EVENT_FLOOR}"
         args: list[Any] = [after]
         if job_ids:
             sql += f" AND job_id IN ({','.join('?' * len(job_ids))})"
@@ -911,8 +984,10 @@ class SQLiteStore(Store):
                 if not ids:
                     return 0
                 q = ",".join("?" * len(ids))
+                (top,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
                 conn.execute(f"DELETE FROM events WHERE job_id IN ({q})", ids)
                 conn.execute(f"DELETE FROM jobs WHERE id IN ({q})", ids)
+                _hold_event_floor(conn, top)
                 return len(ids)
 
             def run() -> int:
@@ -927,8 +1002,10 @@ class SQLiteStore(Store):
     def flush(self) -> None:
         def run() -> None:
             with self._write() as conn:
+                (top,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
                 conn.execute("DELETE FROM events")
                 conn.execute("DELETE FROM jobs")
+                _hold_event_floor(conn, top)
 
         self._guard(run)
 

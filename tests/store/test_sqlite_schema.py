@@ -1,0 +1,218 @@
+"""The SQLite store's schema: version 2's indexes, the upgrade of a version 1 file in place,
+and event seqs that are never handed out twice (followers keep a cursor)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from taskschedd.errors import StoreError
+from taskschedd.job import FINAL, JobStatus
+from taskschedd.store.base import JobQuery
+from taskschedd.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from tests.store.test_contract import finish, must_claim, new_job
+
+#: The schema 1 DDL as released (taskschedd 0.1), to build files the upgrade must take.
+V1_DDL = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, cls TEXT NOT NULL, data TEXT NOT NULL,
+    status INTEGER NOT NULL, queue TEXT NOT NULL, priority INTEGER NOT NULL,
+    spawn INTEGER NOT NULL, at REAL NOT NULL, created REAL NOT NULL, started REAL,
+    ended REAL, attempt INTEGER NOT NULL DEFAULT 0, options TEXT NOT NULL, result TEXT,
+    errors TEXT NOT NULL DEFAULT '[]', progress REAL NOT NULL DEFAULT 0, reason TEXT,
+    node TEXT, worker TEXT, claim_token TEXT, lease_until REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0, series TEXT,
+    series_seq INTEGER NOT NULL DEFAULT 0, once_key TEXT, updated REAL
+);
+CREATE INDEX jobs_claim ON jobs(queue, spawn, priority DESC, at, seq) WHERE status IN (0, 1);
+CREATE UNIQUE INDEX jobs_token ON jobs(claim_token) WHERE claim_token IS NOT NULL;
+CREATE INDEX jobs_lease ON jobs(lease_until) WHERE status = 2;
+CREATE UNIQUE INDEX jobs_once ON jobs(once_key) WHERE once_key IS NOT NULL;
+CREATE INDEX jobs_status_ended ON jobs(status, ended);
+CREATE INDEX jobs_created ON jobs(created);
+CREATE INDEX jobs_series ON jobs(series, series_seq);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, time REAL NOT NULL,
+    status INTEGER NOT NULL, attempt INTEGER NOT NULL, cls TEXT NOT NULL,
+    queue TEXT NOT NULL, node TEXT, worker TEXT, error TEXT, reason TEXT
+);
+CREATE INDEX events_job ON events(job_id, seq);
+CREATE INDEX events_time ON events(time);
+CREATE TABLE nodes (
+    name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started REAL NOT NULL,
+    heartbeat REAL NOT NULL, workers_busy INTEGER NOT NULL, workers_idle INTEGER NOT NULL,
+    running TEXT NOT NULL, queues TEXT NOT NULL, version TEXT NOT NULL
+);
+INSERT INTO meta VALUES ('schema', '1');
+"""
+OPTS = '{"interval":0.0,"queue":"default"}'
+CLS = "taskschedd.examples.jobs.Echo"
+
+
+def make_v1(path: Path) -> float:
+    """A schema 1 store as 0.1 left it: a waiting job, a done job, a series member, and a
+    deleted newest event (the AUTOINCREMENT counter is ahead of the newest row)."""
+    now = time.time()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.executescript(V1_DDL)
+    jobs = [
+        ("waiting", 0, None, None, 0),
+        ("done", 3, now - 100, None, 0),
+        ("s1", 3, now - 50, "s1", 0),
+        ("s1.1", 0, None, "s1", 1),
+    ]
+    for job_id, status, ended, series, series_seq in jobs:
+        conn.execute(
+            "INSERT INTO jobs (id, cls, data, status, queue, priority, spawn, at, created, "
+            "ended, options, series, series_seq, updated) "
+            "VALUES (?, ?, '{\"n\":1}', ?, 'default', 0, 0, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, CLS, status, now - 200, now - 200, ended, OPTS, series, series_seq, now),
+        )
+        conn.execute(
+            "INSERT INTO events (job_id, time, status, attempt, cls, queue, reason) "
+            "VALUES (?, ?, 0, 0, ?, 'default', 'added')",
+            (job_id, now - 200, CLS),
+        )
+    conn.execute(
+        "INSERT INTO events (job_id, time, status, attempt, cls, queue) "
+        "VALUES ('gone', ?, 3, 1, ?, 'default')",
+        (now - 10, CLS),
+    )
+    conn.execute("DELETE FROM events WHERE job_id = 'gone'")  # counter stays at 5
+    conn.close()
+    return now
+
+
+def schema_of(store: SQLiteStore) -> dict[str, str]:
+    rows = store._conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') AND sql IS NOT NULL"
+    ).fetchall()
+    return {name: sql for name, sql in rows}
+
+
+def check_v2(store: SQLiteStore) -> None:
+    conn = store._conn
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    ddl = schema_of(store)
+    assert "AUTOINCREMENT" not in ddl["events"]
+    assert "events_time" not in ddl and "jobs_status_ended" not in ddl
+    assert "WHERE ended IS NOT NULL" in ddl["jobs_ended"]
+    assert "WHERE series IS NOT NULL" in ddl["jobs_series"]
+    assert {"jobs_claim", "jobs_token", "jobs_lease", "jobs_once", "jobs_created"} <= set(ddl)
+    assert "events_job" in ddl
+
+
+def test_a_new_store_has_schema_2(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 2
+    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db")
+    try:
+        store.insert([new_job("a")])
+        check_v2(store)
+    finally:
+        store.close()
+
+
+def test_a_v1_store_is_upgraded_in_place_and_keeps_its_jobs_and_events(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    now = make_v1(db)
+    store = SQLiteStore(f"sqlite:///{db}")
+    try:
+        check_v2(store)
+        assert sorted(j.id for j in store.find(JobQuery())) == ["done", "s1", "s1.1", "waiting"]
+        assert store.get("done").status == JobStatus.DONE
+        assert store.get("waiting").data == {"n": 1}
+        assert [j.id for j in store.find(JobQuery(series="s1"))] == ["s1", "s1.1"]
+        events = store.events()
+        assert [(e.seq, e.job_id) for e in events] == [
+            (1, "waiting"),
+            (2, "done"),
+            (3, "s1"),
+            (4, "s1.1"),
+        ]
+        # The deleted event's seq (5) was handed out under schema 1: never again.
+        assert store.last_event_seq() == 5
+        job = must_claim(store, job_id="waiting")
+        assert job.attempt == 1
+        assert [e.seq for e in store.events(after=4)] == [6]
+        assert [e.status for e in store.events(job_ids=["waiting"])] == [
+            JobStatus.WAITING,
+            JobStatus.PROCESSING,
+        ]
+        assert store.stats(now=now, window=300)["finished_in_window"] == {"DONE": 2}
+        assert store.purge(statuses=FINAL, ended_before=now - 60) == 1
+        assert store.events(job_ids=["done"]) == []
+    finally:
+        store.close()
+
+
+def _open_and_report(url: str, start: float) -> None:
+    while time.time() < start:  # open together, not one after the other
+        time.sleep(0.001)
+    store = SQLiteStore(url)
+    try:
+        store.last_event_seq()
+    finally:
+        store.close()
+
+
+def test_processes_opening_a_v1_store_at_once_upgrade_it_once(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    make_v1(db)
+    url = f"sqlite:///{db}"
+    ctx = multiprocessing.get_context("fork")
+    start = time.time() + 0.3
+    procs = [ctx.Process(target=_open_and_report, args=(url, start)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=30)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    store = SQLiteStore(url)
+    try:
+        check_v2(store)
+        assert len(store.events()) == 4
+        assert store.last_event_seq() == 5
+        floor_rows = store._conn.execute("SELECT COUNT(*) FROM events WHERE status < 0")
+        assert floor_rows.fetchone() == (1,)
+    finally:
+        store.close()
+
+
+def test_a_newer_schema_is_refused_with_the_version(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    store = SQLiteStore(f"sqlite:///{db}")
+    store.insert([new_job("a")])
+    store._conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    store.close()
+    with pytest.raises(StoreError, match="has schema 3, newer than this taskschedd understands"):
+        SQLiteStore(f"sqlite:///{db}").get("a")
+
+
+def test_event_seqs_are_not_reused_after_flush_or_purge(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db")
+    try:
+        now = time.time()
+        store.insert([new_job("old", now=now - 1000), new_job("new", now=now - 1000)])
+        finish(store, "old", JobStatus.DONE, now - 900)
+        finish(store, "new", JobStatus.DONE, now - 900)  # "new" has the newest events
+        top = store.last_event_seq()
+        assert store.purge(statuses=FINAL, ended_before=now) == 2
+        assert store.events() == [] and store.last_event_seq() == top
+        store.insert([new_job("a")])
+        (added,) = store.events(after=0)
+        assert added.seq == top + 1
+        store.flush()
+        assert store.events() == [] and store.last_event_seq() == top + 1
+        store.flush()  # nothing new: the same floor, still one placeholder row
+        store.insert([new_job("b")])
+        assert [e.seq for e in store.events()] == [top + 2]
+        floor_rows = store._conn.execute("SELECT COUNT(*) FROM events WHERE status < 0")
+        assert floor_rows.fetchone() == (1,)
+    finally:
+        store.close()
