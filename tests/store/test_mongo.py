@@ -529,18 +529,27 @@ def test_event_inserts_guess_probe_and_read_and_stay_dense(mongo_uri: str, datab
         other.insert([new_job("b", now=now)])  # seq 2, by another client
         # Guess 1 + 1: taken (duplicate key), so 2 is visible: insert at 3, no read.
         names = count_commands(commands, lambda: store.insert([new_job("c", now=now)]))
-        assert names == ["find", "insert", "insert", "insert"]  # ids check, dup, insert
+        assert names == ["insert", "insert", "insert"]  # the job, a taken seq, the event
         other.insert([new_job(f"o{i}", now=now) for i in range(3)])  # seqs 4-6, in one batch
         # Guess 3: 4 taken, and so are the PROBES (2) next ones; read the top, insert 7.
         names = count_commands(commands, lambda: store.insert([new_job("d", now=now)]))
-        assert names == ["find", "insert", "insert", "insert", "insert", "find", "insert"]
-        assert [e.seq for e in store.events()] == [1, 2, 3, 4, 5, 6, 7]
+        assert names == ["insert", "insert", "insert", "insert", "find", "insert"]
+        other.insert([new_job(f"p{i}", now=now) for i in range(3)])  # seqs 8-10
+        # Guess 7: 8 taken. The last overtaking (3 seqs) was too long for probes to land:
+        # read the top at once, insert 11.
+        names = count_commands(commands, lambda: store.insert([new_job("e", now=now)]))
+        assert names == ["insert", "insert", "find", "insert"]
+        # Three guesses in a row were taken: this writer now reads the top first.
+        other.insert([new_job("q", now=now)])  # seq 12
+        names = count_commands(commands, lambda: store.insert([new_job("f", now=now)]))
+        assert names == ["insert", "find", "insert"]
+        assert [e.seq for e in store.events()] == list(range(1, 14))
         # Another client flushes; once the guess has aged out the writer reads the top
         # (the floor) and never reuses a deleted seq.
         other.flush()
         store._event_log.GUESS_FOR = 0.0
-        store.insert([new_job("e", now=now)])
-        assert [e.seq for e in store.events()] == [8]
+        store.insert([new_job("g", now=now)])
+        assert [e.seq for e in store.events()] == [14]
     finally:
         store.close()
         other.close()

@@ -37,6 +37,14 @@ class EventLog:
     visible, so the next try goes one higher (PROBES times), then reads the top. Each
     insert still lands right above a visible seq.
 
+    A writer that another one keeps overtaking (a worker's batch write while an app adds
+    jobs, or two busy workers) would mostly guess wrong: one failed insert, probes, then a
+    read anyway. So it tracks how often a guess would have been taken (an average over its
+    recent appends: a failed guess, or a top read above the seq it would have guessed) and
+    reads the top first while that is more often than not: find + insert. And it probes
+    only while the last writer that overtook it wrote few enough events for a probe to land
+    (after a worker's batch of 32 events, probes would all fail).
+
     Why the age limit: every seq above one seen visible was written after it, so less
     than GUESS_FOR seconds ago, and retention (the nodes' purge, TTL indexes) deletes
     only older events: a guess never lands on a deleted seq. A flush(), or a purge()
@@ -49,12 +57,17 @@ class EventLog:
     GUESS_FOR = 0.25
     #: Inserts one higher after a duplicate key, before reading the top again.
     PROBES = 2
+    #: Weight of the latest append in the average of guesses taken; guess while below LIMIT.
+    CLASH_WEIGHT = 0.25
+    CLASH_LIMIT = 0.5
 
     def __init__(self, collection: Callable[[], Collection[Doc]], url: str) -> None:
         self._collection = collection
         self.url = url
         self._seen = 0  # a seq this process saw visible...
         self._seen_until = 0.0  # ...usable as a guess until then (monotonic)
+        self._clashes = 0.0  # how often a guess was (or would have been) taken, on average
+        self._overtaken = 0  # by how many seqs others last overtook a guess
 
     def _saw(self, seq: int) -> None:
         self._seen = seq
@@ -64,6 +77,10 @@ class EventLog:
         if self._seen and time.monotonic() < self._seen_until:
             return self._seen
         return None
+
+    def _clashed(self, taken: bool) -> None:
+        w = self.CLASH_WEIGHT
+        self._clashes = (1 - w) * self._clashes + (w if taken else 0.0)
 
     def top_seq(self) -> int:
         """The highest seq handed out that is still visible (events or the floor)."""
@@ -79,11 +96,21 @@ class EventLog:
         batch = secrets.token_hex(8)
         pending = [dict(e, batch=batch) for e in events]
         coll = self._collection()
-        below = self._guess()  # insert right above this visible seq; None: read the top
+        guess = self._guess()  # insert right above this visible seq; None: read the top
+        below = guess
+        if guess is not None and self._clashes >= self.CLASH_LIMIT:
+            below = self.top_seq()
+            self._clashed(below != guess)  # would the guess have been taken?
+            if below != guess:
+                self._overtaken = below - guess
+            guess = None
         probes = 0
         for attempt in range(_EMIT_ATTEMPTS):
             if below is None:
                 top, probes = self.top_seq(), 0
+                if attempt > 0 and guess is not None:
+                    self._overtaken = top - guess
+                    guess = None
             else:
                 top = below
             docs = [
@@ -97,6 +124,8 @@ class EventLog:
                 else:
                     coll.insert_many(docs, ordered=True)
                 self._saw(top + len(docs))
+                if attempt == 0 and guess is not None:
+                    self._clashed(False)
                 return
             except DuplicateKeyError:
                 taken = 0  # another writer took top + 1: it is visible
@@ -117,8 +146,12 @@ class EventLog:
                     self._saw(top + len(docs))
                     return
                 continue  # read the top: who holds the next seq is unknown
+            if attempt == 0 and guess is not None:
+                self._clashed(taken == 0)
             probes += 1
-            if probes <= self.PROBES:
+            # Probe only when the last overtaking was small enough for a probe to land
+            # (an app next to a worker writing 32 events a batch reads at once instead).
+            if probes <= self.PROBES and self._overtaken <= self.PROBES:
                 below = top + taken + 1
             if attempt >= 3:
                 time.sleep(0.001 * min(attempt, 20) * secrets.randbelow(100) / 100)

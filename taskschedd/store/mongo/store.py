@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pymongo
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
@@ -30,6 +30,7 @@ from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
 from taskschedd.job import FINAL, JobStatus
 from taskschedd.redact import redact_text, redact_url
 from taskschedd.store.base import (
+    ClaimRequest,
     DuplicateJobId,
     EventRecord,
     JobQuery,
@@ -65,10 +66,46 @@ DEFAULT_DATABASE = "taskscheduler"
 
 _MAINTENANCE_EVERY = 30.0
 _IN_CHUNK = 500
+# The claim's order: priority, due time, FIFO (after the queues, in the order given).
+_CLAIM_SORT = [("priority", -1), ("at", 1), ("seq", 1)]
+# Rounds of a batch claim that lost candidates to other workers before it gives up.
+_CLAIM_ROUNDS = 3
 
 # Which (url, database) pairs have logged their start-up lines in this process tree: the
 # set is inherited across fork, so forked workers do not repeat the master's lines.
 _ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def _due(queue: str, force_spawn: bool, now: float) -> Doc:
+    """The claim's filter for one queue: equality fields (nx-27017's SQL path), due now."""
+    return {"state": READY, "queue": queue, "spawn": bool(force_spawn), "at": {"$lte": now}}
+
+
+def _claim_update(token: str, *, node: str, worker: str, lease: float, now: float) -> Doc:
+    return {
+        "$set": {
+            "status": int(JobStatus.PROCESSING),
+            "state": RUNNING,
+            "claim_token": token,
+            "lease_until": _t(now + lease),
+            "node": node,
+            "worker": worker,
+            "started": now,
+            "updated": now,
+            "progress": 0.0,
+            "ended": None,
+        },
+        "$inc": {"attempt": 1},
+    }
+
+
+def _settle_event(job: Doc, s: Settlement, now: float, *, attempt: int | None = None) -> Doc:
+    """The event of a settle; ``job`` has the event fields (and the attempt after it,
+    unless ``attempt`` is given)."""
+    return _event(
+        job, now, s.status, attempt=attempt, node=job.get("node"), worker=job.get("worker"),
+        error=s.error, reason=s.reason,
+    )  # fmt: skip
 
 
 class _OnceKeyTaken(StoreError):
@@ -300,7 +337,10 @@ class MongoStore(Store):
     def _insert_docs(self, docs: list[Doc]) -> None:
         """Insert all or nothing (as far as MongoDB allows without transactions)."""
         ids = [d["_id"] for d in docs]
-        existing = self._existing_ids(ids)
+        # One document is all or nothing by itself: its duplicate key error says enough
+        # (one round trip less per add_job). For a batch, the check first keeps a
+        # duplicate from ever exposing a prefix of it that would have to be undone.
+        existing = self._existing_ids(ids) if len(docs) > 1 else set()
         if existing:
             raise DuplicateJobId(next(i for i in ids if i in existing))
         batch = secrets.token_hex(8)
@@ -416,31 +456,13 @@ class MongoStore(Store):
         job_id: str | None = None,
     ) -> JobRecord | None:
         now = _t(now)
-        update = {
-            "$set": {
-                "status": int(JobStatus.PROCESSING),
-                "state": RUNNING,
-                "claim_token": token,
-                "lease_until": _t(now + lease),
-                "node": node,
-                "worker": worker,
-                "started": now,
-                "updated": now,
-                "progress": 0.0,
-                "ended": None,
-            },
-            "$inc": {"attempt": 1},
-        }
         if job_id is not None:
             targets: list[Doc] = [{"_id": job_id, "state": READY, "at": {"$lte": now}}]
         else:
-            targets = [
-                {"state": READY, "queue": q, "spawn": bool(force_spawn), "at": {"$lte": now}}
-                for q in queues
-            ]
-        sort = [("priority", -1), ("at", 1), ("seq", 1)]
+            targets = [_due(q, force_spawn, now) for q in queues]
+        update = _claim_update(token, node=node, worker=worker, lease=lease, now=now)
         for where in targets:
-            doc = self._claim_one(where, update, sort, token)
+            doc = self._claim_one(where, update, _CLAIM_SORT, token)
             if doc is not None:
                 job = _to_job(doc)
                 event = _event(doc, now, JobStatus.PROCESSING, node=node, worker=worker)
@@ -475,8 +497,21 @@ class MongoStore(Store):
         return found
 
     def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
-        s = settlement
         now = _t(now)
+        update, next_doc = self._settle_update(job_id, token, settlement, now)
+        doc = self._settle_one(job_id, token, update)
+        if doc is None:
+            return False
+        self._emit_after("settle", [_settle_event(doc, settlement, now)])
+        if next_doc is not None:
+            self._insert_next_logged(job_id, next_doc)
+        return True
+
+    def _settle_update(
+        self, job_id: str, token: str, s: Settlement, now: float
+    ) -> tuple[Doc, Doc | None]:
+        """The update a settlement makes (``now`` already rounded), and the document of
+        the next occurrence it carries (kept in the job until inserted)."""
         final = s.status.is_final
         sets: Doc = {
             "status": int(s.status),
@@ -509,10 +544,15 @@ class MongoStore(Store):
             update["$push"] = {"errors": json.dumps(s.error.to_dict())}
         if s.attempt_delta:
             update["$inc"] = {"attempt": s.attempt_delta}
+        return update, next_doc
+
+    def _settle_one(self, job_id: str, token: str, update: Doc) -> Doc | None:
+        """One fenced settle (findAndModify): the job's event fields after it, None if
+        fenced off; StoreUnavailable if its reply was lost and it was not applied."""
         where = {"_id": job_id, "claim_token": token, "state": RUNNING}
         with self._errors("settle"):
             try:
-                doc = self._jobs.find_one_and_update(
+                return self._jobs.find_one_and_update(
                     where, update, projection=_EVENT_FIELDS, return_document=ReturnDocument.AFTER
                 )
             except ServerSelectionTimeoutError:
@@ -530,30 +570,244 @@ class MongoStore(Store):
                     ) from None
                 if doc is not None and doc.get("settled_by") != token:
                     doc = None  # fenced off: another claim took the job meanwhile
-        if doc is None:
-            return False
-        event = _event(
-            doc,
-            now,
-            s.status,
-            node=doc.get("node"),
-            worker=doc.get("worker"),
-            error=s.error,
-            reason=s.reason,
-        )
-        self._emit_after("settle", [event])
-        if next_doc is not None:
+                return doc
+
+    def _insert_next_logged(self, job_id: str, next_doc: Doc) -> None:
+        try:
+            with self._errors("insert the next occurrence"):
+                self._insert_next(job_id, next_doc)
+        except StoreError as exc:
+            _log().warning(
+                "next occurrence not inserted yet; a later maintenance pass will",
+                job_id=job_id,
+                next_id=next_doc["_id"],
+                error=str(exc),
+            )
+
+    def settle_batch(
+        self,
+        settles: Sequence[tuple[str, str, Settlement]],
+        *,
+        now: float,
+        claim: ClaimRequest | None = None,
+    ) -> tuple[list[bool], list[JobRecord]]:
+        """Few round trips for a batch (no transactions: each job is written atomically on
+        its own). Settles: one findAndModify for one; for several, one find (who still
+        holds its token, and the event fields) and one unordered bulk update. Claims: one
+        findAndModify for one; for several, a find of candidates per queue, one bulk
+        update (each job its own token), one find back (docs/nx-27017.md, "Batches").
+        The events of the whole batch: one insert.
+
+        What a crash between these commands leaves: settles applied stand (fenced, with
+        ``settled_by``); claims applied but not returned hold their jobs under a lease
+        with this worker's name (the master settles them when the worker dies, else the
+        lease reaper does); events not yet written are missing (as for any write whose
+        process dies before its event)."""
+        now = _t(now)
+        events: list[Doc] = []
+        nexts: list[tuple[str, Doc]] = []
+        if len(settles) == 1:
+            job_id, token, s = settles[0]
+            update, next_doc = self._settle_update(job_id, token, s, now)
+            doc = self._settle_one(job_id, token, update)
+            done = [doc is not None]
+            if doc is not None:
+                events.append(_settle_event(doc, s, now))
+                if next_doc is not None:
+                    nexts.append((job_id, next_doc))
+        else:
+            done = self._settle_many(settles, now, events, nexts) if settles else []
+        docs: list[Doc] = []
+        try:
+            if claim is not None and claim.limit > 0:
+                docs = self._claim_batch(claim, now)
+        except StoreError as exc:
+            if not settles:
+                raise
+            # The settles stand; the caller's next claim meets the trouble.
+            _log().warning("settled, but claiming more failed", error=str(exc))
+        finally:
+            events += [
+                _event(d, now, JobStatus.PROCESSING, node=d.get("node"), worker=d.get("worker"))
+                for d in docs
+            ]
+            if events:
+                self._emit_after("settle batch", events)
+        for job_id, next_doc in nexts:
+            self._insert_next_logged(job_id, next_doc)
+        if claim is not None and not docs:
+            self._maintain()  # idle: a good moment (rate limited) for housekeeping
+        return done, [_to_job(d) for d in docs]
+
+    def _settle_many(
+        self,
+        settles: Sequence[tuple[str, str, Settlement]],
+        now: float,
+        events: list[Doc],
+        nexts: list[tuple[str, Doc]],
+    ) -> list[bool]:
+        """Several fenced settles in two commands; appends their events and next
+        occurrences. A settle's event fields are read while its token is still held, so
+        they are the claim's, whatever happens to the job afterwards."""
+        op = secrets.token_hex(8)  # marks what this call applied
+        done = [False] * len(settles)
+        with self._errors("settle"):
+            held = self._by_ids(
+                list(dict.fromkeys(job_id for job_id, _, _ in settles)),
+                {**_EVENT_FIELDS, "claim_token": 1, "state": 1},
+            )
+        ops: list[UpdateOne] = []
+        todo: list[tuple[int, Doc, Doc | None]] = []  # (index, job before, next occurrence)
+        seen: set[str] = set()
+        for i, (job_id, token, s) in enumerate(settles):
+            doc = held.get(job_id)
+            if doc is None or job_id in seen:
+                continue  # no such job, or a second settle of it: fenced off
+            if doc.get("claim_token") != token or doc.get("state") != RUNNING:
+                continue  # a token, once gone, never comes back: fenced off
+            seen.add(job_id)
+            update, next_doc = self._settle_update(job_id, token, s, now)
+            update["$set"]["settle_op"] = op
+            where = {"_id": job_id, "claim_token": token, "state": RUNNING}
+            ops.append(UpdateOne(where, update))
+            todo.append((i, doc, next_doc))
+        if not ops:
+            return done
+        applied: set[str] | None = None  # None: all applied
+        lost: str | None = None
+        with self._errors("settle"):
             try:
-                with self._errors("insert the next occurrence"):
-                    self._insert_next(job_id, next_doc)
-            except StoreError as exc:
-                _log().warning(
-                    "next occurrence not inserted yet; a later maintenance pass will",
-                    job_id=job_id,
-                    next_id=next_doc["_id"],
-                    error=str(exc),
+                matched = self._jobs.bulk_write(ops, ordered=False).matched_count
+            except ServerSelectionTimeoutError:
+                raise  # never sent
+            except ConnectionFailure as exc:
+                applied = self._settled_by(op, [doc["_id"] for _, doc, _ in todo])
+                lost = redact_text(str(exc))
+            else:
+                if matched != len(ops):
+                    # Another writer (the lease reaper) settled some between the two
+                    # commands, with the same token: only our op marks ours.
+                    applied = self._settled_by(op, [doc["_id"] for _, doc, _ in todo])
+        for i, doc, next_doc in todo:
+            if applied is not None and doc["_id"] not in applied:
+                continue
+            _, _, s = settles[i]
+            done[i] = True
+            attempt = int(doc.get("attempt", 0)) + s.attempt_delta  # as the update leaves it
+            events.append(_settle_event(doc, s, now, attempt=attempt))
+            if next_doc is not None:
+                nexts.append((doc["_id"], next_doc))
+        if lost is not None and applied is not None and len(applied) < len(todo):
+            # The reply was lost and some settles did not land (or not yet): say so, so the
+            # caller retries them (fenced, so idempotent); keep the events of those that did.
+            self._emit_after("settle batch", events)
+            for job_id, next_doc in nexts:
+                self._insert_next_logged(job_id, next_doc)
+            raise StoreUnavailable(
+                f"MongoDB store {self.url}: a batch settle's reply was lost, "
+                f"{len(todo) - len(applied)} of {len(todo)} not applied: {lost}"
+            )
+        return done
+
+    def _settled_by(self, op: str, ids: list[str]) -> set[str]:
+        """Of these jobs, those a bulk settle marked with ``op`` applied."""
+        docs = self._by_ids(ids, {"settle_op": 1})
+        return {i for i, d in docs.items() if d.get("settle_op") == op}
+
+    def _by_ids(self, ids: Sequence[str], projection: Doc | None = None) -> dict[str, Doc]:
+        """Job documents by id (``_id $in``: an index lookup, SQL on nx-27017)."""
+        found: dict[str, Doc] = {}
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = list(ids[i : i + _IN_CHUNK])
+            for d in self._jobs.find(_among("_id", chunk), projection=projection):
+                found[d["_id"]] = d
+        return found
+
+    def _claim_batch(self, claim: ClaimRequest, now: float) -> list[Doc]:
+        """Claim up to ``claim.limit`` due jobs: the documents after the claim, in claim
+        order. Never raises once a job is claimed (the caller must learn of every claim
+        it can); StoreError if nothing was claimed and the store failed."""
+        if claim.limit == 1:
+            update = _claim_update(
+                claim.token_for(0), node=claim.node, worker=claim.worker, lease=claim.lease,
+                now=now,
+            )  # fmt: skip
+            for q in dict.fromkeys(claim.queues):
+                where = _due(q, claim.force_spawn, now)
+                doc = self._claim_one(where, update, _CLAIM_SORT, claim.token_for(0))
+                if doc is not None:
+                    return [doc]
+            return []
+        got: list[Doc] = []
+        empty: set[str] = set()  # queues with fewer due jobs than asked for
+        for _ in range(_CLAIM_ROUNDS):
+            try:
+                more, complete = self._claim_round(claim, now, len(got), empty)
+            except StoreError:
+                if got:
+                    return got
+                raise
+            got += more
+            if not complete or len(got) >= claim.limit:
+                break
+        return got
+
+    def _claim_round(
+        self, claim: ClaimRequest, now: float, index: int, empty: set[str]
+    ) -> tuple[list[Doc], bool]:
+        """One round of a batch claim: find candidates (queues in order, then the claim's
+        sort), claim each with its own token, read the claimed ones back. Returns them and
+        whether the round ran to the end (False: no candidates, or a lost reply: another
+        round could reuse a token that is still in flight)."""
+        want = claim.limit - index
+        candidates: list[str] = []
+        with self._errors("claim"):
+            for q in dict.fromkeys(claim.queues):
+                need = want - len(candidates)
+                if need <= 0:
+                    break
+                if q in empty:
+                    continue
+                rows = (
+                    self._jobs.find(_due(q, claim.force_spawn, now), projection={"_id": 1})
+                    .sort(_CLAIM_SORT)
+                    .limit(need)
                 )
-        return True
+                ids = [d["_id"] for d in rows]
+                if len(ids) < need:
+                    empty.add(q)
+                candidates += ids
+        if not candidates:
+            return [], False
+        # Index-th job of this call gets token_for(index): tokens of candidates another
+        # worker took first are reused by the next round (their updates wrote nothing).
+        tokens = {c: claim.token_for(index + j) for j, c in enumerate(candidates)}
+        ops = []
+        for c in candidates:
+            update = _claim_update(
+                tokens[c], node=claim.node, worker=claim.worker, lease=claim.lease, now=now
+            )
+            ops.append(UpdateOne({"_id": c, "state": READY, "at": {"$lte": now}}, update))
+        complete = True
+        try:
+            with self._errors("claim"):
+                try:
+                    matched = self._jobs.bulk_write(ops, ordered=False).matched_count
+                except ServerSelectionTimeoutError:
+                    raise  # never sent
+                except ConnectionFailure:
+                    matched, complete = -1, False  # applied or not: look the tokens up
+                if matched == 0:
+                    return [], True
+                docs = self._by_ids(candidates)
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(
+                f"{exc} (the claim's outcome is unknown; its lease will expire if it was taken)"
+            ) from None
+        mine = [
+            docs[c] for c in candidates if c in docs and docs[c].get("claim_token") == tokens[c]
+        ]
+        return mine, complete
 
     def _insert_next(self, job_id: str, doc: Doc) -> None:
         """Insert a series' next occurrence (idempotent: its id is deterministic)."""
