@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any
 
 from taskschedd.errors import JobDataError, OptionError
@@ -66,6 +67,12 @@ class JobOptions:
         Not dataclasses.asdict: its deep copy was half the cost of add_jobs, and every
         option is a scalar."""
         return {name: getattr(self, name) for name in _STORED_NAMES}
+
+    @cached_property
+    def stored_json(self) -> str:
+        """:meth:`stored` as compact JSON, made once per (frozen) options object: jobs
+        added without options, or with the same ones in a batch, share the object."""
+        return _COMPACT.encode(self.stored())
 
     @classmethod
     def from_stored(cls, data: Mapping[str, Any]) -> JobOptions:
@@ -285,16 +292,22 @@ def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+# Made once: json.dumps with any option builds a new encoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def dump_data(data: Any) -> str:
     """Job data as canonical JSON text; JobDataError says what is not JSON."""
     try:
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        text = _CANONICAL.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
         raise JobDataError(
             f"job data must be JSON-serialisable (dicts, lists, strings, numbers, "
             f"booleans, null; no NaN/Infinity; at most {MAX_JSON_DEPTH} levels deep): {exc}"
         ) from None
-    if _too_deep(data):
+    # Nesting deeper than the limit needs more brackets than that in the text.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(data):
         raise JobDataError(f"job data is nested more than {MAX_JSON_DEPTH} levels deep")
     return text
 

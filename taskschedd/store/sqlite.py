@@ -453,7 +453,7 @@ class SQLiteStore(Store):
             int(opts.ignore_max_children),
             job.at,
             job.created,
-            json.dumps(opts.stored(), separators=(",", ":")),
+            opts.stored_json,
             job.once_key,
             job.series,
             job.series_seq,
