@@ -940,3 +940,94 @@ def test_add_job_once_race_creates_exactly_one_job(
     assert len(active) == 1
     assert store.find(JobQuery()) == active  # nothing was added and replaced either
     assert {Path(o).read_text() for o in outs} == {active[0].id}
+
+
+# -- settle_batch: many at once (both stores) ------------------------------------------------
+
+
+def test_settle_batch_of_many_records_each_change_once_with_dense_seqs(store: Store) -> None:
+    now = time.time()
+    store.insert([new_job(f"m{i:02}", now=now + i * 1e-4, retry=2) for i in range(24)])
+    request = ClaimRequest(queues=("default",), node="n", worker="n/1", token="k1", lease=30.0,
+                           limit=8)  # fmt: skip
+    _, held = store.settle_batch([], now=now + 0.01, claim=request)
+    assert [j.id for j in held] == [f"m{i:02}" for i in range(8)]
+    seq = store.last_event_seq()
+    # Outcomes of every kind in one batch: done, failed with a retry, given back.
+    fail = rules.on_error(held[1], error(1), now, rand=lambda: 0.0)
+    settles = [(held[0].id, held[0].claim_token or "", rules.on_success(held[0], "1", now)),
+               (held[1].id, held[1].claim_token or "", fail),
+               (held[2].id, held[2].claim_token or "", rules.release(held[2]))]  # fmt: skip
+    settles += [(j.id, j.claim_token or "", rules.on_success(j, "2", now)) for j in held[3:]]
+    flags, more = store.settle_batch(settles, now=now + 0.01, claim=replace(request, token="k2"))
+    assert flags == [True] * 8
+    # The job given back is due again, and first in FIFO order.
+    assert [j.id for j in more] == ["m02"] + [f"m{i:02}" for i in range(8, 15)]
+    assert len({j.claim_token for j in held + more}) == 16
+    events = store.events(after=seq)
+    assert [e.seq for e in events] == list(range(seq + 1, seq + 17))  # dense, one each
+    changes = [(e.job_id, e.status, e.attempt) for e in events]
+    assert changes[:3] == [
+        ("m00", JobStatus.DONE, 1),
+        ("m01", fail.status, 1),
+        ("m02", JobStatus.WAITING, 0),  # the attempt given back
+    ]
+    assert changes[3:8] == [(f"m{i:02}", JobStatus.DONE, 1) for i in range(3, 8)]
+    assert changes[8:] == [(j.id, JobStatus.PROCESSING, 1) for j in more]
+    m01 = store.get("m01")
+    assert (m01.status, [e.message for e in m01.errors]) == (fail.status, ["boom"])
+    assert (store.get("m02").status, store.get("m02").attempt) == (JobStatus.PROCESSING, 1)
+
+
+def _drain_in_batches(
+    spec: StoreSpec, barrier: multiprocessing.synchronize.Barrier, name: str, out: str
+) -> None:
+    store = spec.open()
+    ran: list[str] = []
+    try:
+        store.last_event_seq()
+        barrier.wait(30)
+        held: list[JobRecord] = []
+        for round_no in range(1000):
+            now = time.time()
+            settles = [(j.id, j.claim_token or "", rules.on_success(j, "1", now)) for j in held]
+            request = ClaimRequest(queues=("default",), node=name, worker=name,
+                                   token=f"{name}-{round_no}", lease=60.0, limit=8)  # fmt: skip
+            done, held = store.settle_batch(settles, now=now, claim=request)
+            assert all(done)
+            ran += [j.id for j in held]
+            if not held and not settles:
+                break
+        Path(out).write_text("\n".join(ran))
+    finally:
+        store.close()
+
+
+def test_concurrent_batch_claims_run_every_job_exactly_once(
+    store: Store, store_spec: StoreSpec, tmp_path: Path
+) -> None:
+    now = time.time()
+    store.insert([new_job(f"c{i:03}", now=now) for i in range(150)])
+    barrier = FORK.Barrier(3)
+    outs = [str(tmp_path / f"ran-{i}") for i in range(3)]
+    procs = [
+        FORK.Process(target=_drain_in_batches, args=(store_spec, barrier, f"w{i}", o))
+        for i, o in enumerate(outs)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    ran = [line for o in outs for line in Path(o).read_text().split("\n") if line]
+    assert sorted(ran) == [f"c{i:03}" for i in range(150)]  # each once, none lost
+    jobs = store.find(JobQuery())
+    assert all(j.status == JobStatus.DONE and j.attempt == 1 for j in jobs)
+    events = store.events(limit=1000)
+    assert [e.seq for e in events] == list(range(events[0].seq, events[0].seq + 450))
+    per_job: dict[str, list[JobStatus]] = {}
+    for e in events:
+        per_job.setdefault(e.job_id, []).append(e.status)
+    assert set(map(tuple, per_job.values())) == {
+        (JobStatus.WAITING, JobStatus.PROCESSING, JobStatus.DONE)
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import multiprocessing.synchronize
+import os
 import threading
 import time
 import uuid
@@ -26,7 +27,14 @@ from pymongo.errors import AutoReconnect
 from taskschedd import rules
 from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
 from taskschedd.job import ACTIVE, JobStatus
-from taskschedd.store.base import JobQuery, NodeRecord, Settlement
+from taskschedd.store.base import (
+    ClaimRequest,
+    DuplicateJobId,
+    JobQuery,
+    JobRecord,
+    NodeRecord,
+    Settlement,
+)
 from taskschedd.store.mongo import MongoStore
 from tests.helpers import elapsed, wait_for
 from tests.mongo_server import MongoServer, external_mongo_uri, pick_free_port, unique_db_name
@@ -570,3 +578,278 @@ def test_data_with_dots_and_dollars_round_trips(store: MongoStore) -> None:
     settled = Settlement(status=JobStatus.DONE, result_json=result, reason="done")
     assert store.settle("d", job.claim_token or "", settled, now=time.time())
     assert store.get("d").result == {"x.y": {"$z": 2}}
+
+
+# -- settle_batch: round trips, fencing, lost replies, crashes -----------------------------------
+
+
+def _claim_request(token: str, limit: int, worker: str = "n/1") -> ClaimRequest:
+    return ClaimRequest(
+        queues=("default",), node="n", worker=worker, token=token, lease=30.0, limit=limit
+    )
+
+
+def test_add_job_is_two_round_trips(mongo_uri: str, database: str) -> None:
+    commands = Commands()
+    store = open_mongo(mongo_uri, database, client_options={"event_listeners": [commands]})
+    try:
+        store.insert([new_job("warm")])
+        names = count_commands(commands, lambda: store.insert([new_job("a")]))
+        assert names == ["insert", "insert"]  # the job, its event (no id pre-check)
+        with pytest.raises(DuplicateJobId):
+            store.insert([new_job("a")])
+        assert len(store.events(job_ids=["a"])) == 1
+    finally:
+        store.close()
+
+
+def test_settle_batch_of_16_with_a_claim_of_16_is_six_round_trips(
+    mongo_uri: str, database: str
+) -> None:
+    commands = Commands()
+    store = open_mongo(mongo_uri, database, client_options={"event_listeners": [commands]})
+    try:
+        now = time.time()
+        store.insert([new_job(f"j{i:02}", now=now + i * 1e-4) for i in range(40)])
+        _, held = store.settle_batch([], now=now + 0.01, claim=_claim_request("first", 16))
+        assert len(held) == 16
+        seq = store.last_event_seq()
+        settles = [(j.id, j.claim_token or "", rules.on_success(j, "1", now)) for j in held]
+        result: list[Any] = []
+        names = count_commands(
+            commands,
+            lambda: result.append(
+                store.settle_batch(settles, now=now + 0.01, claim=_claim_request("second", 16))
+            ),
+        )
+        done, claimed = result[0]
+    finally:
+        store.close()
+    # Settles: find (tokens still held, event fields), one bulk update. Claims: find the
+    # candidates, one bulk update, find them back. One insert for all 32 events.
+    assert names == ["find", "update", "find", "update", "find", "insert"]
+    assert done == [True] * 16
+    assert [j.id for j in claimed] == [f"j{i:02}" for i in range(16, 32)]
+    assert [j.claim_token for j in claimed] == [f"second.{i}" if i else "second" for i in range(16)]
+    events = store.events(after=seq)
+    assert [e.seq for e in events] == list(range(seq + 1, seq + 33))
+    assert [(e.job_id, e.status) for e in events] == [(j.id, JobStatus.DONE) for j in held] + [
+        (j.id, JobStatus.PROCESSING) for j in claimed
+    ]
+    assert all(e.attempt == 1 and e.worker == "n/1" for e in events)
+
+
+def test_stale_token_inside_a_batch_is_not_applied_the_others_are(store: MongoStore) -> None:
+    now = time.time()
+    store.insert([new_job(n, now=now, retry=1, retry_interval=0) for n in "abcd"])
+    held = {n: must_claim(store, job_id=n, now=now, token=f"t-{n}", lease=5) for n in "abcd"}
+    # b's lease ran out: the reaper settled it, and another worker holds it now.
+    b = held["b"]
+    assert store.settle("b", "t-b", rules.on_abandoned(b, now + 6), now=now + 6)
+    again = must_claim(store, job_id="b", now=now + 6, token="t-b2", worker="other/1")
+    assert again.attempt == 2
+    seq = store.last_event_seq()
+    settles = [
+        (j.id, j.claim_token or "", rules.on_success(j, '"r"', now + 7)) for j in held.values()
+    ]
+    done, jobs = store.settle_batch(settles, now=now + 7)
+    assert (done, jobs) == ([True, False, True, True], [])
+    assert {n: store.get(n).status for n in "abcd"} == {
+        "a": JobStatus.DONE,
+        "b": JobStatus.PROCESSING,
+        "c": JobStatus.DONE,
+        "d": JobStatus.DONE,
+    }
+    b_now = store.get("b")
+    assert (b_now.claim_token, b_now.worker, b_now.result) == ("t-b2", "other/1", None)
+    assert [(e.job_id, e.status) for e in store.events(after=seq)] == [
+        ("a", JobStatus.DONE),
+        ("c", JobStatus.DONE),
+        ("d", JobStatus.DONE),
+    ]
+    # The same job twice in one batch: the second settle is fenced off like a retry would be.
+    store.insert([new_job("e", now=now)])
+    e = must_claim(store, job_id="e", now=now, token="t-e")
+    ok = rules.on_success(e, "1", now)
+    assert store.settle_batch([("e", "t-e", ok), ("e", "t-e", ok)], now=now)[0] == [True, False]
+    assert [ev.status for ev in store.events(job_ids=["e"])][-1] == JobStatus.DONE
+    assert len(store.events(job_ids=["e"])) == 3
+
+
+def test_reaper_settling_between_the_read_and_the_bulk_update_keeps_one_event_each(
+    store: MongoStore, mongo_uri: str, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    store.insert([new_job(n, now=now) for n in "abc"])
+    held = [must_claim(store, job_id=n, now=now, token=f"t-{n}", lease=5) for n in "abc"]
+    reaper = open_mongo(mongo_uri, database)
+    real = MongoStore._by_ids
+    calls = []
+
+    def read_then_reap(self: MongoStore, ids: Any, projection: Any = None) -> Any:
+        out = real(self, ids, projection)
+        calls.append(list(ids))
+        if len(calls) == 1:  # after the batch's read, before its update
+            b = reaper.get("b")
+            assert reaper.settle("b", "t-b", rules.on_abandoned(b, now + 6), now=now + 6)
+        return out
+
+    monkeypatch.setattr(MongoStore, "_by_ids", read_then_reap)
+    try:
+        seq = store.last_event_seq()
+        settles = [(j.id, j.claim_token or "", rules.on_success(j, "1", now)) for j in held]
+        done, _ = store.settle_batch(settles, now=now)
+    finally:
+        reaper.close()
+    assert done == [True, False, True]
+    assert len(calls) == 2  # the matched count fell short: which landed was read back
+    assert store.get("b").status == JobStatus.FAILED  # the reaper's settle stands
+    assert sorted((e.job_id, e.status) for e in store.events(after=seq)) == [
+        ("a", JobStatus.DONE),
+        ("b", JobStatus.FAILED),
+        ("c", JobStatus.DONE),
+    ]
+
+
+class LoseBulkWrites:
+    """Makes the next bulk_write raise AutoReconnect, before or after it is applied."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, applied: bool, skip: int = 0) -> None:
+        self.calls = 0
+        real = Collection.bulk_write
+
+        def fake(coll: Collection[Any], *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls != skip + 1:
+                return real(coll, *args, **kwargs)
+            if applied:
+                real(coll, *args, **kwargs)
+            raise AutoReconnect("connection closed (simulated)")
+
+        monkeypatch.setattr(Collection, "bulk_write", fake)
+
+
+def _held(store: MongoStore, n: int, now: float) -> list[JobRecord]:
+    store.insert([new_job(f"h{i}", now=now) for i in range(n)])
+    return [must_claim(store, job_id=f"h{i}", now=now, token=f"t{i}") for i in range(n)]
+
+
+def test_bulk_settle_with_a_lost_reply_reports_what_happened(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    held = _held(store, 4, now)
+    settles = [(j.id, j.claim_token or "", rules.on_success(j, "1", now)) for j in held]
+    LoseBulkWrites(monkeypatch, applied=True)
+    assert store.settle_batch(settles[:2], now=now) == ([True, True], [])
+    assert [store.get(j.id).status for j in held[:2]] == [JobStatus.DONE] * 2
+    assert all(len(store.events(job_ids=[j.id])) == 3 for j in held[:2])
+    LoseBulkWrites(monkeypatch, applied=False)
+    with pytest.raises(StoreUnavailable, match="2 of 2 not applied"):
+        store.settle_batch(settles[2:], now=now)
+    assert [store.get(j.id).status for j in held[2:]] == [JobStatus.PROCESSING] * 2
+    monkeypatch.undo()
+    assert store.settle_batch(settles[2:], now=now) == ([True, True], [])  # the retry
+    assert all(len(store.events(job_ids=[j.id])) == 3 for j in held)
+
+
+def test_bulk_claim_with_a_lost_reply_is_looked_up_never_reissued(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    store.insert([new_job(f"j{i}", now=now + i * 1e-4) for i in range(6)])
+    lose = LoseBulkWrites(monkeypatch, applied=True)
+    _, jobs = store.settle_batch([], now=now + 0.01, claim=_claim_request("c1", 3))
+    assert lose.calls == 1  # no second round: its tokens could meet the lost one's
+    assert [j.id for j in jobs] == ["j0", "j1", "j2"]
+    assert [j.claim_token for j in jobs] == ["c1", "c1.1", "c1.2"]
+    assert [e.status for e in store.events(job_ids=["j0"])] == [
+        JobStatus.WAITING,
+        JobStatus.PROCESSING,
+    ]
+    lose = LoseBulkWrites(monkeypatch, applied=False)
+    with pytest.raises(StoreUnavailable, match="lease will expire"):
+        store.settle_batch([], now=now + 0.01, claim=_claim_request("c2", 3))
+    assert store.get("j3").status == JobStatus.WAITING
+    # With settles, the claim is best effort: the settles are reported all the same.
+    job = jobs[0]
+    settle = [(job.id, job.claim_token or "", rules.on_success(job, "1", now))]
+    lose = LoseBulkWrites(monkeypatch, applied=False)
+    assert store.settle_batch(settle, now=now + 0.01, claim=_claim_request("c3", 3)) == (
+        [True],
+        [],
+    )
+    assert store.get("j0").status == JobStatus.DONE
+
+
+def _die_in_settle_batch(
+    spec: tuple[str, str], settles: list[tuple[str, str, Settlement]], die_after: int
+) -> None:
+    """Run one settle_batch and die (no cleanup, as after SIGKILL) right after its
+    ``die_after``-th bulk write reached the server."""
+    store = open_mongo(*spec)
+    real = Collection.bulk_write
+    count = [0]
+
+    def bulk_then_die(coll: Collection[Any], *args: Any, **kwargs: Any) -> Any:
+        out = real(coll, *args, **kwargs)
+        count[0] += 1
+        if count[0] == die_after:
+            os._exit(9)
+        return out
+
+    Collection.bulk_write = bulk_then_die  # type: ignore[method-assign]
+    store.settle_batch(settles, now=time.time(), claim=_claim_request("dead", 4, "dead/1"))
+    os._exit(0)
+
+
+@pytest.mark.parametrize("die_after", [1, 2])
+def test_a_crash_between_the_commands_of_a_batch_loses_and_double_runs_nothing(
+    store: MongoStore, mongo_uri: str, database: str, die_after: int
+) -> None:
+    """1: dies after the settles' bulk update; 2: after the claims' bulk update (before it
+    read the claimed jobs back or wrote any event)."""
+    now = time.time()
+    held = _held(store, 3, now)
+    store.insert(
+        [new_job(f"w{i}", now=now + i * 1e-4, retry=1, retry_interval=0) for i in range(6)]
+    )
+    settles = [(j.id, j.claim_token or "", rules.on_success(j, '"ok"', now)) for j in held]
+    child = FORK.Process(
+        target=_die_in_settle_batch, args=((mongo_uri, database), settles, die_after)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 9
+    # The settles applied stand: each job is final, with its result; a retry of the
+    # batch (had the worker lived) is fenced off and changes nothing.
+    assert [(store.get(j.id).status, store.get(j.id).result) for j in held] == [
+        (JobStatus.DONE, "ok")
+    ] * 3
+    assert store.settle_batch(settles, now=now)[0] == [False] * 3
+    claimed = [j for j in store.find(JobQuery(statuses=(JobStatus.PROCESSING,)))]
+    if die_after == 1:
+        assert claimed == []  # never claimed: still there for any worker
+    else:
+        # Claimed but never reported: held under the dead worker's name and a lease, which
+        # is what the master (when the worker dies) or the lease reaper settles.
+        assert [j.id for j in claimed] == ["w0", "w1", "w2", "w3"]
+        assert {j.worker for j in claimed} == {"dead/1"}
+        assert sorted(j.id for j in store.expired(now + 3600)) == ["w0", "w1", "w2", "w3"]
+    # Nobody else can run them meanwhile: the next claim takes only the others.
+    _, others = store.settle_batch([], now=time.time(), claim=_claim_request("live", 8))
+    expected = ["w0", "w1", "w2", "w3", "w4", "w5"] if die_after == 1 else ["w4", "w5"]
+    assert [j.id for j in others] == expected
+    if die_after == 2:
+        # The reaper (or the master) settles them by their tokens; they run again later.
+        reaped = [(j.id, j.claim_token or "", rules.on_abandoned(j, now)) for j in claimed]
+        assert store.settle_batch(reaped, now=now)[0] == [True] * 4
+        again = must_claim(store, job_id="w0")
+        assert again.attempt == 2
+        # The dead claim's PROCESSING event was never written (as when a process dies
+        # between any write and its event); every other change has exactly one.
+        assert [e.status for e in store.events(job_ids=["w0"])] == [
+            JobStatus.WAITING,
+            JobStatus.WAITING,
+            JobStatus.PROCESSING,
+        ]

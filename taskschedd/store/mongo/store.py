@@ -807,6 +807,12 @@ class MongoStore(Store):
         mine = [
             docs[c] for c in candidates if c in docs and docs[c].get("claim_token") == tokens[c]
         ]
+        if not complete and not mine:
+            # None landed (yet): as for one claim, let the caller retry with a new token.
+            raise StoreUnavailable(
+                f"MongoDB store {self.url}: a batch claim's reply was lost (its outcome is "
+                "unknown; its lease will expire if a job was taken)"
+            )
         return mine, complete
 
     def _insert_next(self, job_id: str, doc: Doc) -> None:
