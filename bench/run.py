@@ -474,11 +474,19 @@ def details(raw: dict[str, Any]) -> list[str]:
     mongo = raw.get("mongo", {})
     if "steady_state_per_job" in mongo:
         out.append(
-            f"- Mongo round trips per job: {mongo['steady_state_per_job']:.2f} = add_job "
+            f"- Mongo round trips per job (an app's add_job next to a worker claiming ahead "
+            f"up to 16): {mongo['steady_state_per_job']:.2f} = add_job "
             f"{mongo['enqueue_one_per_job']:.2f} + claim and settle "
             f"{mongo['claim_settle_per_job']:.2f} (batch add {mongo['enqueue_batch_per_job']:.2f}/job; "
             f"an empty claim {mongo['idle_claim_attempt']:.1f}); commands {mongo['commands']}"
         )
+        single = mongo.get("one_at_a_time")
+        if single:
+            out.append(
+                f"- Mongo round trips per job, one job at a time (claim limit 1): "
+                f"{single['total_per_job']:.2f} = add_job {single['add_per_job']:.2f} + claim "
+                f"and settle {single['work_per_job']:.2f}; commands {single['commands']}"
+            )
     elif mongo:
         out.append(f"- Mongo round trips: {mongo.get('skipped') or mongo.get('error')}")
     return out

@@ -798,7 +798,7 @@ def _die_in_settle_batch(
             os._exit(9)
         return out
 
-    Collection.bulk_write = bulk_then_die  # type: ignore[method-assign]
+    Collection.bulk_write = bulk_then_die  # type: ignore[method-assign,assignment]
     store.settle_batch(settles, now=time.time(), claim=_claim_request("dead", 4, "dead/1"))
     os._exit(0)
 

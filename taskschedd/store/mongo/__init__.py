@@ -27,7 +27,10 @@ Data model (collection names configurable; defaults are the PHP original's):
 * nodes (``taskscheduler.nodes``): ``_id`` is the node name; heartbeats upsert it.
 
 Every write after a claim is filtered by ``{_id, claim_token}``; a claim whose reply is
-lost (AutoReconnect) is looked up by its token, never re-issued. Job state is written
+lost (AutoReconnect) is looked up by its token, never re-issued. ``settled_by`` (the
+token) and, for a batch, ``settle_op`` say which settle landed. ``settle_batch`` does a
+worker's batch in a few commands (bulk updates, each job still atomic on its own; see
+docs/nx-27017.md, "Batches"). Job state is written
 with write concern ``majority`` (journaled) by default; at start the store warns when
 the deployment is a single server. The client is created lazily in each process (pymongo
 is not fork-safe). Network errors become StoreUnavailable (the callers back off and
