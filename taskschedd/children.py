@@ -12,7 +12,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from taskschedd import workerproc
@@ -30,6 +30,7 @@ class RunningJob:
     timeout: float
     started: float  # wall clock
     progress: float = 0.0
+    state: str = "running"  # running | ahead (claimed, not started) | ran (outcome not stored)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class WorkerHandle:
     ready: bool = False
     retiring: bool = False
     job: RunningJob | None = None
+    held: dict[str, RunningJob] = field(default_factory=dict)  # by token: claimed ahead, ran
     kill: Kill | None = None
     jobs_done: int = 0
     exit_reason: str | None = None

@@ -160,6 +160,7 @@ class Config:
     allowed_modules: list[str] = field(default_factory=lambda: ["taskschedd.examples"])
     setup_hook: str | None = None
     max_jobs_per_worker: int = 0
+    claim_ahead: int = 16  # jobs a worker may claim in one store write (1: one at a time)
     max_worker_memory: int = 0  # MB, 0 = no limit
     job_defaults: dict[str, Any] = field(default_factory=dict)
     retention: float = 7 * 86400.0  # 0 = keep final jobs forever
@@ -439,6 +440,10 @@ class _Validator:
             kw["max_jobs_per_worker"] = self.integer(
                 "max_jobs_per_worker", top["max_jobs_per_worker"], 0
             )
+        if "claim_ahead" in top:
+            kw["claim_ahead"] = self.integer("claim_ahead", top["claim_ahead"], 1)
+            if kw["claim_ahead"] > 1000:
+                self.fail("claim_ahead", f"must be <= 1000, {_got(top['claim_ahead'])}")
         if "max_worker_memory" in top:
             kw["max_worker_memory"] = self.memory("max_worker_memory", top["max_worker_memory"])
         if "job_defaults" in top:

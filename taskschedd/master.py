@@ -52,6 +52,7 @@ WORKER_KEYS = (
     "setup_hook",
     "max_jobs_per_worker",
     "max_worker_memory",
+    "claim_ahead",
 )
 PLAN_DEBOUNCE = 0.05  # the store waker fires on every write; plan at most this often
 LOOP_MAX_WAIT = 1.0
@@ -388,6 +389,8 @@ class Master:
             self.boot_failures = 0
             self.spawn_not_before = 0.0
             self.pool_dirty = True
+        elif ev == "claimed":
+            self.jobs.claimed_ahead(w, msg)
         elif ev == "claim":
             self.jobs.claimed(w, msg)
             self.pool_dirty = True
@@ -402,9 +405,6 @@ class Master:
                 self.metrics.worker_settled(job, msg)
                 self.pool_dirty = True
                 self.house.heartbeat_soon = True
-        elif ev == "lost":
-            if self.jobs.lost(w, msg):
-                self.pool_dirty = True
         elif ev == "exit":
             w.exit_reason = str(msg.get("reason", ""))
 

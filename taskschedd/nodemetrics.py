@@ -96,7 +96,10 @@ class NodeMetrics:
         outcome = STATUS_OUTCOMES.get(status, status.lower() or "unknown")
         if msg.get("settled") is False:
             outcome = "lost"
-        self.registry.job_finished(job.cls, outcome, time.time() - job.started)
+        runtime = msg.get("runtime")
+        if not isinstance(runtime, int | float) or isinstance(runtime, bool):
+            runtime = time.time() - job.started
+        self.registry.job_finished(job.cls, outcome, float(runtime))
 
     def master_settled(self, job: RunningJob, reason: str) -> None:
         outcome = OWED_OUTCOMES.get(reason, reason)

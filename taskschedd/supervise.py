@@ -65,7 +65,27 @@ class Supervisor:
         )  # fmt: skip
 
     # -- worker reports -----------------------------------------------------------------
+    def claimed_ahead(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
+        """Jobs the worker claimed in one write; each is announced again when it starts."""
+        for item in msg.get("jobs") or []:
+            if not isinstance(item, dict) or not item.get("token"):
+                continue
+            job = RunningJob(
+                id=str(item.get("id", "")), token=str(item["token"]),
+                cls=str(item.get("cls", "")), attempt=int(item.get("attempt", 0)),
+                queue=str(item.get("queue", "")), timeout=float(item.get("timeout") or 0.0),
+                started=0.0, state="ahead",
+            )  # fmt: skip
+            w.held[job.token] = job
+
     def claimed(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
+        """A job starts. The one before it, if not settled yet, ran: its outcome is stored
+        with the worker's next write."""
+        token = str(msg["token"])
+        if w.job is not None and w.job.token != token:
+            w.job.state = "ran"
+            w.held[w.job.token] = w.job
+        w.held.pop(token, None)
         w.job = RunningJob(
             id=str(msg["id"]),
             token=str(msg["token"]),
@@ -81,37 +101,54 @@ class Supervisor:
             w.job.progress = float(msg.get("percent", 0.0))
 
     def settled(self, w: WorkerHandle, msg: dict[str, Any]) -> RunningJob | None:
-        """The worker settled its job itself; returns the job (None: not the one held)."""
-        if w.job is None or w.job.token != msg.get("token"):
-            return None
-        job, w.job = w.job, None
+        """The worker stored a job's outcome itself (or gave back a job claimed ahead);
+        returns the job if it ran (None: given back unstarted, or not one it held)."""
+        token = msg.get("token")
+        if w.job is not None and w.job.token == token:
+            job, w.job = w.job, None
+            w.idle_since = time.monotonic()
+        else:
+            held = w.held.pop(str(token), None)
+            if held is None or held.state == "ahead":
+                return None
+            job = held
         w.jobs_done += 1
-        w.idle_since = time.monotonic()
         return job
-
-    def lost(self, w: WorkerHandle, msg: dict[str, Any]) -> bool:
-        """The worker could not store the outcome: the master owes the settlement."""
-        if w.job is None or w.job.token != msg.get("token"):
-            return False
-        detail = f"worker pid {w.pid} could not store the outcome: {msg.get('error')}"
-        self.owed.append(Owed(w.job, "abandoned", detail, w.name, None, 0.0))
-        w.job = None
-        w.idle_since = time.monotonic()
-        return True
 
     def worker_died(
         self, w: WorkerHandle, status: int, how: str, now: float, *, shutting_down: bool
     ) -> None:
-        """A worker that held a job is gone: owe its settlement (after its group is empty)."""
-        if w.job is None:
-            if w.exit_reason is None and w.ready and not shutting_down:
-                self._unreported_claim(w, how, now)
-            return
-        job = w.job
+        """A worker that held jobs is gone: owe their settlements (the running job's after
+        its process group is empty). Jobs it claimed ahead never started: they are given
+        back (no attempt used). Jobs that ran but whose outcome it had not stored yet (at
+        most HOLD_LIMIT old, see taskschedd.worker) are abandoned like the running one:
+        the store cannot know their outcome, the retry policy decides (when the node
+        stops now, they are given back like the running job)."""
         detail = f"worker pid {w.pid} {how}"
         signalled = os.WIFSIGNALED(status) and os.WTERMSIG(status) in (
             signal.SIGTERM, signal.SIGKILL, signal.SIGINT,
         )  # fmt: skip
+        # Stopping now gives back what the node holds, the running job included.
+        giving_back = (w.kill is not None and w.kill.reason == "release") or (
+            shutting_down and signalled
+        )
+        held, w.held = list(w.held.values()), {}
+        for job in held:
+            if job.state == "ahead" or giving_back:
+                self.owed.append(Owed(job, "release", detail, w.name, None, now))
+                self.job_log(job, w.name).info("giving back a job it held", state=job.state)
+            else:
+                ran = f"{detail} after the job ran, before its outcome was stored"
+                self.owed.append(Owed(job, "abandoned", ran, w.name, None, now))
+                self.job_log(job, w.name).error(
+                    "worker gone before it stored the outcome of a job it ran", detail=detail
+                )
+        skip = {job.token for job in held}
+        if w.job is None:
+            if w.exit_reason is None and w.ready and not shutting_down:
+                self._unreported_claim(w, how, now, skip=skip)
+            return
+        job = w.job
         if w.kill is not None:
             owed = Owed(job, w.kill.reason, detail, w.name, w.pid, w.kill.deadline)
         elif shutting_down and signalled:
@@ -123,18 +160,19 @@ class Supervisor:
             self.job_log(job, w.name).error(
                 "worker died while running a job; settling the job now", detail=detail
             )
-            # It may have died between a settle-and-claim commit and its reports: the
-            # next job it claimed is settled now too, not after its lease.
+            # It may have died between a claim's commit and its report: the jobs it
+            # claimed are given back now, not after their lease.
             if w.ready and not shutting_down:
-                self._unreported_claim(w, how, now, skip=job.token)
+                self._unreported_claim(w, how, now, skip=skip | {job.token})
         self.owed.append(owed)
 
     def _unreported_claim(
-        self, w: WorkerHandle, how: str, now: float, skip: str | None = None
+        self, w: WorkerHandle, how: str, now: float, skip: set[str] | frozenset[str] = frozenset()
     ) -> None:
-        """A worker died without a word between its claim's commit and its report (a
-        MongoDB claim also writes its event in between): settle such a job now instead of
-        after its lease. Best effort; if the store cannot say, the lease still expires."""
+        """A worker died without a word between a claim's commit and its report (a MongoDB
+        claim also writes its event in between): such a job never started (a worker
+        announces its claims before it starts one), so give it back now instead of after
+        its lease. Best effort; if the store cannot say, the lease still expires."""
         assert self.store is not None
         try:
             running = self.store.find(JobQuery(statuses=(JobStatus.PROCESSING,)))
@@ -142,7 +180,7 @@ class Supervisor:
             self.log.warning("could not look for a dead worker's claim", error=str(exc))
             return
         for record in running:
-            if record.worker != w.name or record.claim_token is None or record.claim_token == skip:
+            if record.worker != w.name or record.claim_token is None or record.claim_token in skip:
                 continue
             job = RunningJob(
                 id=record.id, token=record.claim_token, cls=record.cls,
@@ -150,11 +188,10 @@ class Supervisor:
                 timeout=float(record.options.timeout or 0.0),
                 started=record.started or time.time(),
             )  # fmt: skip
-            killpg(w.pid, signal.SIGKILL)  # what the job left behind goes too
             detail = f"worker pid {w.pid} {how}"
-            self.owed.append(Owed(job, "abandoned", detail, w.name, None, now))
-            self.job_log(job, w.name).error(
-                "worker died right after claiming a job; settling the job now", detail=detail
+            self.owed.append(Owed(job, "release", detail, w.name, None, now))
+            self.job_log(job, w.name).warning(
+                "worker died right after claiming a job; giving it back", detail=detail
             )
 
     # -- kills ----------------------------------------------------------------------------
@@ -272,6 +309,7 @@ class Supervisor:
     # -- leases -------------------------------------------------------------------------
     def held_tokens(self) -> list[str]:
         tokens = [w.job.token for w in self.workers.values() if w.job is not None]
+        tokens += [t for w in self.workers.values() for t in w.held]
         return tokens + [o.job.token for o in self.owed]
 
     def renew(self, now: float) -> None:

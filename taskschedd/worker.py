@@ -14,8 +14,9 @@ import signal
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -31,6 +32,13 @@ from taskschedd.store.base import ClaimRequest, ErrorInfo, JobRecord, Settlement
 log = structlog.get_logger("taskschedd.worker")
 
 
+#: A job running longer than this while other jobs are held (claimed ahead, or finished
+#: and not yet stored) makes the worker store and give those back.
+HOLD_LIMIT = 0.05
+#: Jobs shorter than this let the worker claim more at once.
+FAST_JOB = 0.005
+
+
 class JobTimeoutError(BaseException):
     """Raised inside an in-process job when its timeout passes."""
 
@@ -42,7 +50,8 @@ class Outcome:
     job: JobRecord
     settlement: Settlement
     settled: bool  # False: the claim was lost (fenced off), nothing was written
-    next_job: JobRecord | None = None  # claimed in the settle's transaction (claim_next)
+    runtime: float = 0.0  # seconds start() ran; 0 for a job given back unstarted
+    started: bool = True  # False: claimed ahead and given back before it started
 
 
 def error_info(
@@ -64,11 +73,30 @@ def error_info(
     )
 
 
+@dataclass
+class _Finished:
+    """A job that ran; its outcome waits for the worker's next store write."""
+
+    job: JobRecord
+    settlement: Settlement
+    runtime: float
+    started: bool
+    at: float = field(default_factory=time.monotonic)
+
+
 class Worker:
     """Runs jobs from ``queues`` (in order of preference) in this process.
 
-    ``on_claim`` / ``on_settle`` / ``on_progress`` let the daemon tell its master what this
-    worker holds.
+    ``on_claimed`` / ``on_claim`` / ``on_settle`` / ``on_progress`` let the daemon tell its
+    master what this worker holds: jobs claimed (ahead), the job starting, outcomes stored.
+
+    Claiming ahead: with ``claim_ahead`` > 1, a worker that meets a backlog of short jobs
+    claims several in one store write and stores their outcomes together with the next
+    claims, so a drain costs one durable commit per batch instead of one per job. The
+    batch doubles while every job runs under FAST_JOB and the claim comes back full, and
+    falls to one job at the first longer job. A job that runs longer than HOLD_LIMIT while
+    others are held has a helper thread store the finished outcomes and give back the
+    jobs not started, so no job waits behind a long one and no outcome is stored late.
     """
 
     def __init__(
@@ -86,6 +114,8 @@ class Worker:
         on_claim: Callable[[JobRecord], None] | None = None,
         on_settle: Callable[[Outcome], None] | None = None,
         on_progress: Callable[[JobRecord, float], None] | None = None,
+        on_claimed: Callable[[list[JobRecord]], None] | None = None,
+        claim_ahead: int = 1,
     ) -> None:
         self.store = store
         self.allowed_modules = tuple(allowed_modules)
@@ -99,8 +129,23 @@ class Worker:
         self.on_claim = on_claim
         self.on_settle = on_settle
         self.on_progress = on_progress
+        self.on_claimed = on_claimed
+        self.claim_ahead = max(1, claim_ahead)
         self.jobs_done = 0
         self._classes: dict[str, type[Job]] = {}
+        # Claiming ahead (see step()): jobs claimed and not started, jobs run and not yet
+        # stored, the one running; shared with the helper thread under this lock.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._queued: deque[JobRecord] = deque()
+        self._finished: list[_Finished] = []
+        self._running: JobRecord | None = None
+        self._running_since = 0.0
+        self._ahead = 1
+        self._slow = False
+        self._armed = False
+        self._closing = False
+        self._flusher: threading.Thread | None = None
 
     # -- one job -------------------------------------------------------------------
     def claim(self, *, force_spawn: bool = False, job_id: str | None = None) -> JobRecord | None:
@@ -115,93 +160,217 @@ class Worker:
             job_id=job_id,
         )
 
-    def run_one(
-        self,
-        *,
-        force_spawn: bool = False,
-        job_id: str | None = None,
-        claim_next: Callable[[], bool] | None = None,
-    ) -> Outcome | None:
-        """Claim and run one due job; None when there is none. See :meth:`execute` for
-        ``claim_next``."""
-        job = self.claim(force_spawn=force_spawn, job_id=job_id)
-        if job is None:
-            return None
-        return self.execute(job, claim_next=claim_next, force_spawn=force_spawn)
-
-    def execute(
-        self,
-        job: JobRecord,
-        *,
-        claim_next: Callable[[], bool] | None = None,
-        force_spawn: bool = False,
-    ) -> Outcome:
-        """Run a claimed job and settle it. If ``claim_next()`` says so just before the
-        settle, the next due job is claimed in the same store transaction (one commit
-        instead of two) and returned as ``Outcome.next_job``: the caller must execute
-        it (or give it back) and report it as claimed only after this outcome."""
-        assert job.claim_token is not None
-        if self.on_claim is not None:
-            self.on_claim(job)
-        bound = log.bind(
-            job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
-            node=self.node, worker=self.name,
-        )  # fmt: skip
-        settlement = self._run(job, bound)
-        want_next = claim_next is not None and claim_next()
-        settled, next_job = self._settle(job, settlement, claim_next=want_next,
-                                         force_spawn=force_spawn)  # fmt: skip
-        self.jobs_done += 1
-        outcome = Outcome(job=job, settlement=settlement, settled=settled, next_job=next_job)
-        if settled:
-            bound.info("job settled", status=settlement.status.name, reason=settlement.reason)
+    def run_one(self, *, force_spawn: bool = False, job_id: str | None = None) -> Outcome | None:
+        """Claim one due job (``job_id``: that one, if due), run it and store its outcome
+        before returning it; None when nothing is due."""
+        if job_id is None:
+            with self._lock:
+                self._commit(claim=1, force_spawn=force_spawn, flexible=False)
+                if not self._queued:
+                    return None
+                job = self._queued.popleft()
         else:
-            bound.warning("job claim was lost before settling; outcome discarded (fenced)")
-        if self.on_settle is not None:
-            self.on_settle(outcome)
-        return outcome
+            claimed = self.claim(force_spawn=force_spawn, job_id=job_id)
+            if claimed is None:
+                return None
+            job = claimed
+        self._execute(job)
+        outcomes = self.flush()
+        return next((o for o in outcomes if o.job.id == job.id), None)
 
     def release(self, job: JobRecord) -> bool:
         """Give back a claimed job that was not started (no attempt used)."""
         assert job.claim_token is not None
         return self.store.settle(job.id, job.claim_token, rules.release(job), now=time.time())
 
-    def _settle(
-        self,
-        job: JobRecord,
-        settlement: Settlement,
-        *,
-        claim_next: bool = False,
-        force_spawn: bool = False,
-    ) -> tuple[bool, JobRecord | None]:
+    # -- claiming ahead -----------------------------------------------------------------
+    def step(self, *, budget: int | None = None, force_spawn: bool = False) -> bool:
+        """Run one job: the next one claimed ahead or, after storing the outcomes waiting
+        to be stored (in the same write), one of up to ``claim_ahead`` newly claimed.
+        ``budget``: how many more jobs this worker may take (None: no limit). Returns
+        False when nothing was due (the outcomes are stored then too)."""
+        with self._lock:
+            if not self._queued or self._hold_over():
+                want = 0
+                if not self._queued:
+                    want = self._ahead if budget is None else min(self._ahead, budget)
+                self._commit(claim=want, force_spawn=force_spawn)
+            if not self._queued:
+                return False
+            job = self._queued.popleft()
+        self._execute(job)
+        return True
+
+    def flush(self, *, release: bool = True) -> list[Outcome]:
+        """Store the outcomes waiting to be stored and (``release``) give back the jobs
+        claimed ahead and not started; claims nothing."""
+        with self._lock:
+            return self._commit(claim=0, release=release)
+
+    @property
+    def holding(self) -> int:
+        """Jobs claimed and not yet settled (claimed ahead, or finished and not stored)."""
+        return len(self._queued) + len(self._finished)
+
+    def close(self) -> None:
+        """Stop the helper thread (outcomes still waiting are not stored: call flush)."""
+        with self._lock:
+            self._closing = True
+            self._cond.notify_all()
+        if self._flusher is not None and self._flusher.is_alive():
+            self._flusher.join(timeout=5)
+
+    def _execute(self, job: JobRecord) -> None:
+        """Run a claimed job; its outcome waits in ``_finished`` for the next write."""
         assert job.claim_token is not None
+        with self._lock:
+            self._running = job
+            self._running_since = time.monotonic()
+            if self._queued or self._finished:
+                self._arm_flusher()
+        if self.on_claim is not None:
+            self.on_claim(job)
+        bound = log.bind(
+            job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
+            node=self.node, worker=self.name,
+        )  # fmt: skip
+        began = time.monotonic()
+        try:
+            settlement = self._run(job, bound)
+        except KeyboardInterrupt:
+            # Ctrl-C (SIGINT): give the job back untouched, store what waits, then stop.
+            with self._lock:
+                self._running = None
+                self._finished.append(_Finished(job, rules.release(job), 0.0, False))
+                with contextlib.suppress(StoreUnavailable):
+                    self._commit(claim=0, release=True)
+            raise
+        runtime = time.monotonic() - began
+        with self._lock:
+            self._running = None
+            self._finished.append(_Finished(job, settlement, runtime, True))
+            self.jobs_done += 1
+            if runtime >= FAST_JOB:
+                self._ahead = 1  # long jobs: one at a time, so idle workers get the others
+                self._slow = True
+
+    def _hold_over(self) -> bool:
+        return bool(self._finished) and time.monotonic() - self._finished[0].at > HOLD_LIMIT
+
+    def _commit(
+        self, *, claim: int, force_spawn: bool = False, release: bool = False,
+        flexible: bool = True,
+    ) -> list[Outcome]:  # fmt: skip
+        """One store write: the outcomes waiting, the jobs claimed ahead given back if
+        ``release``, and up to ``claim`` new claims. Called with the lock held.
+
+        Outcomes are retried while the store is unavailable (in-process: up to the lease);
+        a claim alone reports the outage to the caller."""
+        finished = list(self._finished)
+        released = list(self._queued) if release else []
+        settles = [(f.job.id, f.job.claim_token or "", f.settlement) for f in finished]
+        settles += [(j.id, j.claim_token or "", rules.release(j)) for j in released]
+        if not settles and claim <= 0:
+            return []
+        request = None
+        if claim > 0:
+            request = ClaimRequest(
+                queues=self.queues, node=self.node, worker=self.name,
+                token=secrets.token_hex(16), lease=self.lease, limit=claim,
+                force_spawn=force_spawn,
+            )  # fmt: skip
+        done, jobs = self._write(settles, request)
+        self._finished = []
+        if release:
+            self._queued.clear()
+        outcomes = [
+            Outcome(
+                job=f.job, settlement=f.settlement, settled=ok, runtime=f.runtime, started=f.started
+            )
+            for f, ok in zip(finished, done, strict=False)
+        ]
+        outcomes += [
+            Outcome(job=j, settlement=rules.release(j), settled=ok, started=False)
+            for j, ok in zip(released, done[len(finished) :], strict=False)
+        ]
+        for outcome in outcomes:
+            self._report(outcome)
+        if request is not None:
+            if flexible:
+                if len(jobs) == claim and not self._slow:
+                    self._ahead = min(self.claim_ahead, claim * 2)
+                self._slow = False
+            self._queued.extend(jobs)
+            if jobs and self.on_claimed is not None:
+                self.on_claimed(jobs)
+        return outcomes
+
+    def _write(
+        self, settles: list[tuple[str, str, Settlement]], claim: ClaimRequest | None
+    ) -> tuple[list[bool], list[JobRecord]]:
         delay = 0.05
-        # The settle is fenced by the claim token, so trying after the lease is safe: if
-        # another node reaped the job meanwhile, it matches nothing. A daemon worker keeps
-        # the outcome until the store takes it (its master renews the lease once the store
-        # is back, and stops or outlives it); giving up would turn a job that ran into an
-        # "abandoned" attempt. In-process, give up after the lease.
+        # Settles are fenced by the claim tokens, so trying after the lease is safe: if
+        # another node reaped a job meanwhile, it matches nothing. A daemon worker keeps
+        # the outcomes until the store takes them (its master renews the leases once the
+        # store is back, and stops or outlives it); giving up would turn jobs that ran into
+        # "abandoned" attempts. In-process, give up after the lease.
         deadline = time.monotonic() + max(self.lease, 5.0) if self.in_process else None
-        next_token = secrets.token_hex(16)
         while True:
             try:
-                if not claim_next:
-                    now = time.time()
-                    return self.store.settle(job.id, job.claim_token, settlement, now=now), None
-                claim = ClaimRequest(
-                    queues=self.queues, node=self.node, worker=self.name, token=next_token,
-                    lease=self.lease, force_spawn=force_spawn,
-                )  # fmt: skip
-                done, jobs = self.store.settle_batch(
-                    [(job.id, job.claim_token, settlement)], now=time.time(), claim=claim
-                )
-                return done[0], (jobs[0] if jobs else None)
+                return self.store.settle_batch(settles, now=time.time(), claim=claim)
             except StoreUnavailable as exc:
-                if deadline is not None and time.monotonic() > deadline:
+                if not settles or (deadline is not None and time.monotonic() > deadline):
                     raise
                 log.warning("store unavailable while settling; retrying", error=str(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _report(self, outcome: Outcome) -> None:
+        job, settlement = outcome.job, outcome.settlement
+        if outcome.started:
+            bound = log.bind(
+                job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
+                node=self.node, worker=self.name,
+            )  # fmt: skip
+            if outcome.settled:
+                bound.info(
+                    "job settled", status=settlement.status.name, reason=settlement.reason,
+                    runtime=round(outcome.runtime, 6),
+                )  # fmt: skip
+            else:
+                bound.warning("job claim was lost before settling; outcome discarded (fenced)")
+        if self.on_settle is not None:
+            self.on_settle(outcome)
+
+    # -- the helper thread: long jobs do not hold others ---------------------------------
+    def _arm_flusher(self) -> None:
+        """A job starts while others are held: have the helper thread store and give them
+        back if this one runs longer than HOLD_LIMIT. Called with the lock held."""
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=self._flusher_loop, name="claim-ahead", daemon=True
+            )
+            self._flusher.start()
+        if not self._armed:
+            self._armed = True
+            self._cond.notify()
+
+    def _flusher_loop(self) -> None:
+        with self._cond:
+            while not self._closing:
+                if self._running is None or not (self._queued or self._finished):
+                    self._armed = False
+                    self._cond.wait()
+                    continue
+                wait = self._running_since + HOLD_LIMIT - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                try:
+                    self._commit(claim=0, release=True)
+                except Exception as exc:  # the leases end it; never kill the thread
+                    log.warning("could not store outcomes while a long job runs", error=str(exc))
+                    self._cond.wait(1.0)
 
     def _load(self, path: str) -> type[Job]:
         cls = self._classes.get(path)
@@ -262,9 +431,7 @@ class Worker:
             info = error_info(exc, job.attempt, time.time(), reason="result")
             return rules.on_error(job, info, time.time(), permanent=True)
         except KeyboardInterrupt:
-            # In-process Ctrl-C: give the job back untouched, then stop.
-            self._settle(job, rules.release(job))
-            raise
+            raise  # the caller gives the job back
         except BaseException as exc:
             bound.warning("job raised", error_type=type(exc).__name__, error=str(exc))
             return rules.on_error(job, error_info(exc, job.attempt, time.time()), time.time())
@@ -283,30 +450,22 @@ class Worker:
     ) -> int:
         """Run jobs until ``stop()``; returns how many ran. ``idle_exit``: return after that
         many seconds without work (None: wait forever)."""
-        ran = 0
         idle_since = time.monotonic()
         waker = self.store.waker()
-        pending: JobRecord | None = None  # claimed along with the last settle
-
-        def claim_next() -> bool:
-            return not stop() and (max_jobs is None or ran + 1 < max_jobs)
-
+        started = self.jobs_done
         try:
-            while pending is not None or (not stop() and (max_jobs is None or ran < max_jobs)):
+            while not stop():
+                ran = self.jobs_done - started
+                if max_jobs is not None and ran >= max_jobs:
+                    break
+                budget = None if max_jobs is None else max_jobs - ran
                 try:
-                    if pending is not None:
-                        job, pending = pending, None
-                        outcome: Outcome | None = self.execute(job, claim_next=claim_next)
-                    else:
-                        outcome = self.run_one(claim_next=claim_next)
+                    if self.step(budget=budget):
+                        idle_since = time.monotonic()
+                        continue
                 except StoreUnavailable as exc:
                     log.warning("store unavailable; retrying", error=str(exc))
                     waker.wait(self.poll_interval)
-                    continue
-                if outcome is not None:
-                    ran += 1
-                    idle_since = time.monotonic()
-                    pending = outcome.next_job
                     continue
                 if idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
                     break
@@ -321,11 +480,12 @@ class Worker:
                     timeout = min(timeout, max(0.0, idle_exit - (time.monotonic() - idle_since)))
                 waker.wait(timeout)
         finally:
-            if pending is not None:  # interrupted between a settle and the next job's start
-                with contextlib.suppress(StoreUnavailable):
-                    self.release(pending)
+            # Stopped: store what waits and give back what was claimed ahead.
+            with contextlib.suppress(StoreUnavailable):
+                self.flush()
+            self.close()
             waker.close()
-        return ran
+        return self.jobs_done - started
 
 
 def _can_alarm() -> bool:

@@ -6,10 +6,12 @@ current job) and ``reopen`` (reopen the log file). EOF on it means the master is
 Worker -> master: one report pipe carrying JSON lines::
 
     {"ev": "ready"}                                        boot done (hook ran, store opened)
-    {"ev": "claim", "id", "token", "cls", "attempt", "queue", "timeout", "started"}
+    {"ev": "claimed", "jobs": [{"id", "token", "cls", "attempt", "queue", "timeout"}]}
+                                    jobs claimed (ahead), written to the store, not started
+    {"ev": "claim", "id", "token", "cls", "attempt", "queue", "timeout", "started"}  starts
     {"ev": "progress", "id", "token", "percent"}
-    {"ev": "settle", "id", "token", "status", "settled"}
-    {"ev": "lost", "id", "token", "error"}        the outcome could not be stored: master settles
+    {"ev": "settle", "id", "token", "status", "settled", "started", "runtime"}
+                                    an outcome (or a job given back unstarted) is stored
     {"ev": "exit", "reason"}                               leaving on purpose (stop, recycle...)
 
 Signals in a worker (the master's are in ``taskschedd --help``):
@@ -39,6 +41,7 @@ import random
 import select
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,9 +120,14 @@ class _Channel:
         os.set_blocking(control_fd, False)
         self._buf = b""
         self.master_gone = False
+        self._send_lock = threading.Lock()  # the claim-ahead helper thread reports too
 
     def send(self, ev: str, **fields: Any) -> None:
         data = (json.dumps({"ev": ev, **fields}, separators=(",", ":")) + "\n").encode()
+        with self._send_lock:
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
         try:
             view = memoryview(data)
             while view:
@@ -242,8 +250,7 @@ class _Loop:
         self.log = log.get_logger("taskschedd.workerproc", node=spec.config.node, worker=spec.name)
         self.stopping = False
         self.exit_reason = "stop"
-        self.holding: JobRecord | None = None
-        self.pending: JobRecord | None = None  # claimed with the last settle, not yet reported
+        self.memory_checked_at = 0
         self.worker = Worker(
             store,
             allowed_modules=self.config.allowed_modules,
@@ -254,14 +261,30 @@ class _Loop:
             context=context,
             in_process=False,
             poll_interval=self.config.poll_interval,
+            claim_ahead=1 if spec.extra else self.config.claim_ahead,
+            on_claimed=self._on_claimed,
             on_claim=self._on_claim,
             on_settle=self._on_settle,
             on_progress=self._on_progress,
         )
 
+    def _on_claimed(self, jobs: list[JobRecord]) -> None:
+        self.chan.send(
+            "claimed",
+            jobs=[
+                {
+                    "id": j.id,
+                    "token": j.claim_token,
+                    "cls": j.cls,
+                    "attempt": j.attempt,
+                    "queue": j.queue,
+                    "timeout": j.options.timeout,
+                }
+                for j in jobs
+            ],
+        )
+
     def _on_claim(self, job: JobRecord) -> None:
-        self.holding = job
-        self.pending = None
         self.chan.send(
             "claim",
             id=job.id,
@@ -270,7 +293,7 @@ class _Loop:
             attempt=job.attempt,
             queue=job.queue,
             timeout=job.options.timeout,
-            started=job.started if job.started is not None else time.time(),
+            started=time.time(),
         )
         set_title(f"{self.title} running {job.id} {job.cls}")
 
@@ -278,16 +301,15 @@ class _Loop:
         self.chan.send("progress", id=job.id, token=job.claim_token, percent=percent)
 
     def _on_settle(self, outcome: Outcome) -> None:
-        self.holding = None
-        self.pending = outcome.next_job  # reported as claimed (after this) when it starts
         self.chan.send(
             "settle",
             id=outcome.job.id,
             token=outcome.job.claim_token,
             status=outcome.settlement.status.name,
             settled=outcome.settled,
+            started=outcome.started,
+            runtime=round(outcome.runtime, 6),
         )
-        set_title(f"{self.title} idle")
 
     def _obey(self) -> None:
         for cmd in self.chan.commands():
@@ -311,31 +333,22 @@ class _Loop:
         try:
             while True:
                 self._obey()
-                if self.stopping and self.pending is None:
+                if self.stopping or self._should_leave():
                     break
                 try:
-                    if self.pending is not None:
-                        # Claimed in the transaction that settled the last job, before any
-                        # stop: run it (the master hears "settle" for that one first).
-                        outcome: Outcome | None = self.worker.execute(
-                            self.pending, claim_next=self._claim_next
-                        )
-                    else:
-                        outcome = self.worker.run_one(
-                            force_spawn=self.spec.extra, claim_next=self._claim_next
-                        )
+                    ran = self.worker.step(budget=self._budget(), force_spawn=self.spec.extra)
                     delay = 0.0
                 except StoreUnavailable as exc:
-                    self._hand_over(exc)
                     delay = min(_STORE_BACKOFF_MAX, max(0.1, delay * 2))
                     pause = delay / 2 + random.random() * delay / 2
                     self.log.warning("store unavailable; retrying", error=str(exc), retry_in=pause)
                     self._wait(self.chan.control_fd, pause)
                     continue
-                if outcome is not None:
-                    if outcome.next_job is None and self._should_leave():
-                        break
+                if ran:
+                    if self.worker.holding == 0:
+                        set_title(f"{self.title} idle")
                     continue
+                set_title(f"{self.title} idle")
                 if self.spec.extra:  # its job went to someone else
                     self.exit_reason = "nothing to do"
                     break
@@ -348,49 +361,36 @@ class _Loop:
                 if due is not None:
                     timeout = min(timeout, due - time.time())
                 self._wait(waker.fileno(), timeout)
+            # Store the outcomes not stored yet; give back what was claimed ahead.
+            self.worker.flush()
         except KeyboardInterrupt:
-            self.exit_reason = "interrupted"  # Worker released the running job
-            if self.pending is not None:  # claimed, not started, not reported: give it back
-                with contextlib.suppress(StoreError):
-                    self.worker.release(self.pending)
-                self.pending = None
+            self.exit_reason = "interrupted"  # Worker gave back the running job
         finally:
+            self.worker.close()
             waker.close()
         if not self.chan.master_gone:
             self.chan.send("exit", reason=self.exit_reason)
         self.store.close()
         return EXIT_OK
 
-    def _hand_over(self, exc: Exception) -> None:
-        """The job ran but its outcome could not be stored: the master settles it (as
-        abandoned, so the retry policy applies) once the store is back."""
-        job, self.holding = self.holding, None
-        if job is not None:
-            self.log.error(
-                "could not store the job's outcome; the master will settle it",
-                job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
-                error=str(exc),
-            )  # fmt: skip
-            self.chan.send("lost", id=job.id, token=job.claim_token, error=str(exc))
-            set_title(f"{self.title} idle")
-
-    def _claim_next(self) -> bool:
-        """Just before settling a job: claim the next one in the same transaction? Only
-        when this worker goes on (no stop, not an extra, not recycling after this job)."""
-        self._obey()
-        return not self.stopping and not self._should_leave(ahead=1)
-
-    def _should_leave(self, ahead: int = 0) -> bool:
-        """``ahead``: jobs finished but not yet counted (the one being settled)."""
-        config = self.config
+    def _budget(self) -> int | None:
+        """How many more jobs this worker may claim before it is recycled."""
         if self.spec.extra:
+            return 1
+        limit = self.config.max_jobs_per_worker
+        return max(0, limit - self.worker.jobs_done) if limit else None
+
+    def _should_leave(self) -> bool:
+        config = self.config
+        if self.spec.extra and self.worker.jobs_done:
             self.exit_reason = "one job done"
             return True
-        done = self.worker.jobs_done + ahead
+        done = self.worker.jobs_done
         if config.max_jobs_per_worker and done >= config.max_jobs_per_worker:
             self.exit_reason = f"recycled after {done} jobs"
             return True
-        if config.max_worker_memory:
+        if config.max_worker_memory and done > self.memory_checked_at:
+            self.memory_checked_at = done  # after a job, not before the first one
             used = rss_mb()
             if used > config.max_worker_memory:
                 self.exit_reason = (

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from taskschedd import JobStatus, Scheduler
-from tests.e2e.conftest import BOTH_STORES, JOBS, Daemon, pid_gone
+from tests.e2e.conftest import BOTH_STORES, JOBS, Daemon, cmdline, pid_gone
 from tests.helpers import wait_for
 
 pytestmark = BOTH_STORES
@@ -93,6 +93,8 @@ def test_sigkill_of_a_worker_settles_its_job_and_replaces_it_at_once(
     job = scheduler.add_job(f"{JOBS}.Sleep", {"seconds": 30})
     wait_for(lambda: job.refresh().status == JobStatus.PROCESSING, 5)
     victim = worker_pid(job.record.worker)
+    # Started, not only claimed (a job claimed and never started is given back instead).
+    wait_for(lambda: f"running {job.id}" in cmdline(victim), 5)
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
     # "At once" means long before the 30 s lease; the margin absorbs a loaded CI machine

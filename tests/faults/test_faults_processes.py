@@ -204,3 +204,37 @@ def test_a_supervisor_that_does_not_read_its_notify_socket_never_stalls_the_mast
     wait_for(lambda: (n := d.node()) is not None and n.heartbeat > moment, 3, message="heartbeat")
     assert d.notify is not None
     assert len(d.notify.poll()) >= 10  # the queue did fill up (net.unix.max_dgram_qlen)
+
+
+def test_a_worker_killed_in_a_batch_of_short_jobs_loses_none_and_runs_none_twice(
+    kind: StoreKind, node_factory: Factory, tmp_path: Path
+) -> None:
+    """Workers claim short jobs ahead, several per store write; poison jobs SIGKILL their
+    worker in the middle of such batches. The jobs claimed ahead are given back unstarted
+    (no attempt used), the ones that ran but whose outcome was not stored yet are abandoned
+    and retried: none lost, no attempt run twice, every run accounted for."""
+    runs = tmp_path / "runs.log"
+    d = node_factory(kind, pm="static", min_children=2, max_children=2, lease="30s").start()
+    s = kind.scheduler()
+    specs = []
+    for i in range(300):
+        poison = i % 60 == 30
+        data = run_data(runs, kill_self=poison)
+        specs.append(JobSpec(RUN, data, {"retry": 0 if poison else 1, "retry_interval": 0}))
+    jobs = s.add_jobs(specs)
+    ids = [j.id for j, spec in zip(jobs, specs, strict=True) if not spec.data.get("kill_self")]
+    poisons = [j.id for j, spec in zip(jobs, specs, strict=True) if spec.data.get("kill_self")]
+    final = wait_all_final(s.store, ids + poisons, timeout=60)
+    result = audit(s.store, ids + poisons, runs)
+    assert result.ok, result
+    runs_per_job = Counter(job_id for job_id, _, _ in read_runs(runs))
+    for job_id in poisons:
+        record = final[job_id]
+        assert (record.status, record.reason, record.attempt) == (JobStatus.FAILED, "abandoned", 1)
+    for job_id in ids:
+        record = final[job_id]
+        assert record.status == JobStatus.DONE, record
+        # Every attempt the store counts ran once; an abandoned one was retried.
+        assert runs_per_job[job_id] == record.attempt, (record, runs_per_job[job_id])
+        assert [e.reason for e in record.errors] == ["abandoned"] * (record.attempt - 1)
+    assert d.running() and len(d.wait_workers(2)) == 2
