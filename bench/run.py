@@ -423,8 +423,14 @@ def details(raw: dict[str, Any]) -> list[str]:
         t = wal["taskschedd"]
         line = (
             f"- SQLite WAL pages per commit: taskschedd add_job {t['add_job']:.1f}, claim "
-            f"{t['claim']:.1f}, settle {t['settle']:.1f} (2 commits per drained job)"
+            f"{t['claim']:.1f}, settle {t['settle']:.1f} (one at a time: 2 commits per drained "
+            "job)"
         )
+        if "batch_16_per_job" in t:
+            line += (
+                f", claiming ahead {t['batch_16_per_job']:.1f} per job (16 outcomes and 16 "
+                "claims in one commit)"
+            )
         h = wal.get("huey-sqlite", {})
         if "enqueue" in h:
             line += (
