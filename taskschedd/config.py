@@ -160,7 +160,7 @@ class Config:
     allowed_modules: list[str] = field(default_factory=lambda: ["taskschedd.examples"])
     setup_hook: str | None = None
     max_jobs_per_worker: int = 0
-    claim_ahead: int = 16  # jobs a worker may claim in one store write (1: one at a time)
+    claim_ahead: int = 64  # jobs a worker may claim in one store write (1: one at a time)
     max_worker_memory: int = 0  # MB, 0 = no limit
     job_defaults: dict[str, Any] = field(default_factory=dict)
     retention: float = 7 * 86400.0  # 0 = keep final jobs forever

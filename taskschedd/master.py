@@ -389,8 +389,8 @@ class Master:
             self.boot_failures = 0
             self.spawn_not_before = 0.0
             self.pool_dirty = True
-        elif ev == "claimed":
-            self.jobs.claimed_ahead(w, msg)
+        elif ev == "stored":
+            self._stored(w, msg)
         elif ev == "claim":
             self.jobs.claimed(w, msg)
             self.pool_dirty = True
@@ -399,14 +399,23 @@ class Master:
                 self.jobs.kill(w, "release")  # it claimed while we were stopping
         elif ev == "progress":
             self.jobs.progressed(w, msg)
-        elif ev == "settle":
-            job = self.jobs.settled(w, msg)
-            if job is not None:
-                self.metrics.worker_settled(job, msg)
-                self.pool_dirty = True
-                self.house.heartbeat_soon = True
         elif ev == "exit":
             w.exit_reason = str(msg.get("reason", ""))
+
+    def _stored(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
+        """One store write of a worker: the outcomes it stored, the jobs it claimed."""
+        for item in msg.get("settled") or ():
+            try:
+                token, status, settled, _started, runtime = item
+            except (TypeError, ValueError):
+                self.log.warning("unreadable outcome report from a worker", worker=w.name)
+                continue
+            job = self.jobs.settled(w, str(token))
+            if job is not None:
+                self.metrics.worker_settled(job, str(status), settled is not False, runtime)
+                self.pool_dirty = True
+                self.house.heartbeat_soon = True
+        self.jobs.claimed_ahead(w, msg.get("claimed") or [])
 
     def _reap(self) -> None:
         while True:

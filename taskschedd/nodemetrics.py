@@ -12,7 +12,7 @@ claim's start to the settlement.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from taskschedd import __version__
@@ -91,12 +91,11 @@ class NodeMetrics:
         self.address = None
 
     # -- feeds ------------------------------------------------------------------------------
-    def worker_settled(self, job: RunningJob, msg: Mapping[str, Any]) -> None:
-        status = str(msg.get("status", ""))
+    def worker_settled(self, job: RunningJob, status: str, settled: bool, runtime: Any) -> None:
+        """A worker stored a job's outcome (``settled`` False: its claim was fenced off)."""
         outcome = STATUS_OUTCOMES.get(status, status.lower() or "unknown")
-        if msg.get("settled") is False:
+        if not settled:
             outcome = "lost"
-        runtime = msg.get("runtime")
         if not isinstance(runtime, int | float) or isinstance(runtime, bool):
             runtime = time.time() - job.started
         self.registry.job_finished(job.cls, outcome, float(runtime))

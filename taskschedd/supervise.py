@@ -65,50 +65,50 @@ class Supervisor:
         )  # fmt: skip
 
     # -- worker reports -----------------------------------------------------------------
-    def claimed_ahead(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
-        """Jobs the worker claimed in one write; each is announced again when it starts."""
-        for item in msg.get("jobs") or []:
-            if not isinstance(item, dict) or not item.get("token"):
+    def claimed_ahead(self, w: WorkerHandle, items: list[Any]) -> None:
+        """Jobs the worker claimed in one write (``[id, token, cls, attempt, queue,
+        timeout]`` each); each is announced again when it starts."""
+        for item in items:
+            try:
+                job_id, token, cls, attempt, queue, timeout = item
+                job = RunningJob(
+                    id=str(job_id), token=str(token), cls=str(cls), attempt=int(attempt),
+                    queue=str(queue), timeout=float(timeout or 0.0), started=0.0,
+                    state="ahead",
+                )  # fmt: skip
+            except (TypeError, ValueError):
+                self.log.warning("unreadable claim report from a worker", worker=w.name)
                 continue
-            job = RunningJob(
-                id=str(item.get("id", "")), token=str(item["token"]),
-                cls=str(item.get("cls", "")), attempt=int(item.get("attempt", 0)),
-                queue=str(item.get("queue", "")), timeout=float(item.get("timeout") or 0.0),
-                started=0.0, state="ahead",
-            )  # fmt: skip
             w.held[job.token] = job
 
     def claimed(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
-        """A job starts. The one before it, if not settled yet, ran: its outcome is stored
-        with the worker's next write."""
-        token = str(msg["token"])
+        """A job it claimed starts. The one before it, if not settled yet, ran: its outcome
+        is stored with the worker's next write."""
+        token = str(msg.get("token"))
         if w.job is not None and w.job.token != token:
             w.job.state = "ran"
             w.held[w.job.token] = w.job
-        w.held.pop(token, None)
-        w.job = RunningJob(
-            id=str(msg["id"]),
-            token=str(msg["token"]),
-            cls=str(msg.get("cls", "")),
-            attempt=int(msg.get("attempt", 0)),
-            queue=str(msg.get("queue", "")),
-            timeout=float(msg.get("timeout") or 0.0),
-            started=float(msg.get("started") or time.time()),
-        )
+        job = w.held.pop(token, None)
+        if job is None:  # not announced (cannot happen with our workers): what we know
+            job = RunningJob(id="?", token=token, cls="", attempt=0, queue="", timeout=0.0,
+                             started=0.0)  # fmt: skip
+        job.state = "running"
+        started = msg.get("started")
+        job.started = float(started) if isinstance(started, int | float) else time.time()
+        w.job = job
 
     def progressed(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
         if w.job is not None and w.job.token == msg.get("token"):
             w.job.progress = float(msg.get("percent", 0.0))
 
-    def settled(self, w: WorkerHandle, msg: dict[str, Any]) -> RunningJob | None:
+    def settled(self, w: WorkerHandle, token: str) -> RunningJob | None:
         """The worker stored a job's outcome itself (or gave back a job claimed ahead);
         returns the job if it ran (None: given back unstarted, or not one it held)."""
-        token = msg.get("token")
         if w.job is not None and w.job.token == token:
             job, w.job = w.job, None
             w.idle_since = time.monotonic()
         else:
-            held = w.held.pop(str(token), None)
+            held = w.held.pop(token, None)
             if held is None or held.state == "ahead":
                 return None
             job = held

@@ -88,7 +88,8 @@ class Worker:
     """Runs jobs from ``queues`` (in order of preference) in this process.
 
     ``on_claimed`` / ``on_claim`` / ``on_settle`` / ``on_progress`` let the daemon tell its
-    master what this worker holds: jobs claimed (ahead), the job starting, outcomes stored.
+    master what this worker holds: jobs claimed (ahead), the job starting, outcomes stored;
+    ``on_written`` follows the reports of each store write.
 
     Claiming ahead: with ``claim_ahead`` > 1, a worker that meets a backlog of short jobs
     claims several in one store write and stores their outcomes together with the next
@@ -115,6 +116,7 @@ class Worker:
         on_settle: Callable[[Outcome], None] | None = None,
         on_progress: Callable[[JobRecord, float], None] | None = None,
         on_claimed: Callable[[list[JobRecord]], None] | None = None,
+        on_written: Callable[[], None] | None = None,
         claim_ahead: int = 1,
     ) -> None:
         self.store = store
@@ -130,6 +132,7 @@ class Worker:
         self.on_settle = on_settle
         self.on_progress = on_progress
         self.on_claimed = on_claimed
+        self.on_written = on_written
         self.claim_ahead = max(1, claim_ahead)
         self.jobs_done = 0
         self._classes: dict[str, type[Job]] = {}
@@ -303,6 +306,8 @@ class Worker:
             self._queued.extend(jobs)
             if jobs and self.on_claimed is not None:
                 self.on_claimed(jobs)
+        if self.on_written is not None:
+            self.on_written()
         return outcomes
 
     def _write(

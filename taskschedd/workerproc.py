@@ -6,12 +6,14 @@ current job) and ``reopen`` (reopen the log file). EOF on it means the master is
 Worker -> master: one report pipe carrying JSON lines::
 
     {"ev": "ready"}                                        boot done (hook ran, store opened)
-    {"ev": "claimed", "jobs": [{"id", "token", "cls", "attempt", "queue", "timeout"}]}
-                                    jobs claimed (ahead), written to the store, not started
-    {"ev": "claim", "id", "token", "cls", "attempt", "queue", "timeout", "started"}  starts
+    {"ev": "stored", "settled": [[token, status, settled, started, runtime], ...],
+     "claimed": [[id, token, cls, attempt, queue, timeout], ...]}
+        one store write: outcomes stored (``settled`` false: fenced off; ``started``
+        false: a job claimed ahead given back unstarted) and jobs claimed, not started
+    {"ev": "claim", "token", "started"}                    a claimed job starts
     {"ev": "progress", "id", "token", "percent"}
-    {"ev": "settle", "id", "token", "status", "settled", "started", "runtime"}
-                                    an outcome (or a job given back unstarted) is stored
+
+One line per store write, not per job: the master's cost per job is a pipe line.
     {"ev": "exit", "reason"}                               leaving on purpose (stop, recycle...)
 
 Signals in a worker (the master's are in ``taskschedd --help``):
@@ -265,51 +267,41 @@ class _Loop:
             on_claimed=self._on_claimed,
             on_claim=self._on_claim,
             on_settle=self._on_settle,
+            on_written=self._on_written,
             on_progress=self._on_progress,
         )
+        # The reports of the store write in progress (one write per thread at a time:
+        # the worker's lock), sent as one line by _on_written.
+        self.written: list[list[Any]] = []
+        self.claimed: list[list[Any]] = []
 
     def _on_claimed(self, jobs: list[JobRecord]) -> None:
-        self.chan.send(
-            "claimed",
-            jobs=[
-                {
-                    "id": j.id,
-                    "token": j.claim_token,
-                    "cls": j.cls,
-                    "attempt": j.attempt,
-                    "queue": j.queue,
-                    "timeout": j.options.timeout,
-                }
-                for j in jobs
-            ],
+        self.claimed = [
+            [j.id, j.claim_token, j.cls, j.attempt, j.queue, j.options.timeout] for j in jobs
+        ]
+
+    def _on_settle(self, outcome: Outcome) -> None:
+        self.written.append(
+            [
+                outcome.job.claim_token,
+                outcome.settlement.status.name,
+                outcome.settled,
+                outcome.started,
+                round(outcome.runtime, 6),
+            ]
         )
 
+    def _on_written(self) -> None:
+        settled, claimed, self.written, self.claimed = self.written, self.claimed, [], []
+        if settled or claimed:
+            self.chan.send("stored", settled=settled, claimed=claimed)
+
     def _on_claim(self, job: JobRecord) -> None:
-        self.chan.send(
-            "claim",
-            id=job.id,
-            token=job.claim_token,
-            cls=job.cls,
-            attempt=job.attempt,
-            queue=job.queue,
-            timeout=job.options.timeout,
-            started=time.time(),
-        )
+        self.chan.send("claim", token=job.claim_token, started=time.time())
         set_title(f"{self.title} running {job.id} {job.cls}")
 
     def _on_progress(self, job: JobRecord, percent: float) -> None:
         self.chan.send("progress", id=job.id, token=job.claim_token, percent=percent)
-
-    def _on_settle(self, outcome: Outcome) -> None:
-        self.chan.send(
-            "settle",
-            id=outcome.job.id,
-            token=outcome.job.claim_token,
-            status=outcome.settlement.status.name,
-            settled=outcome.settled,
-            started=outcome.started,
-            runtime=round(outcome.runtime, 6),
-        )
 
     def _obey(self) -> None:
         for cmd in self.chan.commands():

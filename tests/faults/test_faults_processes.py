@@ -194,8 +194,12 @@ def test_a_supervisor_that_does_not_read_its_notify_socket_never_stalls_the_mast
     d = node_factory(kind, pm="dynamic", min_children=1, max_children=3, idle_timeout="0.2s")
     d.start(notify=True)  # the listener is read once, for READY=1, and then never again
     s = kind.scheduler()
-    ids = [j.id for j in s.add_jobs([JobSpec(RUN, run_data(runs, sleep=0.2))] * 40)]
-    wait_all_final(s.store, ids, timeout=20)  # every status change sends a datagram
+    ids: list[str] = []
+    for _ in range(4):  # the pool grows to 3 and shrinks back: each change sends a datagram
+        burst = [j.id for j in s.add_jobs([JobSpec(RUN, run_data(runs, sleep=0.2))] * 10)]
+        wait_all_final(s.store, burst, timeout=20)
+        d.wait_workers(1, timeout=10)
+        ids += burst
     result = audit(s.store, ids, runs)
     assert result.ok, result
     assert result.statuses == {"DONE": 40}
