@@ -19,6 +19,7 @@ import yaml
 
 from bench import common
 from taskschedd import rules
+from taskschedd.config import Config
 from taskschedd.options import Defaults, resolve
 from taskschedd.scheduler import JobSpec, Scheduler
 from taskschedd.store.base import NewJob
@@ -265,8 +266,8 @@ def mongo_round_trips(jobs: int) -> dict[str, Any]:
     """pymongo commands per job against nx-27017 (``hello`` heartbeats excluded), in the
     steady state the daemon runs in: an app adds jobs one at a time (its own store object,
     as in its own process) while a worker drains the backlog with one settle_batch per
-    batch: the outcomes of its previous batch plus a claim of up to ``limit`` jobs (16
-    under a backlog of short jobs; 1 is the one-at-a-time pattern). Both clients write
+    batch: the outcomes of its previous batch plus a claim of up to ``limit`` jobs (the
+    daemon's ``claim_ahead`` under a backlog of short jobs; 1 is the one-at-a-time pattern). Both clients write
     events, so their event-seq guesses collide as they would in two processes."""
     try:
         import taskschedd.store.mongo  # noqa: F401
@@ -365,18 +366,20 @@ def mongo_round_trips(jobs: int) -> dict[str, Any]:
     with MongoServer() as server:
         base = server.uri.rstrip("/")
         # nx-27017 accepts no dots in collection names (MongoDB's defaults have them).
-        ahead = drain_pattern(f"{base}/benchrt16", 16)
+        limit = Config().claim_ahead  # the daemon's default
+        ahead = drain_pattern(f"{base}/benchrt{limit}", limit)
         single = drain_pattern(f"{base}/benchrt1", 1)
     return {
         "jobs": jobs,
-        # The daemon's steady state (claim-ahead, up to 16); the old keys, for the report.
+        # The daemon's steady state (claim-ahead, its default limit); the old keys, for
+        # the report.
         "steady_state_per_job": ahead["total_per_job"],
         "enqueue_one_per_job": ahead["add_per_job"],
         "claim_settle_per_job": ahead["work_per_job"],
         "enqueue_batch_per_job": ahead["add_batch_per_job"],
         "idle_claim_attempt": ahead["idle_claim_attempt"],
         "commands": ahead["commands"],
-        "claim_ahead_16": ahead,
+        "claim_ahead": ahead,
         "one_at_a_time": single,
     }
 
