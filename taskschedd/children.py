@@ -56,6 +56,8 @@ class WorkerHandle:
     job: RunningJob | None = None
     held: dict[str, RunningJob] = field(default_factory=dict)  # by token: claimed ahead, ran
     kill: Kill | None = None
+    kill_wanted: tuple[str, float] | None = None  # (reason, monotonic deadline): see kill()
+    dropped: set[str] = field(default_factory=set)  # claimed-ahead tokens told to drop
     jobs_done: int = 0
     exit_reason: str | None = None
     buf: bytes = b""

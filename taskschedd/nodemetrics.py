@@ -101,6 +101,8 @@ class NodeMetrics:
         self.registry.job_finished(job.cls, outcome, float(runtime))
 
     def master_settled(self, job: RunningJob, reason: str) -> None:
+        if job.state == "ahead":
+            return  # claimed ahead and given back: it never ran
         outcome = OWED_OUTCOMES.get(reason, reason)
         self.registry.job_finished(job.cls, outcome, time.time() - job.started)
 

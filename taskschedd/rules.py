@@ -122,6 +122,12 @@ def on_cancel_running(job: JobRecord, now: float) -> Settlement:
     return _final(job, JobStatus.CANCELED, now, reason="canceled", recur=False)
 
 
+def on_cancel_claimed(job: JobRecord, now: float) -> Settlement:
+    """A claimed job whose cancel was requested before it started: it never runs (and
+    used no attempt)."""
+    return Settlement(status=JobStatus.CANCELED, reason="canceled", attempt_delta=-1, progress=None)
+
+
 def on_expired(job: JobRecord, now: float) -> Settlement:
     """Claimed after its `expires` time: it must not start; a series goes on."""
     return _final(job, JobStatus.CANCELED, now, reason="expired")

@@ -1,10 +1,11 @@
 """Supervision of the jobs the node's workers hold, for what a worker cannot do itself.
 
-The :class:`Supervisor` follows each worker's claim from its reports (claim, progress,
-settle, lost), renews the leases of every held claim every lease/3, enforces timeouts
-and cancel requests (SIGTERM to the worker's process group, SIGKILL at a deadline:
-kills escalate by deadline, never by sleeping), and settles, through
-:mod:`taskschedd.rules`, the jobs whose worker is gone.
+The :class:`Supervisor` follows each worker's claims from its reports (jobs claimed
+ahead, the job that starts, progress, outcomes stored), renews the leases of every held
+claim every lease/3, enforces timeouts and cancel requests (SIGTERM to the worker's
+process group, SIGKILL at a deadline: kills escalate by deadline, never by sleeping; a
+claimed-ahead job whose cancel is requested is dropped by its worker, not killed), and
+settles, through :mod:`taskschedd.rules`, the jobs whose worker is gone.
 
 A job is settled only once its process group is empty (or SIGKILL has been sent to it),
 so a retry never overlaps the remains of the attempt before it. A settlement the master
@@ -30,6 +31,7 @@ from taskschedd.store import Store
 from taskschedd.store.base import JobQuery, JobRecord, Settlement
 
 CANCEL_POLL = 0.5  # seconds between looks for cancel requests of running jobs
+KILL_HOLD = 0.25  # longest a kill waits for a worker to store the outcomes it holds
 
 
 @dataclass
@@ -139,13 +141,16 @@ class Supervisor:
                 self.job_log(job, w.name).info("giving back a job it held", state=job.state)
             else:
                 ran = f"{detail} after the job ran, before its outcome was stored"
-                self.owed.append(Owed(job, "abandoned", ran, w.name, None, now))
+                deadline = w.kill.deadline if w.kill is not None else now
+                # Settled once the worker's process group is empty, like the running job.
+                self.owed.append(Owed(job, "abandoned", ran, w.name, w.pid, deadline))
                 self.job_log(job, w.name).error(
                     "worker gone before it stored the outcome of a job it ran", detail=detail
                 )
         skip = {job.token for job in held}
         if w.job is None:
-            if w.exit_reason is None and w.ready and not shutting_down:
+            # Whatever the reason it left: a claim it never announced never started.
+            if w.ready:
                 self._unreported_claim(w, how, now, skip=skip)
             return
         job = w.job
@@ -162,7 +167,7 @@ class Supervisor:
             )
             # It may have died between a claim's commit and its report: the jobs it
             # claimed are given back now, not after their lease.
-            if w.ready and not shutting_down:
+            if w.ready:
                 self._unreported_claim(w, how, now, skip=skip | {job.token})
         self.owed.append(owed)
 
@@ -196,9 +201,20 @@ class Supervisor:
 
     # -- kills ----------------------------------------------------------------------------
     def kill(self, w: WorkerHandle, reason: str) -> None:
-        """SIGTERM the worker's process group (its job and the job's children)."""
+        """SIGTERM the worker's process group (its job and the job's children).
+
+        A worker that holds outcomes of jobs it ran and has not stored yet stores them
+        within HOLD_LIMIT (taskschedd.worker): the kill waits for that, at most
+        KILL_HOLD, so those jobs keep the outcome they had instead of being abandoned."""
         if w.kill is not None:
             return
+        now = time.monotonic()
+        if any(j.state == "ran" for j in w.held.values()):
+            if w.kill_wanted is None:
+                w.kill_wanted = (reason, now + KILL_HOLD)
+            if now < w.kill_wanted[1]:
+                return
+        w.kill_wanted = None
         grace = self.config.kill_grace
         w.kill = Kill(reason=reason, deadline=time.monotonic() + grace)
         w.retiring = True
@@ -222,23 +238,39 @@ class Supervisor:
         if now < self.cancel_timer.next:
             return
         held = {w.job.token: w for w in self.workers.values() if w.job and w.kill is None}
-        if not held:
+        ahead = {
+            token: w
+            for w in self.workers.values()
+            if w.kill is None
+            for token, job in w.held.items()
+            if job.state == "ahead" and token not in w.dropped
+        }
+        if not held and not ahead:
             self.cancel_timer.done(now, CANCEL_POLL)
             return
         assert self.store is not None
         try:
-            tokens = self.store.cancel_requested(held)
+            tokens = self.store.cancel_requested([*held, *ahead])
         except StoreError as exc:
             store_trouble(self.log, "poll cancel requests", self.cancel_timer, now, exc)
             return
         self.cancel_timer.done(now, CANCEL_POLL)
         for token in tokens:
-            w = held[token]
-            if w.kill is None:
-                self.kill(w, "cancel")
+            if token in held:
+                w = held[token]
+                if w.kill is None:
+                    self.kill(w, "cancel")
+            elif token in ahead:  # not started: the worker drops it, nothing to kill
+                w = ahead[token]
+                w.dropped.add(token)
+                w.command(f"drop {token}")
 
     def escalate(self, now: float) -> None:
-        """SIGKILL the groups whose SIGTERM grace is over."""
+        """Kills that waited for stored outcomes; SIGKILL the groups whose SIGTERM grace
+        is over."""
+        for w in list(self.workers.values()):
+            if w.kill_wanted is not None and w.kill is None:
+                self.kill(w, w.kill_wanted[0])
         for w in self.workers.values():
             if w.kill is not None and not w.kill.hard and now >= w.kill.deadline:
                 killpg(w.pid, signal.SIGKILL)
@@ -333,7 +365,7 @@ class Supervisor:
     def wakeups(self, now: float) -> list[float]:
         """When the supervisor next has something to do (monotonic times)."""
         times = [self.renew_timer.next]
-        if any(w.job for w in self.workers.values()):
+        if any(w.job or w.held for w in self.workers.values()):
             times.append(self.cancel_timer.next)
             for w in self.workers.values():
                 if w.job and w.kill is None and w.job.timeout > 0:
@@ -341,6 +373,8 @@ class Supervisor:
         for w in self.workers.values():
             if w.kill is not None and not w.kill.hard:
                 times.append(w.kill.deadline)
+            if w.kill_wanted is not None:
+                times.append(w.kill_wanted[1])
         for owed in self.owed:
             times.append(now + 0.05 if owed.pgid is not None else owed.next_try)
         return times

@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from taskschedd import rules
-from taskschedd.errors import JobClassError, JobDataError, StoreUnavailable
+from taskschedd.errors import JobClassError, JobDataError, StoreError, StoreUnavailable
 from taskschedd.job import Job
 from taskschedd.loader import load_class
 from taskschedd.options import dump_result
@@ -37,6 +37,11 @@ log = structlog.get_logger("taskschedd.worker")
 HOLD_LIMIT = 0.05
 #: Jobs shorter than this let the worker claim more at once.
 FAST_JOB = 0.005
+
+
+class MasterGone(BaseException):
+    """Raised in a daemon worker's main thread when its master died (PR_SET_PDEATHSIG):
+    the worker stores what it can, gives back what it did not start, and exits."""
 
 
 class JobTimeoutError(BaseException):
@@ -149,6 +154,10 @@ class Worker:
         self._armed = False
         self._closing = False
         self._flusher: threading.Thread | None = None
+        self._drop: set[str] = set()  # claimed-ahead jobs canceled before they start
+        self._in_start = False  # the running job's start() was entered
+        self._critical = 0  # main thread inside a store write: signals wait (interrupt())
+        self._pending: BaseException | None = None
 
     # -- one job -------------------------------------------------------------------
     def claim(self, *, force_spawn: bool = False, job_id: str | None = None) -> JobRecord | None:
@@ -193,16 +202,40 @@ class Worker:
         ``budget``: how many more jobs this worker may take (None: no limit). Returns
         False when nothing was due (the outcomes are stored then too)."""
         with self._lock:
-            if not self._queued or self._hold_over():
-                want = 0
+            while True:
+                if not self._queued or self._hold_over():
+                    want = 0
+                    if not self._queued:
+                        want = self._ahead if budget is None else min(self._ahead, budget)
+                    self._commit(claim=want, force_spawn=force_spawn)
                 if not self._queued:
-                    want = self._ahead if budget is None else min(self._ahead, budget)
-                self._commit(claim=want, force_spawn=force_spawn)
-            if not self._queued:
-                return False
-            job = self._queued.popleft()
-        self._execute(job)
+                    return False
+                job = self._queued[0]  # popped by _execute, where a signal is handled
+                if not (job.cancel_requested or job.claim_token in self._drop):
+                    break
+                # Canceled while claimed ahead (or given back with a cancel requested):
+                # it never starts; the cancel is stored with the next write.
+                self._queued.popleft()
+                self._drop.discard(job.claim_token or "")
+                log.info("job canceled before it started", job_id=job.id, worker=self.name)
+                cancel = rules.on_cancel_claimed(job, time.time())
+                self._finished.append(_Finished(job, cancel, 0.0, False))
+        self._execute(job, queued=True)
         return True
+
+    def drop(self, tokens: Iterable[str]) -> None:
+        """Do not start these jobs claimed ahead: their cancel was requested."""
+        with self._lock:
+            self._drop.update(tokens)
+
+    def interrupt(self, exc: BaseException) -> None:
+        """From a signal handler in the main thread: raise ``exc`` there, unless the main
+        thread is inside a store write, which must not be cut between the write and the
+        worker's record of it; then it is raised right after."""
+        if self._critical:
+            self._pending = self._pending or exc
+            return
+        raise exc
 
     def flush(self, *, release: bool = True) -> list[Outcome]:
         """Store the outcomes waiting to be stored and (``release``) give back the jobs
@@ -216,36 +249,51 @@ class Worker:
         return len(self._queued) + len(self._finished)
 
     def close(self) -> None:
-        """Stop the helper thread (outcomes still waiting are not stored: call flush)."""
+        """Stop the helper thread (outcomes still waiting are not stored: call flush).
+        The worker can be used again: the thread starts again when needed."""
         with self._lock:
             self._closing = True
             self._cond.notify_all()
-        if self._flusher is not None and self._flusher.is_alive():
-            self._flusher.join(timeout=5)
-
-    def _execute(self, job: JobRecord) -> None:
-        """Run a claimed job; its outcome waits in ``_finished`` for the next write."""
-        assert job.claim_token is not None
+            flusher = self._flusher
+        if flusher is not None and flusher.is_alive():
+            flusher.join(timeout=5)
         with self._lock:
-            self._running = job
-            self._running_since = time.monotonic()
-            if self._queued or self._finished:
-                self._arm_flusher()
-        if self.on_claim is not None:
-            self.on_claim(job)
-        bound = log.bind(
-            job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
-            node=self.node, worker=self.name,
-        )  # fmt: skip
+            self._closing = False
+            self._flusher = None
+            self._armed = False
+
+    def _execute(self, job: JobRecord, *, queued: bool = False) -> None:
+        """Run a claimed job (``queued``: the head of the jobs claimed ahead); its outcome
+        waits in ``_finished`` for the next write."""
+        assert job.claim_token is not None
         began = time.monotonic()
+        self._in_start = False
         try:
+            with self._lock:
+                self._running = job
+                self._running_since = began
+                if queued:
+                    self._queued.popleft()
+                if self._queued or self._finished:
+                    self._arm_flusher()
+            if self.on_claim is not None:
+                self.on_claim(job)
+            bound = log.bind(
+                job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
+                node=self.node, worker=self.name,
+            )  # fmt: skip
             settlement = self._run(job, bound)
-        except KeyboardInterrupt:
-            # Ctrl-C (SIGINT): give the job back untouched, store what waits, then stop.
+        except (KeyboardInterrupt, MasterGone) as exc:
+            # Ctrl-C (SIGINT): give the job back untouched. The master died while start()
+            # ran: the job is left to its lease (reaped as abandoned, like a killed
+            # node's; its children may still run). Store what waits, give back the rest.
             with self._lock:
                 self._running = None
-                self._finished.append(_Finished(job, rules.release(job), 0.0, False))
-                with contextlib.suppress(StoreUnavailable):
+                if queued and self._queued and self._queued[0] is job:
+                    pass  # not taken yet: given back with the rest
+                elif isinstance(exc, KeyboardInterrupt) or not self._in_start:
+                    self._finished.append(_Finished(job, rules.release(job), 0.0, False))
+                with contextlib.suppress(StoreError):
                     self._commit(claim=0, release=True)
             raise
         runtime = time.monotonic() - began
@@ -268,7 +316,23 @@ class Worker:
         ``release``, and up to ``claim`` new claims. Called with the lock held.
 
         Outcomes are retried while the store is unavailable (in-process: up to the lease);
-        a claim alone reports the outage to the caller."""
+        a claim alone reports the outage to the caller. Signals that interrupt the main
+        thread (see :meth:`interrupt`) wait until the write and its record are done."""
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            self._critical += 1
+        try:
+            return self._commit_locked(claim, force_spawn, release, flexible)
+        finally:
+            if main:
+                self._critical -= 1
+                pending, self._pending = self._pending, None
+                if pending is not None and not self._critical:
+                    raise pending
+
+    def _commit_locked(
+        self, claim: int, force_spawn: bool, release: bool, flexible: bool
+    ) -> list[Outcome]:
         finished = list(self._finished)
         released = list(self._queued) if release else []
         settles = [(f.job.id, f.job.claim_token or "", f.settlement) for f in finished]
@@ -351,7 +415,9 @@ class Worker:
     def _arm_flusher(self) -> None:
         """A job starts while others are held: have the helper thread store and give them
         back if this one runs longer than HOLD_LIMIT. Called with the lock held."""
-        if self._flusher is None:
+        if self._flusher is None or self._closing:
+            if self._closing:
+                return
             self._flusher = threading.Thread(
                 target=self._flusher_loop, name="claim-ahead", daemon=True
             )
@@ -361,12 +427,15 @@ class Worker:
             self._cond.notify()
 
     def _flusher_loop(self) -> None:
+        # The thread lives only while a job runs with others held: a job that forks meets
+        # one thread less often (forking a multi-threaded process copies its locks).
         with self._cond:
             while not self._closing:
                 if self._running is None or not (self._queued or self._finished):
                     self._armed = False
-                    self._cond.wait()
-                    continue
+                    if self._flusher is threading.current_thread():
+                        self._flusher = None
+                    return
                 wait = self._running_since + HOLD_LIMIT - time.monotonic()
                 if wait > 0:
                     self._cond.wait(wait)
@@ -424,6 +493,7 @@ class Worker:
             if alarm:
                 _arm(job.options.timeout)
             try:
+                self._in_start = True  # from here on the job may have done something
                 result = instance.start()
             finally:
                 if alarm:
@@ -435,8 +505,8 @@ class Worker:
         except JobDataError as exc:
             info = error_info(exc, job.attempt, time.time(), reason="result")
             return rules.on_error(job, info, time.time(), permanent=True)
-        except KeyboardInterrupt:
-            raise  # the caller gives the job back
+        except (KeyboardInterrupt, MasterGone):
+            raise  # the caller gives the job back, or leaves it to its lease
         except BaseException as exc:
             bound.warning("job raised", error_type=type(exc).__name__, error=str(exc))
             return rules.on_error(job, error_info(exc, job.attempt, time.time()), time.time())

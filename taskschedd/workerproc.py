@@ -1,7 +1,8 @@
 """The forked worker process, and the protocol it speaks with its master.
 
 Master -> worker: one control pipe carrying lines ``stop`` (claim no more; exit after the
-current job) and ``reopen`` (reopen the log file). EOF on it means the master is gone.
+current job), ``reopen`` (reopen the log file) and ``drop TOKEN`` (a job claimed ahead
+was canceled: do not start it). EOF on it means the master is gone.
 
 Worker -> master: one report pipe carrying JSON lines::
 
@@ -12,19 +13,23 @@ Worker -> master: one report pipe carrying JSON lines::
         false: a job claimed ahead given back unstarted) and jobs claimed, not started
     {"ev": "claim", "token", "started"}                    a claimed job starts
     {"ev": "progress", "id", "token", "percent"}
+    {"ev": "exit", "reason"}                               leaving on purpose (stop, recycle...)
 
 One line per store write, not per job: the master's cost per job is a pipe line.
-    {"ev": "exit", "reason"}                               leaving on purpose (stop, recycle...)
 
 Signals in a worker (the master's are in ``taskschedd --help``):
 
 - SIGTERM: default action, the worker ends at once. The master sends it to the worker's
   process group (the job's, grandchildren included) on timeout, cancel and stop; it
   then settles the job itself, SIGKILL follows after ``kill_grace``.
-- SIGINT: the running job is given back to the queue (no attempt used) and the worker exits.
-- SIGHUP, SIGUSR1, SIGUSR2: ignored (the master reloads; log reopening comes by pipe).
-- PR_SET_PDEATHSIG=SIGTERM: the worker dies with its master; it also exits when
-  getppid() changes or the control pipe reaches EOF.
+- SIGINT: the running job is given back to the queue (no attempt used), the outcomes not
+  stored yet are stored, the jobs claimed ahead given back, and the worker exits.
+- SIGUSR2 (PR_SET_PDEATHSIG), when the master is gone: the running job is interrupted
+  and left to its lease (reaped as abandoned); outcomes not stored yet are stored, jobs
+  claimed ahead given back, and the worker exits. It also exits when getppid() changes
+  or the control pipe reaches EOF. A SIGUSR2 while the master lives is ignored.
+- SIGHUP, SIGUSR1: ignored (the master reloads; log reopening comes by pipe).
+- A signal that arrives during a store write takes effect right after it.
 
 Exit codes: 0 on purpose, 1 crash, EXIT_SETUP (3) setup hook failed, EXIT_STORE (4) store
 unusable at boot. Dying before "ready" counts as a start-up failure: the master backs off.
@@ -54,7 +59,7 @@ from taskschedd.config import Config
 from taskschedd.errors import StoreError, StoreUnavailable
 from taskschedd.store import Store, open_configured
 from taskschedd.store.base import JobRecord
-from taskschedd.worker import Outcome, Worker
+from taskschedd.worker import MasterGone, Outcome, Worker
 
 EXIT_OK = 0
 EXIT_CRASH = 1
@@ -69,6 +74,7 @@ EXIT_REASONS = {
 
 CMD_STOP = "stop"
 CMD_REOPEN = "reopen"
+CMD_DROP = "drop"
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -161,8 +167,11 @@ class _Channel:
 def _reset_signals() -> None:
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD, signal.SIGPIPE, signal.SIGALRM):
+    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
+    # As in any Python program: a write to a closed pipe is an EPIPE error, not death. A
+    # worker whose master died still has outcomes to store after its report pipe broke.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -208,7 +217,7 @@ def main(spec: WorkerSpec) -> int:
     _reset_signals()
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # the job's process group is this worker's own
-    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl(_PR_SET_PDEATHSIG, signal.SIGUSR2)  # ignored until the loop can handle it
     if os.getppid() != spec.master_pid:  # the master died before pdeathsig was set
         return EXIT_OK
     config = spec.config
@@ -309,6 +318,8 @@ class _Loop:
                 self.stopping = True
             elif cmd == CMD_REOPEN:
                 log.reopen()
+            elif cmd.startswith(CMD_DROP + " "):
+                self.worker.drop(cmd.split()[1:])
         if self.chan.master_gone or os.getppid() != self.spec.master_pid:
             self.stopping = True
             self.exit_reason = "master gone"
@@ -317,7 +328,24 @@ class _Loop:
         with contextlib.suppress(InterruptedError):
             select.select([self.chan.control_fd, waker_fd], [], [], max(0.0, timeout))
 
+    def _on_signal(self, signum: int, frame: object) -> None:
+        """SIGINT and SIGUSR2 (the master died) interrupt the main thread, but never in
+        the middle of a store write (Worker.interrupt)."""
+        if signum == signal.SIGUSR2:
+            if os.getppid() == self.spec.master_pid:
+                return  # sent by hand (e.g. to the whole control group): not from the kernel
+            self.exit_reason = "master gone"
+            self.worker.interrupt(MasterGone())
+        else:
+            self.exit_reason = "interrupted"
+            self.worker.interrupt(KeyboardInterrupt())
+
     def run(self) -> int:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGUSR2, self._on_signal)
+        if os.getppid() != self.spec.master_pid:  # died before the handler was in place
+            self.stopping = True
+            self.exit_reason = "master gone"
         waker = self.store.waker()
         self.chan.send("ready")
         set_title(f"{self.title} idle")
@@ -355,8 +383,11 @@ class _Loop:
                 self._wait(waker.fileno(), timeout)
             # Store the outcomes not stored yet; give back what was claimed ahead.
             self.worker.flush()
-        except KeyboardInterrupt:
-            self.exit_reason = "interrupted"  # Worker gave back the running job
+        except (KeyboardInterrupt, MasterGone):
+            # The Worker settled what it could when the signal came during a job; the
+            # signal may also have come between jobs.
+            with contextlib.suppress(StoreError, KeyboardInterrupt, MasterGone):
+                self.worker.flush()
         finally:
             self.worker.close()
             waker.close()
