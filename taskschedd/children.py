@@ -40,6 +40,7 @@ class Kill:
     reason: str  # timeout | cancel | release
     deadline: float  # monotonic
     hard: bool = False
+    token: str | None = None  # the job it was meant for (timeout, cancel)
 
 
 @dataclass
@@ -56,7 +57,8 @@ class WorkerHandle:
     job: RunningJob | None = None
     held: dict[str, RunningJob] = field(default_factory=dict)  # by token: claimed ahead, ran
     kill: Kill | None = None
-    kill_wanted: tuple[str, float] | None = None  # (reason, monotonic deadline): see kill()
+    # (reason, monotonic deadline, token of the job it is meant for): see Supervisor.kill()
+    kill_wanted: tuple[str, float, str | None] | None = None
     dropped: set[str] = field(default_factory=set)  # claimed-ahead tokens told to drop
     jobs_done: int = 0
     exit_reason: str | None = None

@@ -148,13 +148,19 @@ class Supervisor:
                     "worker gone before it stored the outcome of a job it ran", detail=detail
                 )
         skip = {job.token for job in held}
+        # A worker that left on purpose ("exit") reported every write before; one that
+        # died may have claimed without saying so: such a claim never started.
+        look = w.ready and w.exit_reason is None
         if w.job is None:
-            # Whatever the reason it left: a claim it never announced never started.
-            if w.ready:
+            if look:
                 self._unreported_claim(w, how, now, skip=skip)
             return
         job = w.job
-        if w.kill is not None:
+        if w.kill is not None and w.kill.token not in (None, job.token):
+            # Killed for a job that ended just before; this one started meanwhile and was
+            # cut short by the kill: give it back.
+            owed = Owed(job, "release", detail, w.name, w.pid, w.kill.deadline)
+        elif w.kill is not None:
             owed = Owed(job, w.kill.reason, detail, w.name, w.pid, w.kill.deadline)
         elif shutting_down and signalled:
             # Killed along with us (e.g. systemd KillMode=control-group): give it back.
@@ -165,11 +171,9 @@ class Supervisor:
             self.job_log(job, w.name).error(
                 "worker died while running a job; settling the job now", detail=detail
             )
-            # It may have died between a claim's commit and its report: the jobs it
-            # claimed are given back now, not after their lease.
-            if w.ready:
-                self._unreported_claim(w, how, now, skip=skip | {job.token})
         self.owed.append(owed)
+        if look:
+            self._unreported_claim(w, how, now, skip=skip | {job.token})
 
     def _unreported_claim(
         self, w: WorkerHandle, how: str, now: float, skip: set[str] | frozenset[str] = frozenset()
@@ -191,7 +195,7 @@ class Supervisor:
                 id=record.id, token=record.claim_token, cls=record.cls,
                 attempt=record.attempt, queue=record.queue,
                 timeout=float(record.options.timeout or 0.0),
-                started=record.started or time.time(),
+                started=record.started or time.time(), state="ahead",
             )  # fmt: skip
             detail = f"worker pid {w.pid} {how}"
             self.owed.append(Owed(job, "release", detail, w.name, None, now))
@@ -209,14 +213,21 @@ class Supervisor:
         if w.kill is not None:
             return
         now = time.monotonic()
-        if any(j.state == "ran" for j in w.held.values()):
-            if w.kill_wanted is None:
-                w.kill_wanted = (reason, now + KILL_HOLD)
-            if now < w.kill_wanted[1]:
-                return
+        if w.kill_wanted is None:
+            # A timeout or cancel is meant for the job running now; stopping, for all.
+            target = w.job.token if w.job is not None and reason != "release" else None
+            w.kill_wanted = (reason, now + KILL_HOLD, target)
+        elif reason == "release" and w.kill_wanted[0] != "release":
+            w.kill_wanted = ("release", w.kill_wanted[1], None)  # stopping outranks
+        reason, until, target = w.kill_wanted
+        if target is not None and (w.job is None or w.job.token != target):
+            w.kill_wanted = None  # that job ended meanwhile: nothing to kill
+            return
+        if any(j.state == "ran" for j in w.held.values()) and now < until:
+            return
         w.kill_wanted = None
         grace = self.config.kill_grace
-        w.kill = Kill(reason=reason, deadline=time.monotonic() + grace)
+        w.kill = Kill(reason=reason, deadline=time.monotonic() + grace, token=target)
         w.retiring = True
         if w.job is not None:
             self.job_log(w.job, w.name).warning(

@@ -186,6 +186,12 @@ class Worker:
             if claimed is None:
                 return None
             job = claimed
+        if job.cancel_requested:  # given back with a cancel requested: it never starts
+            with self._lock:
+                cancel = rules.on_cancel_claimed(job, time.time())
+                self._finished.append(_Finished(job, cancel, 0.0, False))
+            outcomes = self.flush()
+            return next((o for o in outcomes if o.job.id == job.id), None)
         self._execute(job)
         outcomes = self.flush()
         return next((o for o in outcomes if o.job.id == job.id), None)
@@ -268,6 +274,8 @@ class Worker:
         assert job.claim_token is not None
         began = time.monotonic()
         self._in_start = False
+        settlement: Settlement | None = None
+        stored = False
         try:
             with self._lock:
                 self._running = job
@@ -283,27 +291,34 @@ class Worker:
                 node=self.node, worker=self.name,
             )  # fmt: skip
             settlement = self._run(job, bound)
+            runtime = time.monotonic() - began
+            with self._lock:
+                self._running = None
+                self._finished.append(_Finished(job, settlement, runtime, True))
+                stored = True
+                self.jobs_done += 1
+                if runtime >= FAST_JOB:
+                    self._ahead = 1  # long jobs: one at a time, so idle workers get others
+                    self._slow = True
         except (KeyboardInterrupt, MasterGone) as exc:
             # Ctrl-C (SIGINT): give the job back untouched. The master died while start()
             # ran: the job is left to its lease (reaped as abandoned, like a killed
             # node's; its children may still run). Store what waits, give back the rest.
             with self._lock:
                 self._running = None
-                if queued and self._queued and self._queued[0] is job:
+                if stored:
+                    pass
+                elif settlement is not None:  # it ran to the end: keep its outcome
+                    runtime = time.monotonic() - began
+                    self._finished.append(_Finished(job, settlement, runtime, True))
+                    self.jobs_done += 1
+                elif queued and self._queued and self._queued[0] is job:
                     pass  # not taken yet: given back with the rest
                 elif isinstance(exc, KeyboardInterrupt) or not self._in_start:
                     self._finished.append(_Finished(job, rules.release(job), 0.0, False))
                 with contextlib.suppress(StoreError):
                     self._commit(claim=0, release=True)
             raise
-        runtime = time.monotonic() - began
-        with self._lock:
-            self._running = None
-            self._finished.append(_Finished(job, settlement, runtime, True))
-            self.jobs_done += 1
-            if runtime >= FAST_JOB:
-                self._ahead = 1  # long jobs: one at a time, so idle workers get the others
-                self._slow = True
 
     def _hold_over(self) -> bool:
         return bool(self._finished) and time.monotonic() - self._finished[0].at > HOLD_LIMIT
@@ -326,8 +341,8 @@ class Worker:
         finally:
             if main:
                 self._critical -= 1
-                pending, self._pending = self._pending, None
-                if pending is not None and not self._critical:
+                if not self._critical and self._pending is not None:
+                    pending, self._pending = self._pending, None
                     raise pending
 
     def _commit_locked(
