@@ -481,7 +481,8 @@ def details(raw: dict[str, Any]) -> list[str]:
     if "steady_state_per_job" in mongo:
         out.append(
             f"- Mongo round trips per job (an app's add_job next to a worker claiming ahead "
-            f"up to 16): {mongo['steady_state_per_job']:.2f} = add_job "
+            f"up to {mongo.get('claim_ahead', {}).get('limit', 16)}): "
+            f"{mongo['steady_state_per_job']:.2f} = add_job "
             f"{mongo['enqueue_one_per_job']:.2f} + claim and settle "
             f"{mongo['claim_settle_per_job']:.2f} (batch add {mongo['enqueue_batch_per_job']:.2f}/job; "
             f"an empty claim {mongo['idle_claim_attempt']:.1f}); commands {mongo['commands']}"
