@@ -148,9 +148,9 @@ class Supervisor:
                     "worker gone before it stored the outcome of a job it ran", detail=detail
                 )
         skip = {job.token for job in held}
-        # A worker that left on purpose ("exit") reported every write before; one that
-        # died may have claimed without saying so: such a claim never started.
-        look = w.ready and w.exit_reason is None
+        # A claim of this worker that it never announced never started: one made between
+        # a write and its report when it died, or one whose reply the store lost.
+        look = w.ready
         if w.job is None:
             if look:
                 self._unreported_claim(w, how, now, skip=skip)

@@ -256,8 +256,8 @@ def test_a_sigkilled_master_in_a_drain_of_short_jobs_fails_no_job_that_did_not_r
               "reap_interval": f"{reap}s"}  # fmt: skip
     n1 = node_factory(kind, "n1", **config).start()
     s = kind.scheduler()
-    ids = [j.id for j in s.add_jobs([JobSpec(RUN, run_data(runs), {"retry": 0})] * 3000)]
-    wait_for(lambda: len(read_runs(runs)) >= 300, 20, message="a drain under way")
+    ids = [j.id for j in s.add_jobs([JobSpec(RUN, run_data(runs), {"retry": 0})] * 1500)]
+    wait_for(lambda: len(read_runs(runs)) >= 150, 20, message="a drain under way")
     workers = n1.workers()
     n1.signal(signal.SIGKILL)
     n1.wait_exit(5)
@@ -283,8 +283,8 @@ def test_stop_now_in_a_drain_of_short_jobs_runs_no_job_twice(
     runs = tmp_path / "runs.log"
     n1 = node_factory(kind, "n1", pm="static", min_children=2, max_children=2).start()
     s = kind.scheduler()
-    ids = [j.id for j in s.add_jobs([JobSpec(RUN, run_data(runs), {"retry": 0})] * 3000)]
-    wait_for(lambda: len(read_runs(runs)) >= 300, 20, message="a drain under way")
+    ids = [j.id for j in s.add_jobs([JobSpec(RUN, run_data(runs), {"retry": 0})] * 1500)]
+    wait_for(lambda: len(read_runs(runs)) >= 150, 20, message="a drain under way")
     n1.signal(signal.SIGTERM)
     n1.signal(signal.SIGTERM)
     assert n1.wait_exit(10) == 0
@@ -292,7 +292,9 @@ def test_stop_now_in_a_drain_of_short_jobs_runs_no_job_twice(
     final = wait_all_final(s.store, ids, timeout=60)
     result = audit(s.store, ids, runs)
     assert result.ok, result
-    assert all(r.status == JobStatus.DONE for r in final.values())
+    not_done = [(r.status.name, r.reason, r.attempt, [e.message for e in r.errors])
+                for r in final.values() if r.status != JobStatus.DONE]  # fmt: skip
+    assert not_done == [], not_done[:3]
     per_job = Counter(job_id for job_id, _, _ in read_runs(runs))
     twice = [job_id for job_id, n in per_job.items() if n > 1]
     assert twice == [], twice[:5]

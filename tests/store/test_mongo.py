@@ -853,3 +853,32 @@ def test_a_crash_between_the_commands_of_a_batch_loses_and_double_runs_nothing(
             JobStatus.WAITING,
             JobStatus.PROCESSING,
         ]
+
+
+def test_a_claim_whose_lost_reply_lands_late_is_adopted_by_the_next_claim(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply of a batch claim is lost and the read-back finds nothing: the write was
+    still queued on the server. When it lands, the next claim of the same store returns
+    those jobs as claimed instead of leaving them to expire unseen."""
+    now = time.time()
+    store.insert([new_job(f"j{i}", now=now + i * 1e-4) for i in range(5)])
+    real = Collection.bulk_write
+    queued: list[tuple[Collection[Any], Any]] = []
+
+    def queue_it(coll: Collection[Any], ops: Any, *args: Any, **kwargs: Any) -> Any:
+        queued.append((coll, ops))  # not applied yet
+        raise AutoReconnect("connection closed (simulated)")
+
+    monkeypatch.setattr(Collection, "bulk_write", queue_it)
+    with pytest.raises(StoreUnavailable, match="lease will expire"):
+        store.settle_batch([], now=now + 0.01, claim=_claim_request("late", 3))
+    monkeypatch.undo()
+    ((coll, ops),) = queued
+    real(coll, ops, ordered=False)  # ...and now it lands
+    assert [store.get(f"j{i}").status for i in range(3)] == [JobStatus.PROCESSING] * 3
+    _, jobs = store.settle_batch([], now=now + 0.01, claim=_claim_request("next", 4))
+    assert sorted(j.id for j in jobs[:3]) == ["j0", "j1", "j2"]  # adopted, same tokens
+    assert sorted(j.claim_token or "" for j in jobs[:3]) == ["late", "late.1", "late.2"]
+    assert [j.id for j in jobs[3:]] == ["j3"]  # and one newly claimed
+    assert store.get("j4").status == JobStatus.WAITING

@@ -10,6 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -164,6 +165,7 @@ class MongoStore(Store):
         self._client_obj: pymongo.MongoClient[Doc] | None = None
         self._db_obj: Database[Doc] | None = None
         self._pid = -1
+        self._uncertain: dict[str, float] = {}  # claim token -> when its reply was lost
         self._ready = False
         self._use_streams = False
         self.topology = "unknown"
@@ -221,6 +223,7 @@ class MongoStore(Store):
                 self._client_obj = client
                 self._db_obj = client.get_database(name)
                 self._pid = os.getpid()
+                self._uncertain = {}  # a forked child did not make its parent's claims
             if not self._ready:
                 with self._errors("connect"):
                     self._setup(self._db_obj)
@@ -491,8 +494,10 @@ class MongoStore(Store):
                 f"{exc} (the claim's outcome is unknown; its lease will expire if it was taken)"
             ) from None
         if found is None:
-            # Not applied. Claiming again here could give a second job the same token if
-            # the first request is still queued on the server: let the caller retry.
+            # Not applied yet. Claiming again here could give a second job the same token
+            # if the first request is still queued on the server: let the caller retry,
+            # and look the token up again later (it may still land: see _adopt).
+            self._uncertain[token] = time.monotonic()
             raise StoreUnavailable(f"MongoDB store {self.url}: a claim's reply was lost: {lost}")
         return found
 
@@ -620,7 +625,9 @@ class MongoStore(Store):
         docs: list[Doc] = []
         try:
             if claim is not None and claim.limit > 0:
-                docs = self._claim_batch(claim, now)
+                docs = self._adopt(claim.lease)
+                if len(docs) < claim.limit:
+                    docs += self._claim_batch(replace(claim, limit=claim.limit - len(docs)), now)
         except StoreError as exc:
             if not settles:
                 raise
@@ -723,6 +730,25 @@ class MongoStore(Store):
                 found[d["_id"]] = d
         return found
 
+    def _adopt(self, lease: float) -> list[Doc]:
+        """Claims of this process whose reply was lost and that were not found then: a
+        write still queued on the server may have landed since. Found ones are returned
+        as claimed now (nobody else can hold them: the token is ours); the others are
+        forgotten after a lease (if one lands later still, its lease expires)."""
+        if not self._uncertain:
+            return []
+        with self._errors("claim"):
+            docs = list(self._jobs.find(_among("claim_token", list(self._uncertain))))
+        for d in docs:
+            self._uncertain.pop(str(d.get("claim_token")), None)
+        limit = time.monotonic() - lease
+        for token, since in list(self._uncertain.items()):
+            if since < limit:
+                del self._uncertain[token]
+        if docs:
+            _log().warning("claims whose reply was lost did land: running them", jobs=len(docs))
+        return docs
+
     def _claim_batch(self, claim: ClaimRequest, now: float) -> list[Doc]:
         """Claim up to ``claim.limit`` due jobs: the documents after the claim, in claim
         order. Never raises once a job is claimed (the caller must learn of every claim
@@ -801,12 +827,19 @@ class MongoStore(Store):
                     return [], True
                 docs = self._by_ids(candidates)
         except StoreUnavailable as exc:
+            for c in candidates:
+                self._uncertain[tokens[c]] = time.monotonic()
             raise StoreUnavailable(
                 f"{exc} (the claim's outcome is unknown; its lease will expire if it was taken)"
             ) from None
         mine = [
             docs[c] for c in candidates if c in docs and docs[c].get("claim_token") == tokens[c]
         ]
+        if not complete:  # the ones not found may still land: look them up again later
+            found = {d.get("claim_token") for d in mine}
+            for c in candidates:
+                if tokens[c] not in found:
+                    self._uncertain[tokens[c]] = time.monotonic()
         if not complete and not mine:
             # None landed (yet): as for one claim, let the caller retry with a new token.
             raise StoreUnavailable(
