@@ -224,7 +224,7 @@ def test_a_worker_killed_in_a_batch_of_short_jobs_loses_none_and_runs_none_twice
     for i in range(300):
         poison = i % 60 == 30
         data = run_data(runs, kill_self=poison)
-        specs.append(JobSpec(RUN, data, {"retry": 0 if poison else 1, "retry_interval": 0}))
+        specs.append(JobSpec(RUN, data, {"retry": 0 if poison else 3, "retry_interval": 0}))
     jobs = s.add_jobs(specs)
     ids = [j.id for j, spec in zip(jobs, specs, strict=True) if not spec.data.get("kill_self")]
     poisons = [j.id for j, spec in zip(jobs, specs, strict=True) if spec.data.get("kill_self")]
@@ -251,7 +251,9 @@ def test_a_sigkilled_master_in_a_drain_of_short_jobs_fails_no_job_that_did_not_r
     SIGKILLed. They store those outcomes and give back what they did not start before
     they exit: with retry 0, no job ends FAILED without having run, none runs twice."""
     runs = tmp_path / "runs.log"
-    lease, reap = 1.5, 0.3
+    # A lease long enough that a slow store (nx-27017 on a loaded machine) does not let
+    # the live node's own leases expire; short enough for the recovery to be quick.
+    lease, reap = 5.0, 0.3
     config = {"pm": "static", "min_children": 2, "max_children": 2, "lease": f"{lease}s",
               "reap_interval": f"{reap}s"}  # fmt: skip
     n1 = node_factory(kind, "n1", **config).start()
@@ -281,7 +283,10 @@ def test_stop_now_in_a_drain_of_short_jobs_runs_no_job_twice(
     that ran but whose outcome was not stored yet are stored first (the kill waits for
     them), so none of them runs a second time."""
     runs = tmp_path / "runs.log"
-    n1 = node_factory(kind, "n1", pm="static", min_children=2, max_children=2).start()
+    # A lease long enough that a slow store (nx-27017 on a loaded machine) does not let
+    # the node's own leases expire: this test is about the kill, not about outages.
+    n1 = node_factory(kind, "n1", pm="static", min_children=2, max_children=2, lease="30s")
+    n1.start()
     s = kind.scheduler()
     ids = [j.id for j in s.add_jobs([JobSpec(RUN, run_data(runs), {"retry": 0})] * 1500)]
     wait_for(lambda: len(read_runs(runs)) >= 150, 20, message="a drain under way")
