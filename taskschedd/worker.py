@@ -188,8 +188,7 @@ class Worker:
             job = claimed
         if job.cancel_requested:  # given back with a cancel requested: it never starts
             with self._lock:
-                cancel = rules.on_cancel_claimed(job, time.time())
-                self._finished.append(_Finished(job, cancel, 0.0, False))
+                self._cancel_unstarted(job)
             outcomes = self.flush()
             return next((o for o in outcomes if o.job.id == job.id), None)
         self._execute(job)
@@ -223,11 +222,16 @@ class Worker:
                 # it never starts; the cancel is stored with the next write.
                 self._queued.popleft()
                 self._drop.discard(job.claim_token or "")
-                log.info("job canceled before it started", job_id=job.id, worker=self.name)
-                cancel = rules.on_cancel_claimed(job, time.time())
-                self._finished.append(_Finished(job, cancel, 0.0, False))
+                self._cancel_unstarted(job)
         self._execute(job, queued=True)
         return True
+
+    def _cancel_unstarted(self, job: JobRecord) -> None:
+        """A claimed job whose cancel was requested: it never starts; its cancel is stored
+        with the next write. Called with the lock held."""
+        log.info("job canceled before it started", job_id=job.id, worker=self.name)
+        cancel = rules.on_cancel_claimed(job, time.time())
+        self._finished.append(_Finished(job, cancel, 0.0, False))
 
     def drop(self, tokens: Iterable[str]) -> None:
         """Do not start these jobs claimed ahead: their cancel was requested."""
@@ -430,9 +434,9 @@ class Worker:
     def _arm_flusher(self) -> None:
         """A job starts while others are held: have the helper thread store and give them
         back if this one runs longer than HOLD_LIMIT. Called with the lock held."""
-        if self._flusher is None or self._closing:
-            if self._closing:
-                return
+        if self._closing:
+            return
+        if self._flusher is None:
             self._flusher = threading.Thread(
                 target=self._flusher_loop, name="claim-ahead", daemon=True
             )
