@@ -238,8 +238,13 @@ def test_a_worker_killed_in_a_batch_of_short_jobs_loses_none_and_runs_none_twice
     for job_id in ids:
         record = final[job_id]
         assert record.status == JobStatus.DONE, record
-        # Every attempt the store counts ran once; an abandoned one was retried.
-        assert runs_per_job[job_id] == record.attempt, (record, runs_per_job[job_id])
+        # Every attempt the store counts ran once; an abandoned one was retried. The one
+        # exception, MongoDB only: a claim whose reply was lost and whose write landed
+        # after its worker died and its master looked (nx-27017 queues writes under
+        # load) holds the job unseen until its lease expires; that attempt never ran.
+        errors = [e.message for e in record.errors]
+        unseen = sum("lease expired" in m for m in errors) if kind.kind == "mongo" else 0
+        assert runs_per_job[job_id] == record.attempt - unseen, (errors, runs_per_job[job_id])
         assert [e.reason for e in record.errors] == ["abandoned"] * (record.attempt - 1)
     assert d.running() and len(d.wait_workers(2)) == 2
 
