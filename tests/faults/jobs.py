@@ -42,6 +42,7 @@ class Run(Job):
     - ``sleep`` seconds, on the attempts listed in ``sleep_attempts`` (default: all), or
       with ``sleep_once`` only on the job's first run (a released job keeps its attempt);
     - ``progress``: report 50 % after the sleep (a late write when fenced off);
+    - ``ends``: a file the run appends the same line to when it is done (after the sleep);
     - returns ``{"pid", "attempt", "echo": data["echo"]}``.
     """
 
@@ -61,6 +62,8 @@ class Run(Job):
             time.sleep(seconds)
         if data.get("progress"):
             self.update_progress(50)
+        if data.get("ends"):
+            record_run(data["ends"], self.id, self.attempt)
         return {"pid": os.getpid(), "attempt": self.attempt, "echo": data.get("echo")}
 
 
