@@ -83,7 +83,7 @@ class Master:
         self.workers: dict[int, WorkerHandle] = {}
         self.jobs = Supervisor(config, self.workers, self.log)
         self.house = Housekeeping(config, self.workers, self.log)
-        self.metrics = NodeMetrics(self.log)
+        self.metrics = NodeMetrics(self.log, config.allowed_modules)
         self.store: Store | None = None
         self.waker: Waker | None = None
         self.selector: selectors.BaseSelector | None = None
@@ -622,6 +622,7 @@ class Master:
         for part in (self.jobs, self.house):
             part.config, part.log = new, self.log
         self.metrics.log = self.log
+        self.metrics.allow_classes(new.allowed_modules)
         if any(k in changed for k in WORKER_KEYS) or "logging" in changed:
             for w in self.workers.values():
                 self._retire(w, "reload")  # replacements start with the new settings

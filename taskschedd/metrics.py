@@ -1,9 +1,19 @@
-"""The master's Prometheus endpoint: a registry of the node's metrics and a tiny HTTP server.
+"""The master's Prometheus metrics: a registry of the node's metrics and its exposition.
 
 No client library: the text exposition format (version 0.0.4) is a few lines of code, and
-the master should not grow a dependency for it. The master updates :class:`Metrics` from
-its main loop (never from a signal handler: the methods take a lock); a
-:class:`MetricsServer` thread renders it on every ``GET /metrics``.
+the master should not grow a dependency for it (prometheus-client's HTTP server would also
+spend a thread per connection). The master updates :class:`Metrics` from its main loop
+(never from a signal handler: the methods take a lock); the endpoint's thread
+(:mod:`taskschedd.metricsserver`) renders it on every ``GET /metrics``.
+
+Label values come from the store, which anyone who can add a job writes to, so their
+number is bounded: a job class gets a ``class`` label of its own only when
+``known_class`` accepts it (the node's allowed modules), its path is at most
+``MAX_LABEL_LENGTH`` long and fewer than ``MAX_CLASSES`` classes have one. A class whose
+runs have all failed so far may be made up (a class that cannot be imported fails at
+once): only ``MAX_UNPROVEN`` such classes have a label; a class is proven by a run
+that ended done, retried, timeout or canceled. The rest count under ``class="other"``. Queues likewise: the node's own queues always, others
+while fewer than ``MAX_QUEUES`` are shown, the rest summed under ``queue="other"``.
 
 Exported (all prefixed ``taskschedd_``):
 
@@ -19,26 +29,22 @@ Exported (all prefixed ``taskschedd_``):
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import socket
-import socketserver
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-from taskschedd.errors import TaskSchedError
 
 __all__ = [
     "CONTENT_TYPE",
     "DURATION_BUCKETS",
+    "MAX_CLASSES",
+    "MAX_LABEL_LENGTH",
+    "MAX_QUEUES",
+    "MAX_UNPROVEN",
+    "OTHER",
     "Metrics",
-    "MetricsServer",
     "MetricsWriter",
 ]
 
@@ -50,6 +56,17 @@ DURATION_BUCKETS = (
 QUEUE_REFRESH_INTERVAL = 5.0
 #: ... and not at all once nobody has scraped for this long (the stats query is not free).
 QUEUE_REFRESH_IDLE = 600.0
+#: Job classes with a label of their own, at most; the others count as OTHER.
+MAX_CLASSES = 50
+#: ... of which at most this many have not been seen to run (only failed so far).
+MAX_UNPROVEN = 10
+#: Outcomes that show a class exists (it was imported and its job ran).
+PROVING_OUTCOMES = frozenset({"done", "retried", "timeout", "canceled"})
+#: Queues shown, at most, besides the node's own; the others are summed as OTHER.
+MAX_QUEUES = 50
+#: Longer class or queue names are shown as OTHER.
+MAX_LABEL_LENGTH = 200
+OTHER = "other"
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -119,6 +136,15 @@ class MetricsWriter:
         return "\n".join(self._lines) + "\n" if self._lines else ""
 
 
+def _number(value: Any) -> float:
+    """A count or age from the store's stats; 0 for what is not a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
 class _Histogram:
     __slots__ = ("count", "counts", "sum")
 
@@ -132,14 +158,29 @@ class Metrics:
     """The node's metrics; every method is thread-safe (one lock, held briefly).
 
     Call from the master's main loop, never from a signal handler (the lock could be held
-    by the interrupted code). Label values are free text; they are escaped when rendered.
+    by the interrupted code). Label values are free text; they are escaped when rendered,
+    and their number is bounded (see the module docstring). ``known_class`` may be
+    replaced (a reload); classes already shown keep their label.
     """
 
-    def __init__(self, version: str, *, buckets: Sequence[float] = DURATION_BUCKETS) -> None:
+    def __init__(
+        self,
+        version: str,
+        *,
+        buckets: Sequence[float] = DURATION_BUCKETS,
+        known_class: Callable[[str], bool] | None = None,
+        max_classes: int = MAX_CLASSES,
+        max_queues: int = MAX_QUEUES,
+    ) -> None:
         if list(buckets) != sorted(set(buckets)) or not buckets:
             raise ValueError("histogram buckets must be increasing and not empty")
         self.version = version
         self.buckets = tuple(float(b) for b in buckets)
+        self.known_class = known_class
+        self.max_classes = max_classes
+        self.max_queues = max_queues
+        self._classes: set[str] = set()  # proven
+        self._unproven: set[str] = set()
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], int] = {}
         self._durations: dict[str, _Histogram] = {}
@@ -156,7 +197,8 @@ class Metrics:
         """One run of a job of class *cls* ended with *outcome* (done, failed, retried,
         timeout, canceled, abandoned, released...); *duration* in seconds if it ran."""
         with self._lock:
-            key = (cls, outcome)
+            cls = self._class_label(cls, outcome)
+            key = (cls, outcome[:MAX_LABEL_LENGTH])
             self._jobs[key] = self._jobs.get(key, 0) + 1
             if duration is not None and math.isfinite(duration):
                 hist = self._durations.get(cls)
@@ -169,6 +211,32 @@ class Metrics:
                 hist.counts[index] += 1
                 hist.sum += duration
                 hist.count += 1
+
+    def _class_label(self, cls: str, outcome: str) -> str:
+        """*cls*, or OTHER when it may not have a label of its own (lock held)."""
+        if cls in self._classes:
+            return cls
+        proven = outcome in PROVING_OUTCOMES
+        if cls in self._unproven:
+            if proven:
+                self._unproven.discard(cls)
+                self._classes.add(cls)
+            return cls
+        known = self.known_class
+        if (
+            len(self._classes) + len(self._unproven) >= self.max_classes
+            or len(cls) > MAX_LABEL_LENGTH
+            or cls == OTHER
+            or (known is not None and not known(cls))
+        ):
+            return OTHER
+        if proven:
+            self._classes.add(cls)
+        elif len(self._unproven) < MAX_UNPROVEN:
+            self._unproven.add(cls)
+        else:
+            return OTHER
+        return cls
 
     def lease_reaped(self, count: int = 1) -> None:
         """*count* jobs were recovered after their lease expired."""
@@ -205,16 +273,32 @@ class Metrics:
         """Take queue depth and oldest waiting age from ``store.stats()``; *queues* (the
         node's configured ones) are always exported, at 0 when they have no jobs.
         Queues missing from *stats* and *queues* disappear, so stale series do not linger.
+        Beyond ``max_queues`` other queues (and names too long), depths are summed and the
+        oldest age is the largest under ``queue="other"``.
         """
-        depth = dict.fromkeys(queues, 0.0)
-        oldest = dict.fromkeys(queues, 0.0)
-        for queue, counts in (stats.get("by_queue") or {}).items():
-            waiting = sum(counts.get(s, 0) for s in ("WAITING", "POSTPONED"))
-            depth[str(queue)] = float(waiting)
-            oldest.setdefault(str(queue), 0.0)
-        for queue, age in (stats.get("oldest_waiting_age") or {}).items():
-            oldest[str(queue)] = max(0.0, float(age))
-            depth.setdefault(str(queue), 0.0)
+        own = {q for q in queues if len(q) <= MAX_LABEL_LENGTH}
+        depth = dict.fromkeys(own, 0.0)
+        oldest = dict.fromkeys(own, 0.0)
+        shown: set[str] = set()
+        by_queue = stats.get("by_queue") or {}
+        ages = stats.get("oldest_waiting_age") or {}
+
+        def label(queue: Any) -> str:
+            name = str(queue)
+            if name in own or name in shown:
+                return name
+            if len(name) > MAX_LABEL_LENGTH or name == OTHER or len(shown) >= self.max_queues:
+                return OTHER
+            shown.add(name)
+            return name
+
+        for queue in sorted(set(by_queue) | set(ages), key=str):
+            name = label(queue)
+            counts = by_queue.get(queue) or {}
+            waiting = sum(_number(counts.get(s, 0)) for s in ("WAITING", "POSTPONED"))
+            depth[name] = depth.get(name, 0.0) + waiting
+            age = max(0.0, _number(ages.get(queue, 0.0)))
+            oldest[name] = max(oldest.get(name, 0.0), age)
         with self._lock:
             self._depth, self._oldest = depth, oldest
             self._queues_refreshed = time.monotonic() if now is None else now
@@ -268,134 +352,3 @@ class Metrics:
         w.family("taskschedd_build_info", "gauge", "The taskschedd version; always 1.")
         w.sample(1, {"version": self.version})
         return w.text()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "taskschedd"
-    sys_version = ""
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path != "/metrics":
-            self._reply(404, b"not found; metrics are at /metrics\n", "text/plain; charset=utf-8")
-            return
-        try:
-            body = self.server.collect().encode("utf-8")
-        except Exception as exc:  # a bug in collect must not kill the endpoint
-            self._reply(500, f"collecting metrics failed: {exc}\n".encode(), "text/plain")
-            return
-        self._reply(200, body, CONTENT_TYPE)
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def _reply(self, code: int, body: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: scrapes every few seconds would drown the daemon's log."""
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    collect: Callable[[], str]
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn): not at start-up.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class MetricsServer:
-    """Serves ``GET /metrics`` from *collect* in a daemon thread until :meth:`close`.
-
-    *listen* is (host, port) as in MetricsConfig.address; port 0 picks a free port (see
-    :attr:`address`). A port that cannot be bound is a TaskSchedError naming it.
-    """
-
-    def __init__(self, listen: tuple[str, int], collect: Callable[[], str]) -> None:
-        host, port = listen
-        try:
-            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
-            family = infos[0][0]
-            cls = _Server6 if family == socket.AF_INET6 else _Server
-            self._server = cls((host, port), _Handler)
-        except (OSError, UnicodeError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise TaskSchedError(
-                f"cannot serve metrics on {_show(host, port)}: {reason}; "
-                "change metrics.listen or stop what uses the port"
-            ) from None
-        self._server.collect = collect
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="taskschedd-metrics",
-            daemon=True,
-        )
-        self._thread.start()
-        _close_in_children(self)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound (host, port)."""
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    @property
-    def url(self) -> str:
-        host, port = self.address
-        return f"http://{_show(host, port)}/metrics"
-
-    def close(self) -> None:
-        """Stop serving and release the port; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def _close_socket_in_child(self) -> None:
-        self._closed = True  # no serving thread here: shutdown() would wait forever
-        with contextlib.suppress(OSError):
-            self._server.socket.close()
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _show(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _close_in_children(server: MetricsServer) -> None:
-    """Forked workers must not keep the listening socket open (it would hold the port
-    after the master exits); the serving thread does not exist in them anyway."""
-    ref = weakref.ref(server)
-
-    def after_fork() -> None:
-        live = ref()
-        if live is not None and not live._closed:
-            live._close_socket_in_child()
-
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=after_fork)

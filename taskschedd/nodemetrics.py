@@ -7,19 +7,25 @@ counts by the status it wrote (done, failed, retried, timeout, canceled; lost wh
 claim was fenced off and nothing was written); a settlement the master makes for a
 worker counts by why (timeout, canceled, abandoned, released). Durations run from the
 claim's start to the settlement.
+
+A job class has a ``class`` label of its own only when it is a well-formed class path in
+the node's ``allowed_modules`` (and while fewer than ``metrics.MAX_CLASSES`` have one):
+jobs added with made-up class names all count under ``class="other"``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from taskschedd import __version__
 from taskschedd.children import RunningJob, WorkerHandle
 from taskschedd.config import MetricsConfig
-from taskschedd.errors import StoreError, TaskSchedError
-from taskschedd.metrics import Metrics, MetricsServer
+from taskschedd.errors import JobClassError, StoreError, TaskSchedError
+from taskschedd.loader import is_allowed, split_path
+from taskschedd.metrics import Metrics
+from taskschedd.metricsserver import MetricsServer
 from taskschedd.periodic import Every, store_trouble
 from taskschedd.store import Store
 
@@ -44,13 +50,28 @@ OWED_OUTCOMES = {
 class NodeMetrics:
     """The node's metrics registry, its HTTP endpoint (if on), and the feeds into them."""
 
-    def __init__(self, logger: Any) -> None:
+    def __init__(self, logger: Any, allowed_modules: Sequence[str] | None = None) -> None:
         self.log = logger
         self.registry = Metrics(__version__)
+        if allowed_modules is not None:
+            self.allow_classes(allowed_modules)
         self.server: MetricsServer | None = None
         self.address: tuple[str, int] | None = None
         self.queue_timer = Every()  # backs the stats query off while the store is down
         self._workers: tuple[int, int] | None = None
+
+    def allow_classes(self, allowed_modules: Sequence[str]) -> None:
+        """Classes from these modules may have a label of their own (at start, on reload)."""
+        allowed = tuple(allowed_modules)
+
+        def known(cls: str) -> bool:
+            try:
+                module, _ = split_path(cls)
+            except JobClassError:
+                return False
+            return is_allowed(module, allowed)
+
+        self.registry.known_class = known
 
     # -- the endpoint ---------------------------------------------------------------------
     def start(self, config: MetricsConfig) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import socket
+import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,13 +21,17 @@ from taskschedd.errors import TaskSchedError
 from taskschedd.metrics import (
     CONTENT_TYPE,
     DURATION_BUCKETS,
+    MAX_LABEL_LENGTH,
+    MAX_UNPROVEN,
+    OTHER,
     QUEUE_REFRESH_IDLE,
     QUEUE_REFRESH_INTERVAL,
     Metrics,
-    MetricsServer,
     MetricsWriter,
     format_value,
 )
+from taskschedd.metricsserver import MAX_REQUEST, MetricsServer, free_fds
+from tests.helpers import wait_for
 
 # name{labels} value, with label values that may hold escaped quotes, backslashes, newlines.
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
@@ -232,7 +239,7 @@ def test_ipv6_listen_address(metrics: Metrics) -> None:
 
 
 def test_forked_child_does_not_hold_the_listening_socket(server: MetricsServer) -> None:
-    fd = server._server.socket.fileno()
+    fd = server.listener.fileno()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
@@ -276,3 +283,145 @@ def test_writer_and_values() -> None:
         Metrics("1", buckets=[1.0, 0.5])
     with pytest.raises(ValueError):
         Metrics("1").lease_reaped(-1)
+
+
+# -- bounded labels ------------------------------------------------------------------------
+
+
+def test_unknown_unproven_and_excess_classes_count_as_other() -> None:
+    m = Metrics(
+        __version__, known_class=lambda cls: cls.startswith("app."), max_classes=MAX_UNPROVEN + 3
+    )
+    m.job_finished("elsewhere.Job", "done", 0.1)  # not known to the node
+    m.job_finished("app." + "x" * MAX_LABEL_LENGTH, "done", 0.1)  # too long
+    m.job_finished(OTHER, "done", 0.1)  # would merge with the fold
+    for i in range(MAX_UNPROVEN + 5):  # only ever failed: may be made up
+        m.job_finished(f"app.Made{i}", "failed", 0.0)
+    m.job_finished("app.Made0", "done", 0.2)  # proven: keeps its label, counts as proven
+    for i in range(5):
+        m.job_finished(f"app.Real{i}", "done", 0.1)
+    samples, _, _ = parse(m.collect())
+    jobs = {
+        dict(labels)["class"]: value
+        for (name, labels), value in samples.items()
+        if name == "taskschedd_jobs_total" and dict(labels)["outcome"] in ("done", "failed")
+    }
+    unproven = {f"app.Made{i}" for i in range(MAX_UNPROVEN)}
+    assert set(jobs) == {OTHER, *unproven, "app.Real0", "app.Real1", "app.Real2"}
+    other = {k: v for k, v in samples.items() if dict(k[1]).get("class") == OTHER}
+    assert other[series("taskschedd_jobs_total", **{"class": OTHER, "outcome": "done"})] == 5
+    assert other[series("taskschedd_jobs_total", **{"class": OTHER, "outcome": "failed"})] == 5
+    assert samples[series("taskschedd_jobs_total", **{"class": "app.Made0", "outcome": "done"})]
+
+
+def test_queue_labels_beyond_the_cap_are_summed_as_other() -> None:
+    m = Metrics(__version__, max_queues=2)
+    by_queue = {f"q{i}": {"WAITING": 1, "POSTPONED": 1} for i in range(6)}
+    by_queue["z" * (MAX_LABEL_LENGTH + 1)] = {"WAITING": 10}
+    ages = {"q5": 7.0, "q0": 1.0, "q9": "bad"}
+    m.set_queue_stats({"by_queue": by_queue, "oldest_waiting_age": ages}, queues=["mine"])
+    samples, _, _ = parse(m.collect())
+    depth = {dict(k[1])["queue"]: v for k, v in samples.items() if k[0] == "taskschedd_queue_depth"}
+    oldest = {
+        dict(k[1])["queue"]: v
+        for k, v in samples.items()
+        if k[0] == "taskschedd_queue_oldest_waiting_seconds"
+    }
+    assert depth == {"mine": 0, "q0": 2, "q1": 2, OTHER: 4 * 2 + 10}
+    assert oldest == {"mine": 0, "q0": 1.0, "q1": 0, OTHER: 7.0}
+
+
+# -- a server that cannot be hurt ----------------------------------------------------------
+
+
+def _thread_cpu(thread_id: int) -> float:
+    with open(f"/proc/self/task/{thread_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def test_idle_connections_are_bounded_evicted_and_timed_out(metrics: Metrics) -> None:
+    threads = threading.active_count()
+    with MetricsServer(("127.0.0.1", 0), metrics.collect, max_connections=4, timeout=0.5) as srv:
+        socks = [socket.create_connection(srv.address, timeout=5) for _ in range(50)]
+        try:
+            assert scrape(srv.url)[0] == 200  # evicts an idle one to get in
+            assert threading.active_count() == threads + 1
+            assert srv.connections <= 4
+            wait_for(lambda: all(_closed_by_peer(s) for s in socks), 5, message="all closed")
+            wait_for(lambda: srv.connections == 0, 2, message="no connection left")
+        finally:
+            for s in socks:
+                s.close()
+
+
+def test_a_trickling_client_is_cut_off_at_its_deadline(metrics: Metrics) -> None:
+    with (
+        MetricsServer(("127.0.0.1", 0), metrics.collect, timeout=0.5) as srv,
+        socket.create_connection(srv.address, timeout=5) as s,
+    ):
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            while not _closed_by_peer(s):  # one byte every 0.1 s, never done
+                s.send(b"G")
+                time.sleep(0.1)
+                assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 2
+
+
+def test_without_spare_descriptors_it_pauses_without_spinning(metrics: Metrics) -> None:
+    spare = free_fds()
+    if spare is None:
+        pytest.skip("no descriptor count here")
+    with MetricsServer(("127.0.0.1", 0), metrics.collect, fd_reserve=spare + 100) as srv:
+        thread_id = srv._thread.native_id
+        assert thread_id is not None
+        cpu = _thread_cpu(thread_id)
+        with socket.create_connection(srv.address, timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            s.settimeout(1.0)
+            with pytest.raises(TimeoutError):
+                s.recv(100)  # waits in the backlog
+            assert _thread_cpu(thread_id) - cpu < 0.3
+            srv.fd_reserve = 0  # descriptors to spare again: served after the pause
+            s.settimeout(5)
+            assert s.recv(100).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_bad_requests_get_short_answers(server: MetricsServer) -> None:
+    def ask(request: bytes) -> bytes:
+        with socket.create_connection(server.address, timeout=5) as s:
+            s.sendall(request)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            return data
+
+    assert ask(b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
+    assert ask(b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert ask(b"GET /" + b"a" * (MAX_REQUEST + 10)).startswith(b"HTTP/1.1 431 ")
+    head = ask(b"HEAD /metrics HTTP/1.1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and head.endswith(b"\r\n\r\n")
+
+
+def test_clients_that_reset_leave_no_traceback(
+    metrics: Metrics, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with MetricsServer(("127.0.0.1", 0), metrics.collect) as srv:
+        for i in range(30):
+            s = socket.create_connection(srv.address, timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n" if i % 2 else b"GET /met")
+            s.close()  # RST
+        assert scrape(srv.url)[0] == 200
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
