@@ -125,6 +125,27 @@ def check(ctl: Ctl, timeout: float) -> None:
     by_status: dict[str, int] = answer["stats"].get("by_status", {})
     active = sum(by_status.get(s, 0) for s in ("WAITING", "POSTPONED", "PROCESSING"))
     click.echo(f"store {url}: reachable ({active} active jobs, {answer['nodes']} live nodes)")
+    full = _space_trouble(ctl.url)
+    if full:
+        from taskschedd.errors import StoreNotWritable
+
+        raise StoreNotWritable(
+            f"store {url}: not writable: {full}; nodes keep the outcomes they cannot store, "
+            "claim nothing and store them once there is room",
+            full.split(":", 1)[0],
+        )
+
+
+def _space_trouble(url: str) -> str | None:
+    """Why a SQLite store's file system cannot take writes (disk full, read-only)."""
+    from taskschedctl.context import is_sqlite
+
+    if not is_sqlite(url):
+        return None
+    from taskschedd.store import diskspace
+    from taskschedd.store.sqlite import path_from_url
+
+    return diskspace.trouble(path_from_url(url))
 
 
 # -- completion --------------------------------------------------------------------------

@@ -30,7 +30,9 @@ class RunningJob:
     timeout: float
     started: float  # wall clock
     progress: float = 0.0
-    state: str = "running"  # running | ahead (claimed, not started) | ran (outcome not stored)
+    # running | ahead (claimed, not started) | ran (outcome not stored yet) | unstored (ran;
+    # the store refused its outcome: the worker keeps it and retries)
+    state: str = "running"
 
 
 @dataclass
@@ -71,6 +73,8 @@ class WorkerHandle:
             return f"killing ({self.kill.reason})"
         if self.job is not None:
             return "busy"
+        if any(j.state == "unstored" for j in self.held.values()):
+            return "storing"
         if not self.ready:
             return "starting"
         return "retiring" if self.retiring else "idle"

@@ -68,6 +68,17 @@ class StoreUnavailable(StoreError):
     """A transient store outage: the caller may retry with backoff."""
 
 
+class StoreNotWritable(StoreUnavailable):
+    """The store answers but cannot write: its disk is full, an I/O error, a read-only
+    file or file system. Transient like any outage (space may be freed, the disk
+    remounted): callers keep what they meant to write and retry with backoff.
+    ``why`` says which, in a few words ("disk full", "I/O error", "read-only")."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
 class WaitTimeout(TaskSchedError, TimeoutError):
     """wait() gave up before the jobs reached a final status."""
 

@@ -31,13 +31,14 @@ from taskschedd import __version__, log, pool, systemd, workerproc
 from taskschedd.children import WorkerHandle, describe_status, killpg
 from taskschedd.config import Config, ConfigError
 from taskschedd.config import load as load_config
-from taskschedd.errors import StoreError, StoreUnavailable
+from taskschedd.errors import StoreError, StoreNotWritable, StoreUnavailable
 from taskschedd.housekeeping import Housekeeping
 from taskschedd.nodemetrics import NodeMetrics
 from taskschedd.periodic import Every, store_backoff, store_trouble
 from taskschedd.privileges import drop_privileges
+from taskschedd.redact import redact_url
 from taskschedd.signals import SignalQueue
-from taskschedd.store import Store, config_store_options, open_store
+from taskschedd.store import Store, config_store_options, diskspace, open_store
 from taskschedd.store.base import Waker
 from taskschedd.supervise import Supervisor
 
@@ -101,6 +102,9 @@ class Master:
         self.status_text = ""
         self.status_sent = 0.0
         self.store_down_since: float | None = None
+        # (why, outcomes waiting) while the store refuses writes (disk full...), as logged
+        self.unwritable: tuple[str, int] | None = None
+        self.unwritable_logged = 0.0
 
     # -- life cycle -------------------------------------------------------------------
     def run(self) -> int:
@@ -165,6 +169,34 @@ class Master:
             self.store_down_since = None
             # Leases lapsed everywhere during the outage: owners renew first, reaping waits.
             self.house.reap_timer.next = max(self.house.reap_timer.next, now + self.config.lease)
+        self._store_writable(now, timers)
+
+    def _store_writable(self, now: float, timers: tuple[Every, ...]) -> None:
+        """Say why the store refuses writes (disk full, I/O error, read-only: the master's
+        own writes or its workers' say so) and how many outcomes the workers keep until it
+        takes them; at most once a second while that changes, and once when it is over."""
+        waiting = self.jobs.outcomes_waiting()
+        errors = [t.error for t in timers if t.failures and isinstance(t.error, StoreNotWritable)]
+        why = errors[0].why if errors else ""
+        if not why and waiting and self.jobs.unstored_why != "unavailable":
+            why = self.jobs.unstored_why
+        note = (why, waiting) if why else None
+        if note == self.unwritable or now - self.unwritable_logged < 1.0:
+            return
+        if note is None:
+            self.log.warning("store writable again")
+        else:
+            path = getattr(self.store, "path", None)
+            free = diskspace.free_bytes(path) if isinstance(path, str) else None
+            self.log.error(
+                "store not writable", store=path or redact_url(self.config.store), why=why,
+                outcomes_waiting=waiting,
+                free=diskspace.size_text(free) if free is not None else None,
+                error=str(errors[0]) if errors else self.jobs.unstored_error,
+                detail=f"{why}: {waiting} outcomes waiting to be stored; workers keep them, "
+                "claim nothing and retry with backoff",
+            )  # fmt: skip
+        self.unwritable, self.unwritable_logged = note, now
 
     def _wait_for_store(self) -> None:
         """A store that is down for now (StoreUnavailable) is waited for, with backoff; one
@@ -399,6 +431,9 @@ class Master:
                 self.jobs.kill(w, "release")  # it claimed while we were stopping
         elif ev == "progress":
             self.jobs.progressed(w, msg)
+        elif ev == "unstored":
+            self.jobs.unstored(w, msg)
+            self.house.heartbeat_soon = True
         elif ev == "exit":
             w.exit_reason = str(msg.get("reason", ""))
 
@@ -532,6 +567,9 @@ class Master:
             text += f"; {self.state.value}"
         if self.boot_failures:
             text += f"; workers fail to start ({self.boot_failures}x), backing off"
+        if self.unwritable is not None:
+            why, waiting = self.unwritable
+            text += f"; store not writable ({why}): {waiting} outcomes waiting to be stored"
         return text
 
     def _update_status(self, now: float, *, force: bool = False) -> None:
@@ -667,6 +705,7 @@ class Master:
             workers=workers,
             running=sum(1 for w in self.workers.values() if w.job is not None),
             owed_settlements=len(self.jobs.owed),
+            outcomes_waiting=self.jobs.outcomes_waiting(),
             start_failures=self.boot_failures,
             jobs=counts,
         )

@@ -26,9 +26,11 @@ class Every:
 
     next: float = 0.0
     failures: int = 0
+    error: Exception | None = None  # the last failure's (meaningful while failures > 0)
 
     def done(self, now: float, interval: float) -> None:
         self.failures = 0
+        self.error = None
         self.next = now + interval
 
     def failed(self, now: float) -> float:
@@ -39,9 +41,12 @@ class Every:
 
 
 def store_trouble(logger: Any, what: str, timer: Every, now: float, exc: Exception) -> None:
-    """Back the duty off and say so."""
+    """Back the duty off and say so (at the 1st, 2nd, 4th, 8th... failure in a row: a duty
+    that retries often, like lease renewal, does not flood the log)."""
     delay = timer.failed(now)
-    logger.warning("store unavailable", doing=what, error=str(exc), retry_in=round(delay, 2))
+    timer.error = exc
+    say = logger.warning if timer.failures & (timer.failures - 1) == 0 else logger.debug
+    say("store unavailable", doing=what, error=str(exc), retry_in=round(delay, 2))
 
 
 __all__ = ["STORE_BACKOFF_MAX", "Every", "store_backoff", "store_trouble"]

@@ -59,6 +59,8 @@ class Supervisor:
         self.owed: list[Owed] = []
         self.renew_timer = Every()
         self.cancel_timer = Every()
+        self.unstored_why = ""  # the workers' last word on why the store refuses writes
+        self.unstored_error = ""
 
     def job_log(self, job: RunningJob, worker: str) -> Any:
         return self.log.bind(
@@ -98,6 +100,26 @@ class Supervisor:
         started = msg.get("started")
         job.started = float(started) if isinstance(started, int | float) else time.time()
         w.job = job
+
+    def unstored(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
+        """The worker's store write failed (disk full, outage): it keeps these outcomes
+        and retries until the store takes them. The jobs no longer run (no timeout or
+        cancel applies), their leases are renewed, and the master settles them only if
+        the worker dies first (then as "abandoned": their outcome is lost)."""
+        self.unstored_why = str(msg.get("why") or "unavailable")
+        self.unstored_error = str(msg.get("error") or "")
+        for token in map(str, msg.get("tokens") or ()):
+            if w.job is not None and w.job.token == token:
+                w.job.state = "unstored"
+                w.held[token], w.job = w.job, None
+            elif token in w.held and w.held[token].state == "ran":
+                w.held[token].state = "unstored"
+
+    def outcomes_waiting(self) -> int:
+        """Outcomes the workers hold because the store refused them."""
+        return sum(
+            1 for w in self.workers.values() for j in w.held.values() if j.state == "unstored"
+        )
 
     def progressed(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
         if w.job is not None and w.job.token == msg.get("token"):
@@ -368,6 +390,9 @@ class Supervisor:
             renewed = self.store.renew(tokens, lease_until=time.time() + self.config.lease)
         except StoreError as exc:
             store_trouble(self.log, "renew leases", self.renew_timer, now, exc)
+            # Leases lapse while the store refuses writes: renew the moment it takes them
+            # again (another node's reaper gives owners one lease after an outage).
+            self.renew_timer.next = min(self.renew_timer.next, now + interval)
             return
         self.renew_timer.done(now, interval)
         if renewed < len(tokens):

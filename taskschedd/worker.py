@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import signal
 import threading
@@ -37,6 +38,11 @@ log = structlog.get_logger("taskschedd.worker")
 HOLD_LIMIT = 0.05
 #: Jobs shorter than this let the worker claim more at once.
 FAST_JOB = 0.005
+#: A store write that fails (outage, disk full) while the worker holds outcomes is tried
+#: again after a jittered delay doubling up to this.
+WRITE_RETRY_MAX = 2.0
+#: While such a write keeps failing, the worker's log says so at most this often.
+WRITE_LOG_EVERY = 30.0
 
 
 class MasterGone(BaseException):
@@ -94,7 +100,8 @@ class Worker:
 
     ``on_claimed`` / ``on_claim`` / ``on_settle`` / ``on_progress`` let the daemon tell its
     master what this worker holds: jobs claimed (ahead), the job starting, outcomes stored;
-    ``on_written`` follows the reports of each store write.
+    ``on_written`` follows the reports of each store write; ``on_unstored`` gets the claim
+    tokens of the outcomes a failing write holds (once per token) and the error.
 
     Claiming ahead: with ``claim_ahead`` > 1, a worker that meets a backlog of short jobs
     claims several in one store write and stores their outcomes together with the next
@@ -122,6 +129,7 @@ class Worker:
         on_progress: Callable[[JobRecord, float], None] | None = None,
         on_claimed: Callable[[list[JobRecord]], None] | None = None,
         on_written: Callable[[], None] | None = None,
+        on_unstored: Callable[[list[str], StoreUnavailable], None] | None = None,
         claim_ahead: int = 1,
     ) -> None:
         self.store = store
@@ -138,6 +146,7 @@ class Worker:
         self.on_progress = on_progress
         self.on_claimed = on_claimed
         self.on_written = on_written
+        self.on_unstored = on_unstored
         self.claim_ahead = max(1, claim_ahead)
         self.jobs_done = 0
         self._classes: dict[str, type[Job]] = {}
@@ -158,6 +167,12 @@ class Worker:
         self._in_start = False  # the running job's start() was entered
         self._critical = 0  # main thread inside a store write: signals wait (interrupt())
         self._pending: BaseException | None = None
+        # Writes the store refuses: since when, last said in the log, tokens reported to
+        # on_unstored, and when to stop retrying (None: until the store takes them).
+        self._failing_since: float | None = None
+        self._failing_logged = 0.0
+        self._unstored: set[str] = set()
+        self._give_up_at: float | None = None
 
     # -- one job -------------------------------------------------------------------
     def claim(self, *, force_spawn: bool = False, job_id: str | None = None) -> JobRecord | None:
@@ -241,11 +256,19 @@ class Worker:
     def interrupt(self, exc: BaseException) -> None:
         """From a signal handler in the main thread: raise ``exc`` there, unless the main
         thread is inside a store write, which must not be cut between the write and the
-        worker's record of it; then it is raised right after."""
+        worker's record of it; then it is raised right after. The worker is leaving: a
+        write the store refuses is retried for one lease more, not until it succeeds."""
+        self.give_up_writes(self.lease)
         if self._critical:
             self._pending = self._pending or exc
             return
         raise exc
+
+    def give_up_writes(self, after: float) -> None:
+        """Stop retrying store writes ``after`` seconds from now: the worker is leaving,
+        and what the store has not taken by then is left to the leases."""
+        at = time.monotonic() + after
+        self._give_up_at = at if self._give_up_at is None else min(self._give_up_at, at)
 
     def flush(self, *, release: bool = True) -> list[Outcome]:
         """Store the outcomes waiting to be stored and (``release``) give back the jobs
@@ -399,19 +422,58 @@ class Worker:
         delay = 0.05
         # Settles are fenced by the claim tokens, so trying after the lease is safe: if
         # another node reaped a job meanwhile, it matches nothing. A daemon worker keeps
-        # the outcomes until the store takes them (its master renews the leases once the
-        # store is back, and stops or outlives it); giving up would turn jobs that ran into
-        # "abandoned" attempts. In-process, give up after the lease.
-        deadline = time.monotonic() + max(self.lease, 5.0) if self.in_process else None
+        # the outcomes until the store takes them (an outage, a full disk: its master
+        # renews their leases meanwhile and does not settle them while the worker lives);
+        # giving up would turn jobs that ran into "abandoned" attempts. In-process, and
+        # once the worker is leaving, give up after the lease. The helper thread does not
+        # wait here: it gives the lock back between its attempts.
+        limit = time.monotonic() + max(self.lease, 5.0) if self.in_process else None
+        helper = threading.current_thread() is self._flusher
         while True:
             try:
-                return self.store.settle_batch(settles, now=time.time(), claim=claim)
+                done = self.store.settle_batch(settles, now=time.time(), claim=claim)
             except StoreUnavailable as exc:
-                if not settles or (deadline is not None and time.monotonic() > deadline):
+                now = time.monotonic()
+                deadline = min(
+                    (t for t in (limit, self._give_up_at) if t is not None), default=None
+                )
+                if not settles or (deadline is not None and now > deadline):
                     raise
-                log.warning("store unavailable while settling; retrying", error=str(exc))
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                self._write_failed(settles, exc, now)
+                if helper:
+                    raise
+                time.sleep(delay / 2 + random.random() * delay / 2)
+                delay = min(delay * 2, WRITE_RETRY_MAX)
+                continue
+            if self._failing_since is not None and settles:
+                log.info(
+                    "the store took the outcomes it refused", outcomes=len(settles),
+                    after=round(time.monotonic() - self._failing_since, 2), worker=self.name,
+                )  # fmt: skip
+                self._failing_since = None
+                self._unstored.clear()
+            return done
+
+    def _write_failed(
+        self, settles: list[tuple[str, str, Settlement]], exc: StoreUnavailable, now: float
+    ) -> None:
+        """Keep the outcomes, tell on_unstored about new ones, say so in the log (not
+        at every try)."""
+        if self._failing_since is None:
+            self._failing_since = now
+            self._failing_logged = 0.0
+        if now - self._failing_logged >= WRITE_LOG_EVERY or not self._failing_logged:
+            self._failing_logged = now
+            log.warning(
+                "the store refuses the outcomes; keeping them and retrying", error=str(exc),
+                outcomes=len(settles), failing_for=round(now - self._failing_since, 2),
+                worker=self.name,
+            )  # fmt: skip
+        new = [token for _, token, _ in settles if token not in self._unstored]
+        if new:
+            self._unstored.update(new)
+            if self.on_unstored is not None:
+                self.on_unstored(new, exc)
 
     def _report(self, outcome: Outcome) -> None:
         job, settlement = outcome.job, outcome.settlement
@@ -461,6 +523,8 @@ class Worker:
                     continue
                 try:
                     self._commit(claim=0, release=True)
+                except StoreUnavailable:  # _write said so; the main thread retries next
+                    self._cond.wait(1.0)
                 except Exception as exc:  # the leases end it; never kill the thread
                     log.warning("could not store outcomes while a long job runs", error=str(exc))
                     self._cond.wait(1.0)

@@ -11,6 +11,11 @@ Worker -> master: one report pipe carrying JSON lines::
      "claimed": [[id, token, cls, attempt, queue, timeout], ...]}
         one store write: outcomes stored (``settled`` false: fenced off; ``started``
         false: a job claimed ahead given back unstarted) and jobs claimed, not started
+    {"ev": "unstored", "tokens": [token, ...], "why", "error"}
+        a store write failed (``why``: "disk full", "I/O error", "read-only",
+        "unavailable"): the worker keeps these outcomes and retries with backoff until
+        the store takes them (a "stored" line follows), so the master renews their leases
+        and does not settle them while the worker lives
     {"ev": "claim", "token", "started"}                    a claimed job starts
     {"ev": "progress", "id", "token", "percent"}
     {"ev": "exit", "reason"}                               leaving on purpose (stop, recycle...)
@@ -56,7 +61,7 @@ from typing import Any
 
 from taskschedd import log
 from taskschedd.config import Config
-from taskschedd.errors import StoreError, StoreUnavailable
+from taskschedd.errors import StoreError, StoreNotWritable, StoreUnavailable
 from taskschedd.store import Store, open_configured
 from taskschedd.store.base import JobRecord
 from taskschedd.worker import MasterGone, Outcome, Worker
@@ -277,6 +282,7 @@ class _Loop:
             on_claim=self._on_claim,
             on_settle=self._on_settle,
             on_written=self._on_written,
+            on_unstored=self._on_unstored,
             on_progress=self._on_progress,
         )
         # The reports of the store write in progress (one write per thread at a time:
@@ -305,6 +311,10 @@ class _Loop:
         if settled or claimed:
             self.chan.send("stored", settled=settled, claimed=claimed)
 
+    def _on_unstored(self, tokens: list[str], exc: StoreUnavailable) -> None:
+        why = exc.why if isinstance(exc, StoreNotWritable) else "unavailable"
+        self.chan.send("unstored", tokens=tokens, why=why, error=str(exc))
+
     def _on_claim(self, job: JobRecord) -> None:
         self.chan.send("claim", token=job.claim_token, started=time.time())
         set_title(f"{self.title} running {job.id} {job.cls}")
@@ -323,6 +333,7 @@ class _Loop:
         if self.chan.master_gone or os.getppid() != self.spec.master_pid:
             self.stopping = True
             self.exit_reason = "master gone"
+            self.worker.give_up_writes(self.config.lease)  # nobody renews the leases now
 
     def _wait(self, waker_fd: int, timeout: float) -> None:
         with contextlib.suppress(InterruptedError):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
+from taskschedd.errors import JobNotFound, StoreError, StoreNotWritable, StoreUnavailable
 from taskschedd.job import FINAL, RUNNABLE, JobStatus
 from taskschedd.options import JobOptions
 from taskschedd.store.base import (
@@ -355,6 +355,19 @@ class SQLiteStore(Store):
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
+        # Cannot write (SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY; by text where the
+        # driver gives no code): transient, the writer keeps what it meant to write.
+        # SQLITE_READONLY_DBMOVED (the file was replaced) is not: it never gets better.
+        code = getattr(exc, "sqlite_errorcode", None)
+        why = {13: "disk full", 10: "I/O error", 8: "read-only"}.get(
+            code & 0xFF if isinstance(code, int) and code != 1032 else -1
+        )
+        if why is None and not isinstance(code, int):
+            texts = (("disk is full", "disk full"), ("disk I/O", "I/O error"),
+                     ("readonly database", "read-only"))  # fmt: skip
+            why = next((w for t, w in texts if t in text), None)
+        if why is not None:
+            return StoreNotWritable(f"SQLite store {self.path} cannot write ({why}): {text}", why)
         if isinstance(exc, sqlite3.OperationalError) and (
             "locked" in text or "busy" in text or "unable to open" in text or "disk I/O" in text
         ):
@@ -725,17 +738,21 @@ class SQLiteStore(Store):
         toks = list(tokens)
         if not toks:
             return 0
-        total = 0
-        with self._write() as conn:
-            for i in range(0, len(toks), 500):
-                chunk = toks[i : i + 500]
-                cur = conn.execute(
-                    "UPDATE jobs SET lease_until = ? WHERE status = 2 AND claim_token IN (%s)"
-                    % ",".join("?" * len(chunk)),
-                    [lease_until, *chunk],
-                )
-                total += cur.rowcount
-        return total
+
+        def run() -> int:
+            total = 0
+            with self._write() as conn:
+                for i in range(0, len(toks), 500):
+                    chunk = toks[i : i + 500]
+                    cur = conn.execute(
+                        "UPDATE jobs SET lease_until = ? WHERE status = 2 AND claim_token IN (%s)"
+                        % ",".join("?" * len(chunk)),
+                        [lease_until, *chunk],
+                    )
+                    total += cur.rowcount
+            return total
+
+        return self._guard(run)  # a statement can fail too (disk full), not only COMMIT
 
     def progress(self, job_id: str, token: str, percent: float, *, now: float) -> bool:
         def run() -> bool:
