@@ -87,6 +87,7 @@ class Master:
         self.metrics = NodeMetrics(self.log, config.allowed_modules)
         self.store: Store | None = None
         self.waker: Waker | None = None
+        self.waker_muted_until: float | None = None
         self.selector: selectors.BaseSelector | None = None
         self.signals = SignalQueue()
         self.boot_failures = 0
@@ -248,11 +249,13 @@ class Master:
                 assert self.waker is not None
                 self.waker.drain()
                 self.pool_dirty = True
+                self._mute_waker()
             else:
                 self._read_worker(key.data)
         for signum in self.signals.pending():
             self._dispatch(signum)
         now = time.monotonic()
+        self._unmute_waker(now)
         self._reap()
         self.jobs.enforce_timeouts(now)
         self.jobs.poll_cancels(now)
@@ -273,9 +276,26 @@ class Master:
         assert self.store is not None
         self.metrics.refresh_queues(now, self.store, self.config.queues)
 
+    def _mute_waker(self) -> None:
+        """Wake-ups faster than the waker's rate are coalesced: stop watching it for the
+        rest of its quiet time (_unmute_waker watches it again)."""
+        assert self.waker is not None and self.selector is not None
+        quiet = self.waker.quiet_for()
+        if quiet > 0 and self.waker_muted_until is None:
+            self.selector.unregister(self.waker.fileno())
+            self.waker_muted_until = time.monotonic() + quiet
+
+    def _unmute_waker(self, now: float) -> None:
+        if self.waker_muted_until is not None and now >= self.waker_muted_until:
+            assert self.waker is not None and self.selector is not None
+            self.selector.register(self.waker.fileno(), selectors.EVENT_READ, "waker")
+            self.waker_muted_until = None
+
     def _next_wakeup(self) -> float:
         now = time.monotonic()
         times = [*self.jobs.wakeups(now), *self.house.wakeups(now), now + LOOP_MAX_WAIT]
+        if self.waker_muted_until is not None:
+            times.append(self.waker_muted_until)
         if self.state is State.RUNNING:
             planned = self.pool_last + PLAN_DEBOUNCE if self.pool_dirty else self.pool_next
             times.append(max(planned, self.pool_timer.next))  # no spinning in a store outage

@@ -391,7 +391,10 @@ class _Loop:
                     due = None
                 if due is not None:
                     timeout = min(timeout, due - time.time())
-                self._wait(waker.fileno(), timeout)
+                quiet = min(waker.quiet_for(), timeout)
+                if quiet > 0:  # wake-ups faster than the waker's rate: coalesce them
+                    self._wait(self.chan.control_fd, quiet)
+                self._wait(waker.fileno(), timeout - quiet)
             # Store the outcomes not stored yet; give back what was claimed ahead.
             self.worker.flush()
         except (KeyboardInterrupt, MasterGone):

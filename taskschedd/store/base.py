@@ -253,6 +253,11 @@ class Waker(abc.ABC):
     def drain(self) -> None:
         """Consume pending wake-ups without blocking (after select() reported readable)."""
 
+    def quiet_for(self) -> float:
+        """Seconds not to watch fileno() after a drain(): wake-ups coming faster than the
+        waker's rate are coalesced (0: watch again at once)."""
+        return 0.0
+
     @abc.abstractmethod
     def close(self) -> None: ...
 
