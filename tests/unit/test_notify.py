@@ -76,6 +76,7 @@ def test_sockets_of_dead_processes_are_removed(notify_dir: Path) -> None:
     alive = NotifyDir(str(notify_dir)).listen()
     stray = notify_dir / "README"  # not a listener's name: left alone
     stray.write_text("x")
+    (notify_dir / "123-0123456789ab").write_text("")  # a name file of 0.2.0: refuses too
     poster = NotifyDir(str(notify_dir))
     try:
         poster.post()
