@@ -20,6 +20,7 @@ Exit codes:
   0    success
   1    a job failed, timed out or was canceled (wait); a job was not found
   2    usage error or bad input (JSON, duration, time, class, option)
+  65   check: the store holds job records that do not decode
   69   the store is unavailable
   78   the configuration is invalid or missing
   124  wait timed out

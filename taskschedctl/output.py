@@ -83,7 +83,9 @@ def job_rows(jobs: Sequence[JobRecord]) -> str:
         [
             j.id,
             j.cls,
-            j.status.name + (" (cancel requested)" if j.cancel_requested else ""),
+            "CORRUPT"
+            if j.corrupt is not None
+            else j.status.name + (" (cancel requested)" if j.cancel_requested else ""),
             j.queue,
             str(j.priority),
             str(j.attempt),
@@ -112,6 +114,8 @@ def job_text(job: JobRecord, events: Sequence[EventRecord]) -> str:
         status += f" ({job.reason})"
     if job.cancel_requested and not job.is_final:
         status += ", cancel requested"
+    if job.corrupt is not None:
+        status = f"CORRUPT: the stored record does not decode ({job.corrupt}); shown as read"
     fields: list[tuple[str, str]] = [
         ("id", job.id),
         ("class", job.cls),

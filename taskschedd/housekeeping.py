@@ -22,6 +22,9 @@ from taskschedd.periodic import Every, store_trouble
 from taskschedd.store import Store
 from taskschedd.store.base import NodeRecord
 
+#: A sweep for malformed records waits at least this many times its own duration.
+SWEEP_DUTY = 100.0
+
 
 class Housekeeping:
     """Heartbeat, lease reaping and purge (``workers`` is the master's live table)."""
@@ -36,6 +39,8 @@ class Housekeeping:
         self.reap_timer = Every()
         self.heartbeat_timer = Every()
         self.purge_timer = Every()
+        self.sweep_timer = Every()
+        self.unaddressable: set[str] = set()  # malformed records told of once
         self.heartbeat_soon = False  # the registry should see a change in the pool soon
         self.heartbeat_last = 0.0
 
@@ -44,6 +49,7 @@ class Housekeeping:
 
     def wakeups(self, now: float) -> list[float]:
         times = [self.reap_timer.next, self.heartbeat_timer.next, self.purge_timer.next]
+        times.append(self.sweep_timer.next)
         if self.heartbeat_soon and not self.heartbeat_timer.failures:
             times.append(now + 0.1)
         return times
@@ -99,7 +105,10 @@ class Housekeeping:
                 if record.claim_token is None or record.claim_token in mine:
                     continue
                 detail = f"its lease expired (node {record.node}, worker {record.worker})"
-                settlement = rules.on_abandoned(record, time.time(), detail=detail)
+                if record.corrupt is not None:
+                    settlement = rules.on_corrupt(record, time.time())
+                else:
+                    settlement = rules.on_abandoned(record, time.time(), detail=detail)
                 if self.store.settle(record.id, record.claim_token, settlement, now=time.time()):
                     reaped += 1
                     self.log.warning(
@@ -113,6 +122,45 @@ class Housekeeping:
             return reaped
         self.reap_timer.done(now, self.config.reap_interval)
         return reaped
+
+    def quarantine(self, now: float) -> int:
+        """Quarantine the records that claims and reaps cannot handle (written by another
+        client with a field of the wrong type): they end FAILED with reason "corrupt"
+        instead of staying stuck. Returns how many this node quarantined."""
+        if now < self.sweep_timer.next:
+            return 0
+        assert self.store is not None
+        done = 0
+        began = time.monotonic()
+        try:
+            found = self.store.malformed(limit=100)
+            took = time.monotonic() - began
+            for record in found:
+                settlement = rules.on_corrupt(record, time.time())
+                if self.store.quarantine(record, settlement, now=time.time()):
+                    done += 1
+                    self.log.error(
+                        "quarantined a stored job that does not decode",
+                        job_id=record.id, job_class=record.cls, why=record.corrupt,
+                    )  # fmt: skip
+                elif record.id not in self.unaddressable:
+                    self.unaddressable.add(record.id)
+                    self.log.error(
+                        "a malformed stored job cannot be quarantined; fix or delete it",
+                        job_id=record.id, why=record.corrupt,
+                    )  # fmt: skip
+        except StoreError as exc:
+            store_trouble(self.log, "quarantine malformed jobs", self.sweep_timer, now, exc)
+            return done
+        # The look is a scan of every job (about a second per million on SQLite): never
+        # more than 1% of the master's time, however large the store.
+        self.sweep_timer.done(now, max(self.sweep_interval(), SWEEP_DUTY * took))
+        return done
+
+    def sweep_interval(self) -> float:
+        """How often to look for malformed records at least: 10 reap intervals (100 s by
+        default), 1-300 s."""
+        return min(300.0, max(1.0, 10 * self.config.reap_interval))
 
     def purge(self, now: float) -> None:
         if now < self.purge_timer.next:

@@ -117,6 +117,22 @@ def on_abandoned(
     return _final(job, JobStatus.FAILED, now, error=error, reason="abandoned")
 
 
+def on_corrupt(job: JobRecord, now: float) -> Settlement:
+    """A record that does not decode (``job.corrupt``) is quarantined: it ends FAILED with
+    reason "corrupt", never runs and is never retried or rescheduled (its options cannot
+    be trusted); its errors become just this one (they may not be a list)."""
+    error = ErrorInfo(
+        attempt=job.attempt,
+        type="CorruptRecord",
+        message=f"the stored job does not decode: {job.corrupt}; quarantined (not run)",
+        time=now,
+        reason="corrupt",
+    )
+    return Settlement(
+        status=JobStatus.FAILED, error=error, reason="corrupt", progress=None, reset_errors=True
+    )
+
+
 def on_cancel_running(job: JobRecord, now: float) -> Settlement:
     """A running job was canceled and killed; canceled jobs are never rescheduled."""
     return _final(job, JobStatus.CANCELED, now, reason="canceled", recur=False)

@@ -94,6 +94,8 @@ class JobRecord:
     series_seq: int = 0
     once_key: str | None = None
     updated: float | None = None
+    #: Why the stored record does not decode (None: it does); see store/decode.py.
+    corrupt: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -124,6 +126,7 @@ class JobRecord:
             "series": self.series,
             "series_seq": self.series_seq,
             "options": self.options.stored(),
+            "corrupt": self.corrupt,
         }
 
 
@@ -133,6 +136,8 @@ class Settlement:
 
     ``status`` FINAL ends the job; WAITING/POSTPONED re-queues the same job at ``at``.
     ``attempt_delta`` -1 gives back the attempt the claim used (drain release).
+    ``reset_errors``: ``error`` replaces the stored errors instead of joining them (a
+    corrupt record's errors may not be a list to append to).
     """
 
     status: JobStatus
@@ -143,6 +148,7 @@ class Settlement:
     progress: float | None = None
     attempt_delta: int = 0
     next_job: NewJob | None = None
+    reset_errors: bool = False
 
 
 @dataclass(frozen=True)
@@ -358,6 +364,18 @@ class Store(abc.ABC):
         """PROCESSING jobs whose lease ended before ``now``."""
 
     @abc.abstractmethod
+    def malformed(self, limit: int = 100) -> list[JobRecord]:
+        """Records that claims and reaps cannot see or settle because a field they compare
+        has the wrong type or value (status, due time, queue, lease, token: written by
+        another client); each with ``corrupt`` set. The nodes quarantine them."""
+
+    @abc.abstractmethod
+    def quarantine(self, record: JobRecord, settlement: Settlement, *, now: float) -> bool:
+        """Apply ``settlement`` (from rules.on_corrupt) to a record :meth:`malformed`
+        returned, with its event, if the stored record is still malformed; False if it
+        is not (fixed or settled meanwhile) or cannot be addressed by its id."""
+
+    @abc.abstractmethod
     def cancel(self, job_id: str, *, now: float) -> JobRecord:
         """Cancel a waiting job at once, or ask the owner of a running one to stop it.
 
@@ -441,6 +459,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def remove_node(self, name: str) -> None: ...
+
+    def verify(self) -> None:
+        """StoreReplaced when what this object has open is no longer the store its URL
+        names (SQLite: the file was deleted or replaced). Cheap, no store round trip:
+        the master calls it on every pass of its loop."""
+        return  # nothing to check: a server store has no file to lose
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -42,6 +42,13 @@ from taskschedd import Scheduler
 from taskschedd.errors import OptionError, TaskSchedError
 from taskschedd.job import JobStatus
 from taskschedd.store.base import JobRecord
+from tests.corrupt_records import (
+    MONGO_CASES,
+    SQLITE_CASES,
+    damage_mongo,
+    damage_sqlite,
+    quarantined,
+)
 from tests.faults.harness import (
     LOCKER,
     MONGO_COLLECTIONS,
@@ -120,6 +127,7 @@ class Soak:
     restart_at: dict[int, float] = field(default_factory=dict)
     outage: Outage | None = None
     add_failures: int = 0
+    corrupted: dict[str, str] = field(default_factory=dict)  # job id -> damage case
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -218,6 +226,7 @@ class Soak:
     def chaos_step(self) -> None:
         live = self.live_nodes()
         actions = ["kill worker", "kill worker", "kill worker", "kill master", "drain node"]
+        actions += ["corrupt record"]
         if self.outage is None:
             actions += ["store outage", "store outage"]
         action = self.rng.choice(actions)
@@ -235,6 +244,8 @@ class Soak:
             node.wait_exit(10)
             self.restart_at[id(node)] = time.monotonic() + self.rng.uniform(0, 3)
             self.chaos[action] += 1
+        elif action == "corrupt record":
+            self.corrupt_one()
         elif action == "drain node":
             node = self.rng.choice(live)
             node.signal(signal.SIGTERM)
@@ -242,6 +253,24 @@ class Soak:
             self.chaos[action] += 1
         else:
             self.start_outage(self.rng.uniform(1, 5))
+
+    def corrupt_one(self) -> None:
+        """Another client damages a job's record (see tests/corrupt_records.py): it must
+        end quarantined, never run, and stall nothing."""
+        sqlite = self.kind.kind == "sqlite"
+        case = self.rng.choice(sorted(SQLITE_CASES if sqlite else MONGO_CASES))
+        data = {"runs": self.runs, "sleep": 0}
+        try:
+            job = self.scheduler.add_job(SOAK_RUN, data, at=time.time() + 3600)
+            if sqlite:
+                assert self.kind.sqlite_path is not None
+                damage_sqlite(self.kind.sqlite_path, job.id, case)
+            else:
+                damage_mongo(self.kind.url, self.kind.options, job.id, case)
+        except Exception:  # the store is down (an outage): no damage this time
+            return
+        self.corrupted[job.id] = case
+        self.chaos["corrupt record"] += 1
 
     def start_outage(self, seconds: float) -> None:
         now = time.monotonic()
@@ -307,7 +336,7 @@ class Soak:
     # -- the verdict -----------------------------------------------------------------------
     def drain(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        wanted = set(self.added)
+        wanted = set(self.added) | set(self.corrupted)
         while time.monotonic() < deadline:
             jobs = all_jobs(self.scheduler.store)
             if all(i in jobs and jobs[i].is_final for i in wanted):
@@ -327,6 +356,12 @@ class Soak:
         unrun = sorted(
             i for i in wanted if i in jobs and jobs[i].status == JobStatus.DONE and not ok_runs[i]
         )
+        ran = {r[1] for r in starts}
+        unquarantined = sorted(
+            f"{i} ({case})"
+            for i, case in self.corrupted.items()
+            if i not in jobs or not quarantined(jobs[i]) or i in ran
+        )
         return {
             "store": self.kind.kind,
             "minutes": round(load_seconds / 60, 2),
@@ -342,11 +377,14 @@ class Soak:
             "duplicated": len(overlapping),
             "stuck": len(stuck),
             "done without a run": len(unrun),
+            "corrupt records": len(self.corrupted),
+            "corrupt not quarantined or run": len(unquarantined),
             "examples": {
                 "lost": lost[:5],
                 "duplicated": overlapping[:5],
                 "stuck": stuck[:5],
                 "unrun": unrun[:5],
+                "corrupt": unquarantined[:5],
             },
         }
 
@@ -403,11 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"soak {args.store} {report['minutes']} min: {report['jobs']} jobs, "
             f"{report['runs']} runs, chaos {sum(report['chaos'].values())} events: "
-            f"lost {report['lost']}, duplicated {report['duplicated']}, stuck {report['stuck']}"
+            f"lost {report['lost']}, duplicated {report['duplicated']}, stuck {report['stuck']}, "
+            f"corrupt records {report['corrupt records']} "
+            f"(not quarantined or run {report['corrupt not quarantined or run']})"
             + (f" (work dir {workdir})" if args.keep else "")
         )
         bad = report["lost"] or report["duplicated"] or report["stuck"]
-        bad = bad or report["done without a run"]
+        bad = bad or report["done without a run"] or report["corrupt not quarantined or run"]
         code = code or (1 if bad else 0)
     return code
 

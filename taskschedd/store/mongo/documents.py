@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from taskschedd.job import RUNNABLE, JobStatus
-from taskschedd.options import JobOptions
 from taskschedd.store.base import ErrorInfo, EventRecord, JobRecord, NewJob
+from taskschedd.store.decode import decode_doc, decode_event
 
 Doc = dict[str, Any]
 
@@ -45,61 +45,24 @@ def _among(field: str, values: Sequence[Any]) -> Doc:
     return {field: values[0]} if len(values) == 1 else {field: {"$in": list(values)}}
 
 
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _error_from(value: Any) -> ErrorInfo:
-    data = json.loads(value) if isinstance(value, str) else value
-    return ErrorInfo.from_dict(cast(dict[str, Any], data))
-
-
 def _to_job(doc: Doc) -> JobRecord:
-    result = doc.get("result")
-    return JobRecord(
-        id=doc["_id"],
-        cls=doc["cls"],
-        data=json.loads(doc["data"]),
-        status=JobStatus(int(doc["status"])),
-        queue=doc["queue"],
-        priority=int(doc["priority"]),
-        at=float(doc["at"]),
-        created=float(doc["created"]),
-        options=JobOptions.from_stored(doc.get("options") or {}),
-        attempt=int(doc.get("attempt", 0)),
-        started=_float(doc.get("started")),
-        ended=_float(doc.get("ended")),
-        result=json.loads(result) if result is not None else None,
-        errors=[_error_from(e) for e in doc.get("errors") or []],
-        progress=float(doc.get("progress") or 0.0),
-        reason=doc.get("reason"),
-        node=doc.get("node"),
-        worker=doc.get("worker"),
-        claim_token=doc.get("claim_token"),
-        lease_until=_float(doc.get("lease_until")),
-        cancel_requested=bool(doc.get("cancel_requested")),
-        series=doc.get("series"),
-        series_seq=int(doc.get("series_seq") or 0),
-        once_key=doc.get("once_key"),
-        updated=_float(doc.get("updated")),
-    )
+    return decode_doc(doc, _JOB_NAMES)
 
 
 def _to_event(doc: Doc) -> EventRecord:
-    error = doc.get("error")
-    return EventRecord(
-        seq=int(doc["seq"]),
-        job_id=doc["job_id"],
-        time=float(doc["time"]),
-        status=JobStatus(int(doc["status"])),
-        attempt=int(doc["attempt"]),
-        cls=doc["cls"],
-        queue=doc["queue"],
-        node=doc.get("node"),
-        worker=doc.get("worker"),
-        error=_error_from(error) if error else None,
-        reason=doc.get("reason"),
-    )
+    return decode_event([doc.get(f) for f in _EVENT_VALUES])
+
+
+_JOB_NAMES = {"id": "_id"}
+_EVENT_VALUES = (
+    "seq", "job_id", "time", "status", "attempt", "cls", "queue", "node", "worker", "error",
+    "reason",
+)  # fmt: skip
+
+
+def _attempt(job: Mapping[str, Any]) -> int:
+    value = job.get("attempt", 0)
+    return int(value) if type(value) in (int, float) and abs(value) < 2**53 else 0
 
 
 def _event(
@@ -118,7 +81,7 @@ def _event(
         "job_id": job["_id"],
         "time": float(now),
         "status": int(status),
-        "attempt": int(job.get("attempt", 0) if attempt is None else attempt),
+        "attempt": _attempt(job) if attempt is None else int(attempt),
         "cls": job["cls"],
         "queue": job["queue"],
         "node": node,

@@ -42,6 +42,7 @@ from taskschedd.store.base import (
     Store,
     Waker,
 )
+from taskschedd.store.decode import MAX_ATTEMPT, UNKNOWN_STATUS, status_name
 from taskschedd.store.mongo.common import _is_transient, _log
 from taskschedd.store.mongo.documents import (
     _EVENT_FIELDS,
@@ -78,8 +79,16 @@ _ANNOUNCED: set[tuple[str, str]] = set()
 
 
 def _due(queue: str, force_spawn: bool, now: float) -> Doc:
-    """The claim's filter for one queue: equality fields (nx-27017's SQL path), due now."""
-    return {"state": READY, "queue": queue, "spawn": bool(force_spawn), "at": {"$lte": now}}
+    """The claim's filter for one queue: equality fields (nx-27017's SQL path), due now.
+    The status range keeps a document whose status another client garbled (the claim
+    would overwrite it) for the quarantine sweep; it costs nothing measurable."""
+    return {
+        "state": READY,
+        "queue": queue,
+        "spawn": bool(force_spawn),
+        "at": {"$lte": now},
+        "status": {"$gte": int(JobStatus.WAITING), "$lte": int(JobStatus.POSTPONED)},
+    }
 
 
 def _claim_update(token: str, *, node: str, worker: str, lease: float, now: float) -> Doc:
@@ -107,6 +116,54 @@ def _settle_event(job: Doc, s: Settlement, now: float, *, attempt: int | None = 
         job, now, s.status, attempt=attempt, node=job.get("node"), worker=job.get("worker"),
         error=s.error, reason=s.reason,
     )  # fmt: skip
+
+
+def _count(value: Any) -> int:
+    """A stored count, 0 if another client wrote something else there."""
+    return int(value) if type(value) in (int, float) and abs(value) < 2**53 else 0
+
+
+#: Documents that claims and reaps cannot see or settle, because a field that their
+#: filters or updates compare has the wrong type: quarantined by the nodes' sweep. Each
+#: ``$nor`` of one conjunction reads "not all of these hold" ($not is not available on
+#: nx-27017); a range matches numbers only (MongoDB compares within a type).
+_COUNT = {"$gte": 0, "$lte": MAX_ATTEMPT}
+_MALFORMED: Doc = {
+    "$or": [
+        {"status": {"$nin": [int(s) for s in JobStatus]}},
+        {"state": {"$nin": [READY, RUNNING, DONE]}},
+        {
+            "state": READY,
+            "$nor": [
+                {
+                    "at": {"$type": "number"},
+                    "attempt": _COUNT,
+                    "queue": {"$type": "string"},
+                    "spawn": {"$in": [True, False]},
+                }
+            ],
+        },
+        {
+            "state": RUNNING,
+            "$nor": [
+                {
+                    "lease_until": {"$type": "number"},
+                    "attempt": _COUNT,
+                    "claim_token": {"$type": "string"},
+                }
+            ],
+        },
+    ]
+}
+
+
+def _malformed_why(doc: Doc) -> str:
+    state = doc.get("state")
+    if state == READY:
+        return "its at, attempt, queue or spawn field has the wrong type"
+    if state == RUNNING:
+        return "it is running without a numeric lease, attempt or a claim token"
+    return f"its state is {state!r}"
 
 
 class _OnceKeyTaken(StoreError):
@@ -544,7 +601,9 @@ class MongoStore(Store):
             # writes leaves it for the next maintenance pass instead of losing the series.
             sets.update(next_pending=True, next_job=next_doc)
         update: Doc = {"$set": sets}
-        if s.error is not None:
+        if s.error is not None and s.reset_errors:
+            sets["errors"] = [json.dumps(s.error.to_dict())]
+        elif s.error is not None:
             # JSON text: nx-27017 turns a pushed sub-document into a string anyway.
             update["$push"] = {"errors": json.dumps(s.error.to_dict())}
         if s.attempt_delta:
@@ -700,7 +759,7 @@ class MongoStore(Store):
                 continue
             _, _, s = settles[i]
             done[i] = True
-            attempt = int(doc.get("attempt", 0)) + s.attempt_delta  # as the update leaves it
+            attempt = _count(doc.get("attempt")) + s.attempt_delta  # as the update leaves it
             events.append(_settle_event(doc, s, now, attempt=attempt))
             if next_doc is not None:
                 nexts.append((doc["_id"], next_doc))
@@ -894,6 +953,46 @@ class MongoStore(Store):
             )
         return [_to_job(d) for d in docs]
 
+    def malformed(self, limit: int = 100) -> list[JobRecord]:
+        with self._errors("find malformed jobs"):
+            docs = list(self._jobs.find(_MALFORMED).sort("seq", 1).limit(limit))
+        out = []
+        for doc in docs:
+            record = _to_job(doc)
+            if record.corrupt is None:  # decodes, yet claims cannot compare its fields
+                record.corrupt = _malformed_why(doc)
+            out.append(record)
+        return out
+
+    def quarantine(self, record: JobRecord, settlement: Settlement, *, now: float) -> bool:
+        now = _t(now)
+        s = settlement
+        sets: Doc = {
+            "status": int(s.status),
+            "state": _state(s.status),
+            "reason": s.reason,
+            "ended": now,
+            "ended_at": _date(now),
+            "errors": [json.dumps(s.error.to_dict())] if s.error else [],
+            "claim_token": None,
+            "lease_until": None,
+            "cancel_requested": False,
+            "once_key": None,
+            "once": f"j:{record.id}",
+            "updated": now,
+        }
+        with self._errors("quarantine a malformed job"):
+            result = self._jobs.update_one({"_id": record.id, **_MALFORMED}, {"$set": sets})
+        if result.matched_count != 1:
+            return False
+        fields = {"_id": record.id, "cls": record.cls, "queue": record.queue}
+        event = _event(
+            fields, now, s.status, attempt=record.attempt,
+            node=record.node, worker=record.worker, error=s.error, reason=s.reason,
+        )  # fmt: skip
+        self._emit_after("quarantine", [event])
+        return True
+
     def cancel(self, job_id: str, *, now: float) -> JobRecord:
         now = _t(now)
         with self._errors("cancel"):
@@ -1042,8 +1141,11 @@ class MongoStore(Store):
                 doc = self._jobs.find_one(
                     {"state": READY, "queue": q}, sort=[("at", 1)], projection={"at": 1}
                 )
-                if doc is not None and (best is None or float(doc["at"]) < best):
-                    best = float(doc["at"])
+                # Numbers sort before text: a text `at` shows only when no job has a time.
+                # (Null sorts first: the sweep quarantines such a job soon.)
+                at = doc.get("at") if doc is not None else None
+                if isinstance(at, int | float) and (best is None or at < best):
+                    best = float(at)
         return best
 
     def stats(self, *, now: float, window: float = 300.0) -> dict[str, Any]:
@@ -1096,21 +1198,30 @@ class MongoStore(Store):
         by_queue: dict[str, dict[str, int]] = {}
         by_class: dict[str, dict[str, int]] = {}
         for row in groups:
-            status_text, rest = str(row["_id"]).split(sep, 1)
-            queue, cls = rest.rsplit(sep, 1)
-            name = JobStatus(int(float(status_text))).name
-            n = int(row["n"])
+            # $concat of a field that is not text gives null: records of another client.
+            parts = str(row["_id"]).split(sep, 1)
+            status_text, rest = parts if len(parts) == 2 else ("?", f"?{sep}?")
+            queue, cls = rest.rsplit(sep, 1) if sep in rest else ("?", "?")
+            try:
+                name = status_name(float(status_text))
+            except ValueError:
+                name = UNKNOWN_STATUS
+            n = _count(row.get("n"))
             by_status[name] = by_status.get(name, 0) + n
             q = by_queue.setdefault(queue, {})
             q[name] = q.get(name, 0) + n
             k = by_class.setdefault(cls, {})
             k[name] = k.get(name, 0) + n
-        finished = {JobStatus(int(r["_id"])).name: int(r["n"]) for r in finished_rows if r.get("n")}
+        finished = {status_name(r["_id"]): _count(r["n"]) for r in finished_rows if r.get("n")}
         return {
             "by_status": by_status,
             "by_queue": by_queue,
             "by_class": by_class,
-            "oldest_waiting_age": {r["_id"]: now - float(r["at"]) for r in oldest_rows},
+            "oldest_waiting_age": {
+                str(r["_id"]): now - float(r["at"])
+                for r in oldest_rows
+                if type(r.get("at")) in (int, float)
+            },
             "finished_in_window": finished,
             "window": window,
         }
@@ -1234,21 +1345,26 @@ class MongoStore(Store):
         where: Doc = {} if alive_after is None else {"heartbeat": {"$gte": alive_after}}
         with self._errors("list nodes"):
             docs = list(self._nodes.find(where).sort("_id", 1))
-        return [
-            NodeRecord(
-                name=d["_id"],
-                host=d["host"],
-                pid=int(d["pid"]),
-                started=float(d["started"]),
-                heartbeat=float(d["heartbeat"]),
-                workers_busy=int(d.get("workers_busy", 0)),
-                workers_idle=int(d.get("workers_idle", 0)),
-                running=tuple(d.get("running") or ()),
-                queues=tuple(d.get("queues") or ()),
-                version=d.get("version", ""),
-            )
-            for d in docs
-        ]
+        out = []
+        for d in docs:
+            try:
+                out.append(
+                    NodeRecord(
+                        name=str(d["_id"]),
+                        host=str(d["host"]),
+                        pid=int(d["pid"]),
+                        started=float(d["started"]),
+                        heartbeat=float(d["heartbeat"]),
+                        workers_busy=int(d.get("workers_busy", 0)),
+                        workers_idle=int(d.get("workers_idle", 0)),
+                        running=tuple(str(j) for j in d.get("running") or ()),
+                        queues=tuple(str(q) for q in d.get("queues") or ()),
+                        version=str(d.get("version", "")),
+                    )
+                )
+            except (KeyError, TypeError, ValueError, OverflowError):
+                continue  # not a node's heartbeat: the registry is advisory
+        return out
 
     def remove_node(self, name: str) -> None:
         with self._errors("remove a node"):
