@@ -7,6 +7,7 @@ click's usage errors exit 2, taskschedd's errors exit with their ``exit_code``.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -21,6 +22,8 @@ EPILOG = f"""\b
 Choosing the store (first match wins; the command line wins over the environment):
   --store URL / $TASKSCHED_STORE     sqlite:///var/lib/taskschedd/taskschedd.db,
                                      a file path, or mongodb://user:pw@host/db
+  $TASKSCHED_STORE_FILE              a file holding the store URL (keeps a password
+                                     out of ps and shell history)
   -c PATH / $TASKSCHED_CONFIG        the store (and allowed_modules, job_defaults)
                                      of a taskschedd configuration file
   /etc/taskschedd/taskschedd.yaml    when it exists
@@ -81,6 +84,12 @@ def cli(ctx: click.Context, config_path: str | None, store: str | None) -> None:
     ctl.config_from_cli = ctx.get_parameter_source("config_path") == ParameterSource.COMMANDLINE
     ctl.store_url = check_store_url(store) if store else None
     ctl.store_from_env = ctx.get_parameter_source("store") == ParameterSource.ENVIRONMENT
+    if store is None and os.environ.get("TASKSCHED_STORE_FILE"):
+        from taskschedd.scheduler import env_store_url
+
+        from_file = env_store_url(plain=False)
+        if from_file is not None:
+            ctl.store_url, ctl.store_from_env = check_store_url(from_file), True
     ctx.call_on_close(ctl.close)
 
 
@@ -136,6 +145,10 @@ def _silence_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    if argv is None:
+        from taskschedd.redact import hide_argv_secrets
+
+        hide_argv_secrets(sys.argv)  # a --store URL's password, out of ps
     sys.exit(run(argv))
 
 

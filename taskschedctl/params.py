@@ -155,3 +155,11 @@ def load_data(text: str | None) -> Any:
             """'{"to": "a@example.org"}', '[1, 2]' or '"text"', @FILE or - for stdin""",
             param_hint="DATA",
         ) from None
+    except ValueError as exc:  # an integer too long for int(): CPython's own guard
+        from taskschedd.options import MAX_INT_DIGITS
+
+        raise click.BadParameter(
+            f"{source} holds a number of more than {MAX_INT_DIGITS} digits, which cannot be "
+            f"read ({exc.args[0].split(':')[0]}); give such numbers as strings",
+            param_hint="DATA",
+        ) from None

@@ -226,6 +226,10 @@ def _alive(pid: int) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: exit codes from TaskSchedError, one-line messages, no traceback."""
+    if argv is None:
+        from taskschedd.redact import hide_argv_secrets
+
+        hide_argv_secrets(sys.argv)  # a --store URL's password, out of ps
     try:
         rc = command.main(
             args=list(argv) if argv is not None else None,

@@ -36,13 +36,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import yaml
 
 from taskschedd.errors import ConfigError
-from taskschedd.redact import redact_url
-from taskschedd.timeutil import parse_duration
+from taskschedd.options import DEFAULT_MAX_DATA_SIZE, MAX_DATA_SIZE_RANGE
+from taskschedd.redact import redact_url, remember_secret, url_password
+from taskschedd.timeutil import format_duration, parse_duration
 
 __all__ = [
     "JOB_DEFAULTS_VALIDATOR",
@@ -92,6 +93,38 @@ _MEMORY_UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _LISTEN_RE = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?")
 _BAD_DB_CHARS = set('/\\. "$\0')
+
+#: A configuration file is small: larger ones, and YAML whose aliases expand to more nodes
+#: than this (an "alias bomb": 400 bytes can stand for billions of nodes), are refused
+#: before anything walks the data.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000
+MAX_CONFIG_ALIASES = 1_000
+
+_DAY = 86400.0
+#: The accepted range of every duration key, in seconds (documented in taskschedd.yaml(5)).
+#: Upper bounds keep every derived deadline and timer argument finite and in range.
+DURATION_RANGES: dict[str, tuple[float, float]] = {
+    "idle_timeout": (0.0, 30 * _DAY),
+    "lease": (1.0, _DAY),
+    "shutdown_grace": (0.0, _DAY),
+    "kill_grace": (0.0, 3600.0),
+    "reap_interval": (0.01, 3600.0),
+    "poll_interval": (0.01, 3600.0),
+    "heartbeat_interval": (0.01, 3600.0),
+    "retention": (0.0, 3650 * _DAY),
+}
+#: The accepted range of every integer key (sizes in bytes).
+MAX_CHILDREN = 4096
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "min_children": (0, MAX_CHILDREN),
+    "max_children": (1, MAX_CHILDREN),
+    "max_jobs_per_worker": (0, 1_000_000_000),
+    "claim_ahead": (1, 1000),
+    "max_worker_memory": (0, 16 << 20),  # megabytes: 16 TiB
+    "max_data_size": MAX_DATA_SIZE_RANGE,
+    "mongodb.write_concern": (0, 50),
+}
 
 
 def _default_node() -> str:
@@ -162,6 +195,7 @@ class Config:
     max_jobs_per_worker: int = 0
     claim_ahead: int = 64  # jobs a worker may claim in one store write (1: one at a time)
     max_worker_memory: int = 0  # MB, 0 = no limit
+    max_data_size: int = DEFAULT_MAX_DATA_SIZE  # bytes of JSON, for job data and results
     job_defaults: dict[str, Any] = field(default_factory=dict)
     retention: float = 7 * 86400.0  # 0 = keep final jobs forever
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -170,6 +204,8 @@ class Config:
     group: str | None = None
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     mongodb: MongoDBConfig = field(default_factory=MongoDBConfig)
+    #: A file holding the password of the MongoDB store URL (which then names the user only).
+    store_password_file: str | None = None
 
     @property
     def store_kind(self) -> str:
@@ -213,16 +249,25 @@ def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a YAML configuration file; every problem is a ConfigError."""
     name = os.fspath(path)
     try:
-        raw = Path(name).read_bytes()
+        with open(name, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(f"cannot read the configuration file: {reason}", path=name) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"the file is larger than {MAX_CONFIG_BYTES // 1024} KiB; a configuration is "
+            "a few KiB at most",
+            path=name,
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text (byte offset {exc.start})", path=name) from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+        data = _parse(text)
+    except _TooBig as exc:
+        raise ConfigError(str(exc), path=name) from None
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(_yaml_reason(exc), path=name) from None
     except yaml.YAMLError as exc:
@@ -237,6 +282,70 @@ def load(path: str | os.PathLike[str]) -> Config:
 def from_mapping(data: Mapping[Any, Any], path: str | None = None) -> Config:
     """Validate an already parsed mapping; relative paths resolve against path's directory."""
     return _Validator(path).config(data)
+
+
+class _TooBig(Exception):
+    """YAML whose aliases expand beyond the limits."""
+
+
+def _parse(text: str) -> Any:
+    """yaml.load with the StrictLoader, refusing documents that expand too much: the node
+    graph is measured (aliases counted as the copies they stand for) before any Python
+    object is built from it."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """_TooBig when the document has too many aliases, is recursive, or stands for more
+    than MAX_CONFIG_NODES nodes once its aliases are expanded. Iterative, and linear in the
+    size of the graph: each distinct node's expanded size is computed once."""
+    sizes: dict[int, int] = {}
+    refs = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if done:
+            on_path.discard(key)
+            total = 1 + sum(sizes[id(child)] for child in children)
+            if total > MAX_CONFIG_NODES:
+                raise _TooBig(
+                    f"the YAML stands for more than {MAX_CONFIG_NODES} values once its aliases "
+                    f"(*name) are expanded (line {node.start_mark.line + 1}); "
+                    "a configuration needs far fewer"
+                )
+            sizes[key] = total
+            continue
+        if key in sizes:
+            refs += 1
+        elif key in on_path:
+            raise _TooBig(
+                f"a YAML alias refers to a value that contains it (line "
+                f"{node.start_mark.line + 1}); recursive data is not a configuration"
+            )
+        else:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+        if refs > MAX_CONFIG_ALIASES:
+            raise _TooBig(
+                f"more than {MAX_CONFIG_ALIASES} uses of YAML aliases (*name); "
+                "a configuration needs far fewer"
+            )
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -261,6 +370,20 @@ class _StrictLoader(yaml.SafeLoader):
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        try:
+            return int(super().construct_yaml_int(node))
+        except ValueError as exc:  # CPython's guard against very long integers
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"a number too long to read ({exc.args[0].split(':')[0]})",
+                node.start_mark,
+            ) from None
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
 
 def _yaml_reason(exc: yaml.MarkedYAMLError) -> str:
     mark = exc.problem_mark or exc.context_mark
@@ -283,10 +406,20 @@ def _typename(value: object) -> str:
 
 
 def _got(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        text = "a number too long to show"
     if len(text) > 80:
         text = text[:77] + "..."
     return f"got {text} ({_typename(value)})"
+
+
+def _format_size(size: int) -> str:
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
@@ -344,23 +477,36 @@ class _Validator:
         return out
 
     def integer(self, key: str, value: object, minimum: int) -> int:
+        """An integer from ``minimum`` up to the key's maximum in INT_RANGES."""
+        low, high = INT_RANGES[key]
+        minimum = max(minimum, low)
+        accepted = f"accepted: {minimum} to {high}"
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, f"expected an integer >= {minimum}, {_got(value)}")
+            self.fail(key, f"expected an integer >= {minimum}, {_got(value)}; {accepted}")
         if value < minimum:
-            self.fail(key, f"must be >= {minimum}, {_got(value)}")
+            self.fail(key, f"must be >= {minimum}, {_got(value)}; {accepted}")
+        if value > high:
+            self.fail(key, f"must be <= {high}, {_got(value)}; {accepted}")
         return value
 
-    def duration(self, key: str, value: object, minimum: float, *, positive: bool = False) -> float:
+    def duration(self, key: str, value: object, *, positive: bool = False) -> float:
+        """Seconds within the key's range in DURATION_RANGES."""
+        low, high = DURATION_RANGES[key]
+        accepted = f"accepted: {format_duration(low)} to {format_duration(high)}"
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(key, f"must be finite, {_got(value)}; {accepted}")
         try:
             seconds = parse_duration(value, what=key)
         except ValueError as exc:
-            self.fail(key, str(exc).removeprefix(f"{key}: "))
+            self.fail(key, f"{str(exc).removeprefix(f'{key}: ')}; {accepted}")
         if not math.isfinite(seconds):
-            self.fail(key, f"must be finite, {_got(value)}")
+            self.fail(key, f"must be finite, {_got(value)}; {accepted}")
         if positive and seconds <= 0:
-            self.fail(key, f"must be more than 0 seconds, {_got(value)}")
-        if seconds < minimum:
-            self.fail(key, f"must be at least {minimum:g}s, {_got(value)}")
+            self.fail(key, f"must be more than 0 seconds, {_got(value)}; {accepted}")
+        if seconds < low:
+            self.fail(key, f"must be at least {format_duration(low)}, {_got(value)}; {accepted}")
+        if seconds > high:
+            self.fail(key, f"must be at most {format_duration(high)}, {_got(value)}; {accepted}")
         return seconds
 
     def string(self, key: str, value: object, example: str = "") -> str:
@@ -404,6 +550,11 @@ class _Validator:
         kw: dict[str, Any] = {}
 
         kw["store"] = self.store(top.get("store", DEFAULT_STORE))
+        if top.get("store_password_file") is not None:
+            kw["store_password_file"] = self.file_path(
+                "store_password_file", top["store_password_file"]
+            )
+            kw["store"] = self.store_with_password(kw["store"], kw["store_password_file"])
         if "node" in top:
             node = self.string("node", top["node"], "web-1")
             if not _NODE_RE.fullmatch(node):
@@ -413,18 +564,9 @@ class _Validator:
             kw["node"] = node
         kw["pm"] = self.choice("pm", top.get("pm", "dynamic"), ("dynamic", "static", "ondemand"))
         kw.update(self.children(top, kw["pm"]))
-        for key, minimum, positive in (
-            ("idle_timeout", 0.0, False),
-            ("lease", 1.0, True),
-            ("shutdown_grace", 0.0, False),
-            ("kill_grace", 0.0, False),
-            ("reap_interval", 0.0, True),
-            ("poll_interval", 0.0, True),
-            ("heartbeat_interval", 0.0, True),
-            ("retention", 0.0, False),
-        ):
+        for key, (low, _) in DURATION_RANGES.items():
             if key in top:
-                kw[key] = self.duration(key, top[key], minimum, positive=positive)
+                kw[key] = self.duration(key, top[key], positive=low > 0)
         if "queues" in top:
             kw["queues"] = self.queues(top["queues"])
         if "allowed_modules" in top:
@@ -442,10 +584,11 @@ class _Validator:
             )
         if "claim_ahead" in top:
             kw["claim_ahead"] = self.integer("claim_ahead", top["claim_ahead"], 1)
-            if kw["claim_ahead"] > 1000:
-                self.fail("claim_ahead", f"must be <= 1000, {_got(top['claim_ahead'])}")
         if "max_worker_memory" in top:
-            kw["max_worker_memory"] = self.memory("max_worker_memory", top["max_worker_memory"])
+            size = self.size("max_worker_memory", top["max_worker_memory"])
+            kw["max_worker_memory"] = math.ceil(size / 2**20)
+        if "max_data_size" in top:
+            kw["max_data_size"] = self.size("max_data_size", top["max_data_size"])
         if "job_defaults" in top:
             kw["job_defaults"] = self.job_defaults(top["job_defaults"])
         kw["logging"] = self.logging(top.get("logging"))
@@ -484,9 +627,53 @@ class _Validator:
             self.fail("store", f"{path} is a directory; give the path of the database file")
         return "sqlite://" + path
 
+    def store_with_password(self, url: str, path: str) -> str:
+        """The MongoDB URL with the password read from ``path`` (first line, percent-encoded
+        here); the URL names the user and no password."""
+        key = "store_password_file"
+        if not url.startswith(("mongodb://", "mongodb+srv://")):
+            self.fail(key, "applies only to a mongodb:// or mongodb+srv:// store")
+        scheme, rest = url.split("://", 1)
+        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        user, at, _ = authority.rpartition("@")
+        if not at or not user:
+            self.fail(key, "the store URL must name the user: mongodb://USER@HOST/DB")
+        if ":" in user:
+            self.fail(key, "the store URL already holds a password; give it in one place")
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(4097)
+        except OSError as exc:
+            self.fail(key, f"cannot read {path}: {exc.strerror or exc}")
+        try:
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            self.fail(key, f"{path} is not UTF-8 text")
+        password = lines[0] if lines else ""
+        if len(raw) > 4096 or not password:
+            self.fail(key, f"{path} must hold the password on its first line (at most 4 KiB)")
+        remember_secret(password)
+        return f"{scheme}://{user}:{quote(password, safe='')}@{rest[len(user) + 1 :]}"
+
     def mongodb_url(self, url: str) -> None:
         rest = url.split("://", 1)[1]
         authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        password = url_password(url)
+        if password is not None:
+            remember_secret(password)
+        userinfo = authority.rpartition("@")[0]
+        if "@" not in authority and "@" in rest:
+            # user:pa/ss@host: the '/' (or '?', '#') ended the authority inside the password.
+            _, colon, port = authority.partition(":")
+            if colon and not port.split(",")[0].isdigit():
+                userinfo = rest[: rest.rfind("@")]
+        if re.search(r"[@/?#\s]", userinfo) or userinfo.count(":") > 1:
+            self.fail(
+                "store",
+                f"the user name or password in the MongoDB URL {redact_url(url)!r} holds a "
+                "character that must be percent-encoded (@ : / ? # % or a space: %40 %3A %2F "
+                "%3F %23 %25 %20), or put the password in store_password_file",
+            )
         hosts = authority.rpartition("@")[2]
         if not hosts or any(not h for h in hosts.split(",")):
             self.fail("store", f"no host in MongoDB URL {redact_url(url)!r}")
@@ -539,18 +726,34 @@ class _Validator:
                 )
         return entries
 
-    def memory(self, key: str, value: object) -> int:
+    def size(self, key: str, value: object) -> int:
+        """Bytes from megabytes as an integer or a size like 512KB / 1.5GiB, within the
+        key's range in INT_RANGES (max_worker_memory's is in megabytes)."""
+        low, high = INT_RANGES[key]
+        unit_of_range = 2**20 if key == "max_worker_memory" else 1
+        low_b, high_b = low * unit_of_range, high * unit_of_range
+        accepted = f"accepted: {_format_size(low_b)} to {_format_size(high_b)}"
+        size: float | None = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return self.integer(key, value, 0)
-        if isinstance(value, str):
+            size = float(max(value, -1)) * 2**20 if value < 2**900 else math.inf
+        elif isinstance(value, str):
             match = _MEMORY_RE.fullmatch(value)
             if match:
                 unit = (match.group(2) or "m")[0].lower()
                 size = float(match.group(1)) * _MEMORY_UNITS[unit]
-                return math.ceil(size / 2**20)
-        self.fail(
-            key, f"expected megabytes as an integer or a size like 512MB or 1GB, {_got(value)}"
-        )
+        if size is None:
+            self.fail(
+                key,
+                f"expected megabytes as an integer or a size like 512MB or 1GB (or 64KiB), "
+                f"{_got(value)}; {accepted}",
+            )
+        if size < 0:
+            self.fail(key, f"must be >= 0, {_got(value)}; {accepted}")
+        if size < low_b:
+            self.fail(key, f"must be at least {_format_size(low_b)}, {_got(value)}; {accepted}")
+        if not size <= high_b:  # inf and NaN included
+            self.fail(key, f"must be at most {_format_size(high_b)}, {_got(value)}; {accepted}")
+        return math.ceil(size)
 
     def job_defaults(self, value: object) -> dict[str, Any]:
         options = self.section(value, "job_defaults", JOB_DEFAULT_KEYS)
@@ -652,12 +855,13 @@ class _Validator:
                 )
             names[key] = name
         concern = data.get("write_concern", "majority")
+        low, high = INT_RANGES["mongodb.write_concern"]
         if concern != "majority" and (
-            isinstance(concern, bool) or not isinstance(concern, int) or concern < 0
+            isinstance(concern, bool) or not isinstance(concern, int) or not low <= concern <= high
         ):
             self.fail(
                 "mongodb.write_concern",
-                f"expected 'majority' or a number of nodes >= 0, {_got(concern)}",
+                f"expected 'majority' or a number of nodes from {low} to {high}, {_got(concern)}",
             )
         streams = data.get("change_streams", "auto")
         if isinstance(streams, bool):  # YAML 1.1 reads a bare on/off as a boolean

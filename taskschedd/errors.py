@@ -25,6 +25,10 @@ class JobDataError(TaskSchedError, ValueError):
     exit_code = 2
 
 
+class DataTooLarge(JobDataError):
+    """Job data or a job's result is larger than max_data_size; nothing was written."""
+
+
 class JobClassError(TaskSchedError):
     """A job class path is malformed, not allowed, not importable or not a Job subclass."""
 

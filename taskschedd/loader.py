@@ -10,18 +10,39 @@ from taskschedd.errors import JobClassError
 from taskschedd.job import Job
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*([:.]{_IDENT})$")
-CLASS_PATH_HELP = "a dotted path like 'myapp.jobs.SendMail' (or 'myapp.jobs:SendMail')"
+# Used with fullmatch: a `$` anchor with match() would accept a trailing newline.
+_PATH = re.compile(rf"{_IDENT}(\.{_IDENT})*([:.]{_IDENT})")
+#: The longest class path accepted: it is stored with every job and shown by `list`.
+MAX_CLASS_PATH = 255
+CLASS_PATH_HELP = (
+    f"a dotted path like 'myapp.jobs.SendMail' (or 'myapp.jobs:SendMail'), "
+    f"at most {MAX_CLASS_PATH} characters"
+)
 
 
 def split_path(path: str) -> tuple[str, str]:
-    """(module, class name) of a class path; JobClassError if malformed."""
-    if not isinstance(path, str) or not _PATH.match(path) or "." not in path.replace(":", "."):
+    """(module, class name) of a class path; JobClassError if malformed.
+
+    A module path naming ``__init__`` is refused: it would import the package's code a
+    second time, as another module, and the same class would have two names."""
+    if not isinstance(path, str) or len(path) > MAX_CLASS_PATH:
+        shown = repr(path) if not isinstance(path, str) else repr(path[:60])
+        if isinstance(path, str):
+            shown = f"{shown[:-1]}...' ({len(path)} characters)"
+        raise JobClassError(f"job class {shown} is not valid: expected {CLASS_PATH_HELP}")
+    if not _PATH.fullmatch(path) or "." not in path.replace(":", "."):
         raise JobClassError(f"job class {path!r} is not valid: expected {CLASS_PATH_HELP}")
     if ":" in path:
         module, name = path.split(":", 1)
     else:
         module, name = path.rsplit(".", 1)
+    if "__init__" in module.split("."):
+        plain = ".".join(p for p in module.split(".") if p != "__init__")
+        hint = f"; write {plain + '.' + name!r}" if plain else ""
+        raise JobClassError(
+            f"job class {path!r} is not valid: a module path must not name __init__ (that "
+            f"imports the package a second time){hint}"
+        )
     return module, name
 
 

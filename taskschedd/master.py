@@ -43,7 +43,7 @@ from taskschedd.store.base import Waker
 from taskschedd.supervise import Supervisor
 
 #: Keys a reload cannot change (they need a restart); their old values are kept.
-RESTART_KEYS = ("store", "node", "user", "group", "pidfile", "mongodb")
+RESTART_KEYS = ("store", "store_password_file", "node", "user", "group", "pidfile", "mongodb")
 #: Keys the workers read: a reload that changes one replaces every worker.
 WORKER_KEYS = (
     "queues",
@@ -54,6 +54,7 @@ WORKER_KEYS = (
     "max_jobs_per_worker",
     "max_worker_memory",
     "claim_ahead",
+    "max_data_size",
 )
 PLAN_DEBOUNCE = 0.05  # the store waker fires on every write; plan at most this often
 LOOP_MAX_WAIT = 1.0

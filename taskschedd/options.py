@@ -14,14 +14,15 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
 
-from taskschedd.errors import JobDataError, OptionError
+from taskschedd.errors import DataTooLarge, JobDataError, OptionError
 from taskschedd.timeutil import DURATION_HELP, TIME_HELP, parse_duration, parse_time
 
 ALIASES = {"force_spawn": "ignore_max_children"}
 INTERVAL_REFERENCES = ("end", "start")
 BACKOFFS = ("fixed", "exponential")
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+# Used with fullmatch: a `$` anchor with match() would accept a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_JOB_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 #: Options compared by add_job_once; `at` is left out on purpose: it is usually computed
 #: ("in 10 minutes") and comparing it re-queued the job on every call (original defect 4).
@@ -111,14 +112,22 @@ def _int(name: str, value: Any, *, minimum: int, maximum: int, accepted: str) ->
     return value
 
 
+#: The longest duration option (interval, retry_interval, retry_backoff_max, timeout):
+#: 36500 days. Longer ones only overflow timers and dates.
+MAX_DURATION = 36500 * 86400.0
+
+
 def _duration(name: str, value: Any, *, allow_minus_one: bool = False) -> float:
     if allow_minus_one and (value == -1 or value == "-1") and not isinstance(value, bool):
         return -1.0
+    extra = " or -1" if allow_minus_one else ""
     try:
-        return parse_duration(value, what=f"option {name!r}")
+        seconds = parse_duration(value, what=f"option {name!r}")
     except ValueError:
-        extra = " or -1" if allow_minus_one else ""
-        raise _fail(name, DURATION_HELP + extra, value) from None
+        raise _fail(name, DURATION_HELP + extra + " (at most 36500d)", value) from None
+    if not seconds <= MAX_DURATION:
+        raise _fail(name, f"a duration of at most 36500d ({MAX_DURATION:.0f}s){extra}", value)
+    return seconds
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -166,13 +175,13 @@ def _check_value(name: str, value: Any) -> Any:
             raise _fail(name, " or ".join(BACKOFFS), value)
         return value
     if name == "queue":
-        if not isinstance(value, str) or not _NAME.match(value):
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
             raise _fail(name, "a queue name of 1-64 letters, digits, '.', '_' or '-'", value)
         return value
     if name == "id":
         if value is None:
             return None
-        if not isinstance(value, str) or not _JOB_ID.match(value):
+        if not isinstance(value, str) or not _JOB_ID.fullmatch(value):
             raise _fail(name, "1-128 letters, digits or . _ : @ -", value)
         return value
     if name == "cron":
@@ -273,6 +282,15 @@ def with_id(opts: JobOptions, job_id: str | None) -> JobOptions:
 #: Deeper JSON would be stored but could not be read back by a process whose stack is
 #: deeper than the writer's: a worker would crash on every claim of such a job.
 MAX_JSON_DEPTH = 100
+#: Default of the largest job data, and result, accepted as JSON text (bytes; the text is
+#: ASCII). MongoDB stores a job's data, result and errors in one document of at most
+#: 16 MiB; the configuration key ``max_data_size`` and ``Scheduler(max_data_size=...)``
+#: change it (up to 7 MiB, so that data and result together always fit).
+DEFAULT_MAX_DATA_SIZE = 1 << 20
+MAX_DATA_SIZE_RANGE = (1 << 10, 7 << 20)
+#: CPython refuses to convert integers longer than this to or from text (a guard against
+#: quadratic time): such a number cannot be JSON here, whatever the limit on data size.
+MAX_INT_DIGITS = 4300
 
 
 def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -297,27 +315,70 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def dump_data(data: Any) -> str:
-    """Job data as canonical JSON text; JobDataError says what is not JSON."""
+def _int_too_long(exc: ValueError) -> bool:
+    return "integer string conversion" in str(exc)
+
+
+def format_size(size: int) -> str:
+    """Bytes as the largest binary unit that divides them: 1048576 -> '1 MiB'."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} bytes"
+
+
+def _check_size(what: str, text: str, limit: int | None) -> None:
+    if limit is not None and len(text) > limit:
+        raise DataTooLarge(
+            f"{what} is {len(text)} bytes as JSON, more than the limit of {format_size(limit)} "
+            f"({limit} bytes; max_data_size in the configuration, or "
+            "Scheduler(max_data_size=...)); store large payloads elsewhere and pass a reference"
+        )
+
+
+def dump_data(data: Any, max_size: int | None = None) -> str:
+    """Job data as canonical JSON text; JobDataError says what is not JSON, DataTooLarge
+    when the text is longer than ``max_size`` bytes."""
     try:
         text = _CANONICAL.encode(data)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise JobDataError(
-            f"job data must be JSON-serialisable (dicts, lists, strings, numbers, "
-            f"booleans, null; no NaN/Infinity; at most {MAX_JSON_DEPTH} levels deep): {exc}"
-        ) from None
+    except ValueError as exc:
+        if _int_too_long(exc):
+            raise JobDataError(
+                f"job data holds an integer of more than {MAX_INT_DIGITS} digits; "
+                "give such numbers as strings"
+            ) from None
+        raise _not_json(exc) from None
+    except (TypeError, RecursionError) as exc:
+        raise _not_json(exc) from None
+    _check_size("job data", text, max_size)
     # Nesting deeper than the limit needs more brackets than that in the text.
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(data):
         raise JobDataError(f"job data is nested more than {MAX_JSON_DEPTH} levels deep")
     return text
 
 
-def dump_result(result: Any) -> str:
-    """A job's return value as JSON text; JobDataError names the problem."""
+def _not_json(exc: BaseException) -> JobDataError:
+    return JobDataError(
+        f"job data must be JSON-serialisable (dicts, lists, strings, numbers, "
+        f"booleans, null; no NaN/Infinity; at most {MAX_JSON_DEPTH} levels deep): {exc}"
+    )
+
+
+def dump_result(result: Any, max_size: int | None = DEFAULT_MAX_DATA_SIZE) -> str:
+    """A job's return value as JSON text; JobDataError names the problem, DataTooLarge
+    when the text is longer than ``max_size`` bytes."""
     try:
         text = json.dumps(result, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
+    except ValueError as exc:
+        if _int_too_long(exc):
+            raise JobDataError(
+                f"the job's return value holds an integer of more than {MAX_INT_DIGITS} "
+                "digits; return such numbers as strings"
+            ) from None
         raise JobDataError(f"the job's return value is not JSON-serialisable: {exc}") from None
+    except (TypeError, RecursionError) as exc:
+        raise JobDataError(f"the job's return value is not JSON-serialisable: {exc}") from None
+    _check_size("the job's return value", text, max_size)
     if _too_deep(result):
         raise JobDataError(f"the job's return value is nested more than {MAX_JSON_DEPTH} levels")
     return text

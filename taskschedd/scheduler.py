@@ -12,7 +12,14 @@ from taskschedd import rules
 from taskschedd.errors import JobFailed, OptionError, TaskSchedError, WaitTimeout
 from taskschedd.job import ACTIVE, JobStatus
 from taskschedd.loader import normalize, path_of
-from taskschedd.options import Defaults, JobOptions, dump_data, resolve
+from taskschedd.options import (
+    DEFAULT_MAX_DATA_SIZE,
+    MAX_DATA_SIZE_RANGE,
+    Defaults,
+    JobOptions,
+    dump_data,
+    resolve,
+)
 from taskschedd.store import DEFAULT_URL, open_configured, open_store
 from taskschedd.store.base import (
     DuplicateJobId,
@@ -131,7 +138,9 @@ class Scheduler:
     ``store`` is a URL (``sqlite:///path``, ``mongodb://host/db``) or a Store; without
     one, the store of ``config`` (a path or Config), ``$TASKSCHED_STORE``, the file
     named by ``$TASKSCHED_CONFIG``, or the default SQLite path is used. Keyword
-    arguments are the scheduler-wide ``default_*`` job options.
+    arguments are the scheduler-wide ``default_*`` job options. ``max_data_size``: the
+    largest job data accepted, in bytes of JSON (default: the configuration's
+    ``max_data_size``, else 1 MiB); larger data raises DataTooLarge before any write.
     """
 
     def __init__(
@@ -139,9 +148,11 @@ class Scheduler:
         store: str | Store | None = None,
         *,
         config: str | os.PathLike[str] | Config | None = None,
+        max_data_size: int | None = None,
         **defaults: Any,
     ) -> None:
         self.config = self._load_config(config) if config is not None else None
+        self.max_data_size = _data_size(max_data_size, self.config)
         if isinstance(store, Store):
             self.store = store
         else:
@@ -164,7 +175,7 @@ class Scheduler:
         if url is None and self.config is not None:
             return open_configured(self.config)
         if url is None:
-            url = os.environ.get("TASKSCHED_STORE")
+            url = env_store_url()
         if url is None and os.environ.get("TASKSCHED_CONFIG"):
             self.config = self._load_config(os.environ["TASKSCHED_CONFIG"])
             return open_configured(self.config)
@@ -204,7 +215,7 @@ class Scheduler:
         resolved: tuple[JobOptions, set[str]] | None = None,
     ) -> tuple[NewJob, JobOptions, set[str]]:
         path = self._path(cls)
-        data_json = dump_data(data)
+        data_json = dump_data(data, self.max_data_size)
         opts, explicit = resolved or self._resolve(options)
         at = rules.first_run_at(opts, now)
         job = NewJob(
@@ -462,6 +473,51 @@ class Scheduler:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def env_store_url(*, plain: bool = True) -> str | None:
+    """The store named by the environment: $TASKSCHED_STORE (when ``plain``), else the first
+    line of the file named by $TASKSCHED_STORE_FILE (which keeps a password out of ps,
+    shell history and the environment of every child). ConfigError if that file cannot
+    be read."""
+    url = os.environ.get("TASKSCHED_STORE") if plain else None
+    if url:
+        return url
+    path = os.environ.get("TASKSCHED_STORE_FILE")
+    if not path:
+        return None
+    from taskschedd.errors import ConfigError
+
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(65537)
+        lines = raw.decode("utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror or exc}", key="TASKSCHED_STORE_FILE"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", key="TASKSCHED_STORE_FILE") from None
+    if len(raw) > 65536 or not lines or not lines[0].strip():
+        raise ConfigError(
+            f"{path} must hold the store URL on its first line", key="TASKSCHED_STORE_FILE"
+        )
+    from taskschedd.redact import redact_url
+
+    url = lines[0].strip()
+    redact_url(url)  # remembers its password: masked in every message from here on
+    return url
+
+
+def _data_size(given: int | None, config: Config | None) -> int:
+    if given is None:
+        return config.max_data_size if config is not None else DEFAULT_MAX_DATA_SIZE
+    low, high = MAX_DATA_SIZE_RANGE
+    if isinstance(given, bool) or not isinstance(given, int) or not low <= given <= high:
+        raise OptionError(
+            f"max_data_size: expected a number of bytes from {low} to {high}, got {given!r}"
+        )
+    return given
 
 
 def _options_key(options: Mapping[str, Any]) -> tuple[Any, ...] | None:

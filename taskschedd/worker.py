@@ -27,7 +27,7 @@ from taskschedd import rules
 from taskschedd.errors import JobClassError, JobDataError, StoreError, StoreUnavailable
 from taskschedd.job import Job
 from taskschedd.loader import load_class
-from taskschedd.options import dump_result
+from taskschedd.options import DEFAULT_MAX_DATA_SIZE, dump_result
 from taskschedd.store.base import ClaimRequest, ErrorInfo, JobRecord, Settlement, Store
 
 log = structlog.get_logger("taskschedd.worker")
@@ -131,6 +131,7 @@ class Worker:
         on_written: Callable[[], None] | None = None,
         on_unstored: Callable[[list[str], StoreUnavailable], None] | None = None,
         claim_ahead: int = 1,
+        max_result_size: int = DEFAULT_MAX_DATA_SIZE,
     ) -> None:
         self.store = store
         self.allowed_modules = tuple(allowed_modules)
@@ -148,6 +149,7 @@ class Worker:
         self.on_written = on_written
         self.on_unstored = on_unstored
         self.claim_ahead = max(1, claim_ahead)
+        self.max_result_size = max_result_size  # bytes of JSON; larger results fail the job
         self.jobs_done = 0
         self._classes: dict[str, type[Job]] = {}
         # Claiming ahead (see step()): jobs claimed and not started, jobs run and not yet
@@ -581,7 +583,7 @@ class Worker:
             finally:
                 if alarm:
                     _disarm()
-            result_json = dump_result(result)
+            result_json = dump_result(result, self.max_result_size)
         except JobTimeoutError:
             bound.warning("job timed out", timeout=job.options.timeout)
             return rules.on_timeout(job, time.time())

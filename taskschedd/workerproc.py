@@ -278,6 +278,7 @@ class _Loop:
             in_process=False,
             poll_interval=self.config.poll_interval,
             claim_ahead=1 if spec.extra else self.config.claim_ahead,
+            max_result_size=self.config.max_data_size,
             on_claimed=self._on_claimed,
             on_claim=self._on_claim,
             on_settle=self._on_settle,

@@ -20,7 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taskschedd.config import from_mapping, load
+from taskschedd.config import DURATION_RANGES, INT_RANGES, from_mapping, load
 from taskschedd.job import JobStatus
 from taskschedd.options import JobOptions, resolve
 from taskschedd.scheduler import JobSpec
@@ -187,20 +187,20 @@ def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
             "level": draw(st.sampled_from(["debug", "info", "warning", "error"])),
         },
     }
-    positive = st.floats(min_value=0.001, max_value=1e6) | st.integers(1, 10**6)
-    for key, strategy in (
-        ("lease", st.floats(min_value=1, max_value=1e6) | st.integers(1, 10**6)),
-        ("idle_timeout", seconds | duration_text),
-        ("shutdown_grace", seconds | duration_text),
-        ("kill_grace", seconds | duration_text),
-        ("reap_interval", positive),
-        ("poll_interval", positive),
-        ("heartbeat_interval", positive),
-        ("retention", seconds | duration_text),
-        ("max_jobs_per_worker", st.integers(0, 10**6)),
-    ):
+    for key, (low, high) in DURATION_RANGES.items():  # anywhere in the documented range
         if draw(st.booleans()):
-            config[key] = draw(strategy)
+            units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+            unit = draw(st.sampled_from([u for u, size in units.items() if size <= high]))
+            text = st.integers(math.ceil(low / units[unit]), int(high // units[unit])).map(
+                lambda n, unit=unit: f"{n}{unit}"
+            )
+            config[key] = draw(
+                st.floats(min_value=low, max_value=high)
+                | st.integers(math.ceil(low), int(high))
+                | text
+            )
+    if draw(st.booleans()):
+        config["max_jobs_per_worker"] = draw(st.integers(*INT_RANGES["max_jobs_per_worker"]))
     return config
 
 

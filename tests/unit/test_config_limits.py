@@ -1,0 +1,243 @@
+"""Hostile and absurd configuration input (issue 11): YAML alias bombs, numbers outside
+their documented range, passwords that must never be shown, and the password file.
+
+tests/unit/test_config.py checks the ordinary keys; these cases are the ones that used
+to pass validation and then kill the daemon (OverflowError, crash-looping workers, a
+MemoryError after 19 s), or print a password.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from taskschedd import config
+from taskschedd.config import (
+    DURATION_RANGES,
+    INT_RANGES,
+    MAX_CONFIG_ALIASES,
+    MAX_CONFIG_BYTES,
+    ConfigError,
+    from_mapping,
+    load,
+)
+from taskschedd.redact import redact_text, redact_url
+from taskschedd.timeutil import format_duration
+
+
+def write(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "taskschedd.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def alias_bomb(key: str, levels: int = 9) -> str:
+    """~400 bytes that stand for 9**levels strings (the billion laughs), as the value of
+    ``key``: a validator that shows the bad value in its message used to expand it all."""
+    items = ["&a [x, x, x, x, x, x, x, x, x]"]
+    prev = "a"
+    for name in "bcdefghijk"[: levels - 1]:
+        items.append(f"&{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+        prev = name
+    return f"{key}: [\n  " + ",\n  ".join(items) + "\n]\n"
+
+
+def refused(path: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    err = info.value
+    assert err.exit_code == 78 and str(err).startswith(f"{path}: ")
+    return err
+
+
+# -- YAML that expands ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["store", "lease", "queues", "job_defaults", "unknown_key"])
+def test_an_alias_bomb_is_refused_at_once(tmp_path: Path, key: str) -> None:
+    text = alias_bomb(key)
+    assert len(text) < 450
+    start = time.monotonic()
+    err = refused(write(tmp_path, text))
+    assert time.monotonic() - start < 2.0  # it used to be a MemoryError after 19 s
+    assert "aliases" in err.reason and "100000 values" in err.reason
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
+    err = refused(write(tmp_path, "queues: &q [default, *q]\n"))
+    assert "refers to a value that contains it" in err.reason
+
+
+def test_too_many_alias_uses_are_refused(tmp_path: Path) -> None:
+    text = "x: &x a\nqueues: [" + ", ".join(["*x"] * (MAX_CONFIG_ALIASES + 1)) + "]\n"
+    err = refused(write(tmp_path, text))
+    assert f"more than {MAX_CONFIG_ALIASES} uses of YAML aliases" in err.reason
+
+
+def test_ordinary_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    text = (
+        "job_defaults: &d {retry: 3, timeout: 10m}\n"
+        "allowed_modules: &m [myapp.jobs, other.jobs]\n"
+        "logging: {<<: {format: json}, level: debug}\n"
+    )
+    cfg = load(write(tmp_path, text))
+    assert cfg.job_defaults == {"retry": 3, "timeout": "10m"}
+    assert cfg.allowed_modules == ["myapp.jobs", "other.jobs"]
+    assert (cfg.logging.format, cfg.logging.level) == ("json", "debug")
+
+
+def test_a_huge_file_is_refused_without_parsing_it(tmp_path: Path) -> None:
+    err = refused(write(tmp_path, "# " + "x" * MAX_CONFIG_BYTES + "\n"))
+    assert "larger than 1024 KiB" in err.reason
+
+
+def test_an_integer_too_long_to_read_is_a_config_error(tmp_path: Path) -> None:
+    err = refused(write(tmp_path, "max_children: " + "9" * 5000 + "\n"))
+    assert "line 1" in err.reason and "a number too long to read" in err.reason
+
+
+# -- every number has a range ----------------------------------------------------------------
+
+#: The values of issue 11, each accepted by --check-config before and fatal later.
+ISSUE_VALUES: list[tuple[dict[str, Any], str, str]] = [
+    ({"max_children": 99999999999999999999999}, "max_children", "must be <= 4096"),
+    ({"poll_interval": 1e308}, "poll_interval", "must be at most 1h"),
+    ({"lease": 1e308}, "lease", "must be at most 1d"),
+    ({"shutdown_grace": "99999999999w"}, "shutdown_grace", "must be at most 1d"),
+    ({"retention": 1e308}, "retention", "must be at most 3650d"),
+    ({"max_worker_memory": "99999999999TB"}, "max_worker_memory", "must be at most 16TiB"),
+    ({"max_worker_memory": "9" * 400}, "max_worker_memory", "must be at most 16TiB"),
+    ({"max_data_size": "20MB"}, "max_data_size", "must be at most 7MiB"),
+    ({"max_data_size": "1B"}, "max_data_size", "must be at least 1KiB"),
+    ({"poll_interval": float("nan")}, "poll_interval", "must be finite"),
+    ({"reap_interval": float("inf")}, "reap_interval", "must be finite"),
+    ({"kill_grace": "9" * 400 + "w"}, "kill_grace", "must be finite"),
+    ({"mongodb": {"write_concern": 10**30}}, "mongodb.write_concern", "from 0 to 50"),
+    ({"job_defaults": {"timeout": 1e308}}, "job_defaults", "at most 36500d"),
+    ({"job_defaults": {"retry_interval": "99999999999w"}}, "job_defaults", "at most 36500d"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "fragment"), ISSUE_VALUES, ids=[str(v[0])[:40] for v in ISSUE_VALUES]
+)
+def test_absurd_numbers_are_refused_naming_key_value_and_range(
+    tmp_path: Path, data: dict[str, Any], key: str, fragment: str
+) -> None:
+    err = refused(write(tmp_path, yaml.safe_dump(data)))
+    assert err.key == key
+    assert fragment in err.reason, err.reason
+    if key != "job_defaults":
+        assert "accepted:" in err.reason or "from 0 to 50" in err.reason, err.reason
+
+
+@pytest.mark.parametrize("key", list(DURATION_RANGES))
+def test_every_duration_key_takes_its_whole_range_and_nothing_beyond(key: str) -> None:
+    low, high = DURATION_RANGES[key]
+    assert math.isfinite(high) and high <= 3650 * 86400
+    assert getattr(from_mapping({key: low}), key) == low
+    assert getattr(from_mapping({key: high}), key) == high
+    assert getattr(from_mapping({key: format_duration(high)}), key) == high
+    accepted = f"accepted: {format_duration(low)} to {format_duration(high)}"
+    for bad in (high * 1.001, f"{high * 2:.0f}s", -1, float("inf"), float("nan")):
+        with pytest.raises(ConfigError) as info:
+            from_mapping({key: bad}, path="/x.yaml")
+        assert info.value.key == key and accepted in info.value.reason, (bad, info.value)
+
+
+@pytest.mark.parametrize("key", [k for k in INT_RANGES if "." not in k])
+def test_every_integer_key_takes_its_whole_range_and_nothing_beyond(key: str) -> None:
+    low, high = INT_RANGES[key]
+    if key in ("max_worker_memory", "max_data_size"):
+        unit = 1 if key == "max_worker_memory" else 2**20  # integers are megabytes
+        assert getattr(from_mapping({key: f"{high}MiB" if unit == 1 else "7MiB"}), key) == high
+        bad: Any = f"{high + 1}MiB" if unit == 1 else "8MiB"
+    else:
+        extra = {"max_children": high} if key == "min_children" else {}
+        assert getattr(from_mapping({key: high, **extra}), key) == high
+        assert getattr(from_mapping({key: low}), key) == low
+        bad = high + 1
+    with pytest.raises(ConfigError) as info:
+        from_mapping({key: bad}, path="/x.yaml")
+    assert info.value.key == key and "accepted:" in info.value.reason, info.value
+
+
+def test_the_reference_defaults_sit_inside_their_ranges() -> None:
+    defaults = config.Config()
+    for key, (low, high) in DURATION_RANGES.items():
+        assert low <= getattr(defaults, key) <= high, key
+    assert (
+        INT_RANGES["max_data_size"][0] <= defaults.max_data_size <= INT_RANGES["max_data_size"][1]
+    )
+
+
+# -- passwords -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("mongodb://u:pa/ss@127.0.0.1:1/db", "mongodb://u:***@127.0.0.1:1/db"),
+        ("mongodb://u:pa ss@127.0.0.1:1/db", "mongodb://u:***@127.0.0.1:1/db"),
+        ("mongodb://u:pa?s#s@h1,h2/db?replicaSet=rs", "mongodb://u:***@h1,h2/db?replicaSet=rs"),
+        (
+            "mongodb+srv://u:a@b/c d@cluster.example.com/db",
+            "mongodb+srv://u:***@cluster.example.com/db",
+        ),
+    ],
+)
+def test_every_url_form_is_redacted(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    # ... and once seen, the password is masked in any text: a driver error, a log line.
+    secret = url.split("://", 1)[1].split(":", 1)[1].rsplit("@", 1)[0]
+    assert secret not in redact_text(f"cannot connect to {url}: refused ({secret})")
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "pa ss", "pa?ss", "pa#ss", "p@ss:w"])
+def test_a_url_with_an_unencoded_password_character_is_refused_without_showing_it(
+    tmp_path: Path, password: str
+) -> None:
+    err = refused(write(tmp_path, yaml.safe_dump({"store": f"mongodb://app:{password}@db/jobs"})))
+    assert err.key == "store" and "percent-encoded" in err.reason
+    assert password not in str(err), str(err)
+
+
+def test_the_password_can_come_from_a_file(tmp_path: Path) -> None:
+    secret = "s3 cr/et@x"
+    (tmp_path / "pw").write_text(secret + "\n")
+    cfg = load(
+        write(
+            tmp_path, "store: mongodb://app@db1,db2/jobs?replicaSet=rs0\nstore_password_file: pw\n"
+        )
+    )
+    assert cfg.store == "mongodb://app:s3%20cr%2Fet%40x@db1,db2/jobs?replicaSet=rs0"
+    assert cfg.store_password_file == str(tmp_path / "pw")
+    for shown in (repr(cfg), str(cfg.redacted()), redact_text(f"error: {cfg.store} {secret}")):
+        assert "s3" not in shown and "%2F" not in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("store", "file", "fragment"),
+    [
+        ("sqlite:///tmp/x.db", "pw", "applies only to a mongodb"),
+        ("mongodb://db/jobs", "pw", "must name the user"),
+        ("mongodb://app:other@db/jobs", "pw", "already holds a password"),
+        ("mongodb://app@db/jobs", "missing", "cannot read"),
+        ("mongodb://app@db/jobs", "empty", "first line"),
+    ],
+)
+def test_a_bad_password_file_is_refused(
+    tmp_path: Path, store: str, file: str, fragment: str
+) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    (tmp_path / "empty").write_text("")
+    err = refused(write(tmp_path, yaml.safe_dump({"store": store, "store_password_file": file})))
+    assert err.key == "store_password_file" and fragment in err.reason, err
