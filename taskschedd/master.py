@@ -58,6 +58,7 @@ WORKER_KEYS = (
 )
 PLAN_DEBOUNCE = 0.05  # the store waker fires on every write; plan at most this often
 LOOP_MAX_WAIT = 1.0
+CRASH_RESET = 60.0  # seconds without an unexpected death that end a crash streak
 MASTER_STORE_WAIT = 1.0  # seconds a store call of the master may block (lock, server)
 
 
@@ -93,6 +94,10 @@ class Master:
         self.signals = SignalQueue()
         self.boot_failures = 0
         self.spawn_not_before = 0.0
+        # Ready workers dying unexpectedly with nothing to do, one after another (monotonic
+        # time of the last): a crash loop after start-up, backed off like start-up failures.
+        self.crash_streak = 0
+        self.crash_last = 0.0
         self.drain_deadline: float | None = None
         self.stop_deadline: float | None = None
         self.pool_dirty = True
@@ -512,9 +517,27 @@ class Master:
             )
         elif w.job is None and w.exit_reason is None and w.kill is None and not w.retiring:
             self.log.warning("worker died unexpectedly", worker=w.name, how=how)
+            self._crashed(now)
         else:
             why = w.exit_reason or (f"stopped ({w.kill.reason})" if w.kill else None)
             self.log.info("worker exited", worker=w.name, how=how, reason=why)
+
+    def _crashed(self, now: float) -> None:
+        """A ready worker died with nothing to do and without saying why (a bug, a store
+        error that is not an outage). From the second such death in a row (none for
+        CRASH_RESET), the next start waits, as after start-up failures: a crash loop is
+        never a respawn storm."""
+        if now - self.crash_last > CRASH_RESET:
+            self.crash_streak = 0
+        self.crash_streak += 1
+        self.crash_last = now
+        if self.crash_streak > 1:
+            delay = pool.backoff_delay(self.crash_streak - 1)
+            self.spawn_not_before = max(self.spawn_not_before, now + delay)
+            self.log.error(
+                "workers keep dying with nothing to do; backing off before the next start",
+                crashes=self.crash_streak, retry_in=round(delay, 2),
+            )  # fmt: skip
 
     # -- the pool ---------------------------------------------------------------------
     def _manage_pool(self, now: float) -> None:
@@ -558,7 +581,7 @@ class Master:
             nxt = min(nxt, plan.recheck_at)
         if due_at is not None:
             nxt = min(nxt, now + max(0.0, due_at - time.time()))
-        if self.boot_failures and (plan.spawn or plan.spawn_extra):
+        if (self.boot_failures or self.crash_streak) and (plan.spawn or plan.spawn_extra):
             nxt = min(nxt, max(now, self.spawn_not_before))
         self.pool_next = nxt
 
@@ -572,6 +595,8 @@ class Master:
             if starting or now < self.spawn_not_before:
                 return
             wanted = wanted[:1]
+        elif now < self.spawn_not_before:
+            return  # workers crash after they start (_crashed)
         for extra in wanted:
             self._spawn(extra=extra)
 

@@ -120,3 +120,37 @@ def test_a_job_module_failing_at_import_fails_its_jobs_not_the_worker(
     assert fixed.status == JobStatus.DONE and fixed.result == {"hello": None}
     assert worker_pid(fixed.record.worker) == before
     assert d.logged("job class cannot be used")
+
+
+HOOK_DIES_WHEN_READY = """\
+import os
+import threading
+
+
+def setup(config):
+    threading.Timer(0.3, os._exit, (1,)).start()  # dies soon after it is ready, idle
+"""
+
+
+def test_workers_dying_idle_right_after_they_start_back_off_instead_of_a_respawn_storm(
+    kind: StoreKind, node_factory: Factory, tmp_path: Path
+) -> None:
+    """A worker that boots, says it is ready and then dies with nothing to do (a bug, a
+    store error that is not an outage: a full disk was one) is not a start-up failure,
+    but dying again and again is a crash loop all the same: the next start backs off."""
+    code, env = code_dir(tmp_path)
+    module = f"hook_{uuid.uuid4().hex[:8]}"
+    (code / f"{module}.py").write_text(HOOK_DIES_WHEN_READY)
+    d = node_factory(kind, pm="static", min_children=2, max_children=2,
+                     setup_hook=f"{module}:setup").start(env=env)  # fmt: skip
+
+    def backoffs() -> list[dict[str, object]]:
+        return d.logged("workers keep dying with nothing to do; backing off before the next start")
+
+    wait_for(lambda: any(float(str(b["retry_in"])) >= 4 for b in backoffs()), 20,
+             message=lambda: f"backoff to reach 4 s; have {backoffs()}")  # fmt: skip
+    delays = [float(str(b["retry_in"])) for b in backoffs()]
+    assert all(b == min(30.0, 2 * a) for a, b in itertools.pairwise(delays)), delays
+    starts = len(d.logged("worker started"))
+    assert starts <= len(delays) + 3, f"{starts} starts for {len(delays)} backoffs"
+    assert d.running()
