@@ -100,6 +100,7 @@ class Master:
         self.crash_last = 0.0
         self.drain_deadline: float | None = None
         self.stop_deadline: float | None = None
+        self.owed_until: float | None = None  # stopping: how long to keep settlements owed
         self.pool_dirty = True
         self.pool_next = 0.0
         self.pool_last = 0.0
@@ -648,6 +649,7 @@ class Master:
             self.state = State.STOPPING
             self.drain_deadline = None
             self.stop_deadline = time.monotonic() + self.config.kill_grace + 1.0
+            self.owed_until = self.stop_deadline + self.config.lease
             self.log.info("stopping now: running jobs are stopped and given back", why=why)
             self._update_status(time.monotonic(), force=True)
         for w in self.workers.values():
@@ -663,6 +665,20 @@ class Master:
             and now >= self.drain_deadline
         ):
             self._begin_stop("shutdown grace over")
+        if (
+            self.state is State.STOPPING
+            and not self.workers
+            and self.jobs.owed
+            and self.owed_until is not None
+            and now >= self.owed_until
+        ):
+            # The store has refused them for a lease (a full disk, an outage): stopping
+            # must not wait for it. Their leases lapse; any node reaps them (a retry).
+            self.log.error(
+                "stopping without the settlements the store refused; their leases will "
+                "return the jobs", jobs=[o.job.id for o in self.jobs.owed],
+            )  # fmt: skip
+            self.jobs.owed.clear()
 
     def _reload(self) -> None:
         systemd.reloading()

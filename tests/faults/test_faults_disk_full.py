@@ -228,3 +228,39 @@ def test_the_master_survives_its_own_writes_failing_on_a_full_disk(
     wait_for(lambda: d.logged("store writable again"), 10, message="the log to say it is over")
     assert d.running()
     s.close()
+
+
+def test_a_node_stopped_while_the_disk_is_full_exits_and_its_job_is_recovered(
+    small_disk: Path, node_factory: Factory, tmp_path: Path
+) -> None:
+    """SIGTERM while a worker keeps an outcome the store refuses: the drain ends, the
+    worker is killed at the stop deadline (its outcome is lost), and the master gives
+    up the settlement it then owes after a lease instead of waiting for space forever.
+    The lease returns the job: the next start runs it again."""
+    kind = sqlite_on(small_disk)
+    runs = tmp_path / "runs.log"
+    d = node_factory(kind, pm="static", min_children=1, max_children=1).start()
+    s = kind.scheduler()
+    job = s.add_job(RUN, run_data(runs, sleep=1), retry=1, retry_interval=0)
+    wait_for(lambda: read_runs(runs), 15, message="the job to start")
+    filler = fill(small_disk)
+    wait_for(
+        lambda: [e for e in not_writable(d) if e.get("outcomes_waiting")],
+        15,
+        message="its outcome to wait in the worker",
+    )
+    d.signal(signal.SIGTERM)
+    # shutdown_grace 1 s + kill_grace 0.3 s + 1 s + a lease of 1.5 s, and the loop's pace
+    assert d.wait_exit(timeout=20) == 0
+    assert d.logged(
+        "stopping without the settlements the store refused; their leases will return the jobs"
+    )
+    assert job.refresh().status is JobStatus.PROCESSING
+
+    filler.unlink()
+    d.start()
+    job.wait(timeout=30)
+    assert job.status is JobStatus.DONE, (job.to_dict(), d.diagnostics())
+    assert [e.reason for e in job.errors] == ["abandoned"]
+    assert len(read_runs(runs)) == 2
+    s.close()
