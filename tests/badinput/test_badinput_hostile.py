@@ -77,8 +77,11 @@ def ctl_config(kind: StoreKind, tmp_path: Path, **extra: Any) -> Path:
 
 
 def new_store(url: str) -> SQLiteStore:
-    """An empty SQLite store (taskschedctl and Scheduler are not asked to create one)."""
-    return SQLiteStore(url, create=True)
+    """An empty SQLite store, on disk (taskschedctl and Scheduler are not asked to create
+    one)."""
+    store = SQLiteStore(url, create=True)
+    store.last_event_seq()
+    return store
 
 
 def counts(s: Scheduler) -> tuple[int, int]:
@@ -165,7 +168,8 @@ def test_taskschedctl_refuses_17_mb_of_data_with_exit_2_on_each_store(
     kind: StoreKind, tmp_path: Path
 ) -> None:
     config = ctl_config(kind, tmp_path)
-    kind.open().close()  # the store exists: only the data can be refused
+    with kind.open() as store:  # the store exists: only the data can be refused
+        store.last_event_seq()
     data = tmp_path / "data.json"
     data.write_text(json.dumps({"blob": "x" * (17 * 1000 * 1000)}))
     result = ctl("-c", str(config), "add", ECHO, f"@{data}")
