@@ -48,10 +48,18 @@ _DRAIN_MAX = 256  # datagrams read per drain at most (a flood must not hold the 
 
 def _private_dir(path: str) -> os.stat_result:
     """Create *path* 0700 if missing; refuse it unless it is a real directory of this
-    user (or of anyone when root), and close it to group and others if it is open."""
+    user (or of anyone when root), and close it to group and others if it is open.
+
+    Root makes it belong to the owner of the store's directory (a root client waiting
+    on the store of a daemon that runs as another user must not lock that user out)."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
+        if os.geteuid() == 0 and st.st_uid == 0 and stat.S_ISDIR(st.st_mode):
+            parent = os.stat(os.path.dirname(os.path.abspath(path)))
+            if parent.st_uid != 0:
+                os.chown(path, parent.st_uid, parent.st_gid, follow_symlinks=False)
+                st = os.lstat(path)
     except OSError as exc:
         raise StoreError(
             f"cannot create the wake-up directory {path}: {exc.strerror}; "

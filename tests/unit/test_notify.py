@@ -96,12 +96,21 @@ def test_a_symlink_is_refused(tmp_path: Path, notify_dir: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a directory for another user")
-def test_root_waiting_on_another_users_store_lets_that_user_reach_it(notify_dir: Path) -> None:
+@pytest.mark.parametrize("exists", [True, False], ids=["notify-dir-exists", "created-by-root"])
+def test_root_waiting_on_another_users_store_lets_that_user_reach_it(
+    tmp_path: Path, exists: bool
+) -> None:
     nobody = pwd.getpwnam("nobody")
-    notify_dir.mkdir(mode=0o700)
-    os.chown(notify_dir, nobody.pw_uid, nobody.pw_gid)
+    store_dir = tmp_path / "store"
+    store_dir.mkdir(mode=0o700)
+    os.chown(store_dir, nobody.pw_uid, nobody.pw_gid)
+    notify_dir = store_dir / "taskschedd.db-notify"
+    if exists:
+        notify_dir.mkdir(mode=0o700)
+        os.chown(notify_dir, nobody.pw_uid, nobody.pw_gid)
     waker = NotifyDir(str(notify_dir)).listen()
     try:
+        assert notify_dir.lstat().st_uid == nobody.pw_uid
         (entry,) = notify_dir.iterdir()
         assert entry.lstat().st_uid == nobody.pw_uid
     finally:
