@@ -26,6 +26,7 @@ from taskschedd.children import Kill, RunningJob, WorkerHandle, group_alive, kil
 from taskschedd.config import Config
 from taskschedd.errors import JobNotFound, StoreError
 from taskschedd.job import JobStatus
+from taskschedd.leasewatch import confirmation_lines
 from taskschedd.periodic import Every, store_backoff, store_trouble
 from taskschedd.store import Store
 from taskschedd.store.base import JobQuery, JobRecord, Settlement
@@ -148,7 +149,7 @@ class Supervisor:
         most HOLD_LIMIT old, see taskschedd.worker) are abandoned like the running one:
         the store cannot know their outcome, the retry policy decides (when the node
         stops now, they are given back like the running job)."""
-        detail = f"worker pid {w.pid} {how}"
+        detail = f"worker pid {w.pid} {how}" + (f": {w.exit_reason}" if w.exit_reason else "")
         signalled = os.WIFSIGNALED(status) and os.WTERMSIG(status) in (
             signal.SIGTERM, signal.SIGKILL, signal.SIGINT,
         )  # fmt: skip
@@ -378,25 +379,36 @@ class Supervisor:
         return tokens + [o.job.token for o in self.owed]
 
     def renew(self, now: float) -> None:
+        """Renew the leases of every held claim every lease/3, then confirm the renewal to
+        each worker, with the claims of its own it covered (taskschedd.leasewatch): a
+        worker whose confirmations stop kills its job before the lease can be taken over,
+        and claims nothing. With nothing to renew, a confirmation is a sign of life."""
         if now < self.renew_timer.next:
             return
         interval = self.config.lease / 3
         tokens = self.held_tokens()
-        if not tokens:
-            self.renew_timer.done(now, interval)
-            return
-        assert self.store is not None
-        try:
-            renewed = self.store.renew(tokens, lease_until=time.time() + self.config.lease)
-        except StoreError as exc:
-            store_trouble(self.log, "renew leases", self.renew_timer, now, exc)
-            # Leases lapse while the store refuses writes: renew the moment it takes them
-            # again (another node's reaper gives owners one lease after an outage).
-            self.renew_timer.next = min(self.renew_timer.next, now + interval)
-            return
+        theirs = {
+            w.pid: ([w.job.token] if w.job is not None else []) + list(w.held)
+            for w in self.workers.values()
+        }
+        started = time.monotonic()  # taken before lease_until's wall clock: never later
+        if tokens:
+            assert self.store is not None
+            try:
+                renewed = self.store.renew(tokens, lease_until=time.time() + self.config.lease)
+            except StoreError as exc:
+                store_trouble(self.log, "renew leases", self.renew_timer, now, exc)
+                # Leases lapse while the store refuses writes: renew the moment it takes
+                # them again (another node's reaper gives owners one lease after an outage).
+                self.renew_timer.next = min(self.renew_timer.next, now + interval)
+                return
+            if renewed < len(tokens):
+                self.log.debug("some claims were no longer held", held=len(tokens), renewed=renewed)
         self.renew_timer.done(now, interval)
-        if renewed < len(tokens):
-            self.log.debug("some claims were no longer held", held=len(tokens), renewed=renewed)
+        done = time.monotonic()
+        for w in self.workers.values():
+            for line in confirmation_lines(done, started + self.config.lease, theirs[w.pid]):
+                w.command(line)
 
     def wakeups(self, now: float) -> list[float]:
         """When the supervisor next has something to do (monotonic times)."""

@@ -8,6 +8,7 @@ that itself (SIGALRM for timeouts in the main thread, a thread for lease renewal
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
 import secrets
@@ -19,13 +20,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from taskschedd import rules
 from taskschedd.errors import JobClassError, JobDataError, StoreError, StoreUnavailable
 from taskschedd.job import Job
+from taskschedd.leasewatch import lease_margin
 from taskschedd.loader import load_class
 from taskschedd.options import DEFAULT_MAX_DATA_SIZE, dump_result
 from taskschedd.store.base import ClaimRequest, ErrorInfo, JobRecord, Settlement, Store
@@ -52,6 +54,20 @@ class MasterGone(BaseException):
 
 class JobTimeoutError(BaseException):
     """Raised inside an in-process job when its timeout passes."""
+
+
+class LeaseLost(BaseException):
+    """Raised inside an in-process job whose lease could not be renewed in time, or was
+    found gone: it must stop before another node may take the job over."""
+
+
+class RunGuard(Protocol):
+    """Says whether a claimed job may start, and hears when its code is done (the daemon
+    worker's :class:`taskschedd.leasewatch.LeaseWatch`)."""
+
+    def may_start(self, job: JobRecord) -> bool: ...
+
+    def ended(self, job: JobRecord) -> None: ...
 
 
 @dataclass
@@ -101,7 +117,9 @@ class Worker:
     ``on_claimed`` / ``on_claim`` / ``on_settle`` / ``on_progress`` let the daemon tell its
     master what this worker holds: jobs claimed (ahead), the job starting, outcomes stored;
     ``on_written`` follows the reports of each store write; ``on_unstored`` gets the claim
-    tokens of the outcomes a failing write holds (once per token) and the error.
+    tokens of the outcomes a failing write holds (once per token) and the error. ``guard``
+    may refuse to start a claimed job (it is given back) and hears when each job's code
+    is done.
 
     Claiming ahead: with ``claim_ahead`` > 1, a worker that meets a backlog of short jobs
     claims several in one store write and stores their outcomes together with the next
@@ -132,6 +150,7 @@ class Worker:
         on_unstored: Callable[[list[str], StoreUnavailable], None] | None = None,
         claim_ahead: int = 1,
         max_result_size: int = DEFAULT_MAX_DATA_SIZE,
+        guard: RunGuard | None = None,
     ) -> None:
         self.store = store
         self.allowed_modules = tuple(allowed_modules)
@@ -150,6 +169,7 @@ class Worker:
         self.on_unstored = on_unstored
         self.claim_ahead = max(1, claim_ahead)
         self.max_result_size = max_result_size  # bytes of JSON; larger results fail the job
+        self.guard = guard
         self.jobs_done = 0
         self._classes: dict[str, type[Job]] = {}
         # Claiming ahead (see step()): jobs claimed and not started, jobs run and not yet
@@ -223,18 +243,28 @@ class Worker:
         to be stored (in the same write), one of up to ``claim_ahead`` newly claimed.
         ``budget``: how many more jobs this worker may take (None: no limit). Returns
         False when nothing was due (the outcomes are stored then too)."""
+        refused = False  # the guard refused a job: claim no more in this step
         with self._lock:
             while True:
                 if not self._queued or self._hold_over():
                     want = 0
-                    if not self._queued:
+                    if not self._queued and not refused:
                         want = self._ahead if budget is None else min(self._ahead, budget)
                     self._commit(claim=want, force_spawn=force_spawn)
                 if not self._queued:
                     return False
                 job = self._queued[0]  # popped by _execute, where a signal is handled
                 if not (job.cancel_requested or job.claim_token in self._drop):
-                    break
+                    if self.guard is None or self.guard.may_start(job):
+                        break
+                    # Its lease ends too soon to start it (no renewal confirmed in time):
+                    # given back unstarted with the next write.
+                    log.warning("a claimed job's lease ends too soon to start it; giving it back",
+                                job_id=job.id, worker=self.name)  # fmt: skip
+                    self._queued.popleft()
+                    self._finished.append(_Finished(job, rules.release(job), 0.0, False))
+                    refused = True
+                    continue
                 # Canceled while claimed ahead (or given back with a cancel requested):
                 # it never starts; the cancel is stored with the next write.
                 self._queued.popleft()
@@ -313,13 +343,17 @@ class Worker:
                     self._queued.popleft()
                 if self._queued or self._finished:
                     self._arm_flusher()
-            if self.on_claim is not None:
-                self.on_claim(job)
-            bound = log.bind(
-                job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
-                node=self.node, worker=self.name,
-            )  # fmt: skip
-            settlement = self._run(job, bound)
+            try:
+                if self.on_claim is not None:
+                    self.on_claim(job)
+                bound = log.bind(
+                    job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
+                    node=self.node, worker=self.name,
+                )  # fmt: skip
+                settlement = self._run(job, bound)
+            finally:
+                if self.guard is not None:
+                    self.guard.ended(job)
             runtime = time.monotonic() - began
             with self._lock:
                 self._running = None
@@ -564,8 +598,16 @@ class Worker:
             if self.on_progress is not None:
                 self.on_progress(job, percent)
 
-        renewer = _LeaseRenewer(self.store, token, self.lease) if self.in_process else None
-        alarm = self.in_process and job.options.timeout > 0 and _can_alarm()
+        renewer = _LeaseRenewer(self.store, job, self.lease) if self.in_process else None
+        # In the main thread, SIGALRM stops the job: its timeout, or a lost lease.
+        alarm = self.in_process and _can_alarm() and (job.options.timeout > 0 or bool(renewer))
+
+        def on_alarm(signum: int, frame: FrameType | None) -> None:
+            if renewer is not None and renewer.lost:
+                raise LeaseLost(renewer.lost)
+            raise JobTimeoutError()
+
+        restore: list[_Handler] = []  # SIGALRM's handler before ours, until put back
         bound.info("job started")
         try:
             instance = cls()
@@ -573,17 +615,24 @@ class Worker:
                 job_id=job.id, data=job.data, attempt=job.attempt, queue=job.queue,
                 context=self.context, reporter=report,
             )  # fmt: skip
+            if alarm:
+                restore.append(_arm(job.options.timeout, on_alarm))
             if renewer:
                 renewer.start()
-            if alarm:
-                _arm(job.options.timeout)
             try:
                 self._in_start = True  # from here on the job may have done something
                 result = instance.start()
             finally:
-                if alarm:
-                    _disarm()
+                if renewer:
+                    renewer.stop()  # after this, no LeaseLost comes
+                if restore:
+                    _disarm(restore.pop())
             result_json = dump_result(result, self.max_result_size)
+        except LeaseLost as exc:
+            # Stopped before another node may take it over; the settle is fenced.
+            why = (renewer.lost if renewer else None) or str(exc)
+            bound.error("job stopped: its lease was not renewed in time", why=why)
+            return rules.on_abandoned(job, time.time(), detail=f"lease lost: {why}")
         except JobTimeoutError:
             bound.warning("job timed out", timeout=job.options.timeout)
             return rules.on_timeout(job, time.time())
@@ -598,6 +647,8 @@ class Worker:
         finally:
             if renewer:
                 renewer.stop()
+            if restore:
+                _disarm(restore.pop())
         return rules.on_success(job, result_json, time.time())
 
     # -- a loop ---------------------------------------------------------------------
@@ -652,41 +703,111 @@ def _can_alarm() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise JobTimeoutError()
+_Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
-def _arm(seconds: float) -> None:
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+def _arm(seconds: float, handler: Callable[[int, FrameType | None], None]) -> _Handler:
+    """Install ``handler`` for SIGALRM (and fire it after ``seconds`` if > 0); returns
+    the handler it replaced."""
+    previous = signal.signal(signal.SIGALRM, handler)
+    if seconds > 0:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    return previous
 
 
-def _disarm() -> None:
+def _disarm(previous: _Handler) -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
 
 
 class _LeaseRenewer:
-    """Renews one job's lease every lease/3 while it runs in this process."""
+    """Renews one in-process job's lease every lease/3 while it runs, and stops the job
+    (LeaseLost, raised in the thread that runs it) before another node may take it over:
+    when no renewal has succeeded by lease - margin after the last one (the store cannot
+    be reached), or a renewal finds the claim gone.
 
-    def __init__(self, store: Store, token: str, lease: float) -> None:
+    In the main thread the job is interrupted by SIGALRM (its handler is in place while
+    the job runs), even inside a blocking call; in another thread it is an asynchronous
+    exception, raised when the thread next runs Python code."""
+
+    def __init__(self, store: Store, job: JobRecord, lease: float) -> None:
+        assert job.claim_token is not None
         self._store = store
-        self._token = token
+        self._token = job.claim_token
         self._lease = lease
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="lease-renewer", daemon=True)
+        self._margin = lease_margin(lease)
+        mono, wall = time.monotonic(), time.time()
+        until = job.lease_until if job.lease_until is not None else wall + lease
+        self._deadline = mono + (until - wall)  # monotonic end of the lease
+        self._target = threading.get_ident()  # the job runs in the thread that makes us
+        self._cond = threading.Condition()
+        self._done = False
+        self.lost: str | None = None  # why the job was stopped
+        self._threads = [
+            threading.Thread(target=self._renew, name="lease-renewer", daemon=True),
+            threading.Thread(target=self._watch, name="lease-watch", daemon=True),
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        # Signals stay with the job's thread (a SIGINT must interrupt the job, not these).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            for thread in self._threads:
+                thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        """The job's code is done: no LeaseLost is raised once this returns."""
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._lease / 3):
+    def _renew(self) -> None:
+        wait = self._lease / 3
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._done, wait)
+                if self._done:
+                    return
+            started = time.monotonic()  # before the wall clock of lease_until
             try:
-                self._store.renew([self._token], lease_until=time.time() + self._lease)
+                renewed = self._store.renew([self._token], lease_until=time.time() + self._lease)
             except Exception as exc:
                 log.warning("lease renewal failed", error=str(exc))
+                wait = self._margin  # try again soon; _watch stops the job in time
+                continue
+            wait = self._lease / 3
+            with self._cond:
+                if not renewed:
+                    self._stop_job("its claim is gone (another node took the job over)")
+                    return
+                # A renewal that returned after the kill time may have come after a reap.
+                if time.monotonic() < self._deadline - self._margin:
+                    self._deadline = max(self._deadline, started + self._lease)
+                    self._cond.notify_all()
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._done:
+                left = self._deadline - self._margin - time.monotonic()
+                if left <= 0:
+                    self._stop_job("no renewal succeeded in time")
+                    return
+                self._cond.wait(left)
+
+    def _stop_job(self, why: str) -> None:
+        """Called with the condition held, so never after stop()."""
+        if self._done or self.lost is not None:
+            return
+        self.lost = why
+        log.error("lease lost: stopping the job", why=why, token=self._token[:8])
+        if self._target == threading.main_thread().ident:
+            signal.pthread_kill(self._target, signal.SIGALRM)  # _run's handler raises
+        else:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self._target), ctypes.py_object(LeaseLost)
+            )

@@ -1,8 +1,19 @@
 """The forked worker process, and the protocol it speaks with its master.
 
 Master -> worker: one control pipe carrying lines ``stop`` (claim no more; exit after the
-current job), ``reopen`` (reopen the log file) and ``drop TOKEN`` (a job claimed ahead
-was canceled: do not start it). EOF on it means the master is gone.
+current job), ``reopen`` (reopen the log file), ``drop TOKEN`` (a job claimed ahead
+was canceled: do not start it) and ``lease DONE DEADLINE [TOKEN...]`` (a lease renewal
+of these claims was stored: they now end at monotonic DEADLINE; sent every lease/3, also
+with no token, as the master's sign of life). EOF on it means the master is gone.
+
+A thread of the worker reads the control pipe (the job does not block it) and fences
+the job in execution (:mod:`taskschedd.leasewatch`): when the running job's lease is
+within its margin of ending and no renewal was confirmed, it SIGKILLs the worker's
+process group (the job, its children) before another node may take the job over, after
+an ``exit`` report saying why; the master settles the attempt (fenced) when it reaps the
+worker. A claimed job that close to its lease's end is given back instead of started,
+and a worker whose master has confirmed nothing for 2/3 of the lease claims nothing and
+gives back what it claimed ahead until the master is heard again.
 
 Worker -> master: one report pipe carrying JSON lines::
 
@@ -62,6 +73,7 @@ from typing import Any
 from taskschedd import log
 from taskschedd.config import Config
 from taskschedd.errors import StoreError, StoreNotWritable, StoreUnavailable
+from taskschedd.leasewatch import LeaseWatch
 from taskschedd.store import Store, open_configured
 from taskschedd.store.base import JobRecord
 from taskschedd.worker import MasterGone, Outcome, Worker
@@ -125,15 +137,44 @@ class WorkerSpec:
 
 
 class _Channel:
-    """The worker's ends of its two pipes."""
+    """The worker's ends of its two pipes. The lease watch's thread reads the control
+    pipe and passes on the lines that are not lease confirmations (:meth:`deliver`); the
+    main loop waits on ``wake_fd`` for them."""
 
     def __init__(self, report_fd: int, control_fd: int) -> None:
         self.report_fd = report_fd
         self.control_fd = control_fd
         os.set_blocking(control_fd, False)
-        self._buf = b""
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._wake_w, False)
+        self._lines: list[str] = []
+        self._lines_lock = threading.Lock()
         self.master_gone = False
         self._send_lock = threading.Lock()  # the claim-ahead helper thread reports too
+
+    def deliver(self, lines: list[str], eof: bool) -> None:
+        """From the lease watch's thread: control lines for the main loop (or just a
+        wake-up); ``eof``: the control pipe ended."""
+        with self._lines_lock:
+            self._lines.extend(lines)
+            if eof:
+                self.master_gone = True
+        with contextlib.suppress(OSError):  # full: the main loop is awake anyway
+            os.write(self._wake_w, b"!")
+
+    def send_last(self, ev: str, **fields: Any) -> None:
+        """A last report from another thread just before this process dies: never
+        blocks (skipped if another send holds the pipe, or the pipe is full)."""
+        data = (json.dumps({"ev": ev, **fields}, separators=(",", ":")) + "\n").encode()
+        if not self._send_lock.acquire(timeout=0.1):
+            return
+        try:
+            os.set_blocking(self.report_fd, False)
+            with contextlib.suppress(OSError):
+                os.write(self.report_fd, data)  # under PIPE_BUF: all of it or nothing
+        finally:
+            self._send_lock.release()
 
     def send(self, ev: str, **fields: Any) -> None:
         data = (json.dumps({"ev": ev, **fields}, separators=(",", ":")) + "\n").encode()
@@ -153,20 +194,12 @@ class _Channel:
 
     def commands(self) -> list[str]:
         """Control lines received so far (non-blocking)."""
-        while True:
-            try:
-                chunk = os.read(self.control_fd, 4096)
-            except BlockingIOError:
-                break
-            except OSError:
-                self.master_gone = True
-                break
-            if not chunk:
-                self.master_gone = True
-                break
-            self._buf += chunk
-        *lines, self._buf = self._buf.split(b"\n")
-        return [line.decode(errors="replace").strip() for line in lines if line.strip()]
+        with contextlib.suppress(OSError):  # BlockingIOError: drained
+            while os.read(self.wake_fd, 4096):
+                pass
+        with self._lines_lock:
+            lines, self._lines = self._lines, []
+        return lines
 
 
 def _reset_signals() -> None:
@@ -205,6 +238,15 @@ def run_setup_hook(path: str, config: Config) -> Any:
     except (TypeError, ValueError):
         takes_arg = True
     return hook(config) if takes_arg else hook()
+
+
+def kill_own_group() -> None:
+    """SIGKILL this worker's process group: the worker, its job, the job's children (the
+    worker leads its group; if it does not, only this process)."""
+    pid = os.getpid()
+    if os.getpgrp() == pid:
+        os.killpg(pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
 
 
 def rss_mb() -> float:
@@ -267,6 +309,9 @@ class _Loop:
         self.stopping = False
         self.exit_reason = "stop"
         self.memory_checked_at = 0
+        self.watch = LeaseWatch(self.config.lease)
+        self.held_off = False  # claiming nothing: the master is unresponsive
+        self.current: JobRecord | None = None  # the job started last
         self.worker = Worker(
             store,
             allowed_modules=self.config.allowed_modules,
@@ -285,6 +330,7 @@ class _Loop:
             on_written=self._on_written,
             on_unstored=self._on_unstored,
             on_progress=self._on_progress,
+            guard=self.watch,
         )
         # The reports of the store write in progress (one write per thread at a time:
         # the worker's lock), sent as one line by _on_written.
@@ -292,11 +338,13 @@ class _Loop:
         self.claimed: list[list[Any]] = []
 
     def _on_claimed(self, jobs: list[JobRecord]) -> None:
+        self.watch.claimed(jobs)
         self.claimed = [
             [j.id, j.claim_token, j.cls, j.attempt, j.queue, j.options.timeout] for j in jobs
         ]
 
     def _on_settle(self, outcome: Outcome) -> None:
+        self.watch.forget(outcome.job.claim_token or "")
         self.written.append(
             [
                 outcome.job.claim_token,
@@ -317,6 +365,7 @@ class _Loop:
         self.chan.send("unstored", tokens=tokens, why=why, error=str(exc))
 
     def _on_claim(self, job: JobRecord) -> None:
+        self.current = job
         self.chan.send("claim", token=job.claim_token, started=time.time())
         set_title(f"{self.title} running {job.id} {job.cls}")
 
@@ -338,7 +387,39 @@ class _Loop:
 
     def _wait(self, waker_fd: int, timeout: float) -> None:
         with contextlib.suppress(InterruptedError):
-            select.select([self.chan.control_fd, waker_fd], [], [], max(0.0, timeout))
+            select.select([self.chan.wake_fd, waker_fd], [], [], max(0.0, timeout))
+
+    def _lease_expired(self, token: str, deadline: float) -> None:
+        """From the lease watch's thread: the running job's lease ends within the margin
+        and no renewal was confirmed (the master frozen, dead or cut off from the store).
+        Another node may take the job over once it ends, so the job, its children and
+        this worker die now; the master settles the attempt when it reaps the worker
+        (fenced: if the job was taken over, that matches nothing)."""
+        now = time.monotonic()
+        job = self.current if self.current and self.current.claim_token == token else None
+        self.chan.send_last("exit", reason="its job's lease was not renewed in time (killed)")
+        self.log.error(
+            "lease not confirmed in time: killing the job",
+            job_id=job.id if job else None, attempt=job.attempt if job else None,
+            lease_left=round(deadline - now, 3),
+            unconfirmed_for=round(now - self.watch.confirmed, 3),
+        )  # fmt: skip
+        kill_own_group()
+
+    def _hold_off(self) -> None:
+        """The master has confirmed nothing for longer than the gate: a job claimed now
+        could not be renewed. Store what waits, give back what was claimed ahead, claim
+        nothing until the master is heard again."""
+        if not self.held_off:
+            self.held_off = True
+            self.log.warning(
+                "master unresponsive: claiming nothing until it confirms again",
+                unconfirmed_for=round(time.monotonic() - self.watch.confirmed, 3),
+            )
+            set_title(f"{self.title} waiting for the master")
+        with contextlib.suppress(StoreError):  # the next step meets the trouble
+            self.worker.flush()
+        self._wait(self.chan.wake_fd, self.config.poll_interval)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         """SIGINT and SIGUSR2 (the master died) interrupt the main thread, but never in
@@ -359,6 +440,7 @@ class _Loop:
             self.stopping = True
             self.exit_reason = "master gone"
         waker = self.store.waker()
+        self.watch.watch(self.chan.control_fd, self.chan.deliver, self._lease_expired)
         self.chan.send("ready")
         set_title(f"{self.title} idle")
         delay = 0.0
@@ -367,6 +449,12 @@ class _Loop:
                 self._obey()
                 if self.stopping or self._should_leave():
                     break
+                if not self.watch.responsive(time.monotonic()):
+                    self._hold_off()
+                    continue
+                if self.held_off:
+                    self.held_off = False
+                    self.log.info("master confirms again: claiming")
                 try:
                     ran = self.worker.step(budget=self._budget(), force_spawn=self.spec.extra)
                     delay = 0.0
@@ -374,7 +462,7 @@ class _Loop:
                     delay = min(_STORE_BACKOFF_MAX, max(0.1, delay * 2))
                     pause = delay / 2 + random.random() * delay / 2
                     self.log.warning("store unavailable; retrying", error=str(exc), retry_in=pause)
-                    self._wait(self.chan.control_fd, pause)
+                    self._wait(self.chan.wake_fd, pause)
                     continue
                 if ran:
                     if self.worker.holding == 0:
@@ -394,7 +482,7 @@ class _Loop:
                     timeout = min(timeout, due - time.time())
                 quiet = min(waker.quiet_for(), timeout)
                 if quiet > 0:  # wake-ups faster than the waker's rate: coalesce them
-                    self._wait(self.chan.control_fd, quiet)
+                    self._wait(self.chan.wake_fd, quiet)
                 self._wait(waker.fileno(), timeout - quiet)
             # Store the outcomes not stored yet; give back what was claimed ahead.
             self.worker.flush()
@@ -409,6 +497,9 @@ class _Loop:
         if not self.chan.master_gone:
             self.chan.send("exit", reason=self.exit_reason)
         self.store.close()
+        if self.exit_reason == "master gone":
+            kill_own_group()  # a job's children would outlive the lease nobody renews
+        self.watch.close()
         return EXIT_OK
 
     def _budget(self) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -125,3 +126,46 @@ class RaisesInInit(Job):
 
 
 not_a_class = 42
+
+
+class Timed(Job):
+    """A run that leaves its own time span, even when it is killed: it records the run
+    (``data["runs"]``, as :class:`Run`), then rewrites ``<job id> <pid> <attempt> <start>
+    <alive>`` (wall clock) in a file of its own under the directory ``data["spans"]``
+    every ``TICK`` while it sleeps ``sleep`` seconds (on the attempts in
+    ``sleep_attempts``, default all; ``sleep_later`` on the others). A killed run's
+    ``alive`` is the last time it was seen running. ``child``: first start a ``sleep``
+    child process in the job's process group and write its pid to ``<span file>.child``.
+    """
+
+    TICK = 0.01
+
+    def start(self) -> Any:
+        data = self.data
+        begun = time.time()
+        record_run(data["runs"], self.id, self.attempt)
+        path = os.path.join(data["spans"], f"{self.id}.{self.attempt}.{os.getpid()}")
+        child: subprocess.Popen[bytes] | None = None
+        if data.get("child"):
+            child = subprocess.Popen(["sleep", "600"])
+            with open(path + ".child", "w") as f:
+                f.write(str(child.pid))
+        only = data.get("sleep_attempts")
+        seconds = float(data.get("sleep", 0))
+        if only is not None and self.attempt not in only:
+            seconds = float(data.get("sleep_later", 0))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            ends = time.monotonic() + seconds
+            while True:
+                line = f"{self.id} {os.getpid()} {self.attempt} {begun:.6f} {time.time():.6f}\n"
+                os.pwrite(fd, line.encode(), 0)
+                if time.monotonic() >= ends:
+                    break
+                time.sleep(self.TICK)
+        finally:
+            os.close(fd)
+            if child is not None:  # a run that ends (not killed) takes its child along
+                child.kill()
+                child.wait()
+        return {"pid": os.getpid(), "attempt": self.attempt}
