@@ -19,7 +19,7 @@ install-test: $(BIN)/python
 # Runs a node on the embedded SQLite store with the reference configuration; the store
 # lives in ./var so no root is needed (point taskschedctl at it with TASKSCHED_STORE).
 run: install
-	mkdir -p var
+	mkdir -p var && chmod 0700 var   # taskschedd refuses a store directory others can write
 	$(BIN)/taskschedd -c $(CONFIG) --store sqlite:///$(CURDIR)/var/taskschedd.db
 
 lint: install-test

@@ -68,7 +68,7 @@ class Taskschedd(common.System):
         }
         config.update(extra or {})
         self.config_path.write_text(yaml.safe_dump(config))
-        self.scheduler = Scheduler(self.url)
+        self.scheduler = Scheduler(self.url, create=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def reset(self) -> None:
@@ -224,7 +224,7 @@ def claim_scaling(workdir: Path, sizes: list[int], claims: int) -> dict[str, Any
         path = workdir / f"claim-{size}.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-        store = SQLiteStore(f"sqlite:///{path}")
+        store = SQLiteStore(f"sqlite:///{path}", create=True)
         t0 = time.perf_counter()
         now = time.time() - 1
         left = size
@@ -390,7 +390,7 @@ def wal_pages(jobs: int = 100) -> dict[str, Any]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="taskschedd-wal-") as d:
-        scheduler = Scheduler(f"sqlite:///{d}/w.db")
+        scheduler = Scheduler(f"sqlite:///{d}/w.db", create=True)
         store = scheduler.store
         assert isinstance(store, SQLiteStore)
         for _ in range(300):  # a realistic B-tree depth first

@@ -16,7 +16,7 @@ from taskschedd.store import open_store
 def main() -> int:
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
-    store = open_store(sys.argv[1])
+    store = open_store(sys.argv[1], create=True)
     # As the daemon's workers are by default (claim_ahead: 64).
     worker = Worker(store, allowed_modules=["bench.jobs"], in_process=False, claim_ahead=64)
     worker.run(stop=lambda: bool(stopping), idle_exit=float(sys.argv[2]) if sys.argv[2:] else None)

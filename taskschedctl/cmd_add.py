@@ -85,6 +85,12 @@ class _AddCommand(click.Command):
     help="Then wait until the job is final and exit like 'wait' (0 DONE, 1 not DONE, "
     "124 timeout). Give a timeout as --wait=10m.",
 )
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Create the SQLite store if there is none (without it, a store that does not "
+    "exist is an error: a mistyped path must not queue into a new file).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @ctl_options
 def add(
@@ -109,6 +115,7 @@ def add(
     once: bool,
     ignore_data: bool,
     wait_: str | None,
+    create: bool,
     as_json: bool,
 ) -> None:
     """Queue a job of CLASS with DATA and print its id.
@@ -154,7 +161,7 @@ def add(
         "ignore_data": ignore_data or None,
     }
     options = {k: v for k, v in given.items() if v is not None}
-    sched = ctl.scheduler(create=True)
+    sched = ctl.scheduler(create=create)
     adder = sched.add_job_once if once else sched.add_job
     job = adder(cls_path, payload, **options)
     if wait_ is None:

@@ -84,8 +84,9 @@ def nodes(ctl: Ctl, all_: bool, stale_after: float | None, as_json: bool) -> Non
 def check(ctl: Ctl, timeout: float) -> None:
     """Check that the configuration is valid and the store reachable (for monitoring).
 
-    Exit 0 when both are fine, 78 when the configuration is invalid, 69 when the store
-    cannot be reached.
+    Exit 0 when both are fine, 78 when the configuration is invalid or a SQLite store's
+    files are writable by other users, 69 when the store cannot be reached, does not
+    exist, or was deleted or replaced under processes that still use the old file.
     """
     import threading
 
@@ -117,11 +118,18 @@ def check(ctl: Ctl, timeout: float) -> None:
     thread.join(timeout)
     if thread.is_alive():
         raise StoreError(f"store {url}: no answer within {timeout:g}s")
+    stale = _stale_holders(ctl.url)
     if "error" in answer:
         error: TaskSchedError = answer["error"]
         if isinstance(error, StoreError):
-            raise StoreError(f"store {url}: {error}")
+            wrapped = StoreError(f"store {url}: {error}{stale}")
+            wrapped.exit_code = error.exit_code  # 78 for an unsafe store, else 69
+            raise wrapped
         raise error
+    if stale:
+        from taskschedd.errors import StoreReplaced
+
+        raise StoreReplaced(f"store {url}: reachable, but{stale}")
     by_status: dict[str, int] = answer["stats"].get("by_status", {})
     active = sum(by_status.get(s, 0) for s in ("WAITING", "POSTPONED", "PROCESSING"))
     click.echo(f"store {url}: reachable ({active} active jobs, {answer['nodes']} live nodes)")
@@ -134,6 +142,26 @@ def check(ctl: Ctl, timeout: float) -> None:
             "claim nothing and store them once there is room",
             full.split(":", 1)[0],
         )
+
+
+def _stale_holders(url: str) -> str:
+    """What to add to the report about processes using a stale SQLite file ("" if none)."""
+    from taskschedctl.context import is_sqlite
+
+    if not is_sqlite(url):
+        return ""
+    from taskschedd.store.sqlite import path_from_url
+    from taskschedd.store.sqlitefiles import stale_holders
+
+    path = path_from_url(url)
+    found = stale_holders(path)
+    if not found:
+        return ""
+    who = ", ".join(f"pid {pid} ({cmd}, file {what})" for pid, cmd, what in found)
+    return (
+        f"; processes still use a deleted or replaced copy of {path}: {who}; what they "
+        "write is lost and the jobs added since are not theirs to run: restart them"
+    )
 
 
 def _space_trouble(url: str) -> str | None:

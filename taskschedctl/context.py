@@ -102,22 +102,15 @@ class Ctl:
         return config.store
 
     def scheduler(self, *, create: bool = False) -> Scheduler:
-        """A Scheduler on the chosen store. A SQLite file is only created when ``create``:
-        a mistyped path must not leave an empty database behind a read-only command."""
+        """A Scheduler on the chosen store. A SQLite file is only created when ``create``
+        (add --create): a mistyped path must fail, not queue into or leave a new file."""
         from taskschedd.scheduler import Scheduler
 
         config = self.config
         url = self.url
         if is_sqlite(url):
-            from taskschedd.errors import StoreError
-            from taskschedd.store.sqlite import SQLiteStore, path_from_url
+            from taskschedd.store.sqlite import SQLiteStore
 
-            path = path_from_url(url)
-            if not create and not os.path.exists(path):
-                raise StoreError(
-                    f"store file {path} does not exist; check --store or the configuration's "
-                    "'store' (taskschedd or the first 'taskschedctl add' creates it)"
-                )
             sched = Scheduler(SQLiteStore(url, create=create), config=config)
         else:
             sched = Scheduler(self.store_url, config=config)

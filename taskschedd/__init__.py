@@ -10,8 +10,11 @@ from taskschedd.errors import (
     JobNotFound,
     OptionError,
     StoreError,
+    StoreMissing,
+    StoreReplaced,
     StoreUnavailable,
     TaskSchedError,
+    UnsafeStore,
     WaitTimeout,
 )
 from taskschedd.job import Job, JobStatus
@@ -46,8 +49,11 @@ __all__ = [
     "Process",
     "Scheduler",
     "StoreError",
+    "StoreMissing",
+    "StoreReplaced",
     "StoreUnavailable",
     "TaskSchedError",
+    "UnsafeStore",
     "WaitTimeout",
     "Worker",
     "__version__",

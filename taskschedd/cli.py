@@ -149,12 +149,17 @@ def _check_writable_paths(cfg: config_mod.Config, path: str) -> None:
 
 
 def _check_store(cfg: config_mod.Config) -> None:
-    """Open and close the store once, so that a broken one is reported before detaching."""
+    """Open and close the store once, so that a broken one is reported before detaching.
+    A SQLite store that does not exist yet is left to the master, which creates it after
+    switching to the configured user (created now, root would own it)."""
+    from taskschedd.errors import StoreMissing
     from taskschedd.store import open_configured
 
-    store = open_configured(cfg)
+    store = open_configured(cfg, daemon=True)
     try:
         store.last_event_seq()
+    except StoreMissing:
+        pass
     finally:
         store.close()
 
@@ -197,7 +202,12 @@ def _pidfile(path: str | None) -> Iterator[None]:
         )
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w") as f:
+        # 0644 whatever the umask; never through a link planted in the pidfile directory.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by an earlier process with our pid
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with open(fd, "w") as f:
+            os.fchmod(fd, 0o644)
             f.write(f"{os.getpid()}\n")
         os.replace(tmp, path)
     except OSError as exc:

@@ -618,7 +618,10 @@ class _Validator:
             raw = url
         if not raw.strip():
             self.fail("store", f"no database path given; accepted: {STORE_FORMS}")
-        path = self.file_path("store", raw)
+        # The directory resolved, the file itself not: a link put there must reach the
+        # store's O_NOFOLLOW open, which refuses it, not be followed here.
+        given = Path(raw).expanduser()
+        path = os.path.join(self.file_path("store", str(given.parent)), given.name)
         try:
             is_dir = Path(path).is_dir()
         except OSError:

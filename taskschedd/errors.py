@@ -83,6 +83,22 @@ class StoreNotWritable(StoreUnavailable):
         self.why = why
 
 
+class StoreMissing(StoreError):
+    """No store exists where the URL points, and this caller did not ask to create one."""
+
+
+class StoreReplaced(StoreError):
+    """The store file this process has open was deleted or replaced under it: writes would
+    go to a file nobody else reads. Not transient: the process must open the store again."""
+
+
+class UnsafeStore(StoreError):
+    """A store file or directory that another user could write (or own); refused like
+    ssh's StrictModes. A set-up problem that a restart does not fix: EX_CONFIG."""
+
+    exit_code = 78  # EX_CONFIG
+
+
 class WaitTimeout(TaskSchedError, TimeoutError):
     """wait() gave up before the jobs reached a final status."""
 

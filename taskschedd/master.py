@@ -31,7 +31,7 @@ from taskschedd import __version__, log, pool, systemd, workerproc
 from taskschedd.children import WorkerHandle, describe_status, killpg
 from taskschedd.config import Config, ConfigError
 from taskschedd.config import load as load_config
-from taskschedd.errors import StoreError, StoreNotWritable, StoreUnavailable
+from taskschedd.errors import StoreError, StoreNotWritable, StoreReplaced, StoreUnavailable
 from taskschedd.housekeeping import Housekeeping
 from taskschedd.nodemetrics import NodeMetrics
 from taskschedd.periodic import Every, store_backoff, store_trouble
@@ -40,6 +40,7 @@ from taskschedd.redact import redact_url
 from taskschedd.signals import SignalQueue
 from taskschedd.store import Store, config_store_options, diskspace, open_store
 from taskschedd.store.base import Waker
+from taskschedd.store.sqlitefiles import daemon_owners
 from taskschedd.supervise import Supervisor
 
 #: Keys a reload cannot change (they need a restart); their old values are kept.
@@ -113,6 +114,8 @@ class Master:
         # (why, outcomes waiting) while the store refuses writes (disk full...), as logged
         self.unwritable: tuple[str, int] | None = None
         self.unwritable_logged = 0.0
+        self.store_lost = False  # the store file was deleted or replaced under us
+        self.exit_code = 0
 
     # -- life cycle -------------------------------------------------------------------
     def run(self) -> int:
@@ -122,8 +125,8 @@ class Master:
                 self._tick()
         finally:
             self._close()
-        self.log.info("taskschedd stopped")
-        return 0
+        self.log.info("taskschedd stopped", exit_code=self.exit_code)
+        return self.exit_code
 
     def _start(self) -> None:
         workerproc.set_child_subreaper()
@@ -135,7 +138,13 @@ class Master:
             config_file=self.config_path,
             config=self.config.redacted(),
         )
-        self.store = open_store(self.config.store, **self._store_options())
+        # The first start creates the store; only this user (or root) may own it.
+        self.store = open_store(
+            self.config.store,
+            create=True,
+            owners=daemon_owners(self.config.user),
+            **self._store_options(),
+        )
         self.jobs.store = self.house.store = self.store
         self._wait_for_store()
         self.metrics.start(self.config.metrics)
@@ -261,6 +270,7 @@ class Master:
                 self._read_worker(key.data)
         for signum in self.signals.pending():
             self._dispatch(signum)
+        self._verify_store()
         now = time.monotonic()
         self._unmute_waker(now)
         self._reap()
@@ -282,6 +292,25 @@ class Master:
         self.metrics.workers(self.workers.values())
         assert self.store is not None
         self.metrics.refresh_queues(now, self.store, self.config.queues)
+
+    def _verify_store(self) -> None:
+        """The store file deleted or replaced under the node (one stat per pass): its
+        writes would go to a file nobody reads and the jobs added since never run. Stop
+        now, and exit 69 so that a supervisor (systemd's Restart=on-failure) starts the
+        node again on the store the path names now. Running jobs are stopped too: their
+        outcomes cannot be stored, and the jobs run again from the store that is used."""
+        if self.store_lost:
+            return
+        assert self.store is not None
+        try:
+            self.store.verify()
+        except StoreReplaced as exc:
+            self.store_lost = True
+            self.exit_code = exc.exit_code
+            self.log.error("the store is gone: stopping the node, then exit", error=str(exc),
+                           exit_code=self.exit_code)  # fmt: skip
+            systemd.status(f"stopping: {exc}")
+            self._begin_stop("store file deleted or replaced")
 
     def _mute_waker(self) -> None:
         """Wake-ups faster than the waker's rate are coalesced: stop watching it for the

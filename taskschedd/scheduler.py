@@ -141,6 +141,8 @@ class Scheduler:
     arguments are the scheduler-wide ``default_*`` job options. ``max_data_size``: the
     largest job data accepted, in bytes of JSON (default: the configuration's
     ``max_data_size``, else 1 MiB); larger data raises DataTooLarge before any write.
+    ``create``: make a SQLite store that does not exist yet; without it, a missing file
+    is StoreMissing at first use (a mistyped path must not queue jobs into a new file).
     """
 
     def __init__(
@@ -149,8 +151,10 @@ class Scheduler:
         *,
         config: str | os.PathLike[str] | Config | None = None,
         max_data_size: int | None = None,
+        create: bool = False,
         **defaults: Any,
     ) -> None:
+        self._create = create
         self.config = self._load_config(config) if config is not None else None
         self.max_data_size = _data_size(max_data_size, self.config)
         if isinstance(store, Store):
@@ -172,14 +176,15 @@ class Scheduler:
         return config if isinstance(config, Config) else load(config)
 
     def _open(self, url: str | None) -> Store:
+        create = self._create
         if url is None and self.config is not None:
-            return open_configured(self.config)
+            return open_configured(self.config, create=create)
         if url is None:
             url = env_store_url()
         if url is None and os.environ.get("TASKSCHED_CONFIG"):
             self.config = self._load_config(os.environ["TASKSCHED_CONFIG"])
-            return open_configured(self.config)
-        return open_store(url or DEFAULT_URL)
+            return open_configured(self.config, create=create)
+        return open_store(url or DEFAULT_URL, create=create)
 
     # -- options ------------------------------------------------------------------
     def set_options(self, **defaults: Any) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from taskschedd import rules
 from taskschedd.children import Kill, RunningJob, WorkerHandle, group_alive, killpg
 from taskschedd.config import Config
-from taskschedd.errors import JobNotFound, StoreError
+from taskschedd.errors import JobNotFound, StoreError, StoreReplaced
 from taskschedd.job import JobStatus
 from taskschedd.leasewatch import confirmation_lines
 from taskschedd.periodic import Every, store_backoff, store_trouble
@@ -346,6 +346,9 @@ class Supervisor:
             settlement = self.settlement(record, owed)
             ok = self.store.settle(job.id, job.token, settlement, now=time.time())
         except JobNotFound:
+            return True, False
+        except StoreReplaced as exc:  # nowhere left to store it: the job runs again
+            bound.error("cannot settle the job: the store is gone", error=str(exc))
             return True, False
         except StoreError as exc:
             bound.warning("store unavailable while settling; will retry", error=str(exc))

@@ -72,7 +72,7 @@ from typing import Any
 
 from taskschedd import log
 from taskschedd.config import Config
-from taskschedd.errors import StoreError, StoreNotWritable, StoreUnavailable
+from taskschedd.errors import StoreError, StoreNotWritable, StoreReplaced, StoreUnavailable
 from taskschedd.leasewatch import LeaseWatch
 from taskschedd.store import Store, open_configured
 from taskschedd.store.base import JobRecord
@@ -286,7 +286,7 @@ def main(spec: WorkerSpec) -> int:
             )
             return EXIT_SETUP
     try:
-        store = open_configured(config)
+        store = open_configured(config, daemon=True)  # the master created it
         store.next_due(config.queues)  # connect now: a broken store is a boot failure
     except StoreError as exc:
         bound.error("the store cannot be used; the worker cannot start", error=str(exc))
@@ -308,6 +308,7 @@ class _Loop:
         self.log = log.get_logger("taskschedd.workerproc", node=spec.config.node, worker=spec.name)
         self.stopping = False
         self.exit_reason = "stop"
+        self.store_lost = False
         self.memory_checked_at = 0
         self.watch = LeaseWatch(self.config.lease)
         self.held_off = False  # claiming nothing: the master is unresponsive
@@ -458,6 +459,12 @@ class _Loop:
                 try:
                     ran = self.worker.step(budget=self._budget(), force_spawn=self.spec.extra)
                     delay = 0.0
+                except StoreReplaced as exc:
+                    # Claim nothing more; what is held cannot be stored (the master stops).
+                    self.log.error("the store is gone; the worker stops", error=str(exc))
+                    self.exit_reason = "store file deleted or replaced"
+                    self.store_lost = True
+                    break
                 except StoreUnavailable as exc:
                     delay = min(_STORE_BACKOFF_MAX, max(0.1, delay * 2))
                     pause = delay / 2 + random.random() * delay / 2
@@ -485,7 +492,8 @@ class _Loop:
                     self._wait(self.chan.wake_fd, quiet)
                 self._wait(waker.fileno(), timeout - quiet)
             # Store the outcomes not stored yet; give back what was claimed ahead.
-            self.worker.flush()
+            if not self.store_lost:
+                self.worker.flush()
         except (KeyboardInterrupt, MasterGone):
             # The Worker settled what it could when the signal came during a job; the
             # signal may also have come between jobs.
@@ -500,7 +508,7 @@ class _Loop:
         if self.exit_reason == "master gone":
             kill_own_group()  # a job's children would outlive the lease nobody renews
         self.watch.close()
-        return EXIT_OK
+        return EXIT_STORE if self.store_lost else EXIT_OK
 
     def _budget(self) -> int | None:
         """How many more jobs this worker may claim before it is recycled."""

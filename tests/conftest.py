@@ -12,7 +12,8 @@ from tests.mongo_server import mongo_uri_for_tests
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    """A fresh SQLite store URL in this test's own directory (created on first use)."""
+    """A fresh SQLite store URL in this test's own directory. Nothing is there yet: a
+    daemon creates it at start, a client only with create=True (StoreMissing otherwise)."""
     return f"sqlite:///{tmp_path}/store/taskschedd.db"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from taskschedd.errors import StoreError
@@ -13,8 +14,14 @@ if TYPE_CHECKING:
 DEFAULT_URL = "sqlite:///var/lib/taskschedd/taskschedd.db"
 
 
-def open_store(url: str, **options: Any) -> Store:
-    """Open the store a URL names. Nothing connects until first use."""
+def open_store(
+    url: str, *, create: bool = False, owners: Collection[int] | None = None, **options: Any
+) -> Store:
+    """Open the store a URL names. Nothing connects until first use.
+
+    SQLite only: ``create`` makes the file if there is none (else a missing file is
+    StoreMissing at first use); ``owners`` are the users who may own the files (else
+    their modes alone are checked): see :class:`~taskschedd.store.sqlite.SQLiteStore`."""
     if url.startswith(("mongodb://", "mongodb+srv://")):
         try:
             from taskschedd.store.mongo import MongoStore
@@ -24,7 +31,8 @@ def open_store(url: str, **options: Any) -> Store:
     if url.startswith("sqlite://") or "://" not in url:
         from taskschedd.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url, **{k: v for k, v in options.items() if k == "busy_timeout"})
+        timeout = {k: v for k, v in options.items() if k == "busy_timeout"}
+        return SQLiteStore(url, create=create, owners=owners, **timeout)
     scheme = url.split("://", 1)[0]
     raise StoreError(
         f"unknown store URL scheme {scheme!r}; accepted: sqlite:///PATH, "
@@ -59,9 +67,15 @@ def config_store_options(config: Config) -> dict[str, Any]:
     }
 
 
-def open_configured(config: Config) -> Store:
-    """The store a node configuration names, with its options."""
-    return open_store(config.store, **config_store_options(config))
+def open_configured(config: Config, *, create: bool = False, daemon: bool = False) -> Store:
+    """The store a node configuration names, with its options. ``daemon``: only the
+    daemon's user (``config.user``, this process's) or root may own a SQLite store."""
+    owners = None
+    if daemon:
+        from taskschedd.store.sqlitefiles import daemon_owners
+
+        owners = daemon_owners(config.user)
+    return open_store(config.store, create=create, owners=owners, **config_store_options(config))
 
 
 __all__ = [

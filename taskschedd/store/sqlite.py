@@ -15,12 +15,19 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from taskschedd.errors import JobNotFound, StoreError, StoreNotWritable, StoreUnavailable
+from taskschedd.errors import (
+    JobNotFound,
+    StoreError,
+    StoreNotWritable,
+    StoreReplaced,
+    StoreUnavailable,
+)
 from taskschedd.job import FINAL, RUNNABLE, JobStatus
 from taskschedd.options import JobOptions
+from taskschedd.store import sqlitefiles
 from taskschedd.store.base import (
     ClaimRequest,
     DuplicateJobId,
@@ -255,11 +262,25 @@ def _hold_event_floor(conn: sqlite3.Connection, top: int | None) -> None:
 class SQLiteStore(Store):
     """See the module docstring. ``busy_timeout`` bounds how long a write waits for a lock."""
 
-    def __init__(self, url: str, *, busy_timeout: float = 10.0, create: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout: float = 10.0,
+        create: bool = False,
+        owners: Collection[int] | None = None,
+    ) -> None:
+        """``create``: make the file (and its directories, 0700) if there is none; without
+        it a missing file is StoreMissing, so a mistyped path fails instead of queueing
+        into a new store. ``owners``: the users who may own the files (the daemon's: see
+        :func:`~taskschedd.store.sqlitefiles.daemon_owners`); None checks modes only."""
         self.url = url if "://" in url else f"sqlite://{os.path.abspath(url)}"
         self.path = path_from_url(url)
         self.busy_timeout = busy_timeout
         self._create = create
+        self._owners = owners
+        self._file_id: sqlitefiles.FileId | None = None
+        self._replaced: str | None = None  # why this store may no longer be used
         self._conn_obj: sqlite3.Connection | None = None
         self._lock_wait = 0.0
         self._pid = -1
@@ -267,53 +288,66 @@ class SQLiteStore(Store):
         self._notify = NotifyDir(self.path + "-notify")
 
     # -- connection ------------------------------------------------------------------
-    def _prepare_file(self) -> None:
-        directory = os.path.dirname(self.path)
-        if not os.path.isdir(directory):
-            if not self._create:
-                raise StoreError(f"store directory {directory} does not exist")
-            try:
-                os.makedirs(directory, mode=0o700, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(
-                    f"cannot create the store directory {directory}: {exc.strerror}; "
-                    "create it or point 'store' at a writable path"
-                ) from None
-        if not os.path.exists(self.path):
-            if not self._create:
-                raise StoreError(f"store file {self.path} does not exist")
-            try:
-                # 0600 before SQLite touches it: SQLite gives -wal and -shm the same mode.
-                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-                os.close(fd)
-            except OSError as exc:
-                raise StoreError(
-                    f"cannot create the store file {self.path}: {exc.strerror}"
-                ) from None
+    def _prepare_file(self) -> sqlitefiles.FileId:
+        return sqlitefiles.prepare(self.path, create=self._create, owners=self._owners)
 
     @property
     def _conn(self) -> sqlite3.Connection:
-        if self._conn_obj is None or self._pid != os.getpid():
-            # A connection inherited across fork must not be used (or closed) here.
-            self._conn_obj = None
-            self._prepare_file()
-            try:
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=self.busy_timeout,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                _set_wal(conn, self.busy_timeout)
-                conn.execute("PRAGMA synchronous = FULL")
-                conn.execute("PRAGMA foreign_keys = OFF")
-                self._ensure_schema(conn)
-            except sqlite3.DatabaseError as exc:
+        conn = self._conn_obj
+        if conn is not None and self._pid == os.getpid():
+            self._check_file()
+            return conn
+        # A connection inherited across fork must not be used (or closed) here.
+        self._conn_obj = None
+        if self._replaced is not None:
+            raise StoreReplaced(self._replaced)
+        opened = self._prepare_file()
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
+        try:
+            now = sqlitefiles.identity(self.path)
+            if now != opened:  # swapped between the check and SQLite's open
+                raise StoreReplaced(sqlitefiles.replaced_message(self.path, opened, now))
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            _set_wal(conn, self.busy_timeout)
+            sqlitefiles.check_side_files(self.path, self._owners)  # as SQLite found them
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            self._ensure_schema(conn)
+        except BaseException as exc:
+            conn.close()  # a failed open must not keep its descriptor
+            if isinstance(exc, sqlite3.DatabaseError):
                 raise self._error(exc) from None
-            self._conn_obj = conn
-            self._pid = os.getpid()
-        return self._conn_obj
+            raise
+        self._conn_obj = conn
+        self._file_id = opened
+        self._pid = os.getpid()
+        return conn
+
+    def _check_file(self) -> None:
+        """StoreReplaced once the path names another file than the one open (deleted or
+        replaced): from then on this store object refuses every call. One stat (~1 us)."""
+        if self._replaced is None:
+            now = sqlitefiles.identity(self.path)
+            if now == self._file_id:
+                return
+            assert self._file_id is not None
+            self._replaced = sqlitefiles.replaced_message(self.path, self._file_id, now)
+        raise StoreReplaced(self._replaced)
+
+    def verify(self) -> None:
+        with self._lock:
+            if self._conn_obj is not None and self._pid == os.getpid():
+                self._check_file()
+            elif self._replaced is not None:
+                raise StoreReplaced(self._replaced)
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         """Create the schema, or upgrade an older one in place: in one write transaction,

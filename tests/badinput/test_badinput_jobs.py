@@ -112,7 +112,7 @@ def counts(s: Scheduler) -> tuple[int, int]:
 def test_data_nested_too_deeply_is_refused_by_the_api_and_nothing_is_written(
     sqlite_url: str, data: Any, fragment: str
 ) -> None:
-    with Scheduler(sqlite_url) as s:
+    with Scheduler(sqlite_url, create=True) as s:
         s.add_job(f"{MODULE}.Echo", nested(MAX_JSON_DEPTH))  # the limit itself is fine
         before = counts(s)
         with pytest.raises(JobDataError, match=fragment):
@@ -125,9 +125,12 @@ def test_data_nested_too_deeply_is_refused_by_the_api_and_nothing_is_written(
 def test_a_circular_structure_is_refused(sqlite_url: str) -> None:
     loop: dict[str, Any] = {}
     loop["self"] = loop
-    with Scheduler(sqlite_url) as s, pytest.raises(JobDataError, match="Circular reference"):
+    with (
+        Scheduler(sqlite_url, create=True) as s,
+        pytest.raises(JobDataError, match="Circular reference"),
+    ):
         s.add_job(f"{MODULE}.Echo", loop)
-    with Scheduler(sqlite_url) as s:
+    with Scheduler(sqlite_url, create=True) as s:
         assert counts(s) == (0, 0)
 
 
@@ -144,7 +147,7 @@ def test_a_circular_structure_is_refused(sqlite_url: str) -> None:
 def test_taskschedctl_refuses_bad_data_files_with_exit_2_and_writes_nothing(
     tmp_path: Path, sqlite_url: str, text: str, fragment: str
 ) -> None:
-    with Scheduler(sqlite_url) as s:
+    with Scheduler(sqlite_url, create=True) as s:
         kept = s.add_job(f"{MODULE}.Echo", {"keep": True}).id
         before = counts(s)
     data = tmp_path / "data.json"
@@ -158,6 +161,6 @@ def test_taskschedctl_refuses_bad_data_files_with_exit_2_and_writes_nothing(
     assert result.returncode == 2, result
     assert fragment in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert result.stdout == ""
-    with Scheduler(sqlite_url) as s:
+    with Scheduler(sqlite_url, create=True) as s:
         assert counts(s) == before
         assert [j.id for j in s.get_jobs(status="all")] == [kept]

@@ -74,6 +74,10 @@ class CtlHarness:
 
     # -- the CLI ----------------------------------------------------------------------
     def args(self, args: tuple[str, ...], store: bool) -> list[str]:
+        """``add`` gets --create: each test starts without a store (as before a daemon's
+        first start); tests of a missing store leave ``store`` off or run other commands."""
+        if store and args and args[0] == "add" and "--create" not in args:
+            args = ("add", "--create", *args[1:])
         return ["--store", self.url, *args] if store else list(args)
 
     def run(
@@ -123,7 +127,7 @@ class CtlHarness:
 
     # -- the store --------------------------------------------------------------------
     def store(self) -> SQLiteStore:
-        store = SQLiteStore(self.url)
+        store = SQLiteStore(self.url, create=True)
         self._stores.append(store)
         return store
 

@@ -115,20 +115,20 @@ def test_add_checks_allowed_modules_of_the_config(ctl: CtlHarness) -> None:
     assert "module 'myapp.jobs' is not in allowed_modules (taskschedd.examples)" in res.err
     assert str(config) in res.err and "Traceback" not in res.err
     assert ctl.jobs() == []
-    res = ctl.run("add", ECHO, env={"TASKSCHED_CONFIG": str(config)}, store=False)
+    res = ctl.run("add", "--create", ECHO, env={"TASKSCHED_CONFIG": str(config)}, store=False)
     assert res.code == 0, res
     assert ctl.job(res.out.strip()).cls == ECHO
 
 
 def test_add_applies_job_defaults_of_the_config(ctl: CtlHarness) -> None:
     config = ctl.config(f"store: {ctl.url}\njob_defaults: {{retry: 4, queue: batch}}\n")
-    res = ctl.run("add", ECHO, "-c", str(config), store=False)
+    res = ctl.run("add", "--create", ECHO, "-c", str(config), store=False)
     job = ctl.job(res.out.strip())
     assert (job.options.retry, job.queue) == (4, "batch")
 
 
 def test_add_accepts_store_options_after_the_command(ctl: CtlHarness) -> None:
-    res = ctl.run("add", ECHO, "--store", ctl.url, store=False)
+    res = ctl.run("add", "--create", ECHO, "--store", ctl.url, store=False)
     assert res.code == 0, res
     assert ctl.job(res.out.strip()).cls == ECHO
 

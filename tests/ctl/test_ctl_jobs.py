@@ -88,7 +88,7 @@ def test_list_bad_filters_exit_2(ctl: CtlHarness) -> None:
 def test_list_on_a_missing_store_file_exits_69_and_creates_nothing(ctl: CtlHarness) -> None:
     res = ctl.run("list")
     assert res.code == 69, res
-    assert f"store file {ctl.path} does not exist" in res.err
+    assert f"no store at {ctl.path}" in res.err and "--create" in res.err
     assert not ctl.path.exists()
 
 

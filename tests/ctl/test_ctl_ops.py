@@ -122,7 +122,7 @@ def test_check_unreachable_store_exits_69(ctl: CtlHarness) -> None:
     assert res.code == 69, res
     assert "reachable" not in res.out and "is not a taskschedd SQLite store" in res.err
     res = ctl.run("check")  # the store file does not exist yet
-    assert res.code == 69 and "does not exist" in res.err, res
+    assert res.code == 69 and f"no store at {ctl.path}" in res.err, res
     assert not ctl.path.exists()
 
 
@@ -240,7 +240,7 @@ def test_closed_pipe_is_not_a_traceback(ctl: CtlHarness) -> None:
 
 def test_python_m_taskschedctl_entry(ctl: CtlHarness) -> None:
     cp = subprocess.run(
-        [sys.executable, "-m", "taskschedctl", "--store", ctl.url, "add", ECHO],
+        [sys.executable, "-m", "taskschedctl", "--store", ctl.url, "add", "--create", ECHO],
         env=clean_env(), capture_output=True, text=True, timeout=20,
     )  # fmt: skip
     assert cp.returncode == 0 and ctl.job(cp.stdout.strip()).cls == ECHO
@@ -251,7 +251,7 @@ def test_add_stays_light_for_cron(ctl: CtlHarness) -> None:
     code = (
         "import sys\n"
         "from taskschedctl.cli import run\n"
-        f"assert run(['--store', {ctl.url!r}, 'add', {ECHO!r}]) == 0\n"
+        f"assert run(['--store', {ctl.url!r}, 'add', '--create', {ECHO!r}]) == 0\n"
         "heavy = sorted(m for m in ('pymongo', 'structlog', 'yaml', 'asyncio') if m in sys.modules)\n"
         "print(heavy)\n"
     )
@@ -272,4 +272,4 @@ def test_a_config_on_the_command_line_wins_over_the_store_in_the_environment(
         res = ctl.run(*args, env=elsewhere, store=False)
         assert res.code == 0 and json.loads(res.out)[0]["id"] == job_id, (args, res)
     res = ctl.run("list", env={**elsewhere, "TASKSCHED_CONFIG": str(config)}, store=False)
-    assert res.code == 69 and "other.db does not exist" in res.err, res
+    assert res.code == 69 and f"no store at {ctl.tmp}/other.db" in res.err, res

@@ -370,7 +370,7 @@ def e2e_store(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -
     """A fresh, empty store of this test's kind."""
     if store_kind == "sqlite":
         url = f"sqlite:///{tmp_path}/store/taskschedd.db"
-        return E2EStore("sqlite", url)
+        return E2EStore("sqlite", url, {"create": True})
     uri = str(request.getfixturevalue("mongo_uri"))
     database = unique_db_name("e2e")
     section = {"database": database, **MONGO_COLLECTIONS}

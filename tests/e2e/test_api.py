@@ -38,7 +38,7 @@ ECHO = "tests.api_jobs.Echo"
 
 @pytest.fixture
 def scheduler(sqlite_url: str) -> Iterator[Scheduler]:
-    with Scheduler(sqlite_url) as s:
+    with Scheduler(sqlite_url, create=True) as s:
         yield s
 
 
@@ -257,7 +257,7 @@ def test_listen_latency_is_well_below_a_poll_interval(
     scheduler: Scheduler, sqlite_url: str
 ) -> None:
     latencies: list[float] = []
-    writer = Scheduler(sqlite_url)
+    writer = Scheduler(sqlite_url, create=True)
     writer.store.last_event_seq()
     for _ in range(3):
         sent: dict[str, float] = {}

@@ -88,7 +88,7 @@ class StoreKind:
 def sqlite_kind(tmp_path: Path) -> StoreKind:
     path = tmp_path / "store" / "taskschedd.db"
     url = f"sqlite:///{path}"
-    return StoreKind("sqlite", url, {}, {"store": url}, sqlite_path=path)
+    return StoreKind("sqlite", url, {"create": True}, {"store": url}, sqlite_path=path)
 
 
 def mongo_kind(uri: str, request: pytest.FixtureRequest, server: MongoServer | None) -> StoreKind:

@@ -33,7 +33,7 @@ class StoreSpec:
 
 
 def make_sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
-    return StoreSpec("sqlite", f"sqlite:///{tmp_path}/store/jobs.db")
+    return StoreSpec("sqlite", f"sqlite:///{tmp_path}/store/jobs.db", {"create": True})
 
 
 def make_mongo(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:

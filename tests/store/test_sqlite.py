@@ -34,7 +34,7 @@ def mode(path: Path) -> int:
 def test_files_are_0600_in_a_0700_directory(tmp_path: Path, umask_022: None) -> None:
     directory = tmp_path / "var" / "lib" / "taskschedd"
     db = directory / "jobs.db"
-    store = SQLiteStore(f"sqlite:///{db}")
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
     try:
         store.insert([new_job("a")])
         waker = store.waker()
@@ -52,7 +52,7 @@ def test_files_are_0600_in_a_0700_directory(tmp_path: Path, umask_022: None) -> 
 
 
 def test_a_connection_is_not_reused_across_fork(tmp_path: Path) -> None:
-    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db")
+    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
     store.insert([new_job("parent-1")])
     parent_conn = store._conn
     pid = os.fork()
@@ -75,7 +75,7 @@ def test_a_connection_is_not_reused_across_fork(tmp_path: Path) -> None:
 
 
 def test_claim_is_one_statement_served_by_the_partial_index(tmp_path: Path) -> None:
-    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db")
+    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
     now = time.time()
     store.insert([new_job(f"j{i}", now=now, priority=i % 3) for i in range(50)])
     statements: list[str] = []
@@ -93,7 +93,7 @@ def test_claim_is_one_statement_served_by_the_partial_index(tmp_path: Path) -> N
 
 def test_a_locked_database_raises_store_unavailable_then_recovers(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
-    store = SQLiteStore(f"sqlite:///{path}", busy_timeout=0.2)
+    store = SQLiteStore(f"sqlite:///{path}", busy_timeout=0.2, create=True)
     store.insert([new_job("before")])
     holder = sqlite3.connect(path, isolation_level=None, timeout=0)
     holder.execute("BEGIN IMMEDIATE")
@@ -119,8 +119,8 @@ def test_a_locked_database_raises_store_unavailable_then_recovers(tmp_path: Path
 def test_a_listener_that_arrives_right_after_a_post_is_woken(tmp_path: Path) -> None:
     # Posts cache the listener directory while its mtime is unchanged; a listener that
     # registers within the same timestamp tick as a listing must not be missed.
-    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db")
-    writer = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db")
+    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
+    writer = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
     try:
         for i in range(20):
             writer.insert([new_job(f"before-{i}")])  # lists (and maybe caches) the listeners

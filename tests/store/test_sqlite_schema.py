@@ -110,7 +110,7 @@ def check_v2(store: SQLiteStore) -> None:
 
 def test_a_new_store_has_schema_2(tmp_path: Path) -> None:
     assert SCHEMA_VERSION == 2
-    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db")
+    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
     try:
         store.insert([new_job("a")])
         check_v2(store)
@@ -121,7 +121,7 @@ def test_a_new_store_has_schema_2(tmp_path: Path) -> None:
 def test_a_v1_store_is_upgraded_in_place_and_keeps_its_jobs_and_events(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     now = make_v1(db)
-    store = SQLiteStore(f"sqlite:///{db}")
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
     try:
         check_v2(store)
         assert sorted(j.id for j in store.find(JobQuery())) == ["done", "s1", "s1.1", "waiting"]
@@ -154,7 +154,7 @@ def test_a_v1_store_is_upgraded_in_place_and_keeps_its_jobs_and_events(tmp_path:
 def _open_and_report(url: str, start: float) -> None:
     while time.time() < start:  # open together, not one after the other
         time.sleep(0.001)
-    store = SQLiteStore(url)
+    store = SQLiteStore(url, create=True)
     try:
         store.last_event_seq()
     finally:
@@ -173,7 +173,7 @@ def test_processes_opening_a_v1_store_at_once_upgrade_it_once(tmp_path: Path) ->
     for p in procs:
         p.join(timeout=30)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    store = SQLiteStore(url)
+    store = SQLiteStore(url, create=True)
     try:
         check_v2(store)
         assert len(store.events()) == 4
@@ -186,16 +186,16 @@ def test_processes_opening_a_v1_store_at_once_upgrade_it_once(tmp_path: Path) ->
 
 def test_a_newer_schema_is_refused_with_the_version(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    store = SQLiteStore(f"sqlite:///{db}")
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
     store.insert([new_job("a")])
     store._conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
     store.close()
     with pytest.raises(StoreError, match="has schema 3, newer than this taskschedd understands"):
-        SQLiteStore(f"sqlite:///{db}").get("a")
+        SQLiteStore(f"sqlite:///{db}", create=True).get("a")
 
 
 def test_event_seqs_are_not_reused_after_flush_or_purge(tmp_path: Path) -> None:
-    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db")
+    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
     try:
         now = time.time()
         store.insert([new_job("old", now=now - 1000), new_job("new", now=now - 1000)])

@@ -22,7 +22,7 @@ CLS = "tests.api_jobs.Echo"
 
 @pytest.fixture
 def scheduler(tmp_path: Path) -> Iterator[Scheduler]:
-    with Scheduler(f"sqlite:///{tmp_path}/s.db") as s:
+    with Scheduler(f"sqlite:///{tmp_path}/s.db", create=True) as s:
         yield s
 
 

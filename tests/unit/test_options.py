@@ -224,7 +224,7 @@ def test_scheduler_defaults_apply_and_explicit_options_win() -> None:
 
 
 def test_scheduler_set_options_applies_to_later_jobs(tmp_path: Path) -> None:
-    with Scheduler(f"sqlite:///{tmp_path}/s.db", default_retry=1) as scheduler:
+    with Scheduler(f"sqlite:///{tmp_path}/s.db", create=True, default_retry=1) as scheduler:
         first = scheduler.add_job("tests.api_jobs.Echo")
         scheduler.set_options(default_retry=4, default_queue="bulk")
         second = scheduler.add_job("tests.api_jobs.Echo")
@@ -301,7 +301,7 @@ def test_add_job_writes_nothing_when_it_raises(
 ) -> None:
     # cls and data are add_job's own parameters, not options: Python itself refuses them twice.
     given_options = {k: v for k, v in given_options.items() if k not in ("cls", "data")}
-    with Scheduler(f"sqlite:///{tmp_path}/fuzz.db") as scheduler:
+    with Scheduler(f"sqlite:///{tmp_path}/fuzz.db", create=True) as scheduler:
         before = len(scheduler.store.find(JobQuery()))
         events = scheduler.store.last_event_seq()
         try:
