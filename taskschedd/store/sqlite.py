@@ -334,12 +334,18 @@ class SQLiteStore(Store):
     def _check_file(self) -> None:
         """StoreReplaced once the path names another file than the one open (deleted or
         replaced): from then on this store object refuses every call. One stat (~1 us)."""
+        opened = self._file_id
+        assert opened is not None
         if self._replaced is None:
-            now = sqlitefiles.identity(self.path)
-            if now == self._file_id:
-                return
-            assert self._file_id is not None
-            self._replaced = sqlitefiles.replaced_message(self.path, self._file_id, now)
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                now = None
+            else:
+                if st.st_ino == opened.ino and st.st_dev == opened.dev:
+                    return
+                now = sqlitefiles.FileId.of(st)
+            self._replaced = sqlitefiles.replaced_message(self.path, opened, now)
         raise StoreReplaced(self._replaced)
 
     def verify(self) -> None:
