@@ -22,7 +22,7 @@ from taskschedd import Scheduler
 from taskschedd.errors import StoreMissing, StoreReplaced
 from taskschedd.job import JobStatus
 from taskschedd.store.sqlite import SQLiteStore
-from tests.e2e.conftest import REPO
+from tests.e2e.conftest import REPO, TASKSCHEDD
 from tests.faults.harness import FaultDaemon, sqlite_kind
 from tests.helpers import wait_for
 
@@ -163,3 +163,30 @@ def test_a_mistyped_store_path_fails_loudly_and_creates_nothing(tmp_path: Path) 
     with Scheduler(f"sqlite:///{made}", create=True) as s:
         s.add_job(ECHO, {})
     assert made.exists()
+
+
+def test_the_readme_flow_make_run_then_add_needs_no_create(tmp_path: Path) -> None:
+    """``make run`` (the daemon on the reference configuration) creates the store, so the
+    README's ``taskschedctl add ... --wait`` in a second terminal works as written."""
+    var = tmp_path / "var"
+    var.mkdir()
+    os.chmod(var, 0o700)  # the Makefile's mkdir -p var && chmod 0700 var
+    url = f"sqlite:///{var}/taskschedd.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSCHED_")}
+    env["PYTHONPATH"] = str(REPO)
+    daemon = subprocess.Popen(
+        [str(TASKSCHEDD), "-c", str(REPO / "etc" / "taskschedd.yaml"), "--store", url],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (var / "taskschedd.db").exists(), 15, message="the daemon's store")
+        res = ctl("--store", url, "add", "taskschedd.examples.jobs.Add", '{"a": 1, "b": 2}',
+                  "--wait=30s")  # fmt: skip
+        assert res.returncode == 0, res
+        daemon.send_signal(15)
+        assert daemon.wait(30) == 0
+    finally:
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, 9)
+            daemon.wait()
