@@ -346,14 +346,20 @@ class SQLiteStore(Store):
                     return
                 now = sqlitefiles.FileId.of(st)
             self._replaced = sqlitefiles.replaced_message(self.path, opened, now)
+            conn = self._conn_obj
+            if conn is not None and not conn.in_transaction:
+                # Let go of the old file: a deleted one holds its disk space while open.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+                self._conn_obj = None
         raise StoreReplaced(self._replaced)
 
     def verify(self) -> None:
         with self._lock:
+            if self._replaced is not None:
+                raise StoreReplaced(self._replaced)
             if self._conn_obj is not None and self._pid == os.getpid():
                 self._check_file()
-            elif self._replaced is not None:
-                raise StoreReplaced(self._replaced)
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         """Create the schema, or upgrade an older one in place: in one write transaction,

@@ -22,6 +22,7 @@ from taskschedd import Scheduler
 from taskschedd.errors import StoreMissing, StoreReplaced
 from taskschedd.job import JobStatus
 from taskschedd.store.sqlite import SQLiteStore
+from taskschedd.store.sqlitefiles import stale_holders
 from tests.e2e.conftest import REPO, TASKSCHEDD
 from tests.faults.harness import FaultDaemon, sqlite_kind
 from tests.helpers import wait_for
@@ -104,10 +105,13 @@ def test_a_client_refuses_to_write_into_a_replaced_store_file(tmp_path: Path) ->
     with kind.scheduler() as s:
         s.add_job(ECHO, {"n": 1})
         replace_store(kind.sqlite_path, tmp_path)
+        assert [pid for pid, _, _ in stale_holders(str(kind.sqlite_path))] == [os.getpid()]
         with pytest.raises(StoreReplaced, match="was replaced by another file"):
             s.add_job(ECHO, {"n": 2})  # would be acknowledged, and lost with the old file
         with pytest.raises(StoreReplaced):  # and stays refused
             s.store.last_event_seq()
+        # It let go of the old file (a deleted one would hold its disk space).
+        assert stale_holders(str(kind.sqlite_path)) == []
     with Scheduler(kind.url) as fresh:  # a new client uses the file now there
         assert fresh.add_job(ECHO, {"n": 3}).status is JobStatus.WAITING
 
