@@ -100,6 +100,7 @@ class LeaseWatch:
         self._lock = threading.Lock()
         self._deadlines: dict[str, float] = {}  # claim token -> monotonic end of its lease
         self._running: str | None = None
+        self._wake_at = float("inf")  # when the thread looks next (monotonic)
         self._thread: threading.Thread | None = None
         self._poke_r, self._poke_w = -1, -1
         self._closed = False
@@ -109,12 +110,16 @@ class LeaseWatch:
         """Claims just returned by the store: their leases end at their ``lease_until``."""
         mono, wall = time.monotonic(), time.time()
         with self._lock:
+            soonest = float("inf")
             for job in jobs:
                 if job.claim_token is None:
                     continue
                 until = job.lease_until if job.lease_until is not None else wall
-                self._deadlines[job.claim_token] = mono + (until - wall)
-        self._poke()
+                self._deadlines[job.claim_token] = deadline = mono + (until - wall)
+                soonest = min(soonest, deadline - self.margin)
+            sooner = soonest < self._wake_at
+        if sooner:
+            self._poke()
 
     def forget(self, token: str) -> None:
         """The claim is settled or given back: nothing to watch."""
@@ -155,8 +160,9 @@ class LeaseWatch:
             until = self._deadlines.get(token or "")
             if until is None or time.monotonic() >= until - self.margin:
                 return False
+            # The thread looks by then at the latest: it waits for the first kill time
+            # of all the claims held, this one's included.
             self._running = token
-        self._poke()
         return True
 
     def ended(self, job: JobRecord) -> None:
@@ -207,18 +213,20 @@ class LeaseWatch:
         self._poke_r = self._poke_w = -1
 
     def _poke(self) -> None:
-        """Make the thread look at the deadlines again (a claim, a start)."""
+        """Make the thread look at the deadlines again (a claim that ends sooner than
+        what it waits for, the end)."""
         if self._poke_w >= 0:
             with contextlib.suppress(OSError):  # full: it is awake anyway
                 os.write(self._poke_w, b"!")
 
     def _next_check(self, now: float) -> float | None:
-        """Seconds until the thread must look again, or kill; None: nothing to watch.
-        Called with the lock held. A claim not running whose kill time passed cannot
-        start any more (may_start), so it needs no look."""
-        if self._running is not None and self._running in self._deadlines:
-            return self._deadlines[self._running] - self.margin - now
+        """Seconds until the thread must look again (<= 0: kill the running job); None:
+        nothing to watch. Called with the lock held. The first kill time of all the
+        claims held, so a claim that starts later (may_start, which does not wake the
+        thread) is looked at in time; one whose kill time passed cannot start any more."""
         times = [d - self.margin for d in self._deadlines.values() if d - self.margin > now]
+        if self._running is not None and self._running in self._deadlines:
+            times.append(self._deadlines[self._running] - self.margin)
         return min(times) - now if times else None
 
     def _loop(
@@ -237,6 +245,7 @@ class LeaseWatch:
                     expire(self._running, self._deadlines[self._running])
                     self._running = None  # only reached when expire returns (tests)
                     continue
+                self._wake_at = float("inf") if wait is None else now + wait
             fds = [self._poke_r, control_fd] if reading else [self._poke_r]
             ready, _, _ = select.select(fds, [], [], wait)
             if self._poke_r in ready:

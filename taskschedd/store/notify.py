@@ -12,9 +12,12 @@ A socket path must fit ``sun_path`` (108 bytes): a longer one is bound and reach
 through ``/proc/self/fd/<directory descriptor>/<name>``, which the kernel resolves like
 the directory itself (permissions included).
 
-Even the owner cannot make a waiting process burn CPU: each waker reports at most
-``WAKE_BURST`` wake-ups at once and ``WAKE_RATE`` per second after that (a token bucket).
-:meth:`SocketWaker.wait` keeps to it by itself; a caller that selects on
+Even the owner cannot make a waiting process burn CPU: a waker reports at most
+``WAKE_BURST`` wake-ups at once and ``WAKE_RATE`` per second after that that were for
+nothing (a token bucket). A wake-up is for something when the store's ``changed`` check
+says a commit happened since the last one (SQLite's ``PRAGMA data_version`` for other
+connections, :attr:`NotifyDir.posts` for its own; a few microseconds): those cost no
+token, so real traffic is never slowed down, however busy. :meth:`SocketWaker.wait` keeps to the rate by itself; a caller that selects on
 :meth:`SocketWaker.fileno` itself should not watch it again for
 :meth:`SocketWaker.quiet_for` seconds after a :meth:`SocketWaker.drain`. Wake-ups that
 arrive meanwhile are coalesced into the next one.
@@ -31,14 +34,15 @@ import select
 import socket
 import stat
 import time
+from collections.abc import Callable
 
 from taskschedd.errors import StoreError
 from taskschedd.store.base import Waker
 
 __all__ = ["WAKE_BURST", "WAKE_RATE", "NotifyDir", "SocketWaker"]
 
-#: Wake-ups a waker reports at once, and per second after that.
-WAKE_BURST = 10
+#: Wake-ups for nothing a waker reports at once, and per second after that.
+WAKE_BURST = 20
 WAKE_RATE = 20.0
 _RACY_WINDOW = 0.05  # seconds: well above the kernel's timestamp granularity (1-10 ms)
 _SUN_PATH_MAX = 107  # bytes of a path in sockaddr_un, without the terminating NUL
@@ -92,6 +96,7 @@ class NotifyDir:
         # valid for: a post costs one stat, not a listdir, while nobody comes or goes.
         self._names: list[tuple[str, str]] = []
         self._seen: tuple[int, int] | None = None
+        self.posts = 0  # commits of this process announced (see SocketWaker's changed)
 
     def _own(self) -> None:
         """After a fork: close this process's copies of the parent's descriptors, and
@@ -157,6 +162,7 @@ class NotifyDir:
     def post(self) -> None:
         """Wake every listener; never raises (the write this follows has committed)."""
         self._own()
+        self.posts += 1
         listeners = self._listeners()
         if not listeners:
             return
@@ -174,8 +180,10 @@ class NotifyDir:
                         os.unlink(os.path.join(self.path, name))
                     self._seen = None  # list again next time
 
-    def listen(self) -> SocketWaker:
-        return SocketWaker(self.path)
+    def listen(self, changed: Callable[[], bool] | None = None) -> SocketWaker:
+        """A waker for this process; *changed* tells whether the store changed since it
+        was last asked (see the module docstring), None: every wake-up costs a token."""
+        return SocketWaker(self.path, changed)
 
     def close(self) -> None:
         self._own()
@@ -191,8 +199,9 @@ class NotifyDir:
 class SocketWaker(Waker):
     """One process's wake-up socket in the notify directory; see the module docstring."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, changed: Callable[[], bool] | None = None) -> None:
         st = _private_dir(directory)
+        self._changed = changed
         self._name = f"{os.getpid()}-{secrets.token_hex(6)}"
         self._file = os.path.join(directory, self._name)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -223,6 +232,11 @@ class SocketWaker(Waker):
             self._sock.bind(f"/proc/self/fd/{dir_fd}/{self._name}")
         finally:
             os.close(dir_fd)
+
+    @property
+    def name(self) -> str:
+        """The socket's file name in the notify directory."""
+        return self._name
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -262,7 +276,8 @@ class SocketWaker(Waker):
             except OSError:
                 break
             got = True
-        if got:  # one wake-up, however many datagrams it took
+        if got and (self._changed is None or not self._changed()):
+            # One wake-up for nothing, however many datagrams it took.
             self._tokens = max(0.0, self._refill(time.monotonic()) - 1.0)
 
     def close(self) -> None:

@@ -286,6 +286,7 @@ class SQLiteStore(Store):
         self._pid = -1
         self._lock = threading.RLock()
         self._notify = NotifyDir(self.path + "-notify")
+        self._data_version: object = None  # PRAGMA data_version when last asked
 
     # -- connection ------------------------------------------------------------------
     def _prepare_file(self) -> sqlitefiles.FileId:
@@ -1025,7 +1026,24 @@ class SQLiteStore(Store):
         return int(row[0] or 0)
 
     def waker(self) -> Waker:
-        return self._notify.listen()
+        return self._notify.listen(self._changed)
+
+    def _changed(self) -> bool:
+        """Whether a commit happened since the last call, by another connection or this
+        one (a wake-up was for something); True when that cannot be told without waiting
+        or connecting."""
+        conn = self._conn_obj
+        if conn is None or self._pid != os.getpid() or not self._lock.acquire(blocking=False):
+            return True
+        try:
+            version = (conn.execute("PRAGMA data_version").fetchone()[0], self._notify.posts)
+        except sqlite3.Error:
+            return True
+        finally:
+            self._lock.release()
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
 
     # -- housekeeping ----------------------------------------------------------------------
     def purge(self, *, statuses: Sequence[JobStatus], ended_before: float) -> int:

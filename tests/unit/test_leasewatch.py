@@ -76,7 +76,7 @@ def test_the_worker_claims_nothing_after_two_thirds_of_a_lease_without_a_word() 
     start = time.monotonic()
     watch = LeaseWatch(LEASE, now=start)
     assert gate(LEASE) == pytest.approx(2 * LEASE / 3)
-    assert watch.responsive(start + gate(LEASE))
+    assert watch.responsive(start + gate(LEASE) - 0.01)
     assert not watch.responsive(start + gate(LEASE) + 0.01)
     assert watch.confirm(start + LEASE, start + 2 * LEASE, []) is True  # ends a silence
     assert watch.responsive(start + LEASE + 0.1)
@@ -169,5 +169,29 @@ def test_a_job_that_ended_is_not_killed_and_a_late_claim_never_starts(pipe: Pipe
         wait_for(lambda: time.monotonic() > kill_at + 0.1, 2)  # nothing runs: no kill
         assert not expired
         assert not watch.may_start(short)
+    finally:
+        watch.close()
+
+
+def test_a_claim_that_starts_later_but_ends_sooner_is_killed_in_time(pipe: Pipe) -> None:
+    """Starting a job does not wake the thread: it must already wait for the first kill
+    time of every claim held, not just the running one's."""
+    watch = LeaseWatch(LEASE)
+    expired: list[tuple[str, float]] = []
+    watch.watch(
+        pipe.r, lambda lines, eof: None, lambda token, _: expired.append((token, time.monotonic()))
+    )
+    try:
+        first, second = claimed("first"), claimed("second", 0.5)
+        watch.claimed([first, second])
+        assert watch.may_start(first)
+        now = time.monotonic()
+        pipe.send(confirmation_lines(now, now + 5 * LEASE, ["first"])[0])  # not "second"
+        wait_for(lambda: watch.deadline("first") == now + 5 * LEASE, 2)
+        watch.ended(first)
+        assert watch.may_start(second)
+        ((token, at),) = wait_for(lambda: expired, 2, interval=0.001)
+        kill_at = (watch.deadline("second") or 0.0) - lease_margin(LEASE)
+        assert token == "second" and kill_at <= at < kill_at + 0.05
     finally:
         watch.close()

@@ -162,3 +162,22 @@ def test_a_post_without_a_descriptor_to_spare_does_not_raise(
     finally:
         poster.close()
         waker.close()
+
+
+def test_wake_ups_for_real_changes_cost_no_token(notify_dir: Path) -> None:
+    changed = [True]
+    waker = NotifyDir(str(notify_dir)).listen(changed=lambda: changed[0])
+    poster = NotifyDir(str(notify_dir))
+    try:
+        for _ in range(WAKE_BURST * 3):  # busy real traffic: never slowed down
+            poster.post()
+            assert waker.wait(1.0)
+            assert waker.quiet_for() == 0
+        changed[0] = False  # the same datagrams, but nothing changed in the store
+        for _ in range(WAKE_BURST + 1):
+            poster.post()
+            waker.wait(1.0)
+        assert waker.quiet_for() > 0
+    finally:
+        poster.close()
+        waker.close()
