@@ -11,7 +11,6 @@ that allows it; elsewhere they skip and say so.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 
 from taskschedd.job import JobStatus
 from taskschedd.scheduler import JobSpec
+from tests.faults.disk import fill, free_bytes, mount_tmpfs, umount
 from tests.faults.harness import (
     RUN,
     FaultDaemon,
@@ -44,64 +44,27 @@ DISK_SIZE = "4m"
 FULL_FOR = 5.0
 
 
-def _umount(path: Path) -> None:
-    if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)  # still busy
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs, unmounted at teardown (request it before node_factory, so that the
     daemons are killed first)."""
     mnt = tmp_path / "disk"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0700", "tmpfs", str(mnt)],
-            capture_output=True,
-            text=True,
-        )
-    except FileNotFoundError:
-        pytest.skip("no mount(8) here: a small disk to fill needs 'mount -t tmpfs'")
-    if done.returncode != 0:
+    why = mount_tmpfs(mnt, DISK_SIZE)
+    if why is not None:
         pytest.skip(
             "a small disk to fill needs 'mount -t tmpfs' (root, in a mount namespace that "
-            f"allows it): {done.stderr.strip() or f'exit {done.returncode}'}"
+            f"allows it): {why}"
         )
     try:
         yield mnt
     finally:
-        _umount(mnt)
+        umount(mnt)
 
 
 def sqlite_on(disk: Path) -> StoreKind:
     path = disk / "store" / "taskschedd.db"
     url = f"sqlite:///{path}"
     return StoreKind("sqlite", url, {"create": True}, {"store": url}, sqlite_path=path)
-
-
-def fill(disk: Path) -> Path:
-    """Write a filler file until the disk has no byte left (ENOSPC); its path."""
-    path = disk / "filler"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (1 << 20, 1 << 16, 4096, 512, 1):
-            chunk = b"\0" * size
-            while True:
-                try:
-                    os.write(fd, chunk)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
-    return path
-
-
-def free_bytes(disk: Path) -> int:
-    st = os.statvfs(disk)
-    return st.f_bavail * st.f_frsize
 
 
 def worker_starts(d: FaultDaemon) -> int:

@@ -9,7 +9,9 @@ final, none lost, none run twice at once.
 Load: a random mix of short and long jobs, failures with retries, jobs that time out,
 poison jobs that kill their worker, and cancels. Chaos, every few seconds: SIGKILL a
 worker; SIGKILL a master and restart it; SIGTERM a node (drain) and restart it; hold the
-SQLite write lock for 1-5 s, or stop (or SIGKILL) the MongoDB server for 1-5 s.
+SQLite write lock for 1-5 s, or stop (or SIGKILL) the MongoDB server for 1-5 s; fill
+the SQLite store's disk (a tmpfs, when mount is permitted) for 3-10 s; write a corrupt
+record.
 
 Counted at the end, in the store and in the jobs' own run log (tests/soak/jobs.py):
 lost (added but missing), stuck (not final after the calm drain), duplicated (a run that
@@ -49,6 +51,7 @@ from tests.corrupt_records import (
     damage_sqlite,
     quarantined,
 )
+from tests.faults.disk import fill, mount_tmpfs, umount
 from tests.faults.harness import (
     LOCKER,
     MONGO_COLLECTIONS,
@@ -62,6 +65,7 @@ from tests.soak.jobs import MODULE
 
 REPO = Path(__file__).resolve().parents[2]
 SOAK_RUN = f"{MODULE}.SoakRun"
+DISK_SIZE = "256m"  # the SQLite store's tmpfs: room for the run, and quick to fill
 NODE_CONFIG: dict[str, Any] = {
     "pm": "static",
     "min_children": 3,
@@ -106,6 +110,7 @@ class Outage:
     kind: str
     until: float
     proc: subprocess.Popen[str] | None = None
+    filler: Path | None = None  # the file that fills the store's disk
 
 
 @dataclass
@@ -127,12 +132,19 @@ class Soak:
     restart_at: dict[int, float] = field(default_factory=dict)
     outage: Outage | None = None
     add_failures: int = 0
+    disk: Path | None = None  # a tmpfs holding the SQLite store, to fill
     corrupted: dict[str, str] = field(default_factory=dict)  # job id -> damage case
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.runs = str(self.workdir / "runs.log")
         if self.store == "sqlite":
+            why = mount_tmpfs(self.workdir / "store", DISK_SIZE)
+            if why is None:
+                self.disk = self.workdir / "store"
+            else:
+                print(f"soak: no tmpfs for the store, so no 'disk full' events: {why}",
+                      file=sys.stderr, flush=True)  # fmt: skip
             self.kind = sqlite_kind(self.workdir)
         else:
             self.server = MongoServer(data_dir=self.workdir / "mongo-data").start()
@@ -229,6 +241,8 @@ class Soak:
         actions += ["corrupt record"]
         if self.outage is None:
             actions += ["store outage", "store outage"]
+            if self.disk is not None:
+                actions += ["disk full"]
         action = self.rng.choice(actions)
         if action in ("kill master", "drain node") and len(live) < 2:
             action = "kill worker"  # keep at least one node serving
@@ -251,6 +265,10 @@ class Soak:
             node.signal(signal.SIGTERM)
             self.restart_at[id(node)] = time.monotonic() + self.rng.uniform(3, 5)
             self.chaos[action] += 1
+        elif action == "disk full":
+            # SQLite first fills the room its WAL file has (up to a few MB): a few seconds
+            # more than a lock hold, so that writes do fail.
+            self.fill_disk(self.rng.uniform(3, 10))
         else:
             self.start_outage(self.rng.uniform(1, 5))
 
@@ -271,6 +289,13 @@ class Soak:
             return
         self.corrupted[job.id] = case
         self.chaos["corrupt record"] += 1
+
+    def fill_disk(self, seconds: float) -> None:
+        """The store's disk has no byte left for ``seconds``: workers keep the outcomes
+        the store refuses, nodes stay up, nothing is lost."""
+        assert self.disk is not None
+        self.outage = Outage("disk full", time.monotonic() + seconds, filler=fill(self.disk))
+        self.chaos["disk full"] += 1
 
     def start_outage(self, seconds: float) -> None:
         now = time.monotonic()
@@ -297,7 +322,9 @@ class Soak:
     def end_outage(self) -> None:
         if self.outage is None:
             return
-        if self.outage.proc is not None:
+        if self.outage.filler is not None:
+            self.outage.filler.unlink(missing_ok=True)
+        elif self.outage.proc is not None:
             self.outage.proc.wait(60)
         elif self.server is not None:
             self.server.start()
@@ -396,6 +423,8 @@ class Soak:
                 node.kill_all()
         with contextlib.suppress(Exception):
             self.scheduler.store.close()
+        if self.disk is not None:
+            umount(self.disk)
         if self.server is not None:
             self.server.close()
 
