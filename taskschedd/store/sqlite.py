@@ -340,8 +340,10 @@ class SQLiteStore(Store):
         if self._replaced is None:
             try:
                 st = os.stat(self.path)
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
                 now = None
+            except OSError:
+                return  # cannot tell now (EACCES, EIO...): the store call says what is wrong
             else:
                 if st.st_ino == opened.ino and st.st_dev == opened.dev:
                     return

@@ -210,7 +210,7 @@ def _open_failed(path: str, flags: int, exc: OSError) -> int:
 
 
 def identity(path: str) -> FileId | None:
-    """Which file the path names now; None if none."""
+    """Which file the path names now; None if none (or it cannot be told)."""
     try:
         return FileId.of(os.stat(path))
     except OSError:
