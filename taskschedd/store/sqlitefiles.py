@@ -232,6 +232,9 @@ def stale_holders(path: str) -> list[tuple[int, str, str]]:
     /proc; processes of other users are seen only by root."""
     path = os.path.abspath(path)
     current = identity(path)
+    # /proc shows the path with its directories' links resolved.
+    real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    names = {path, real, path + " (deleted)", real + " (deleted)"}
     found: list[tuple[int, str, str]] = []
     try:
         pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
@@ -245,8 +248,7 @@ def stale_holders(path: str) -> list[tuple[int, str, str]]:
             continue
         for fd in fds:
             try:
-                target = os.readlink(f"{fd_dir}/{fd}")
-                if target != path and target != path + " (deleted)":
+                if os.readlink(f"{fd_dir}/{fd}") not in names:
                     continue
                 held = FileId.of(os.stat(f"{fd_dir}/{fd}"))
             except OSError:
@@ -264,7 +266,8 @@ def _command(pid: int) -> str:
             words = f.read().split(b"\0")
     except OSError:
         return "?"
-    return " ".join(w.decode(errors="replace") for w in words if w)[:80] or "?"
+    text = " ".join(w.decode(errors="replace") for w in words if w)
+    return " ".join(text.split())[:80] or "?"  # one line, even for python -c "..."
 
 
 __all__ = [
