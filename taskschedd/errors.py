@@ -78,7 +78,7 @@ class StoreNotWritable(StoreUnavailable):
     remounted): callers keep what they meant to write and retry with backoff.
     ``why`` says which, in a few words ("disk full", "I/O error", "read-only")."""
 
-    def __init__(self, message: str, why: str) -> None:
+    def __init__(self, message: str, why: str = "not writable") -> None:
         super().__init__(message)
         self.why = why
 

@@ -27,7 +27,7 @@ from taskschedd.errors import (
 )
 from taskschedd.job import FINAL, RUNNABLE, JobStatus
 from taskschedd.options import JobOptions
-from taskschedd.store import sqlitefiles
+from taskschedd.store import diskspace, sqlitefiles
 from taskschedd.store.base import (
     ClaimRequest,
     DuplicateJobId,
@@ -416,6 +416,11 @@ class SQLiteStore(Store):
                      ("readonly database", "read-only"))  # fmt: skip
             why = next((w for t, w in texts if t in text), None)
         if why is not None:
+            found = diskspace.trouble(self.path)
+            if found is not None:
+                if why == "I/O error":  # e.g. no room to grow the -shm file
+                    why = "disk full" if found.startswith("disk full") else "read-only"
+                text = f"{text}; {found}"
             return StoreNotWritable(f"SQLite store {self.path} cannot write ({why}): {text}", why)
         if isinstance(exc, sqlite3.OperationalError) and (
             "locked" in text or "busy" in text or "unable to open" in text or "disk I/O" in text
