@@ -84,9 +84,11 @@ def nodes(ctl: Ctl, all_: bool, stale_after: float | None, as_json: bool) -> Non
 def check(ctl: Ctl, timeout: float) -> None:
     """Check that the configuration is valid and the store reachable (for monitoring).
 
-    Exit 0 when both are fine, 78 when the configuration is invalid or a SQLite store's
+    Exit 0 when both are fine, 65 when the store holds job records that do not decode
+    and wait to be quarantined, 78 when the configuration is invalid or a SQLite store's
     files are writable by other users, 69 when the store cannot be reached, does not
-    exist, or was deleted or replaced under processes that still use the old file.
+    exist, was deleted or replaced under processes that still use the old file, or
+    cannot take writes (a SQLite store's disk is full or read-only).
     """
     import threading
 
@@ -108,6 +110,7 @@ def check(ctl: Ctl, timeout: float) -> None:
             now = time.time()
             answer["stats"] = sched.store.stats(now=now, window=60.0)
             answer["nodes"] = len(sched.store.nodes(alive_after=now - _stale_after(ctl, None)))
+            answer["malformed"] = sched.store.malformed(limit=20)
         except TaskSchedError as exc:
             answer["error"] = exc
         except Exception as exc:  # a driver error we do not know: still "unreachable"
@@ -141,6 +144,18 @@ def check(ctl: Ctl, timeout: float) -> None:
             f"store {url}: not writable: {full}; nodes keep the outcomes they cannot store, "
             "claim nothing and store them once there is room",
             full.split(":", 1)[0],
+        )
+    malformed = answer["malformed"]
+    if malformed:
+        from taskschedd.errors import CorruptRecords
+
+        for record in malformed:
+            click.echo(f"corrupt job {record.id}: {record.corrupt}", err=True)
+        more = "at least " if len(malformed) == 20 else ""
+        raise CorruptRecords(
+            f"store {url}: {more}{len(malformed)} job records that claims cannot handle "
+            "(written by another client); a running node quarantines them (FAILED, "
+            "reason corrupt) within a minute"
         )
 
 

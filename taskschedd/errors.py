@@ -68,6 +68,12 @@ class StoreError(TaskSchedError):
     exit_code = 69  # EX_UNAVAILABLE
 
 
+class CorruptRecords(TaskSchedError):
+    """The store holds records that do not decode (written by another client)."""
+
+    exit_code = 65  # EX_DATAERR
+
+
 class StoreUnavailable(StoreError):
     """A transient store outage: the caller may retry with backoff."""
 

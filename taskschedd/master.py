@@ -281,6 +281,7 @@ class Master:
             self.metrics.master_settled(owed.job, owed.reason)
         self.jobs.renew(now)
         self.metrics.lease_reaped(self.house.reap_expired(now, set(self.jobs.held_tokens())))
+        self.house.quarantine(now)
         self._shutdown_step(now)
         if self.state is State.RUNNING:
             self._manage_pool(now)

@@ -7,6 +7,7 @@ accepted, before anything is written.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -272,6 +273,24 @@ def _check_combination(opts: JobOptions) -> None:
         raise OptionError(
             "option 'retry_backoff_max' must be >= 'retry_interval' for exponential backoff"
         )
+
+
+def stored_options(data: Mapping[str, Any]) -> JobOptions:
+    """Options read back from a store, checked like given ones (OptionError): another
+    client may have written them. Names this version does not know are left out."""
+    try:
+        key: Any = tuple(sorted(data.items()))
+        hash(key)
+    except TypeError:  # an unhashable value: not ours; check it uncached
+        return _check_stored(tuple(data.items()))
+    return _check_stored(key)
+
+
+@functools.lru_cache(maxsize=512)
+def _check_stored(items: tuple[tuple[str, Any], ...]) -> JobOptions:
+    # Cached: most jobs share their options, and a claim decodes them on the hot path.
+    values = {k: _check_value(k, v) for k, v in items if k in _STORED_NAMES}
+    return JobOptions(**values)
 
 
 def with_id(opts: JobOptions, job_id: str | None) -> JobOptions:

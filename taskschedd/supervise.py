@@ -367,6 +367,8 @@ class Supervisor:
     @staticmethod
     def settlement(record: JobRecord, owed: Owed) -> Settlement:
         now = time.time()
+        if record.corrupt is not None:  # never given back to run: quarantined
+            return rules.on_corrupt(record, now)
         if owed.reason == "timeout":
             return rules.on_timeout(record, now)
         if owed.reason == "cancel":

@@ -574,6 +574,9 @@ class Worker:
 
     def _run(self, job: JobRecord, bound: Any) -> Settlement:
         now = time.time()
+        if job.corrupt is not None:
+            bound.error("stored job does not decode: quarantined, not run", why=job.corrupt)
+            return rules.on_corrupt(job, now)
         if rules.is_expired(job, now):
             bound.info("job expired before it could start")
             return rules.on_expired(job, now)

@@ -10,6 +10,7 @@ opens its own on first use.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -26,7 +27,6 @@ from taskschedd.errors import (
     StoreUnavailable,
 )
 from taskschedd.job import FINAL, RUNNABLE, JobStatus
-from taskschedd.options import JobOptions
 from taskschedd.store import diskspace, sqlitefiles
 from taskschedd.store.base import (
     ClaimRequest,
@@ -41,6 +41,7 @@ from taskschedd.store.base import (
     Store,
     Waker,
 )
+from taskschedd.store.decode import decode_event, decode_job, status_name
 from taskschedd.store.notify import NotifyDir
 
 SCHEMA_VERSION = 2
@@ -167,55 +168,45 @@ def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
 
 
 def _row_to_job(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
-    (
-        job_id, cls, data, status, queue, priority, at, created, started, ended, attempt,
-        options, result, errors, progress, reason, node, worker, token, lease_until,
-        cancel_requested, series, series_seq, once_key, updated,
-    ) = tuple(row)  # fmt: skip
-    return JobRecord(
-        id=job_id,
-        cls=cls,
-        data=json.loads(data),
-        status=JobStatus(status),
-        queue=queue,
-        priority=priority,
-        at=at,
-        created=created,
-        options=JobOptions.from_stored(json.loads(options)),
-        attempt=attempt,
-        started=started,
-        ended=ended,
-        result=json.loads(result) if result is not None else None,
-        errors=[ErrorInfo.from_dict(e) for e in json.loads(errors)],
-        progress=progress,
-        reason=reason,
-        node=node,
-        worker=worker,
-        claim_token=token,
-        lease_until=lease_until,
-        cancel_requested=bool(cancel_requested),
-        series=series,
-        series_seq=series_seq,
-        once_key=once_key,
-        updated=updated,
-    )
+    return decode_job(tuple(row))
 
 
 def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
-    seq, job_id, time, status, attempt, cls, queue, node, worker, error, reason = row
-    return EventRecord(
-        seq=seq,
-        job_id=job_id,
-        time=time,
-        status=JobStatus(status),
-        attempt=attempt,
-        cls=cls,
-        queue=queue,
-        node=node,
-        worker=worker,
-        error=ErrorInfo.from_dict(json.loads(error)) if error else None,
-        reason=reason,
-    )
+    return decode_event(row)
+
+
+def _json_list(text: Any) -> tuple[str, ...]:
+    """A node's JSON list of names; () for anything else (the registry is advisory)."""
+    try:
+        items = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        return ()
+    return tuple(str(i) for i in items) if isinstance(items, list) else ()
+
+
+def _malformed_why(row: tuple[Any, ...]) -> str:
+    """What makes a row that decodes unusable for claims and reaps."""
+    status, at, lease_until, token = row[3], row[6], row[19], row[18]
+    if status in (0, 1):
+        return f"at is {at!r}, or its queue or spawn column has the wrong type"
+    if lease_until is None or token is None:
+        return "it is PROCESSING without a lease or a claim token"
+    return "a column that claims compare has the wrong type"
+
+
+#: Invalid UTF-8 in a TEXT column (another client wrote it) must not fail the whole
+#: read: it decodes with surrogates, which the decoding boundary reports as corrupt.
+_TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
+
+#: Records that claims and reaps cannot see or settle, because a field that their
+#: statements compare has the wrong type: quarantined by the nodes' sweep.
+_MALFORMED = (
+    "(typeof(status) != 'integer' OR status NOT IN (0, 1, 2, 3, 4, 5, 6) "
+    "OR (status IN (0, 1) AND (typeof(at) NOT IN ('integer', 'real') "
+    "OR typeof(spawn) != 'integer' OR spawn NOT IN (0, 1) OR typeof(queue) != 'text')) "
+    "OR (status = 2 AND (typeof(lease_until) NOT IN ('integer', 'real') "
+    "OR typeof(claim_token) != 'text')))"
+)
 
 
 def _upgrade_v1(conn: sqlite3.Connection) -> None:
@@ -316,6 +307,7 @@ class SQLiteStore(Store):
             now = sqlitefiles.identity(self.path)
             if now != opened:  # swapped between the check and SQLite's open
                 raise StoreReplaced(sqlitefiles.replaced_message(self.path, opened, now))
+            conn.text_factory = _TEXT
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             _set_wal(conn, self.busy_timeout)
             sqlitefiles.check_side_files(self.path, self._owners)  # as SQLite found them
@@ -606,8 +598,11 @@ class SQLiteStore(Store):
                 (now, old.id),
             )
 
+    # An attempt that is not a count (written by another client) becomes -1, which the
+    # decoding boundary reports: SQLite's arithmetic would make 1 of a text.
     _CLAIM_SET = (
-        "UPDATE jobs SET status = 2, attempt = attempt + 1, claim_token = ?, "
+        "UPDATE jobs SET status = 2, attempt = CASE WHEN typeof(attempt) = 'integer' "
+        "AND attempt BETWEEN 0 AND 2147483648 THEN attempt + 1 ELSE -1 END, claim_token = ?, "
         "lease_until = ?, node = ?, worker = ?, started = ?, updated = ?, progress = 0, "
         "ended = NULL "
     )
@@ -715,7 +710,8 @@ class SQLiteStore(Store):
             "UPDATE jobs SET status = ?, at = COALESCE(?, at), "
             "result = COALESCE(?, result), "
             "errors = CASE WHEN ? IS NULL THEN errors "
-            "ELSE json_insert(errors, '$[#]', json(?)) END, "
+            "WHEN ? OR NOT json_valid(errors) OR json_type(errors) != 'array' "
+            "THEN json_array(json(?)) ELSE json_insert(errors, '$[#]', json(?)) END, "
             "reason = ?, progress = COALESCE(?, progress), attempt = attempt + ?, "
             "ended = ?, claim_token = NULL, lease_until = NULL, "
             "cancel_requested = CASE WHEN ? THEN 0 ELSE cancel_requested END, "
@@ -726,6 +722,8 @@ class SQLiteStore(Store):
                 int(s.status),
                 s.at,
                 s.result_json,
+                error_json,
+                s.reset_errors,
                 error_json,
                 error_json,
                 s.reason,
@@ -829,6 +827,43 @@ class SQLiteStore(Store):
             ).fetchall()
         )
         return [_row_to_job(r) for r in rows]
+
+    def malformed(self, limit: int = 100) -> list[JobRecord]:
+        rows = self._read(
+            lambda c: c.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE {_MALFORMED} ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        )
+        out = []
+        for row in rows:
+            record = _row_to_job(row)
+            if record.corrupt is None:  # decodes, yet claims cannot compare its fields
+                record.corrupt = _malformed_why(row)
+            out.append(record)
+        return out
+
+    def quarantine(self, record: JobRecord, settlement: Settlement, *, now: float) -> bool:
+        s = settlement
+        error_json = json.dumps(s.error.to_dict()) if s.error else None
+
+        def run() -> bool:
+            with self._write() as conn:
+                cur = conn.execute(
+                    "UPDATE jobs SET status = ?, reason = ?, ended = ?, "
+                    "errors = CASE WHEN ? IS NULL THEN '[]' ELSE json_array(json(?)) END, "
+                    "claim_token = NULL, lease_until = NULL, cancel_requested = 0, "
+                    f"once_key = NULL, updated = ? WHERE id = ? AND {_MALFORMED}",
+                    (int(s.status), s.reason, now, error_json, error_json, now, record.id),
+                )
+                if cur.rowcount != 1:
+                    return False
+                self._event(
+                    conn, record.id, now, s.status, record.attempt, record.cls, record.queue,
+                    record.node, record.worker, s.error, s.reason,
+                )  # fmt: skip
+                return True
+
+        return self._guard(run)
 
     def cancel(self, job_id: str, *, now: float) -> JobRecord:
         def run() -> None:
@@ -962,7 +997,9 @@ class SQLiteStore(Store):
                 list(queues),
             ).fetchone()
         )
-        return float(row[0]) if row and row[0] is not None else None
+        # MIN() puts numbers before text: a text `at` only shows when no job has a time.
+        due = row[0] if row else None
+        return float(due) if isinstance(due, int | float) else None
 
     def stats(self, *, now: float, window: float = 300.0) -> dict[str, Any]:
         def run(c: sqlite3.Connection) -> dict[str, Any]:
@@ -972,7 +1009,7 @@ class SQLiteStore(Store):
             for status, queue, cls, n in c.execute(
                 "SELECT status, queue, cls, COUNT(*) FROM jobs GROUP BY status, queue, cls"
             ):
-                name = JobStatus(status).name
+                name = status_name(status)
                 by_status[name] = by_status.get(name, 0) + n
                 q = by_queue.setdefault(queue, {})
                 q[name] = q.get(name, 0) + n
@@ -994,7 +1031,7 @@ class SQLiteStore(Store):
                 "AND ended >= ? GROUP BY status",
                 (now - window,),
             ):
-                finished[JobStatus(status).name] = n
+                finished[status_name(status)] = n
             return {
                 "by_status": by_status,
                 "by_queue": by_queue,
@@ -1136,8 +1173,8 @@ class SQLiteStore(Store):
                 heartbeat=r[4],
                 workers_busy=r[5],
                 workers_idle=r[6],
-                running=tuple(json.loads(r[7])),
-                queues=tuple(json.loads(r[8])),
+                running=_json_list(r[7]),
+                queues=_json_list(r[8]),
                 version=r[9],
             )
             for r in rows
