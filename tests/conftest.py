@@ -10,6 +10,18 @@ import pytest
 from tests.mongo_server import mongo_uri_for_tests
 
 
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Passwords a test made taskschedd remember (redact.remember_secret) are masked in
+    every later message of the process: forget them, so tests do not mask each other's
+    words."""
+    from taskschedd import redact
+
+    before = set(redact._SECRETS)
+    yield
+    redact._SECRETS.intersection_update(before)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A fresh SQLite store URL in this test's own directory. Nothing is there yet: a

@@ -154,3 +154,20 @@ def test_a_full_or_read_only_file_system_is_named(tmp_path: Path) -> None:
     assert diskspace.size_text(0) == "0 bytes"
     assert diskspace.size_text(1536) == "1.5 KiB"
     assert diskspace.size_text(3 * 2**20) == "3.0 MiB"
+
+
+def test_a_full_mongodb_disk_is_a_store_that_cannot_write() -> None:
+    """OutOfDiskSpace (14031) from the server is transient, named, like SQLite's full disk:
+    workers keep their outcomes instead of crashing; other failures stay what they were."""
+    from pymongo.errors import OperationFailure
+
+    from taskschedd.store.mongo.store import MongoStore
+
+    store = MongoStore("mongodb://u:secret@127.0.0.1:9/")
+    full = store._translate("settle", OperationFailure("Out of disk space", code=14031))
+    assert isinstance(full, StoreNotWritable) and full.why == "disk full"
+    assert "secret" not in str(full)
+    wt = OperationFailure("WiredTiger error: No space left on device", code=8)
+    assert isinstance(store._translate("claim", wt), StoreNotWritable)
+    other = store._translate("claim", OperationFailure("bad query", code=2))
+    assert not isinstance(other, StoreUnavailable)

@@ -22,12 +22,13 @@ from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
+    OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
 )
 from pymongo.write_concern import WriteConcern
 
-from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
+from taskschedd.errors import JobNotFound, StoreError, StoreNotWritable, StoreUnavailable
 from taskschedd.job import FINAL, JobStatus
 from taskschedd.redact import redact_text, redact_url
 from taskschedd.store.base import (
@@ -65,6 +66,8 @@ from taskschedd.store.mongo.indexes import create_indexes
 from taskschedd.store.mongo.waker import STREAM_AWAIT_MS, MongoWaker
 
 DEFAULT_DATABASE = "taskscheduler"
+#: MongoDB's OutOfDiskSpace: the server's volume is full.
+_OUT_OF_DISK_SPACE = 14031
 
 _MAINTENANCE_EVERY = 30.0
 _IN_CHUNK = 500
@@ -362,6 +365,13 @@ class MongoStore(Store):
 
     def _translate(self, doing: str, exc: PyMongoError) -> StoreError:
         text = redact_text(str(exc))
+        if isinstance(exc, OperationFailure) and (
+            exc.code == _OUT_OF_DISK_SPACE or "No space left on device" in text
+        ):  # transient like any outage: space may be freed; writers keep what they hold
+            return StoreNotWritable(
+                f"MongoDB store {self.url} cannot write ({doing}): disk full: {text}",
+                "disk full",
+            )
         if _is_transient(exc):
             return StoreUnavailable(f"MongoDB store {self.url} is unavailable ({doing}): {text}")
         return StoreError(f"MongoDB store {self.url}: {doing} failed: {text}")
