@@ -33,7 +33,11 @@ SQLITE_CASES: dict[str, str] = {
     "attempt negative": "attempt = -5",
     "priority text": "priority = 'high'",
     "spawn text": "spawn = 'yes'",
+    "at beyond any date": "at = 1e300",
     "running, lease NULL": "status = 2, claim_token = 'tok-null', lease_until = NULL",
+    "running, lease beyond any date": (
+        "status = 2, claim_token = 'tok-far', lease_until = 1e300, node = 'ghost'"
+    ),
     "running, lease text": "status = 2, claim_token = 'tok-text', lease_until = 'later'",
     "running, no token": "status = 2, claim_token = NULL, lease_until = 1.0",
     "running, expired, bad data": (
@@ -51,6 +55,16 @@ MONGO_CASES: dict[str, dict[str, Any]] = {
     "errors not a list": {"$set": {"errors": "oops"}},
     "at a string": {"$set": {"at": "soon"}},
     "at null": {"$set": {"at": None}},
+    "at beyond any date": {"$set": {"at": 1e300}},
+    "running, lease beyond any date": {
+        "$set": {
+            "state": "running",
+            "status": 2,
+            "claim_token": "t-far",
+            "lease_until": 1e300,
+            "node": "ghost",
+        }
+    },
     "status 99": {"$set": {"status": 99}},
     "status text": {"$set": {"status": "abc"}},
     "state unknown": {"$set": {"state": "limbo"}},

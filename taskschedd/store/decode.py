@@ -19,7 +19,7 @@ from typing import Any
 
 from taskschedd.job import JobStatus
 from taskschedd.options import JobOptions, stored_options
-from taskschedd.store.base import ErrorInfo, EventRecord, JobRecord
+from taskschedd.store.base import ErrorInfo, EventRecord, JobRecord, NodeRecord
 
 #: The order of the raw values :func:`decode_job` takes (the SQLite store's columns).
 JOB_FIELDS = (
@@ -286,6 +286,14 @@ def _quarantined(values: Sequence[Any], why: str) -> JobRecord:
     )
 
 
+def label(value: Any) -> str:
+    """A queue or class name as stats show it: text that another client stored as
+    something else is shown by its type, not passed on (JSON keys must be text)."""
+    if type(value) is str and _encodable(value):
+        return value
+    return f"<{type(value).__name__}>"
+
+
 def status_name(value: Any) -> str:
     """The name of a stored status, :data:`UNKNOWN_STATUS` for anything else (stats)."""
     if type(value) is float and value.is_integer():
@@ -323,3 +331,37 @@ def decode_event(values: Sequence[Any]) -> EventRecord:
         error=info,
         reason=_safe_text(reason, None),
     )
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            raise _Bad("not a JSON list") from None
+    if not isinstance(value, list) or not all(type(v) is str for v in value):
+        raise _Bad("not a list of names")
+    return tuple(value)
+
+
+def decode_node(values: Sequence[Any]) -> NodeRecord | None:
+    """A node registry entry's raw values (name, host, pid, started, heartbeat,
+    workers_busy, workers_idle, running, queues, version) as a NodeRecord; None for one
+    that does not decode (another client's): the registry is advisory, so it is left out
+    rather than shown with made-up values."""
+    name, host, pid, started, heartbeat, busy, idle, running, queues, version = values
+    try:
+        return NodeRecord(
+            name=_text("name", name, limit=512),
+            host=_text("host", host, limit=512),
+            pid=_int("pid", pid, 0, 2**31),
+            started=_time("started", started),
+            heartbeat=_time("heartbeat", heartbeat),
+            workers_busy=_int("workers_busy", busy, 0, 2**31),
+            workers_idle=_int("workers_idle", idle, 0, 2**31),
+            running=_names(running),
+            queues=_names(queues),
+            version=_text("version", version, limit=64),
+        )
+    except _Bad:
+        return None

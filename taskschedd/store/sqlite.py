@@ -41,7 +41,7 @@ from taskschedd.store.base import (
     Store,
     Waker,
 )
-from taskschedd.store.decode import decode_event, decode_job, status_name
+from taskschedd.store.decode import decode_event, decode_job, decode_node, label, status_name
 from taskschedd.store.notify import NotifyDir
 
 SCHEMA_VERSION = 2
@@ -175,15 +175,6 @@ def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
     return decode_event(row)
 
 
-def _json_list(text: Any) -> tuple[str, ...]:
-    """A node's JSON list of names; () for anything else (the registry is advisory)."""
-    try:
-        items = json.loads(text) if isinstance(text, str) else None
-    except (ValueError, RecursionError):
-        return ()
-    return tuple(str(i) for i in items) if isinstance(items, list) else ()
-
-
 def _malformed_why(row: tuple[Any, ...]) -> str:
     """What makes a row that decodes unusable for claims and reaps."""
     status, at, lease_until, token = row[3], row[6], row[19], row[18]
@@ -200,12 +191,14 @@ _TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
 
 #: Records that claims and reaps cannot see or settle, because a field that their
 #: statements compare has the wrong type: quarantined by the nodes' sweep.
+#: (Times beyond +-1e11, the decoding boundary's bound, would never come due or expire.)
 _MALFORMED = (
     "(typeof(status) != 'integer' OR status NOT IN (0, 1, 2, 3, 4, 5, 6) "
-    "OR (status IN (0, 1) AND (typeof(at) NOT IN ('integer', 'real') "
+    "OR (status IN (0, 1, 2) AND typeof(id) != 'text') "
+    "OR (status IN (0, 1) AND (typeof(at) NOT IN ('integer', 'real') OR abs(at) > 1e11 "
     "OR typeof(spawn) != 'integer' OR spawn NOT IN (0, 1) OR typeof(queue) != 'text')) "
     "OR (status = 2 AND (typeof(lease_until) NOT IN ('integer', 'real') "
-    "OR typeof(claim_token) != 'text')))"
+    "OR abs(lease_until) > 1e11 OR typeof(claim_token) != 'text')))"
 )
 
 
@@ -270,6 +263,7 @@ class SQLiteStore(Store):
         self.busy_timeout = busy_timeout
         self._create = create
         self._owners = owners
+        self._malformed_seqs: dict[str, int] = {}  # what malformed() found, by record id
         self._file_id: sqlitefiles.FileId | None = None
         self._replaced: str | None = None  # why this store may no longer be used
         self._conn_obj: sqlite3.Connection | None = None
@@ -387,12 +381,20 @@ class SQLiteStore(Store):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             return None
-        if int(row[0]) > SCHEMA_VERSION:
+        try:
+            version = int(row[0])
+        except (TypeError, ValueError):
+            raise StoreError(
+                f"store {self.path} has schema {row[0]!r} in its meta table, not a "
+                "taskschedd schema version: another program changed it; restore the "
+                "store from a backup or set it back"
+            ) from None
+        if version > SCHEMA_VERSION:
             raise StoreError(
                 f"store {self.path} has schema {row[0]}, newer than this taskschedd "
                 f"understands ({SCHEMA_VERSION}); upgrade taskschedd"
             )
-        return int(row[0])
+        return version
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
@@ -606,9 +608,12 @@ class SQLiteStore(Store):
         "lease_until = ?, node = ?, worker = ?, started = ?, updated = ?, progress = 0, "
         "ended = NULL "
     )
+    # A row whose id is not text (another client's) is left to the quarantine sweep:
+    # no later write could address it by the id a claim hands out.
     _CLAIM_PICK = (
         "WHERE seq = (SELECT seq FROM jobs WHERE status IN (0, 1) AND queue = ? "
-        "AND spawn = ? AND at <= ? ORDER BY priority DESC, at, seq LIMIT 1)"
+        "AND spawn = ? AND at <= ? AND typeof(id) = 'text' "
+        "ORDER BY priority DESC, at, seq LIMIT 1)"
     )
 
     def _claim_row(
@@ -831,20 +836,26 @@ class SQLiteStore(Store):
     def malformed(self, limit: int = 100) -> list[JobRecord]:
         rows = self._read(
             lambda c: c.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE {_MALFORMED} ORDER BY seq LIMIT ?", (limit,)
+                f"SELECT seq, {_COLUMNS} FROM jobs WHERE {_MALFORMED} ORDER BY seq LIMIT ?",
+                (limit,),
             ).fetchall()
         )
         out = []
-        for row in rows:
+        self._malformed_seqs.clear()
+        for seq, *row in rows:
             record = _row_to_job(row)
             if record.corrupt is None:  # decodes, yet claims cannot compare its fields
-                record.corrupt = _malformed_why(row)
+                record.corrupt = _malformed_why(tuple(row))
+            self._malformed_seqs[record.id] = seq  # its id may not be text: address by seq
             out.append(record)
         return out
 
     def quarantine(self, record: JobRecord, settlement: Settlement, *, now: float) -> bool:
         s = settlement
         error_json = json.dumps(s.error.to_dict()) if s.error else None
+        seq = self._malformed_seqs.get(record.id)
+        if seq is None:
+            return False  # not from this store's malformed(): nothing to fence with
 
         def run() -> bool:
             with self._write() as conn:
@@ -852,8 +863,8 @@ class SQLiteStore(Store):
                     "UPDATE jobs SET status = ?, reason = ?, ended = ?, "
                     "errors = CASE WHEN ? IS NULL THEN '[]' ELSE json_array(json(?)) END, "
                     "claim_token = NULL, lease_until = NULL, cancel_requested = 0, "
-                    f"once_key = NULL, updated = ? WHERE id = ? AND {_MALFORMED}",
-                    (int(s.status), s.reason, now, error_json, error_json, now, record.id),
+                    f"once_key = NULL, updated = ? WHERE seq = ? AND {_MALFORMED}",
+                    (int(s.status), s.reason, now, error_json, error_json, now, seq),
                 )
                 if cur.rowcount != 1:
                     return False
@@ -1006,9 +1017,10 @@ class SQLiteStore(Store):
             by_status: dict[str, int] = {}
             by_queue: dict[str, dict[str, int]] = {}
             by_class: dict[str, dict[str, int]] = {}
-            for status, queue, cls, n in c.execute(
+            for status, queue_raw, cls_raw, n in c.execute(
                 "SELECT status, queue, cls, COUNT(*) FROM jobs GROUP BY status, queue, cls"
             ):
+                queue, cls = label(queue_raw), label(cls_raw)
                 name = status_name(status)
                 by_status[name] = by_status.get(name, 0) + n
                 q = by_queue.setdefault(queue, {})
@@ -1016,7 +1028,7 @@ class SQLiteStore(Store):
                 k = by_class.setdefault(cls, {})
                 k[name] = k.get(name, 0) + n
             oldest = {
-                queue: now - at
+                label(queue): now - at
                 for queue, at in c.execute(
                     "SELECT queue, MIN(at) FROM jobs WHERE status IN (0, 1) AND at <= ? "
                     "GROUP BY queue",
@@ -1164,21 +1176,8 @@ class SQLiteStore(Store):
             sql += " WHERE heartbeat >= ?"
             args.append(alive_after)
         rows = self._read(lambda c: c.execute(sql + " ORDER BY name", args).fetchall())
-        return [
-            NodeRecord(
-                name=r[0],
-                host=r[1],
-                pid=r[2],
-                started=r[3],
-                heartbeat=r[4],
-                workers_busy=r[5],
-                workers_idle=r[6],
-                running=_json_list(r[7]),
-                queues=_json_list(r[8]),
-                version=r[9],
-            )
-            for r in rows
-        ]
+        nodes = (decode_node(r) for r in rows)
+        return [n for n in nodes if n is not None]
 
     def remove_node(self, name: str) -> None:
         def run() -> None:

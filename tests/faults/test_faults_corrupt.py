@@ -5,7 +5,10 @@ the other jobs keep running, and the node restarts cleanly on such a store."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -190,3 +193,47 @@ def _takes_create() -> bool:
     from taskschedd import Scheduler
 
     return "create" in inspect.signature(Scheduler).parameters
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE jobs SET cls = x'0102', queue = x'03'",
+        "UPDATE nodes SET heartbeat = 'soon'",
+        "UPDATE nodes SET heartbeat = 1e300, pid = 'x'",
+        "UPDATE meta SET value = 'abc' WHERE key = 'schema'",
+    ],
+)
+def test_taskschedctl_never_prints_a_traceback_on_a_damaged_sqlite_store(
+    tmp_path: Path, damage: str
+) -> None:
+    from taskschedd import Scheduler
+    from taskschedd.store.base import NodeRecord
+
+    url = f"sqlite:///{tmp_path}/store/t.db"
+    sched = Scheduler(url, create=True)
+    sched.add_job(RUN, {"runs": str(tmp_path / "runs")}, at=time.time() + LATER)
+    now = time.time()
+    sched.store.heartbeat(NodeRecord("n1", "h", 1, now, now, 0, 1, (), ("default",), "0"))
+    sched.store.close()
+    with contextlib.closing(sqlite3.connect(f"{tmp_path}/store/t.db")) as conn:
+        conn.execute(damage)
+        conn.commit()
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    schema = "meta" in damage
+    for args in (["stats", "--json"], ["stats"], ["nodes"], ["nodes", "--json"], ["list"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "taskschedctl", "--store", url, *args],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert "Traceback" not in out.stderr, (args, out.stderr)
+        if schema:  # the store cannot be used: said so, with the store's exit code
+            assert out.returncode == 69 and "schema 'abc'" in out.stderr, (args, out.stderr)
+        else:
+            assert out.returncode == 0, (args, out.stdout, out.stderr)
+    if "nodes" in damage:  # an entry that does not decode is left out, never counted live
+        out = subprocess.run(
+            [sys.executable, "-m", "taskschedctl", "--store", url, "nodes", "--json"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert json.loads(out.stdout) == []

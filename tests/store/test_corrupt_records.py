@@ -83,3 +83,83 @@ def test_every_corrupt_record_ends_quarantined_and_never_runs(
     assert not any(r.result for r in states.values()), "a corrupt record must never run"
     assert store.malformed() == []
     assert sweep(store) == 0  # quarantined records are no longer malformed
+
+
+def test_a_record_whose_id_is_not_text_is_never_claimed_and_ends_quarantined(
+    store_spec: StoreSpec,
+) -> None:
+    """Another client's record with a BLOB id (SQLite) or an ObjectId/object _id (MongoDB):
+    no write could address it by the id a claim would hand out, so claims leave it to the
+    sweep, which quarantines it by what the store can address."""
+    store = store_spec.open()
+    sched = Scheduler(store)
+    template = sched.add_job(JOB, {"a": 1, "b": 2}, at=time.time() + 3600).id
+    good = [sched.add_job(JOB, {"a": i, "b": 1}).id for i in range(3)]
+    foreign = insert_foreign_ids(store_spec, template)
+    worker = Worker(store, allowed_modules=["taskschedd.examples"], lease=30, claim_ahead=8)
+    while worker.run_one() is not None:
+        pass
+    worker.close()
+    assert all(store.get(i).status is JobStatus.DONE for i in good)
+    waiting = int(JobStatus.POSTPONED)  # as the template, added for later
+    assert foreign_states(store_spec) == {k: (waiting, None) for k in foreign}, "never claimed"
+    assert sweep(store) == len(foreign)
+    assert foreign_states(store_spec) == {k: (int(JobStatus.FAILED), "corrupt") for k in foreign}
+    assert store.malformed() == [] and sweep(store) == 0
+
+
+def insert_foreign_ids(spec: StoreSpec, template: str) -> list[str]:
+    """Copies of a due job under ids that are not text; returns labels for them."""
+    if spec.kind == "sqlite":
+        import contextlib
+        import sqlite3
+
+        path = spec.url[len("sqlite://") :]
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            cols = [r[1] for r in conn.execute("PRAGMA table_info(jobs)") if r[1] != "seq"]
+            rest = [c for c in cols if c not in ("id", "at")]
+            for blob in (b"\x01\x02", b"\xff"):
+                conn.execute(
+                    f"INSERT INTO jobs (id, at, {', '.join(rest)}) "
+                    f"SELECT ?, ?, {', '.join(rest)} FROM jobs WHERE id = ?",
+                    (blob, time.time(), template),
+                )
+        return ["blob1", "blob2"]
+    import bson
+    import pymongo
+
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(spec.url)
+    with client:
+        coll = client[spec.options["database"]][spec.options["jobs_collection"]]
+        doc = coll.find_one({"_id": template})
+        assert doc is not None
+        for new_id in (bson.ObjectId(), {"x": 1}):
+            coll.insert_one(
+                {**doc, "_id": new_id, "at": float(f"{time.time():.15g}"), "once": str(new_id)}
+            )
+    return ["objectid", "object"]
+
+
+def foreign_states(spec: StoreSpec) -> dict[str, tuple[object, object]]:
+    """(status, reason) of the records inserted by insert_foreign_ids, by label."""
+    if spec.kind == "sqlite":
+        import contextlib
+        import sqlite3
+
+        path = spec.url[len("sqlite://") :]
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            rows = conn.execute(
+                "SELECT status, reason FROM jobs WHERE typeof(id) = 'blob' ORDER BY seq"
+            ).fetchall()
+        return dict(zip(["blob1", "blob2"], [tuple(r) for r in rows], strict=True))
+    import pymongo
+
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(spec.url)
+    with client:
+        coll = client[spec.options["database"]][spec.options["jobs_collection"]]
+        docs = list(coll.find({"$nor": [{"_id": {"$type": "string"}}]}).sort("seq", 1))
+    out = {}
+    for d in docs:
+        label = "object" if isinstance(d["_id"], dict) else "objectid"
+        out[label] = (d["status"], d.get("reason"))
+    return out

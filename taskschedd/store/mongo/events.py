@@ -22,6 +22,10 @@ _SEQ_DIGITS = 20
 _EMIT_ATTEMPTS = 200
 
 
+#: Seqs stay below 2**53 (exact as doubles).
+MAX_SEQ = 2**53
+
+
 def _seq_id(seq: int) -> str:
     return str(seq).zfill(_SEQ_DIGITS)
 
@@ -84,8 +88,13 @@ class EventLog:
 
     def top_seq(self) -> int:
         """The highest seq handed out that is still visible (events or the floor)."""
-        doc = self._collection().find_one({}, sort=[("seq", -1)], projection={"seq": 1})
-        top = int(doc["seq"]) if doc is not None and doc.get("seq") is not None else 0
+        # Only seqs we could have written count: another client's event with a text or
+        # absurd seq (text sorts above numbers) must not become the top.
+        doc = self._collection().find_one(
+            {"seq": {"$gte": 0, "$lt": MAX_SEQ}}, sort=[("seq", -1)], projection={"seq": 1}
+        )
+        seq = doc.get("seq") if doc is not None else None
+        top = int(seq) if isinstance(seq, int | float) and 0 <= seq < MAX_SEQ else 0
         self._saw(top)
         return top
 

@@ -43,7 +43,14 @@ from taskschedd.store.base import (
     Store,
     Waker,
 )
-from taskschedd.store.decode import MAX_ATTEMPT, UNKNOWN_STATUS, status_name
+from taskschedd.store.decode import (
+    MAX_ATTEMPT,
+    MAX_TIME,
+    UNKNOWN_STATUS,
+    decode_node,
+    label,
+    status_name,
+)
 from taskschedd.store.mongo.common import _is_transient, _log
 from taskschedd.store.mongo.documents import (
     _EVENT_FIELDS,
@@ -84,8 +91,11 @@ _ANNOUNCED: set[tuple[str, str]] = set()
 def _due(queue: str, force_spawn: bool, now: float) -> Doc:
     """The claim's filter for one queue: equality fields (nx-27017's SQL path), due now.
     The status range keeps a document whose status another client garbled (the claim
-    would overwrite it) for the quarantine sweep; it costs nothing measurable."""
+    would overwrite it) for the quarantine sweep, and so does the _id type one whose id is
+    not a string (no later write could address it by the id a claim hands out); neither
+    costs anything measurable."""
     return {
+        "_id": {"$type": "string"},
         "state": READY,
         "queue": queue,
         "spawn": bool(force_spawn),
@@ -131,15 +141,17 @@ def _count(value: Any) -> int:
 #: ``$nor`` of one conjunction reads "not all of these hold" ($not is not available on
 #: nx-27017); a range matches numbers only (MongoDB compares within a type).
 _COUNT = {"$gte": 0, "$lte": MAX_ATTEMPT}
+_TIME = {"$gte": -MAX_TIME, "$lte": MAX_TIME}  # beyond: never due, never expired
 _MALFORMED: Doc = {
     "$or": [
         {"status": {"$nin": [int(s) for s in JobStatus]}},
         {"state": {"$nin": [READY, RUNNING, DONE]}},
+        {"state": {"$in": [READY, RUNNING]}, "$nor": [{"_id": {"$type": "string"}}]},
         {
             "state": READY,
             "$nor": [
                 {
-                    "at": {"$type": "number"},
+                    "at": _TIME,
                     "attempt": _COUNT,
                     "queue": {"$type": "string"},
                     "spawn": {"$in": [True, False]},
@@ -150,7 +162,7 @@ _MALFORMED: Doc = {
             "state": RUNNING,
             "$nor": [
                 {
-                    "lease_until": {"$type": "number"},
+                    "lease_until": _TIME,
                     "attempt": _COUNT,
                     "claim_token": {"$type": "string"},
                 }
@@ -232,6 +244,7 @@ class MongoStore(Store):
         self._lock_obj = threading.RLock()
         self._lock_pid = os.getpid()
         self._seq_last = 0
+        self._malformed_ids: dict[str, Any] = {}  # what malformed() found: record id -> _id
         self._maintained = 0.0
         self._wakers: weakref.WeakSet[MongoWaker] = weakref.WeakSet()
         self._event_log = EventLog(lambda: self._events, self.url)
@@ -967,8 +980,10 @@ class MongoStore(Store):
         with self._errors("find malformed jobs"):
             docs = list(self._jobs.find(_MALFORMED).sort("seq", 1).limit(limit))
         out = []
+        self._malformed_ids.clear()
         for doc in docs:
             record = _to_job(doc)
+            self._malformed_ids[record.id] = doc.get("_id")  # maybe not a string
             if record.corrupt is None:  # decodes, yet claims cannot compare its fields
                 record.corrupt = _malformed_why(doc)
             out.append(record)
@@ -988,11 +1003,14 @@ class MongoStore(Store):
             "lease_until": None,
             "cancel_requested": False,
             "once_key": None,
-            "once": f"j:{record.id}",
+            "once": f"j:{record.id}",  # unique per job, as for every final job
             "updated": now,
         }
         with self._errors("quarantine a malformed job"):
-            result = self._jobs.update_one({"_id": record.id, **_MALFORMED}, {"$set": sets})
+            raw_id = self._malformed_ids.get(record.id, record.id)
+            # $eq: an _id that is a document must match whole, not read as operators.
+            where = {"_id": {"$eq": raw_id}, **_MALFORMED}
+            result = self._jobs.update_one(where, {"$set": sets})
         if result.matched_count != 1:
             return False
         fields = {"_id": record.id, "cls": record.cls, "queue": record.queue}
@@ -1228,7 +1246,7 @@ class MongoStore(Store):
             "by_queue": by_queue,
             "by_class": by_class,
             "oldest_waiting_age": {
-                str(r["_id"]): now - float(r["at"])
+                label(r["_id"]): now - float(r["at"])
                 for r in oldest_rows
                 if type(r.get("at")) in (int, float)
             },
@@ -1356,24 +1374,13 @@ class MongoStore(Store):
         with self._errors("list nodes"):
             docs = list(self._nodes.find(where).sort("_id", 1))
         out = []
+        fields = ("_id", "host", "pid", "started", "heartbeat")
         for d in docs:
-            try:
-                out.append(
-                    NodeRecord(
-                        name=str(d["_id"]),
-                        host=str(d["host"]),
-                        pid=int(d["pid"]),
-                        started=float(d["started"]),
-                        heartbeat=float(d["heartbeat"]),
-                        workers_busy=int(d.get("workers_busy", 0)),
-                        workers_idle=int(d.get("workers_idle", 0)),
-                        running=tuple(str(j) for j in d.get("running") or ()),
-                        queues=tuple(str(q) for q in d.get("queues") or ()),
-                        version=str(d.get("version", "")),
-                    )
-                )
-            except (KeyError, TypeError, ValueError, OverflowError):
-                continue  # not a node's heartbeat: the registry is advisory
+            node = decode_node([*(d.get(f) for f in fields), d.get("workers_busy", 0),
+                                d.get("workers_idle", 0), d.get("running") or [],
+                                d.get("queues") or [], d.get("version", "")])  # fmt: skip
+            if node is not None:  # another client's entry: the registry is advisory
+                out.append(node)
         return out
 
     def remove_node(self, name: str) -> None:
