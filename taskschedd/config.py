@@ -618,10 +618,14 @@ class _Validator:
             raw = url
         if not raw.strip():
             self.fail("store", f"no database path given; accepted: {STORE_FORMS}")
-        # The directory resolved, the file itself not: a link put there must reach the
-        # store's O_NOFOLLOW open, which refuses it, not be followed here.
+        # Absolute and normalized, but no link resolved: a link put where the file should
+        # be must reach the store's O_NOFOLLOW open, which refuses it; and a node must
+        # keep comparing the path as configured with the file it opened, so that a
+        # directory link re-pointed to another copy of the store is noticed.
         given = Path(raw).expanduser()
-        path = os.path.join(self.file_path("store", str(given.parent)), given.name)
+        if not str(given).strip():
+            self.fail("store", f"no database path given; accepted: {STORE_FORMS}")
+        path = os.path.normpath(os.path.join(self.base_dir, given))
         try:
             is_dir = Path(path).is_dir()
         except OSError:

@@ -264,6 +264,7 @@ class SQLiteStore(Store):
         self._create = create
         self._owners = owners
         self._malformed_seqs: dict[str, int] = {}  # what malformed() found, by record id
+        self._side_ids: list[tuple[str, sqlitefiles.FileId]] = []  # -wal, -shm as opened
         self._file_id: sqlitefiles.FileId | None = None
         self._replaced: str | None = None  # why this store may no longer be used
         self._conn_obj: sqlite3.Connection | None = None
@@ -287,6 +288,7 @@ class SQLiteStore(Store):
         self._conn_obj = None
         if self._replaced is not None:
             raise StoreReplaced(self._replaced)
+        existed = os.path.lexists(self.path)
         opened = self._prepare_file()
         try:
             conn = sqlite3.connect(
@@ -310,13 +312,34 @@ class SQLiteStore(Store):
             self._ensure_schema(conn)
         except BaseException as exc:
             conn.close()  # a failed open must not keep its descriptor
+            if not existed:
+                self._undo_create(opened)
             if isinstance(exc, sqlite3.DatabaseError):
                 raise self._error(exc) from None
             raise
         self._conn_obj = conn
         self._file_id = opened
+        # The -wal and -shm exist now (WAL mode, after the first read) and keep their
+        # identity while any connection is open: deleting one splits the processes'
+        # views of the store (each side loses the other's commits).
+        self._side_ids = [
+            (path, ident)
+            for path in (self.path + suffix for suffix in sqlitefiles.SIDE_FILES)
+            if (ident := sqlitefiles.identity(path)) is not None
+        ]
         self._pid = os.getpid()
         return conn
+
+    def _undo_create(self, made: sqlitefiles.FileId) -> None:
+        """Remove the empty file this open created before its schema could be written (a
+        full disk): left there, the next client without ``create`` would take it for a
+        store, which is what create=False is meant to prevent."""
+        with contextlib.suppress(OSError):
+            st = os.stat(self.path)
+            if sqlitefiles.FileId.of(st) == made and st.st_size == 0:
+                for suffix in ("", *sqlitefiles.SIDE_FILES):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path + suffix)
 
     def _check_file(self) -> None:
         """StoreReplaced once the path names another file than the one open (deleted or
@@ -324,17 +347,28 @@ class SQLiteStore(Store):
         opened = self._file_id
         assert opened is not None
         if self._replaced is None:
+            path = self.path
             try:
-                st = os.stat(self.path)
+                st = os.stat(path)
             except (FileNotFoundError, NotADirectoryError):
                 now = None
             except OSError:
                 return  # cannot tell now (EACCES, EIO...): the store call says what is wrong
             else:
                 if st.st_ino == opened.ino and st.st_dev == opened.dev:
-                    return
-                now = sqlitefiles.FileId.of(st)
-            self._replaced = sqlitefiles.replaced_message(self.path, opened, now)
+                    for path, opened in self._side_ids:
+                        try:
+                            st = os.stat(path)
+                        except (FileNotFoundError, NotADirectoryError):
+                            break
+                        except OSError:
+                            continue
+                        if st.st_ino != opened.ino or st.st_dev != opened.dev:
+                            break
+                    else:
+                        return
+                now = sqlitefiles.identity(path)
+            self._replaced = sqlitefiles.replaced_message(path, opened, now)
             conn = self._conn_obj
             if conn is not None and not conn.in_transaction:
                 # Let go of the old file: a deleted one holds its disk space while open.

@@ -24,6 +24,7 @@ import pytest
 
 from taskschedd.job import JobStatus
 from taskschedd.scheduler import JobSpec
+from tests.e2e.conftest import REPO
 from tests.faults.disk import fill, free_bytes, mount_tmpfs, umount
 from tests.faults.harness import (
     RUN,
@@ -227,3 +228,24 @@ def test_a_node_stopped_while_the_disk_is_full_exits_and_its_job_is_recovered(
     assert [e.reason for e in job.errors] == ["abandoned"]
     assert len(read_runs(runs)) == 2
     s.close()
+
+
+def test_a_store_that_could_not_be_created_on_a_full_disk_leaves_nothing_behind(
+    small_disk: Path,
+) -> None:
+    """`add --create` on a full disk fails (69) and removes the empty file it made: left
+    there, the next `add` without --create (the cron line) would take it for a store."""
+    disk = small_disk
+    (disk / "store").mkdir(mode=0o700)
+    db = disk / "store" / "t.db"
+    filler = fill(disk)
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    add = [sys.executable, "-m", "taskschedctl", "--store", f"sqlite:///{db}", "add"]
+    res = subprocess.run([*add, "--create", "taskschedd.examples.jobs.Echo", "{}"], capture_output=True, text=True,
+                         timeout=60, env=env)  # fmt: skip
+    assert res.returncode == 69 and "Traceback" not in res.stderr, res
+    assert not db.exists() and not Path(f"{db}-wal").exists()
+    filler.unlink()
+    res = subprocess.run([*add, "taskschedd.examples.jobs.Echo", "{}"], capture_output=True, text=True, timeout=60,
+                         env=env)  # fmt: skip
+    assert res.returncode == 69 and f"no store at {db}" in res.stderr, res

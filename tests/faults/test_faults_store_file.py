@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,3 +195,55 @@ def test_the_readme_flow_make_run_then_add_needs_no_create(tmp_path: Path) -> No
         if daemon.poll() is None:
             os.killpg(daemon.pid, 9)
             daemon.wait()
+
+
+@pytest.mark.parametrize("suffixes", [("-shm",), ("-wal", "-shm")], ids=["shm", "wal+shm"])
+def test_a_node_whose_wal_or_shm_is_deleted_stops_and_exits_69(
+    node_factory: Factory, tmp_path: Path, suffixes: tuple[str, ...]
+) -> None:
+    """A cleanup script deletes the -shm (or both side files) under a running node: the
+    processes that keep the old ones and those that make new ones no longer see each
+    other's commits (acknowledged jobs vanish). The node notices and stops; a client
+    that had the store open refuses it too."""
+    kind = sqlite_kind(tmp_path)
+    assert kind.sqlite_path is not None
+    path = kind.sqlite_path
+    d = node_factory(kind, pm="static", min_children=1, max_children=1).start()
+    d.wait_workers(1)
+    client = kind.scheduler()
+    assert client.add_job(ECHO, {"n": 1}).wait(10).status is JobStatus.DONE
+    for suffix in suffixes:
+        os.unlink(f"{path}{suffix}")
+    assert d.wait_exit(15) == 69, d.diagnostics()
+    (gone,) = d.logged("the store is gone: stopping the node, then exit")
+    said = str(gone["error"])
+    assert any(f"the store file {path}{s} was deleted" in said for s in suffixes), said
+    with pytest.raises(StoreReplaced):
+        client.add_job(ECHO, {"n": 2})
+    # Restarted (systemd does it on 69), the node serves what is added from then on.
+    node_factory(kind, name="n2", pm="static", min_children=1, max_children=1).start()
+    with kind.scheduler() as s:
+        assert s.add_job(ECHO, {"n": 3}).wait(10).status is JobStatus.DONE
+
+
+def test_a_node_notices_its_store_directory_link_repointed(
+    node_factory: Factory, tmp_path: Path
+) -> None:
+    """The store's directory is a link (a mount point, a release switch) re-pointed to
+    another copy of the store while the node runs: the node compares the path as
+    configured, not the directory it resolved at start, so it stops instead of serving
+    a file that clients no longer write to."""
+    (tmp_path / "data1").mkdir(mode=0o700)
+    (tmp_path / "data2").mkdir(mode=0o700)
+    link = tmp_path / "store"
+    link.symlink_to(tmp_path / "data1")
+    kind = sqlite_kind(tmp_path)
+    d = node_factory(kind, pm="static", min_children=1, max_children=1).start()
+    d.wait_workers(1)
+    with kind.scheduler() as s:
+        assert s.add_job(ECHO, {"n": 1}).wait(10).status is JobStatus.DONE
+    with Scheduler(f"sqlite:///{tmp_path}/data2/taskschedd.db", create=True) as other:
+        other.add_job(ECHO, {"n": 0}, at=time.time() + 3600)
+    os.symlink(tmp_path / "data2", tmp_path / "store.new")
+    os.replace(tmp_path / "store.new", link)
+    assert d.wait_exit(15) == 69, d.diagnostics()
