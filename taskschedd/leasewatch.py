@@ -241,13 +241,19 @@ class LeaseWatch:
             with self._lock:
                 now = time.monotonic()
                 wait = self._next_check(now)
-                if wait is not None and wait <= 0 and self._running is not None:
+                due = wait is not None and wait <= 0 and self._running is not None
+                # Confirmations that came while this thread could not run (a job that
+                # held the GIL) are read before any kill: the master may have renewed
+                # all along, and a kill then would stop a healthy node's job.
+                pending = due and reading and bool(select.select([control_fd], [], [], 0)[0])
+                if due and not pending:
+                    assert self._running is not None
                     expire(self._running, self._deadlines[self._running])
                     self._running = None  # only reached when expire returns (tests)
                     continue
                 self._wake_at = float("inf") if wait is None else now + wait
             fds = [self._poke_r, control_fd] if reading else [self._poke_r]
-            ready, _, _ = select.select(fds, [], [], wait)
+            ready, _, _ = select.select(fds, [], [], 0 if pending else wait)
             if self._poke_r in ready:
                 with contextlib.suppress(OSError):
                     os.read(self._poke_r, 4096)

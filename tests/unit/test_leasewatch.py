@@ -195,3 +195,31 @@ def test_a_claim_that_starts_later_but_ends_sooner_is_killed_in_time(pipe: Pipe)
         assert token == "second" and kill_at <= at < kill_at + 0.05
     finally:
         watch.close()
+
+
+def test_confirmations_that_came_while_the_thread_could_not_run_are_read_before_a_kill(
+    pipe: Pipe,
+) -> None:
+    """A job that holds the GIL (one long C call) keeps the watch thread from running
+    past the kill time, while the healthy master keeps confirming: when the thread runs
+    again it must read those confirmations, not kill (here the thread is held off by its
+    lock, as the GIL would)."""
+    watch = LeaseWatch(LEASE)
+    expired: list[str] = []
+    watch.watch(pipe.r, lambda lines, eof: None, lambda token, deadline: expired.append(token))
+    try:
+        job = claimed("hog")
+        watch.claimed([job])
+        assert watch.may_start(job)
+        kill_at = (watch.deadline("hog") or 0.0) - lease_margin(LEASE)
+        with watch._lock:  # the thread cannot look at the deadlines meanwhile
+            for _ in range(3):
+                now = time.monotonic()
+                pipe.send(confirmation_lines(now, now + LEASE, ["hog"])[0])
+                wait_for(lambda now=now: time.monotonic() >= now + LEASE / 3, LEASE)
+            assert time.monotonic() > kill_at
+        wait_for(lambda: (watch.deadline("hog") or 0.0) > kill_at + LEASE / 2, 2,
+                 message="the confirmations read")  # fmt: skip
+        assert not expired, "a job whose lease the master renewed must not be killed"
+    finally:
+        watch.close()
