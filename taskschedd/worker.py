@@ -30,7 +30,7 @@ from taskschedd.job import Job
 from taskschedd.leasewatch import lease_margin
 from taskschedd.loader import load_class
 from taskschedd.options import DEFAULT_MAX_DATA_SIZE, dump_result
-from taskschedd.store.base import ClaimRequest, ErrorInfo, JobRecord, Settlement, Store
+from taskschedd.store.base import ClaimRequest, ErrorInfo, JobRecord, Settlement, Store, clip
 
 log = structlog.get_logger("taskschedd.worker")
 
@@ -645,7 +645,7 @@ class Worker:
         except (KeyboardInterrupt, MasterGone):
             raise  # the caller gives the job back, or leaves it to its lease
         except BaseException as exc:
-            bound.warning("job raised", error_type=type(exc).__name__, error=str(exc))
+            bound.warning("job raised", error_type=type(exc).__name__, error=clip(str(exc), 1024))
             return rules.on_error(job, error_info(exc, job.attempt, time.time()), time.time())
         finally:
             if renewer:

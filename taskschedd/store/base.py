@@ -15,10 +15,27 @@ from taskschedd.errors import StoreUnavailable
 from taskschedd.job import JobStatus
 from taskschedd.options import JobOptions
 
+#: A job keeps the errors of its last MAX_ERRORS attempts (endless retries must not grow
+#: its record without bound: MongoDB refuses documents over 16 MB).
+MAX_ERRORS = 25
+#: Longest error message and traceback kept (characters); longer ones keep their start
+#: and end (a traceback's last frames say most).
+MAX_ERROR_MESSAGE = 8 * 1024
+MAX_TRACEBACK = 32 * 1024
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters, else its start and end around a note
+    of how much was cut."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}\n[... {len(text) - 2 * keep} characters cut ...]\n{text[-keep:]}"
+
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """What went wrong in one attempt."""
+    """What went wrong in one attempt (message and traceback clipped: see clip())."""
 
     attempt: int
     type: str
@@ -26,6 +43,14 @@ class ErrorInfo:
     traceback: str = ""
     time: float = 0.0
     reason: str = "exception"  # exception | timeout | abandoned | killed | class | ...
+
+    def __post_init__(self) -> None:
+        if len(self.message) > MAX_ERROR_MESSAGE:
+            object.__setattr__(self, "message", clip(self.message, MAX_ERROR_MESSAGE))
+        if len(self.traceback) > MAX_TRACEBACK:
+            object.__setattr__(self, "traceback", clip(self.traceback, MAX_TRACEBACK))
+        if len(self.type) > 512:
+            object.__setattr__(self, "type", clip(self.type, 512))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -29,6 +29,7 @@ from taskschedd.errors import (
 from taskschedd.job import FINAL, RUNNABLE, JobStatus
 from taskschedd.store import diskspace, sqlitefiles
 from taskschedd.store.base import (
+    MAX_ERRORS,
     ClaimRequest,
     DuplicateJobId,
     ErrorInfo,
@@ -750,7 +751,10 @@ class SQLiteStore(Store):
             "result = COALESCE(?, result), "
             "errors = CASE WHEN ? IS NULL THEN errors "
             "WHEN ? OR NOT json_valid(errors) OR json_type(errors) != 'array' "
-            "THEN json_array(json(?)) ELSE json_insert(errors, '$[#]', json(?)) END, "
+            "THEN json_array(json(?)) "
+            f"WHEN json_array_length(errors) >= {MAX_ERRORS} "
+            "THEN json_insert(json_remove(errors, '$[0]'), '$[#]', json(?)) "
+            "ELSE json_insert(errors, '$[#]', json(?)) END, "
             "reason = ?, progress = COALESCE(?, progress), attempt = attempt + ?, "
             "ended = ?, claim_token = NULL, lease_until = NULL, "
             "cancel_requested = CASE WHEN ? THEN 0 ELSE cancel_requested END, "
@@ -763,6 +767,7 @@ class SQLiteStore(Store):
                 s.result_json,
                 error_json,
                 s.reset_errors,
+                error_json,
                 error_json,
                 error_json,
                 s.reason,

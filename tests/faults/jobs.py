@@ -169,3 +169,11 @@ class Timed(Job):
                 child.kill()
                 child.wait()
         return {"pid": os.getpid(), "attempt": self.attempt}
+
+
+class HugeError(Job):
+    """Raises an exception whose message is ``data["size"]`` characters long (a job that
+    puts a whole payload into its error)."""
+
+    def start(self) -> Any:
+        raise RuntimeError("x" * int(self.data["size"]))

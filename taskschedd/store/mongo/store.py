@@ -32,6 +32,7 @@ from taskschedd.errors import JobNotFound, StoreError, StoreNotWritable, StoreUn
 from taskschedd.job import FINAL, JobStatus
 from taskschedd.redact import redact_text, redact_url
 from taskschedd.store.base import (
+    MAX_ERRORS,
     ClaimRequest,
     DuplicateJobId,
     EventRecord,
@@ -628,7 +629,8 @@ class MongoStore(Store):
             sets["errors"] = [json.dumps(s.error.to_dict())]
         elif s.error is not None:
             # JSON text: nx-27017 turns a pushed sub-document into a string anyway.
-            update["$push"] = {"errors": json.dumps(s.error.to_dict())}
+            error = json.dumps(s.error.to_dict())
+            update["$push"] = {"errors": {"$each": [error], "$slice": -MAX_ERRORS}}
         if s.attempt_delta:
             update["$inc"] = {"attempt": s.attempt_delta}
         return update, next_doc
