@@ -31,6 +31,7 @@ import os
 import pwd
 import re
 import socket
+import stat
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -245,12 +246,31 @@ def default_config_path() -> str:
     return os.environ.get("TASKSCHED_CONFIG") or DEFAULT_CONFIG_PATH
 
 
-def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a YAML configuration file; every problem is a ConfigError."""
+def read_regular(path: str, limit: int) -> bytes:
+    """Up to ``limit`` + 1 bytes of a regular file. Anything else (a FIFO with no writer,
+    a device, a directory) is refused without blocking: OSError with the reason."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO, socket or device"
+            raise OSError(0, f"it is {what}, not a regular file; give a regular file")
+        chunks, left = [], limit + 1
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def load(path: str | os.PathLike[str], *, allow_empty: bool = True) -> Config:
+    """Read and validate a YAML configuration file; every problem is a ConfigError.
+    ``allow_empty`` False refuses a file with no settings (a reload: an empty file there
+    is far more likely a partial write than a wish for every default)."""
     name = os.fspath(path)
     try:
-        with open(name, "rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        raw = read_regular(name, MAX_CONFIG_BYTES)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(f"cannot read the configuration file: {reason}", path=name) from None
@@ -275,6 +295,12 @@ def load(path: str | os.PathLike[str]) -> Config:
     except RecursionError:
         raise ConfigError("not valid YAML: nested too deeply", path=name) from None
     if data is None:
+        if not allow_empty:
+            raise ConfigError(
+                "the file has no settings (empty, or only comments): most likely written "
+                "only in part; the running configuration stays",
+                path=name,
+            )
         data = {}  # an empty file (or only comments) is all defaults
     return from_mapping(data, path=name)
 
@@ -609,6 +635,12 @@ class _Validator:
         if url.startswith(("mongodb://", "mongodb+srv://")):
             self.mongodb_url(url)
             return url
+        if url.lower().removeprefix("sqlite://").lstrip("/").startswith("mongodb"):
+            self.fail(
+                "store",
+                "looks like a MongoDB URL but does not start with mongodb:// or "
+                "mongodb+srv:// (not repeated here: it may hold a password)",
+            )
         if url.startswith("sqlite://"):
             raw = url.removeprefix("sqlite://")
         elif "://" in url or _SCHEME_RE.match(url):
@@ -648,8 +680,7 @@ class _Validator:
         if ":" in user:
             self.fail(key, "the store URL already holds a password; give it in one place")
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read(4097)
+            raw = read_regular(path, 4096)
         except OSError as exc:
             self.fail(key, f"cannot read {path}: {exc.strerror or exc}")
         try:

@@ -716,7 +716,8 @@ class Master:
         try:
             if self.config_path is None:
                 raise ConfigError("no configuration file to reload")
-            new = dataclasses.replace(load_config(self.config_path), **self.overrides)
+            loaded = load_config(self.config_path, allow_empty=False)
+            new = dataclasses.replace(loaded, **self.overrides)
         except ConfigError as exc:
             self.log.error(
                 "reload refused: the new configuration is invalid; keeping the old one",

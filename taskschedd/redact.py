@@ -39,6 +39,8 @@ _USERINFO = re.compile(
 )
 # password=..., tlsCertificateKeyFilePassword=..., pwd=... in query strings or text.
 _PARAM = re.compile(r"(?P<head>\b\w*(?:password|passwd|pwd|secret)=)(?P<secret>[^&\s;,'\"]+)", re.I)
+# authMechanismProperties=AWS_SESSION_TOKEN:...,SERVICE_NAME:... (its value holds commas).
+_MECH = re.compile(r"(?P<head>\bauthMechanismProperties=)(?P<secret>[^&\s;'\"]+)", re.I)
 
 _SECRETS: set[str] = set()
 
@@ -71,8 +73,13 @@ def redact_url(url: str) -> str:
         at = rest.rfind("@")
         user = rest[:at].partition(":")[0]
         url = f"{scheme}://{user}:{MASK}@{rest[at + 1 :]}"
-        return _PARAM.sub(lambda m: m["head"] + MASK, url)
+        return _params(url)
     return redact_text(url)
+
+
+def _params(text: str) -> str:
+    text = _MECH.sub(lambda m: m["head"] + MASK, text)
+    return _PARAM.sub(lambda m: m["head"] + MASK, text)
 
 
 def redact_text(text: str) -> str:
@@ -84,7 +91,7 @@ def redact_text(text: str) -> str:
     if "://" not in text and "=" not in text:
         return text  # fast path: nothing that could hold a secret
     text = _USERINFO.sub(lambda m: m["head"] + MASK + m["tail"], text)
-    return _PARAM.sub(lambda m: m["head"] + MASK, text)
+    return _params(text)
 
 
 def hide_argv_secrets(argv: list[str]) -> bool:

@@ -491,11 +491,11 @@ def env_store_url(*, plain: bool = True) -> str | None:
     path = os.environ.get("TASKSCHED_STORE_FILE")
     if not path:
         return None
+    from taskschedd.config import read_regular
     from taskschedd.errors import ConfigError
 
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(65537)
+        raw = read_regular(path, 65536)
         lines = raw.decode("utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(

@@ -29,6 +29,7 @@ def open_store(
             raise StoreError(f"the MongoDB store needs pymongo: {exc}") from None
         return MongoStore(url, **options)
     if url.startswith("sqlite://") or "://" not in url:
+        refuse_lookalike(url)
         from taskschedd.store.sqlite import SQLiteStore
 
         timeout = {k: v for k, v in options.items() if k == "busy_timeout"}
@@ -38,6 +39,18 @@ def open_store(
         f"unknown store URL scheme {scheme!r}; accepted: sqlite:///PATH, "
         "mongodb://HOST/DB, mongodb+srv://HOST/DB"
     )
+
+
+def refuse_lookalike(url: str) -> None:
+    """A mistyped MongoDB URL (``mongodb:/u:pw@host``, ``mongodb//...``) would be taken
+    for a SQLite path, and its password shown in every message about that path: refused,
+    without repeating it."""
+    head = url.removeprefix("sqlite://").lstrip("/").lower()
+    if head.startswith("mongodb") or (url.lower().startswith("mongodb") and "://" not in url):
+        raise StoreError(
+            "the store looks like a MongoDB URL but does not start with mongodb:// or "
+            "mongodb+srv:// (not repeated here: it may hold a password); fix it"
+        )
 
 
 def preload(url: str) -> None:

@@ -303,3 +303,47 @@ def test_a_password_on_the_command_line_is_masked_in_ps() -> None:
         proc.kill()
         _, err = proc.communicate(timeout=10)
     assert b"pa55" not in err
+
+
+# -- configuration files that are not files ---------------------------------------------------
+def test_a_configuration_that_is_not_a_regular_file_is_refused_without_blocking(
+    tmp_path: Path,
+) -> None:
+    """A FIFO with no writer used to hang --check-config (and a reload: the master then
+    renewed no lease); a device or a directory is no configuration either."""
+    fifo = tmp_path / "taskschedd.yaml"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        result = daemon("-c", str(path), "--check-config", timeout=20)
+        clear_error(result, 78, "give a regular file")
+    config = tmp_path / "ok.yaml"
+    config.write_text(f"store: mongodb://app@127.0.0.1:1/jobs\nstore_password_file: {fifo}\n")
+    clear_error(daemon("-c", str(config), "--check-config", timeout=20), 78, "regular file")
+    env = clean_env(TASKSCHED_STORE_FILE=str(fifo))
+    clear_error(ctl("list", env=env, timeout=20), 78, "regular file")
+
+
+def test_a_reload_of_an_empty_file_keeps_the_running_configuration(
+    kind: StoreKind, node_factory: Factory
+) -> None:
+    """An editor or a deploy caught half way leaves an empty file: taken as 'all defaults'
+    it dropped allowed_modules, and every job after it failed for good."""
+    d = node_factory(kind, pm="static", min_children=1, max_children=1).start()
+    (worker,) = d.wait_workers(1)
+    good = d.config_path.read_text()
+    for text in ("", "# nothing yet\n"):
+        d.config_path.write_text(text)
+        d.signal(signal.SIGHUP)
+        wait_for(
+            lambda text=text: len(d.logged("reload refused: the new configuration is invalid; "
+                                           "keeping the old one")) >= (2 if text else 1),
+            15, message="the reload refusal in the log",
+        )  # fmt: skip
+    (refusal, *_) = d.logged(
+        "reload refused: the new configuration is invalid; keeping the old one"
+    )
+    assert "no settings" in refusal["error"], refusal
+    assert d.running() and d.workers() == [worker]
+    s = kind.scheduler()
+    assert s.add_job(ECHO, {"after": "reload"}).wait(15).result == {"after": "reload"}
+    d.config_path.write_text(good)

@@ -375,7 +375,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read the configuration file: Is a directory"):
+    with pytest.raises(ConfigError, match="cannot read the configuration file: it is a directory"):
         load(tmp_path)
 
 

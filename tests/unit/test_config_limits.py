@@ -241,3 +241,20 @@ def test_a_bad_password_file_is_refused(
     (tmp_path / "empty").write_text("")
     err = refused(write(tmp_path, yaml.safe_dump({"store": store, "store_password_file": file})))
     assert err.key == "store_password_file" and fragment in err.reason, err
+
+
+def test_credentials_in_url_options_and_mistyped_mongodb_urls_are_never_shown() -> None:
+    from taskschedd.errors import ConfigError, StoreError
+    from taskschedd.redact import redact_text, redact_url
+    from taskschedd.store import open_store
+
+    url = "mongodb://h/db?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:S3cretTok,X:y"
+    assert "S3cretTok" not in redact_url(url)
+    assert "S3cretTok" not in redact_text(f"cannot reach {url} now")
+    for typo in ("mongodb:/u:S3cret@h/db", "mongodb//u:S3cret@h/db", "MongoDB:u:S3cret@h"):
+        with pytest.raises(StoreError) as caught:
+            open_store(typo)
+        assert "S3cret" not in str(caught.value) and "mongodb://" in str(caught.value)
+        with pytest.raises(ConfigError) as bad:
+            from_mapping({"store": typo})
+        assert "S3cret" not in str(bad.value), bad.value
