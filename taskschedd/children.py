@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +127,38 @@ def killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def stray_children(known: Collection[int]) -> list[int]:
+    """This process's children that are not in ``known`` (its workers): what a job left
+    running outside its process group (setsid) and that came to us, the subreaper, when
+    its worker died. Linux /proc; [] elsewhere."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as fh:
+                found += [int(p) for p in fh.read().split()]
+        except (OSError, ValueError):
+            continue
+    return [p for p in found if p not in known]
+
+
+def kill_strays(known: Collection[int]) -> list[int]:
+    """SIGKILL the stray children (and the process groups they lead): a job that timed
+    out, was canceled or lost its lease must not go on through what it started. Returns
+    their pids; reaping them is the caller's waitpid loop."""
+    killed = []
+    for pid in stray_children(known):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
 def describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -140,4 +172,13 @@ def describe_status(status: int) -> str:
     return f"exited with code {code}" + (f" ({reason})" if reason else "")
 
 
-__all__ = ["Kill", "RunningJob", "WorkerHandle", "describe_status", "group_alive", "killpg"]
+__all__ = [
+    "Kill",
+    "RunningJob",
+    "WorkerHandle",
+    "describe_status",
+    "group_alive",
+    "kill_strays",
+    "killpg",
+    "stray_children",
+]

@@ -12,7 +12,8 @@ heartbeat and purge, applies the pm policy of :mod:`taskschedd.pool`, and feeds 
 Prometheus endpoint (:mod:`taskschedd.nodemetrics`; the server thread only reads).
 
 The master is a child subreaper: a job's orphaned grandchildren become its children, so
-it reaps them and knows when a killed job's process group is really empty.
+it reaps them and knows when a killed job's process group is really empty; those that
+left the group (setsid) are killed once their worker is gone.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from typing import Any
 
 from taskschedd import __version__, log, pool, systemd, workerproc
-from taskschedd.children import WorkerHandle, describe_status, killpg
+from taskschedd.children import WorkerHandle, describe_status, kill_strays, killpg
 from taskschedd.config import Config, ConfigError
 from taskschedd.config import load as load_config
 from taskschedd.errors import StoreError, StoreNotWritable, StoreReplaced, StoreUnavailable
@@ -85,6 +86,7 @@ class Master:
         self.log = log.get_logger("taskschedd.master", node=config.node)
         self.state = State.RUNNING
         self.workers: dict[int, WorkerHandle] = {}
+        self._strays_next = 0.0  # when to look for what jobs left behind (see _reap)
         self.jobs = Supervisor(config, self.workers, self.log)
         self.house = Housekeeping(config, self.workers, self.log)
         self.metrics = NodeMetrics(self.log, config.allowed_modules)
@@ -510,19 +512,32 @@ class Master:
         self.jobs.claimed_ahead(w, msg.get("claimed") or [])
 
     def _reap(self) -> None:
+        worker_died = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             except InterruptedError:
                 continue
             if pid == 0:
-                return
+                break
             w = self.workers.pop(pid, None)
             if w is not None:
+                worker_died = True
                 self._worker_gone(w, status)
             # else: an orphaned grandchild of a job (we are its subreaper): reaped, done.
+        now = time.monotonic()
+        if worker_died or now >= self._strays_next:
+            self._strays_next = now + 1.0
+            self._kill_strays()
+
+    def _kill_strays(self) -> None:
+        """What a job started outside its process group (setsid) comes to us when its
+        worker dies: killed, since the job it served has ended (timed out, canceled,
+        killed or done) and nothing else may act for it."""
+        for pid in kill_strays(self.workers):
+            self.log.warning("killed a process a job left running outside its group", pid=pid)
 
     def _worker_gone(self, w: WorkerHandle, status: int) -> None:
         self._read_worker(w)  # messages it wrote before dying come first

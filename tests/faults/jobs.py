@@ -177,3 +177,19 @@ class HugeError(Job):
 
     def start(self) -> Any:
         raise RuntimeError("x" * int(self.data["size"]))
+
+
+class Escapes(Job):
+    """Starts a process in a session of its own (out of the job's process group), writes
+    its pid to ``data["pidfile"]``, ignores SIGTERM and sleeps ``data["sleep"]`` s."""
+
+    def start(self) -> Any:
+        child = subprocess.Popen(
+            ["sleep", "300"], start_new_session=True, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        with open(self.data["pidfile"], "w") as fh:
+            fh.write(str(child.pid))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(float(self.data.get("sleep", 60)))
+        return {"child": child.pid}

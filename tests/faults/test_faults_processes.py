@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from tests.faults.harness import (
     wait_all_final,
     wait_pids_gone,
 )
+from tests.faults.jobs import MODULE
 from tests.helpers import wait_for
 
 Factory = Callable[..., FaultDaemon]
@@ -313,3 +315,35 @@ def test_stop_now_in_a_drain_of_short_jobs_runs_no_job_twice(
     per_job = Counter(job_id for job_id, _, _ in read_runs(runs))
     twice = [job_id for job_id, n in per_job.items() if n > 1]
     assert twice == [], twice[:5]
+
+
+def test_what_a_job_started_in_a_session_of_its_own_dies_with_it(
+    kind: StoreKind, node_factory: Callable[..., FaultDaemon], tmp_path: Path
+) -> None:
+    """A job that timed out or was canceled is killed with its process group; a process
+    it started with setsid is not in that group, and used to run on after it (and while
+    the job ran again elsewhere). It comes to the master when the worker dies: killed."""
+    d = node_factory(kind, pm="static", min_children=1, max_children=1).start()
+    s = kind.scheduler()
+    for how in ("timeout", "cancel"):
+        pidfile = tmp_path / f"{how}.pid"
+        opts: dict[str, Any] = {"timeout": 1} if how == "timeout" else {}
+        job = s.add_job(f"{MODULE}.Escapes", {"pidfile": str(pidfile), "sleep": 60}, **opts)
+        wait_for(lambda pidfile=pidfile: pidfile.exists() and pidfile.read_text(), 15,
+                 message="the job's escaped child started")  # fmt: skip
+        child = int(pidfile.read_text())
+        if how == "cancel":
+            s.cancel_job(job.id)
+        final = job.wait(20)
+        assert final.status is (JobStatus.TIMEOUT if how == "timeout" else JobStatus.CANCELED)
+        wait_for(lambda child=child: not alive(child), 10,
+                 message=f"the escaped child {child} killed after the {how}")  # fmt: skip
+        assert d.logged("killed a process a job left running outside its group")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
