@@ -24,7 +24,7 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
         if value == float("inf"):
             raise ValueError(f"{what}: must be finite, got {value!r}")
         return float(value)
-    if isinstance(value, str):
+    if isinstance(value, str) and value.isascii() and "_" not in value:  # float() takes more
         text = value.strip().lower()
         try:
             seconds = float(text)

@@ -258,3 +258,17 @@ def test_credentials_in_url_options_and_mistyped_mongodb_urls_are_never_shown() 
         with pytest.raises(ConfigError) as bad:
             from_mapping({"store": typo})
         assert "S3cret" not in str(bad.value), bad.value
+
+
+@pytest.mark.parametrize(
+    "text", ["lease: 10:00", "lease: ١٠s", "lease: 𝟏𝟎s", "lease: 1_0", "max_children: 0b11"]
+)
+def test_numbers_are_read_as_yaml_1_2_and_ascii_only(tmp_path: Path, text: str) -> None:
+    """YAML 1.1 read 10:00 as 600 (base 60) and 1_0 as 10; float() reads other scripts'
+    digits: a value that does not look like what the key takes is refused, not guessed."""
+    err = refused(write(tmp_path, text + "\n"))
+    assert text.split(":")[0] in str(err)
+
+
+def test_a_leading_zero_is_not_octal(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "max_children: 010\n")).max_children == 10
