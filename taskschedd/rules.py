@@ -120,7 +120,8 @@ def on_abandoned(
 def on_corrupt(job: JobRecord, now: float) -> Settlement:
     """A record that does not decode (``job.corrupt``) is quarantined: it ends FAILED with
     reason "corrupt", never runs and is never retried or rescheduled (its options cannot
-    be trusted); its errors become just this one (they may not be a list)."""
+    be trusted: a recurring series ends with it; add it again to go on); its errors become
+    just this one (they may not be a list)."""
     error = ErrorInfo(
         attempt=job.attempt,
         type="CorruptRecord",

@@ -575,7 +575,11 @@ class Worker:
     def _run(self, job: JobRecord, bound: Any) -> Settlement:
         now = time.time()
         if job.corrupt is not None:
-            bound.error("stored job does not decode: quarantined, not run", why=job.corrupt)
+            bound.error(
+                "stored job does not decode: quarantined, not run"
+                + ("; its recurring series ends here" if job.series else ""),
+                why=job.corrupt, series=job.series,
+            )  # fmt: skip
             return rules.on_corrupt(job, now)
         if rules.is_expired(job, now):
             bound.info("job expired before it could start")

@@ -281,6 +281,7 @@ def _quarantined(values: Sequence[Any], why: str) -> JobRecord:
         claim_token=_safe_text(raw.get("claim_token"), None),
         lease_until=_safe_time(raw.get("lease_until")),
         reason=_safe_text(raw.get("reason"), None),
+        series=_safe_text(raw.get("series"), None),
         errors=errors,
         corrupt=why,
     )

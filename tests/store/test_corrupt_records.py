@@ -163,3 +163,17 @@ def foreign_states(spec: StoreSpec) -> dict[str, tuple[object, object]]:
         label = "object" if isinstance(d["_id"], dict) else "objectid"
         out[label] = (d["status"], d.get("reason"))
     return out
+
+
+def test_a_quarantined_occurrence_ends_its_series_and_says_which(store_spec: StoreSpec) -> None:
+    store = store_spec.open()
+    sched = Scheduler(store)
+    first = sched.add_job(JOB, {"a": 1, "b": 2}, interval=3600, at=time.time() + 3600)
+    damage(store_spec, first.id, "data not JSON")
+    worker = Worker(store, allowed_modules=["taskschedd.examples"], lease=30)
+    assert worker.run_one() is not None
+    worker.close()
+    record = store.get(first.id)
+    assert quarantined(record) and record.corrupt is not None
+    series = store.find(JobQuery(series=record.series or first.id))
+    assert [j.id for j in series] == [first.id], "no next occurrence from a corrupt record"
