@@ -373,7 +373,14 @@ class Scheduler:
         return Process(self, self.store.cancel(job_id, now=time.time()))
 
     def retry_job(self, job_id: str) -> Process:
-        """Re-queue a FAILED, TIMEOUT or CANCELED job with a fresh retry budget."""
+        """Re-queue a FAILED, TIMEOUT or CANCELED job with a fresh retry budget (not one
+        whose stored record does not decode: it would only be quarantined again)."""
+        stored = self.store.get(job_id)
+        if stored.corrupt is not None:
+            raise TaskSchedError(
+                f"job {job_id} cannot be retried: its stored record does not decode "
+                f"({stored.corrupt}); fix the record or add the job again"
+            )
         record, changed = self.store.requeue(job_id, now=time.time())
         if not changed:
             raise TaskSchedError(

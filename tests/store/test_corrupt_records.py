@@ -8,7 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from taskschedd import rules
+from taskschedd.errors import TaskSchedError
 from taskschedd.job import JobStatus
 from taskschedd.scheduler import Scheduler
 from taskschedd.store.base import JobQuery, Store
@@ -83,6 +86,10 @@ def test_every_corrupt_record_ends_quarantined_and_never_runs(
     assert not any(r.result for r in states.values()), "a corrupt record must never run"
     assert store.malformed() == []
     assert sweep(store) == 0  # quarantined records are no longer malformed
+    case, job_id = next(iter(bad.items()))
+    with pytest.raises(TaskSchedError, match="cannot be retried: its stored record does not"):
+        sched.retry_job(job_id)  # it would only be quarantined again
+    assert quarantined(store.get(job_id)), case
 
 
 def test_a_record_whose_id_is_not_text_is_never_claimed_and_ends_quarantined(
