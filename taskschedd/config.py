@@ -399,8 +399,8 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         text = str(self.construct_scalar(node))
         try:
-            if text.startswith(("0x", "0o")):  # YAML 1.2 (see _core_numbers)
-                return int(text[2:], 16 if text[1] == "x" else 8)
+            if text.lstrip("+-").startswith("0x"):  # (see _core_numbers)
+                return int(text, 16)
             if re.fullmatch(r"[-+]?[0-9]+", text):
                 return int(text, 10)  # 010 is ten, not YAML 1.1's octal eight
             return int(super().construct_yaml_int(node))
@@ -417,9 +417,11 @@ _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_y
 
 
 def _core_numbers() -> None:
-    """Numbers as YAML 1.2 reads them: PyYAML's YAML 1.1 resolvers also take 10:00 for
-    600 (base 60), 0b1/010 for 1/8 and 1_0 for 10, which nobody means in a config (they
-    stay text here, and the key's check says what it accepts)."""
+    """Numbers read plainly: PyYAML's YAML 1.1 resolvers also take 10:00 for 600 (base
+    60), 0b1/010 for 1/8 and 1_0 for 10, which nobody means in a config (they stay text
+    here, and the key's check says what it accepts). What is still read as a number is
+    a subset of what YAML 1.1 reads as one, so text that YAML 1.1 writers leave unquoted
+    (0E0, 1e3, 0o17) stays text."""
     ints, floats = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
     resolvers = {
         first: [(tag, rx) for tag, rx in entries if tag not in (ints, floats)]
@@ -427,12 +429,12 @@ def _core_numbers() -> None:
     }
     _StrictLoader.yaml_implicit_resolvers = resolvers
     _StrictLoader.add_implicit_resolver(
-        ints, re.compile(r"^(?:[-+]?[0-9]+|0x[0-9a-fA-F]+|0o[0-7]+)$"), list("-+0123456789")
+        ints, re.compile(r"^(?:[-+]?[0-9]+|[-+]?0x[0-9a-fA-F]+)$"), list("-+0123456789")
     )
     _StrictLoader.add_implicit_resolver(
         floats,
         re.compile(
-            r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+            r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+][0-9]+)?"
             r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
         ),
         list("-+0123456789."),

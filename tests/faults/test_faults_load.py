@@ -39,7 +39,8 @@ def drain_with_three_nodes(
 ) -> None:
     """3 nodes x 4 workers drain ``n`` jobs: each runs exactly once, none is left over."""
     runs = tmp_path / "runs.log"
-    config = {"pm": "static", "min_children": 4, "max_children": 4, "lease": "10s",
+    # lease 30s: see tests/mongo/test_daemon_cluster.py drain(), the same reason.
+    config = {"pm": "static", "min_children": 4, "max_children": 4, "lease": "30s",
               "logging": {"format": "json", "level": "warning"}}  # fmt: skip
     nodes = [node_factory(kind, f"n{i}", **config).start() for i in range(1, 4)]
     for node in nodes:

@@ -222,7 +222,11 @@ def drain(cluster: Cluster, n: int, timeout: float, batch: int = 250) -> float:
     nodes claim while jobs arrive, and the ready set stays modest (nx-27017 claims cost
     O(ready jobs)).
     """
-    nodes = cluster.start(level="warning")
+    # A lease that a loaded nx-27017 (seconds per command) cannot run out by accident:
+    # a claimed-ahead job whose lease renewal lags is given back unstarted (the lease
+    # watch), and abandoned if a reaper wins that race, which this count would call a
+    # failure though it is what the lease rules want.
+    nodes = cluster.start(level="warning", lease="30s")
     store = cluster.scheduler.store
     started = time.monotonic()
     deadline = started + timeout
