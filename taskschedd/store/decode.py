@@ -175,23 +175,28 @@ def decode_job(values: Sequence[Any]) -> JobRecord:
         return _quarantined(values, f"{type(exc).__name__}: {exc}")
 
 
+#: Fields a document must have; the others, when missing, read as these (or None).
+_REQUIRED = frozenset({"id", "cls", "data", "status", "queue", "priority", "at", "created"})
+_MISSING_AS = {"attempt": 0, "errors": [], "progress": 0.0, "cancel_requested": False,
+               "series_seq": 0}  # fmt: skip
+
+
 def decode_doc(doc: Mapping[str, Any], names: Mapping[str, str] | None = None) -> JobRecord:
     """:func:`decode_job` of a document; ``names`` maps field names that differ."""
     names = names or {}
-    missing = object()
-    values = [doc.get(names.get(f, f), missing) for f in JOB_FIELDS]
-    absent = [f for f, v in zip(JOB_FIELDS, values, strict=True) if v is missing]
-    required = {"id", "cls", "data", "status", "queue", "priority", "at", "created"}
-    lacking = [f for f in absent if f in required]
-    values = [None if v is missing else v for v in values]
+    values: list[Any] = []
+    lacking = []
+    for f in JOB_FIELDS:
+        key = names.get(f, f)
+        if key in doc:
+            values.append(doc[key])
+        elif f in _REQUIRED:
+            lacking.append(f)
+            values.append(None)
+        else:
+            values.append(_MISSING_AS.get(f))
     if lacking:
         return _quarantined(values, f"the record has no {', '.join(lacking)}")
-    defaults = {"attempt": 0, "errors": [], "progress": 0.0, "cancel_requested": False}
-    for i, f in enumerate(JOB_FIELDS):
-        if f in absent and f in defaults:
-            values[i] = defaults[f]
-    if "series_seq" in absent:
-        values[JOB_FIELDS.index("series_seq")] = 0
     return decode_job(values)
 
 
