@@ -20,9 +20,9 @@ import yaml
 from bench import common
 from taskschedd import rules
 from taskschedd.config import Config
+from taskschedd.model import NewJob
 from taskschedd.options import Defaults, resolve
 from taskschedd.scheduler import JobSpec, Scheduler
-from taskschedd.store.base import NewJob
 from taskschedd.store.sqlite import SQLiteStore
 
 BIN = Path(sys.executable).parent
@@ -275,8 +275,9 @@ def mongo_round_trips(jobs: int) -> dict[str, Any]:
         return {"skipped": "taskschedd/store/mongo does not exist yet"}
     from pymongo import monitoring
 
+    from taskschedd.model import ClaimRequest, JobRecord
     from taskschedd.store import open_store
-    from taskschedd.store.base import ClaimRequest, JobRecord, Store
+    from taskschedd.store.base import Store
     from tests.mongo_server import MongoServer
 
     ignored = ("hello", "isMaster", "ismaster", "endSessions")
@@ -403,7 +404,7 @@ def wal_pages(jobs: int = 100) -> dict[str, Any]:
         def frames() -> float:
             return wal.stat().st_size / (4096 + 24) if wal.exists() else 0.0
 
-        from taskschedd.store.base import ClaimRequest
+        from taskschedd.model import ClaimRequest
         from taskschedd.worker import Worker
 
         worker = Worker(store, allowed_modules=["bench.jobs"], in_process=False)

@@ -12,8 +12,7 @@ from taskschedctl.context import Ctl
 from taskschedctl.params import Duration, Statuses, Time, merge_statuses
 
 if TYPE_CHECKING:
-    from taskschedd.job import JobStatus
-    from taskschedd.store.base import EventRecord, JobRecord
+    from taskschedd.model import EventRecord, JobRecord, JobStatus
 
 
 @click.command("list", epilog=EXIT_CODES)
@@ -124,7 +123,7 @@ def cancel(ctl: Ctl, ids: tuple[str, ...], as_json: bool) -> None:
     Jobs that already ended are left as they are. Exit 1 if an id is unknown.
     """
     from taskschedd.errors import JobNotFound
-    from taskschedd.job import JobStatus
+    from taskschedd.model import JobStatus
 
     sched = ctl.scheduler()
     changed: list[JobRecord] = []
@@ -218,7 +217,7 @@ def purge(
 ) -> None:
     """Delete final jobs (and their events) that ended more than --older-than ago."""
     from taskschedctl.output import duration, echo_json
-    from taskschedd.job import FINAL
+    from taskschedd.model import FINAL
     from taskschedd.redact import redact_url
 
     chosen = merge_statuses(statuses) or FINAL

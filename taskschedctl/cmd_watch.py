@@ -12,8 +12,7 @@ from taskschedctl.context import Ctl
 from taskschedctl.params import Duration, Statuses, Time, merge_statuses
 
 if TYPE_CHECKING:
-    from taskschedd.job import JobStatus
-    from taskschedd.store.base import EventRecord
+    from taskschedd.model import EventRecord, JobStatus
 
 
 @click.command(epilog=EXIT_CODES)

@@ -13,7 +13,7 @@ from taskschedctl.context import Ctl, is_sqlite
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
-    from taskschedd.store.base import JobRecord
+    from taskschedd.model import JobRecord
 
 EXIT_CODES = """\b
 Exit codes:

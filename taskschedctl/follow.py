@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from taskschedctl.output import ProgressLine
 from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable, WaitTimeout
-from taskschedd.store.base import EventRecord, JobQuery, JobRecord, Store, Waker
+from taskschedd.model import EventRecord, JobQuery, JobRecord
+from taskschedd.store.base import Store, Waker
 
 if TYPE_CHECKING:
     from typing import TextIO

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 if TYPE_CHECKING:
-    from taskschedd.store.base import EventRecord, JobRecord, NodeRecord
+    from taskschedd.model import EventRecord, JobRecord, NodeRecord
 
 
 def echo_json(value: Any) -> None:

@@ -15,7 +15,7 @@ import click
 from click.shell_completion import CompletionItem
 
 if TYPE_CHECKING:
-    from taskschedd.job import JobStatus
+    from taskschedd.model import JobStatus
 
 DURATION_HELP = "a number of seconds or a duration like 30s, 10m, 2h, 7d, 1h30m"
 TIME_HELP = "an ISO 8601 time (2026-01-31T08:00:00Z) or a unix timestamp"
@@ -90,7 +90,7 @@ class Statuses(click.ParamType["tuple[JobStatus, ...]"]):
     ) -> tuple[JobStatus, ...]:
         if isinstance(value, tuple):
             return value
-        from taskschedd.job import JobStatus
+        from taskschedd.model import JobStatus
 
         out: list[JobStatus] = []
         for part in str(value).split(","):

@@ -17,7 +17,8 @@ from taskschedd.errors import (
     UnsafeStore,
     WaitTimeout,
 )
-from taskschedd.job import Job, JobStatus
+from taskschedd.job import Job
+from taskschedd.model import JobStatus
 from taskschedd.scheduler import JobSpec, Process, Scheduler
 
 if TYPE_CHECKING:

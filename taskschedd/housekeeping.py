@@ -17,10 +17,9 @@ from taskschedd import __version__, rules
 from taskschedd.children import WorkerHandle
 from taskschedd.config import Config
 from taskschedd.errors import StoreError
-from taskschedd.job import FINAL
+from taskschedd.model import FINAL, NodeRecord
 from taskschedd.periodic import Every, store_trouble
 from taskschedd.store import Store
-from taskschedd.store.base import NodeRecord
 
 #: A sweep for malformed records waits at least this many times its own duration.
 SWEEP_DUTY = 100.0

@@ -4,50 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from enum import IntEnum
 from typing import Any, ClassVar
 
+from taskschedd.model import ACTIVE, FINAL, RUNNABLE, JobStatus
 
-class JobStatus(IntEnum):
-    """Job statuses, with the PHP original's numbers (they are stored)."""
-
-    WAITING = 0
-    POSTPONED = 1
-    PROCESSING = 2
-    DONE = 3
-    FAILED = 4
-    CANCELED = 5
-    TIMEOUT = 6
-
-    @property
-    def is_final(self) -> bool:
-        return self >= JobStatus.DONE
-
-    @classmethod
-    def parse(cls, value: str | int) -> JobStatus:
-        """A status from its name (any case) or number; ValueError lists the accepted names."""
-        if isinstance(value, int) and not isinstance(value, bool):
-            try:
-                return cls(value)
-            except ValueError:
-                pass
-        elif isinstance(value, str):
-            text = value.strip().upper()
-            if text.isdigit():
-                return cls.parse(int(text))
-            if text == "CANCELLED":
-                return cls.CANCELED
-            if text in cls.__members__:
-                return cls[text]
-        names = ", ".join(s.name.lower() for s in cls)
-        raise ValueError(f"unknown status {value!r}; accepted: {names} (or 0-6)")
-
-
-#: Statuses a job can be claimed from.
-RUNNABLE = (JobStatus.WAITING, JobStatus.POSTPONED)
-#: Statuses listed by default (as in the original) and matched by add_job_once.
-ACTIVE = (JobStatus.WAITING, JobStatus.POSTPONED, JobStatus.PROCESSING)
-FINAL = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.TIMEOUT)
+__all__ = ["ACTIVE", "FINAL", "RUNNABLE", "Job", "JobStatus"]
 
 
 class Job:

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from taskschedd.store.base import JobRecord
+from taskschedd.model import JobRecord
 
 #: A job is killed this fraction of the lease before its lease ends.
 MARGIN_FRACTION = 0.1

@@ -9,9 +9,8 @@ import hashlib
 import random
 from collections.abc import Callable
 
-from taskschedd.job import JobStatus
+from taskschedd.model import ErrorInfo, JobRecord, JobStatus, NewJob, Settlement
 from taskschedd.options import ONCE_COMPARED, JobOptions
-from taskschedd.store.base import ErrorInfo, JobRecord, NewJob, Settlement
 
 Rand = Callable[[], float]
 

@@ -10,8 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 from taskschedd import rules
 from taskschedd.errors import JobFailed, OptionError, TaskSchedError, WaitTimeout
-from taskschedd.job import ACTIVE, JobStatus
 from taskschedd.loader import normalize, path_of
+from taskschedd.model import (
+    ACTIVE,
+    ErrorInfo,
+    EventRecord,
+    JobQuery,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    NodeRecord,
+)
 from taskschedd.options import (
     DEFAULT_MAX_DATA_SIZE,
     MAX_DATA_SIZE_RANGE,
@@ -21,16 +30,7 @@ from taskschedd.options import (
     resolve,
 )
 from taskschedd.store import DEFAULT_URL, open_configured, open_store
-from taskschedd.store.base import (
-    DuplicateJobId,
-    ErrorInfo,
-    EventRecord,
-    JobQuery,
-    JobRecord,
-    NewJob,
-    NodeRecord,
-    Store,
-)
+from taskschedd.store.base import DuplicateJobId, Store
 
 if TYPE_CHECKING:
     from taskschedd.config import Config
@@ -391,7 +391,7 @@ class Scheduler:
 
     def purge(self, statuses: StatusArg = None, older_than: float = 0.0) -> int:
         """Delete final jobs that ended more than ``older_than`` seconds ago."""
-        from taskschedd.job import FINAL
+        from taskschedd.model import FINAL
 
         chosen = parse_statuses(statuses, FINAL) or FINAL
         active = [s.name for s in chosen if not s.is_final]

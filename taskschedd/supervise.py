@@ -25,11 +25,10 @@ from taskschedd import rules
 from taskschedd.children import Kill, RunningJob, WorkerHandle, group_alive, killpg
 from taskschedd.config import Config
 from taskschedd.errors import JobNotFound, StoreError, StoreReplaced
-from taskschedd.job import JobStatus
 from taskschedd.leasewatch import confirmation_lines
+from taskschedd.model import JobQuery, JobRecord, JobStatus, Settlement
 from taskschedd.periodic import Every, store_backoff, store_trouble
 from taskschedd.store import Store
-from taskschedd.store.base import JobQuery, JobRecord, Settlement
 
 CANCEL_POLL = 0.5  # seconds between looks for cancel requests of running jobs
 KILL_HOLD = 0.25  # longest a kill waits for a worker to store the outcomes it holds

@@ -29,8 +29,9 @@ from taskschedd.errors import JobClassError, JobDataError, StoreError, StoreUnav
 from taskschedd.job import Job
 from taskschedd.leasewatch import lease_margin
 from taskschedd.loader import load_class
+from taskschedd.model import ClaimRequest, ErrorInfo, JobRecord, Settlement, clip
 from taskschedd.options import DEFAULT_MAX_DATA_SIZE, dump_result
-from taskschedd.store.base import ClaimRequest, ErrorInfo, JobRecord, Settlement, Store, clip
+from taskschedd.store.base import Store
 
 log = structlog.get_logger("taskschedd.worker")
 

@@ -74,8 +74,8 @@ from taskschedd import log
 from taskschedd.config import Config
 from taskschedd.errors import StoreError, StoreNotWritable, StoreReplaced, StoreUnavailable
 from taskschedd.leasewatch import LeaseWatch
+from taskschedd.model import JobRecord
 from taskschedd.store import Store, open_configured
-from taskschedd.store.base import JobRecord
 from taskschedd.worker import MasterGone, Outcome, Worker
 
 EXIT_OK = 0

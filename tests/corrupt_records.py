@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from taskschedd.job import JobStatus
-from taskschedd.store.base import JobRecord
+from taskschedd.model import JobRecord, JobStatus
 
 # SQLite: each case is one UPDATE of a job added for later; "due" makes it due at once.
 SQLITE_CASES: dict[str, str] = {

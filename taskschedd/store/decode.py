@@ -17,9 +17,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from taskschedd.job import JobStatus
+from taskschedd.model import ErrorInfo, EventRecord, JobRecord, JobStatus, NodeRecord
 from taskschedd.options import JobOptions, stored_options
-from taskschedd.store.base import ErrorInfo, EventRecord, JobRecord, NodeRecord
 
 #: The order of the raw values :func:`decode_job` takes (the SQLite store's columns).
 JOB_FIELDS = (

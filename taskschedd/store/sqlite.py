@@ -26,22 +26,22 @@ from taskschedd.errors import (
     StoreReplaced,
     StoreUnavailable,
 )
-from taskschedd.job import FINAL, RUNNABLE, JobStatus
-from taskschedd.store import diskspace, sqlitefiles
-from taskschedd.store.base import (
+from taskschedd.model import (
+    FINAL,
     MAX_ERRORS,
+    RUNNABLE,
     ClaimRequest,
-    DuplicateJobId,
     ErrorInfo,
     EventRecord,
     JobQuery,
     JobRecord,
+    JobStatus,
     NewJob,
     NodeRecord,
     Settlement,
-    Store,
-    Waker,
 )
+from taskschedd.store import diskspace, sqlitefiles
+from taskschedd.store.base import DuplicateJobId, Store, Waker
 from taskschedd.store.decode import decode_event, decode_job, decode_node, label, status_name
 from taskschedd.store.notify import NotifyDir
 

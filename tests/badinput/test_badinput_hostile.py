@@ -25,8 +25,7 @@ import yaml
 
 from taskschedd import Scheduler
 from taskschedd.errors import DataTooLarge, JobClassError, JobDataError, OptionError
-from taskschedd.job import JobStatus
-from taskschedd.store.base import JobQuery
+from taskschedd.model import JobQuery, JobStatus
 from taskschedd.store.sqlite import SQLiteStore
 from tests.e2e.conftest import REPO, TASKSCHEDD, cmdline
 from tests.faults.harness import FaultDaemon, StoreKind

@@ -22,10 +22,9 @@ import pytest
 
 from taskschedd import Scheduler
 from taskschedd.errors import JobDataError
-from taskschedd.job import JobStatus
+from taskschedd.model import JobQuery, JobStatus, NewJob
 from taskschedd.options import MAX_JSON_DEPTH, JobOptions
 from taskschedd.scheduler import JobSpec
-from taskschedd.store.base import JobQuery, NewJob
 from tests.e2e.conftest import REPO
 from tests.faults.harness import RUN, FaultDaemon, StoreKind, worker_pid
 from tests.faults.jobs import MODULE

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskschedd.config import DURATION_RANGES, INT_RANGES, from_mapping, load
-from taskschedd.job import JobStatus
+from taskschedd.model import JobStatus
 from taskschedd.options import JobOptions, resolve
 from taskschedd.scheduler import JobSpec
 from taskschedd.timeutil import parse_duration

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from taskschedctl.cli import run
 from taskschedd import Scheduler, Worker
-from taskschedd.store.base import JobQuery, JobRecord
+from taskschedd.model import JobQuery, JobRecord
 from taskschedd.store.sqlite import SQLiteStore
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from taskschedd.job import JobStatus
+from taskschedd.model import JobStatus
 from tests.ctl.harness import ALLOWED, ECHO, FAIL, CtlHarness
 
 

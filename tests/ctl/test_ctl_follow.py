@@ -18,8 +18,7 @@ import pytest
 
 from taskschedctl import follow
 from taskschedd.errors import StoreUnavailable, WaitTimeout
-from taskschedd.job import JobStatus
-from taskschedd.store.base import JobQuery, JobRecord
+from taskschedd.model import JobQuery, JobRecord, JobStatus
 from taskschedd.store.sqlite import SQLiteStore
 from tests.ctl.harness import ECHO, FAIL, SLEEP, CtlHarness, wait_for
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from taskschedd.job import JobStatus
+from taskschedd.model import JobStatus
 from tests.ctl.harness import ECHO, FAIL, CtlHarness, clean_env, wait_for
 
 # -- list ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 import taskschedd
 from taskschedctl.context import DEFAULT_CONFIG_PATH
-from taskschedd.store.base import NodeRecord
+from taskschedd.model import NodeRecord
 from tests.ctl.harness import ECHO, FAIL, CtlHarness, clean_env
 
 # -- stats ------------------------------------------------------------------------------------

@@ -32,8 +32,9 @@ import pytest
 import yaml
 
 from taskschedd import Scheduler
+from taskschedd.model import NodeRecord
 from taskschedd.store import open_store
-from taskschedd.store.base import NodeRecord, Store
+from taskschedd.store.base import Store
 from tests.helpers import wait_for
 from tests.mongo_server import unique_db_name
 

@@ -26,8 +26,8 @@ from taskschedd import (
     Worker,
 )
 from taskschedd.cron import CronExpr
+from taskschedd.model import EventRecord, JobQuery
 from taskschedd.store import open_store
-from taskschedd.store.base import EventRecord, JobQuery
 from tests import api_jobs
 from tests.api_jobs import MODULE
 from tests.helpers import wait_for

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from taskschedd import JobStatus, Scheduler
-from taskschedd.store.base import JobQuery
+from taskschedd.model import JobQuery
 from tests.e2e.conftest import BOTH_STORES, JOBS, Daemon
 from tests.helpers import wait_for
 

@@ -32,9 +32,9 @@ from typing import Any
 import pytest
 
 from taskschedd import Scheduler
-from taskschedd.job import JobStatus
+from taskschedd.model import JobQuery, JobRecord, JobStatus, NodeRecord
 from taskschedd.store import open_store
-from taskschedd.store.base import JobQuery, JobRecord, NodeRecord, Store
+from taskschedd.store.base import Store
 from tests.e2e.conftest import JOBS, REPO, Daemon, proc_table
 from tests.faults.jobs import MODULE
 from tests.helpers import wait_for

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from taskschedd.job import JobStatus
+from taskschedd.model import JobStatus
 from tests.corrupt_records import (
     MONGO_CASES,
     SQLITE_CASES,
@@ -208,7 +208,7 @@ def test_taskschedctl_never_prints_a_traceback_on_a_damaged_sqlite_store(
     tmp_path: Path, damage: str
 ) -> None:
     from taskschedd import Scheduler
-    from taskschedd.store.base import NodeRecord
+    from taskschedd.model import NodeRecord
 
     url = f"sqlite:///{tmp_path}/store/t.db"
     sched = Scheduler(url, create=True)

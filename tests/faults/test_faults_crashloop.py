@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from taskschedd.job import JobStatus
+from taskschedd.model import JobStatus
 from tests.e2e.conftest import REPO
 from tests.faults.harness import FaultDaemon, StoreKind, worker_pid
 from tests.helpers import wait_for

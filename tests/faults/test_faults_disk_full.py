@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from taskschedd.job import JobStatus
+from taskschedd.model import JobStatus
 from taskschedd.scheduler import JobSpec
 from tests.e2e.conftest import REPO
 from tests.faults.disk import fill, free_bytes, mount_tmpfs, umount

@@ -29,9 +29,8 @@ import pytest
 
 from taskschedd import rules
 from taskschedd.errors import StoreUnavailable
-from taskschedd.job import JobStatus
 from taskschedd.leasewatch import lease_margin
-from taskschedd.store.base import JobQuery
+from taskschedd.model import JobQuery, JobStatus
 from taskschedd.worker import Worker
 from tests.e2e.conftest import pid_gone
 from tests.faults.harness import FaultDaemon, StoreKind, read_runs, wait_all_final

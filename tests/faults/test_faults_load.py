@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from taskschedd.job import JobStatus
+from taskschedd.model import JobStatus
 from taskschedd.scheduler import JobSpec
 from tests.faults.harness import (
     RUN,

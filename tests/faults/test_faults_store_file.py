@@ -21,7 +21,7 @@ import pytest
 
 from taskschedd import Scheduler
 from taskschedd.errors import StoreMissing, StoreReplaced
-from taskschedd.job import JobStatus
+from taskschedd.model import JobStatus
 from taskschedd.store.sqlite import SQLiteStore
 from taskschedd.store.sqlitefiles import stale_holders
 from tests.e2e.conftest import REPO, TASKSCHEDD

@@ -20,8 +20,7 @@ import pymongo
 import pytest
 
 from taskschedd.errors import StoreUnavailable
-from taskschedd.job import JobStatus
-from taskschedd.store.base import JobQuery
+from taskschedd.model import JobQuery, JobStatus
 from taskschedd.store.mongo import MongoStore
 from tests.helpers import wait_for
 from tests.mongo.jobs import MODULE

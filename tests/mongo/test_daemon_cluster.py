@@ -31,10 +31,9 @@ import yaml
 
 from taskschedd import Scheduler
 from taskschedd.errors import StoreUnavailable
-from taskschedd.job import JobStatus
+from taskschedd.model import JobQuery, JobRecord, JobStatus
 from taskschedd.scheduler import JobSpec
 from taskschedd.store import open_store
-from taskschedd.store.base import JobQuery, JobRecord
 from tests.e2e.conftest import JOBS, MONGO_COLLECTIONS, REPO, Daemon
 from tests.helpers import wait_for
 from tests.mongo.jobs import MODULE

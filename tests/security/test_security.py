@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from taskschedd.job import JobStatus
+from taskschedd.model import JobStatus
 from tests.e2e.conftest import REPO, TASKSCHEDD
 from tests.faults.harness import (
     FaultDaemon,

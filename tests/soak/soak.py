@@ -42,8 +42,7 @@ from typing import Any
 
 from taskschedd import Scheduler
 from taskschedd.errors import OptionError, TaskSchedError
-from taskschedd.job import JobStatus
-from taskschedd.store.base import JobRecord
+from taskschedd.model import JobRecord, JobStatus
 from tests.corrupt_records import (
     MONGO_CASES,
     SQLITE_CASES,

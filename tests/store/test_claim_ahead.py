@@ -11,9 +11,9 @@ import threading
 import pytest
 
 from taskschedd import worker as worker_module
-from taskschedd.job import JobStatus
+from taskschedd.model import JobQuery, JobRecord, JobStatus
 from taskschedd.scheduler import JobSpec, Scheduler
-from taskschedd.store.base import JobQuery, JobRecord, Store
+from taskschedd.store.base import Store
 from taskschedd.worker import Worker
 from tests.api_jobs import MODULE
 from tests.helpers import wait_for

@@ -19,20 +19,21 @@ import pytest
 
 from taskschedd import rules
 from taskschedd.errors import JobNotFound
-from taskschedd.job import ACTIVE, FINAL, JobStatus
-from taskschedd.options import JobOptions, dump_data
-from taskschedd.scheduler import Scheduler
-from taskschedd.store.base import (
+from taskschedd.model import (
+    ACTIVE,
+    FINAL,
     ClaimRequest,
-    DuplicateJobId,
     ErrorInfo,
     JobQuery,
     JobRecord,
+    JobStatus,
     NewJob,
     NodeRecord,
     Settlement,
-    Store,
 )
+from taskschedd.options import JobOptions, dump_data
+from taskschedd.scheduler import Scheduler
+from taskschedd.store.base import DuplicateJobId, Store
 from tests.helpers import elapsed
 from tests.store.conftest import StoreSpec
 

@@ -12,9 +12,9 @@ import pytest
 
 from taskschedd import rules
 from taskschedd.errors import TaskSchedError
-from taskschedd.job import JobStatus
+from taskschedd.model import JobQuery, JobStatus
 from taskschedd.scheduler import Scheduler
-from taskschedd.store.base import JobQuery, Store
+from taskschedd.store.base import Store
 from taskschedd.worker import Worker
 from tests.corrupt_records import (
     MONGO_CASES,

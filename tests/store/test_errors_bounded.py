@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 
-from taskschedd.job import JobStatus
+from taskschedd.model import MAX_ERROR_MESSAGE, MAX_ERRORS, MAX_TRACEBACK, JobStatus
 from taskschedd.scheduler import Scheduler
-from taskschedd.store.base import MAX_ERROR_MESSAGE, MAX_ERRORS, MAX_TRACEBACK
 from taskschedd.worker import Worker
 from tests.store.conftest import StoreSpec
 

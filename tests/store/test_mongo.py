@@ -26,15 +26,16 @@ from pymongo.errors import AutoReconnect
 
 from taskschedd import rules
 from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
-from taskschedd.job import ACTIVE, JobStatus
-from taskschedd.store.base import (
+from taskschedd.model import (
+    ACTIVE,
     ClaimRequest,
-    DuplicateJobId,
     JobQuery,
     JobRecord,
+    JobStatus,
     NodeRecord,
     Settlement,
 )
+from taskschedd.store.base import DuplicateJobId
 from taskschedd.store.mongo import MongoStore
 from tests.helpers import elapsed, wait_for
 from tests.mongo_server import MongoServer, external_mongo_uri, pick_free_port, unique_db_name

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from taskschedd.errors import StoreUnavailable
-from taskschedd.job import JobStatus
-from taskschedd.store.base import JobQuery
+from taskschedd.model import JobQuery, JobStatus
 from taskschedd.store.sqlite import SQLiteStore
 from tests.store.test_contract import claim, must_claim, new_job
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from taskschedd.errors import StoreError
-from taskschedd.job import FINAL, JobStatus
-from taskschedd.store.base import JobQuery
+from taskschedd.model import FINAL, JobQuery, JobStatus
 from taskschedd.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.store.test_contract import finish, must_claim, new_job
 

@@ -13,9 +13,9 @@ import pytest
 
 from taskschedd import Scheduler
 from taskschedd.errors import JobDataError, OptionError
+from taskschedd.model import JobQuery
 from taskschedd.options import MAX_JSON_DEPTH, JobOptions, dump_data, resolve
 from taskschedd.scheduler import new_id
-from taskschedd.store.base import JobQuery
 
 CLS = "tests.api_jobs.Echo"
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskschedd.job import JobStatus
 from taskschedd.leasewatch import (
     LeaseWatch,
     confirmation_lines,
@@ -20,8 +19,8 @@ from taskschedd.leasewatch import (
     lease_margin,
     parse_confirmation,
 )
+from taskschedd.model import JobRecord, JobStatus
 from taskschedd.options import resolve
-from taskschedd.store.base import JobRecord
 from tests.helpers import wait_for
 
 LEASE = 1.0

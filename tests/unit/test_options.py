@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from taskschedd import Scheduler
 from taskschedd.errors import JobDataError, OptionError
+from taskschedd.model import JobQuery
 from taskschedd.options import (
     ALIASES,
     DEFAULT_NAMES,
@@ -23,7 +24,6 @@ from taskschedd.options import (
     dump_data,
     resolve,
 )
-from taskschedd.store.base import JobQuery
 from taskschedd.timeutil import format_time
 
 ISO = "2026-01-31T08:00:00Z"

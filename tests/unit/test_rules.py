@@ -10,9 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskschedd import rules
-from taskschedd.job import JobStatus
+from taskschedd.model import ErrorInfo, JobRecord, JobStatus
 from taskschedd.options import JobOptions, resolve
-from taskschedd.store.base import ErrorInfo, JobRecord
 
 NOW = datetime(2026, 3, 10, 12, 0, 30, tzinfo=UTC).timestamp()
 

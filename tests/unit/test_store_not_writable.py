@@ -20,7 +20,7 @@ from taskschedd import Scheduler, worker
 from taskschedd.children import RunningJob, WorkerHandle
 from taskschedd.config import Config
 from taskschedd.errors import StoreNotWritable, StoreUnavailable
-from taskschedd.job import JobStatus
+from taskschedd.model import JobStatus
 from taskschedd.store import diskspace
 from taskschedd.store.base import Store
 from taskschedd.store.sqlite import SQLiteStore

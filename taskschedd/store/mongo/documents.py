@@ -7,8 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from taskschedd.job import RUNNABLE, JobStatus
-from taskschedd.store.base import ErrorInfo, EventRecord, JobRecord, NewJob
+from taskschedd.model import RUNNABLE, ErrorInfo, EventRecord, JobRecord, JobStatus, NewJob
 from taskschedd.store.decode import decode_doc, decode_event
 
 Doc = dict[str, Any]

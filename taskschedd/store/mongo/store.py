@@ -29,21 +29,20 @@ from pymongo.errors import (
 from pymongo.write_concern import WriteConcern
 
 from taskschedd.errors import JobNotFound, StoreError, StoreNotWritable, StoreUnavailable
-from taskschedd.job import FINAL, JobStatus
-from taskschedd.redact import redact_text, redact_url
-from taskschedd.store.base import (
+from taskschedd.model import (
+    FINAL,
     MAX_ERRORS,
     ClaimRequest,
-    DuplicateJobId,
     EventRecord,
     JobQuery,
     JobRecord,
+    JobStatus,
     NewJob,
     NodeRecord,
     Settlement,
-    Store,
-    Waker,
 )
+from taskschedd.redact import redact_text, redact_url
+from taskschedd.store.base import DuplicateJobId, Store, Waker
 from taskschedd.store.decode import (
     MAX_ATTEMPT,
     MAX_TIME,
