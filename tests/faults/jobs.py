@@ -193,3 +193,24 @@ class Escapes(Job):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(float(self.data.get("sleep", 60)))
         return {"child": child.pid}
+
+
+class Stamped(Job):
+    """Appends ``<job id> start <time>`` to ``data["spans"]``, sleeps ``data["seconds"]``,
+    then appends ``<job id> end <time>`` (wall clock, one O_APPEND write each, so the
+    lines of concurrent runs never mix). A killed run has a start and no end."""
+
+    def start(self) -> Any:
+        path = self.data["spans"]
+        _append(path, f"{self.id} start {time.time():.6f}\n")
+        time.sleep(float(self.data.get("seconds", 0)))
+        _append(path, f"{self.id} end {time.time():.6f}\n")
+        return {"pid": os.getpid()}
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
