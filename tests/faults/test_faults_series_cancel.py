@@ -227,8 +227,8 @@ def check_stopped(sched: Scheduler, out: Outcome, returned: float, spans: Path) 
         time.sleep(0.1)
         now = {j.id: j.status for j in occurrences(sched, series_id)}
         if now != seen:
-            new = sorted(set(now) - set(seen))
-            changed = sorted(i for i in seen if i in now and now[i] != seen[i])
+            new = sorted(f"{i} {now[i].name}" for i in set(now) - set(seen))
+            changed = sorted(f"{i} {now[i].name}" for i in seen if i in now and now[i] != seen[i])
             out.problem("changed afterwards", f"new {new[:3]}, changed {changed[:3]}")
             break
 
