@@ -1,21 +1,51 @@
-"""The master's record of each worker process: its handle, the job it holds, the kill in
-progress, its pipes; and the process-group helpers the master kills and waits with.
+"""The master's record of each worker process: its handle, the jobs it holds and in what
+state, the kill in progress, its pipes.
 
 A worker runs in its own process group (pgid == pid), and so do the job it runs and the
-job's children: signalling the group reaches all of them.
+job's children: signalling the group reaches all of them (:mod:`taskschedd.osproc`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import enum
 import os
 import signal
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-from taskschedd import workerproc
+from taskschedd.messages import EXIT_REASONS, Command, MalformedMessage, Report, decode_report
+
+
+class HeldState(enum.StrEnum):
+    """Where a job a worker holds stands (shown in the master's log and status)."""
+
+    RUNNING = "running"
+    AHEAD = "ahead"  # claimed, not started
+    RAN = "ran"  # its outcome not stored yet
+    UNSTORED = "unstored"  # ran; the store refused its outcome: the worker keeps it, retries
+
+
+class KillReason(enum.StrEnum):
+    """Why the master kills a worker's process group (logged as ``why``)."""
+
+    TIMEOUT = "timeout"
+    CANCEL = "cancel"
+    RELEASE = "release"  # stopping now: the job goes back to the queue
+
+
+class OwedOutcome(enum.StrEnum):
+    """How the master settles a job whose worker is gone (logged as ``why``)."""
+
+    TIMEOUT = "timeout"
+    CANCEL = "cancel"
+    RELEASE = "release"
+    ABANDONED = "abandoned"
+
+    @classmethod
+    def of(cls, reason: KillReason) -> OwedOutcome:
+        """What a job killed for ``reason`` is owed."""
+        return cls(reason.value)
 
 
 @dataclass
@@ -30,19 +60,26 @@ class RunningJob:
     timeout: float
     started: float  # wall clock
     progress: float = 0.0
-    # running | ahead (claimed, not started) | ran (outcome not stored yet) | unstored (ran;
-    # the store refused its outcome: the worker keeps it and retries)
-    state: str = "running"
+    state: HeldState = HeldState.RUNNING
 
 
 @dataclass
 class Kill:
     """A kill in progress: SIGTERM was sent to the group; SIGKILL at ``deadline``."""
 
-    reason: str  # timeout | cancel | release
+    reason: KillReason
     deadline: float  # monotonic
     hard: bool = False
     token: str | None = None  # the job it was meant for (timeout, cancel)
+
+
+@dataclass(frozen=True)
+class KillWanted:
+    """A kill that waits (see Supervisor.kill) until ``until`` (monotonic) at most."""
+
+    reason: KillReason
+    until: float
+    token: str | None  # the job it is meant for (timeout, cancel); None: all (release)
 
 
 @dataclass
@@ -59,8 +96,7 @@ class WorkerHandle:
     job: RunningJob | None = None
     held: dict[str, RunningJob] = field(default_factory=dict)  # by token: claimed ahead, ran
     kill: Kill | None = None
-    # (reason, monotonic deadline, token of the job it is meant for): see Supervisor.kill()
-    kill_wanted: tuple[str, float, str | None] | None = None
+    kill_wanted: KillWanted | None = None
     dropped: set[str] = field(default_factory=set)  # claimed-ahead tokens told to drop
     jobs_done: int = 0
     exit_reason: str | None = None
@@ -73,15 +109,16 @@ class WorkerHandle:
             return f"killing ({self.kill.reason})"
         if self.job is not None:
             return "busy"
-        if any(j.state == "unstored" for j in self.held.values()):
+        if any(j.state is HeldState.UNSTORED for j in self.held.values()):
             return "storing"
         if not self.ready:
             return "starting"
         return "retiring" if self.retiring else "idle"
 
-    def reports(self) -> Iterator[dict[str, Any] | None]:
-        """The complete messages waiting on the report pipe (None for a line that is not
-        JSON), as they are read. Sets :attr:`eof` when the worker closed its end."""
+    def reports(self) -> Iterator[Report | None]:
+        """The complete reports waiting on the report pipe (None for a line that does not
+        decode; a kind this version does not know is skipped), as they are read. Sets
+        :attr:`eof` when the worker closed its end."""
         while not self.eof:
             try:
                 chunk = os.read(self.report_fd, 65536)
@@ -97,66 +134,22 @@ class WorkerHandle:
             for line in lines:
                 if line.strip():
                     try:
-                        yield json.loads(line)
-                    except ValueError:
+                        report = decode_report(line)
+                    except MalformedMessage:
                         yield None
+                    else:
+                        if report is not None:
+                            yield report
 
-    def command(self, cmd: str) -> None:
+    def command(self, cmd: Command) -> None:
         """One line on the control pipe; a worker that is gone or stuck just misses it."""
         with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
-            os.write(self.control_fd, (cmd + "\n").encode())
+            os.write(self.control_fd, (cmd.encode() + "\n").encode())
 
     def close_pipes(self) -> None:
         for fd in (self.report_fd, self.control_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def stray_children(known: Collection[int]) -> list[int]:
-    """This process's children that are not in ``known`` (its workers): what a job left
-    running outside its process group (setsid) and that came to us, the subreaper, when
-    its worker died. Linux /proc; [] elsewhere."""
-    found: list[int] = []
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/children") as fh:
-                found += [int(p) for p in fh.read().split()]
-        except (OSError, ValueError):
-            continue
-    return [p for p in found if p not in known]
-
-
-def kill_strays(known: Collection[int]) -> list[int]:
-    """SIGKILL the stray children (and the process groups they lead): a job that timed
-    out, was canceled or lost its lease must not go on through what it started. Returns
-    their pids; reaping them is the caller's waitpid loop."""
-    killed = []
-    for pid in stray_children(known):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-    return killed
 
 
 def describe_status(status: int) -> str:
@@ -168,17 +161,17 @@ def describe_status(status: int) -> str:
             name = str(sig)
         return f"died from signal {sig} ({name})"
     code = os.waitstatus_to_exitcode(status)
-    reason = workerproc.EXIT_REASONS.get(code)
+    reason = EXIT_REASONS.get(code)
     return f"exited with code {code}" + (f" ({reason})" if reason else "")
 
 
 __all__ = [
+    "HeldState",
     "Kill",
+    "KillReason",
+    "KillWanted",
+    "OwedOutcome",
     "RunningJob",
     "WorkerHandle",
     "describe_status",
-    "group_alive",
-    "kill_strays",
-    "killpg",
-    "stray_children",
 ]

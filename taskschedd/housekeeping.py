@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from taskschedd import __version__, rules
@@ -26,13 +27,16 @@ SWEEP_DUTY = 100.0
 
 
 class Housekeeping:
-    """Heartbeat, lease reaping and purge (``workers`` is the master's live table)."""
+    """Heartbeat, lease reaping and purge through ``store`` (``workers``: the master's live
+    table, read here for the registry's counts)."""
 
-    def __init__(self, config: Config, workers: dict[int, WorkerHandle], logger: Any) -> None:
+    def __init__(
+        self, config: Config, workers: Mapping[int, WorkerHandle], logger: Any, store: Store
+    ) -> None:
         self.config = config
         self.workers = workers
         self.log = logger
-        self.store: Store | None = None
+        self.store = store
         self.started_wall = time.time()
         self.host = socket.gethostname()
         self.reap_timer = Every()
@@ -45,6 +49,25 @@ class Housekeeping:
 
     def start(self, now: float) -> None:
         self.purge_timer.next = now + min(5.0, self.purge_interval())
+
+    def reconfigure(self, config: Config, logger: Any) -> None:
+        """A reload: the new configuration and the logger bound to it."""
+        self.config, self.log = config, logger
+
+    def timers(self) -> tuple[Every, ...]:
+        """The periodic store calls, whose failures say the store is down (the sweep for
+        malformed records is not one: it runs too seldom to tell)."""
+        return (self.reap_timer, self.heartbeat_timer, self.purge_timer)
+
+    def pool_changed(self) -> None:
+        """The node's workers changed (started, busy, idle, retiring, gone): the registry
+        should see it soon."""
+        self.heartbeat_soon = True
+
+    def store_back(self, now: float) -> None:
+        """The store is available again after an outage. Leases lapsed everywhere during
+        it: their owners renew first, reaping waits one lease."""
+        self.reap_timer.next = max(self.reap_timer.next, now + self.config.lease)
 
     def wakeups(self, now: float) -> list[float]:
         times = [self.reap_timer.next, self.heartbeat_timer.next, self.purge_timer.next]
@@ -61,7 +84,6 @@ class Housekeeping:
         )
         if now < self.heartbeat_timer.next and not soon:
             return
-        assert self.store is not None
         busy = [w for w in self.workers.values() if w.job is not None]
         idle = [w for w in self.workers.values() if w.job is None and not w.retiring]
         record = NodeRecord(
@@ -96,7 +118,6 @@ class Housekeeping:
             # taking any job away from a node that is alive.
             self.reap_timer.done(now, self.config.lease)
             return 0
-        assert self.store is not None
         reaped = 0
         try:
             expired = self.store.expired(time.time())
@@ -128,7 +149,6 @@ class Housekeeping:
         instead of staying stuck. Returns how many this node quarantined."""
         if now < self.sweep_timer.next:
             return 0
-        assert self.store is not None
         done = 0
         began = time.monotonic()
         try:
@@ -169,7 +189,6 @@ class Housekeeping:
         if retention <= 0:
             self.purge_timer.done(now, interval)
             return
-        assert self.store is not None
         try:
             n = self.store.purge(statuses=FINAL, ended_before=time.time() - retention)
         except StoreError as exc:

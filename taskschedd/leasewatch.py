@@ -4,8 +4,8 @@ The store fences a stale owner's writes (claim tokens); this module keeps a stal
 from *running*. A job may be taken over by another node once its lease ends, and only
 the master renews leases. So a worker keeps, per claim, the monotonic time its lease
 ends: from the claimed record's ``lease_until`` when it claims, then from each renewal
-its master confirms (``lease`` control lines, :func:`confirmation_lines`). When the
-deadline of the job it runs comes within :func:`lease_margin` without a newer
+its master confirms (:class:`~taskschedd.messages.LeaseConfirmed` control lines). When
+the deadline of the job it runs comes within :func:`lease_margin` without a newer
 confirmation (master frozen, dead or cut off from the store), a thread that the job does
 not block kills the job's process group: the worker, the job and the job's children.
 The master settles the attempt when it notices (fenced: if another node took the job
@@ -31,8 +31,9 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
+from taskschedd.messages import Command, LeaseConfirmed, MalformedMessage, decode_command
 from taskschedd.model import JobRecord
 
 #: A job is killed this fraction of the lease before its lease ends.
@@ -40,10 +41,6 @@ MARGIN_FRACTION = 0.1
 #: A worker whose master has confirmed nothing for this fraction of the lease (the
 #: master confirms every third of it) claims nothing.
 GATE_FRACTION = 2 / 3
-#: Control line prefix of a confirmation (see :func:`confirmation_lines`).
-CMD_LEASE = "lease"
-#: Tokens per confirmation line: a line stays under PIPE_BUF, so it is written whole.
-TOKENS_PER_LINE = 64
 
 
 def lease_margin(lease: float) -> float:
@@ -54,32 +51,6 @@ def lease_margin(lease: float) -> float:
 def gate(lease: float) -> float:
     """How long a worker may go without a confirmation and still claim."""
     return lease * GATE_FRACTION
-
-
-def confirmation_lines(done: float, deadline: float, tokens: Sequence[str]) -> list[str]:
-    """The control lines that confirm a renewal: ``lease DONE DEADLINE TOKEN...``.
-
-    ``done``: monotonic time the renewal's write returned; ``deadline``: monotonic time
-    the renewed leases end; ``tokens``: the claims of this worker that the renewal
-    covered (none: the master is alive and had nothing of this worker's to renew)."""
-    head = f"{CMD_LEASE} {done!r} {deadline!r}"
-    if not tokens:
-        return [head]
-    return [
-        " ".join([head, *tokens[i : i + TOKENS_PER_LINE]])
-        for i in range(0, len(tokens), TOKENS_PER_LINE)
-    ]
-
-
-def parse_confirmation(line: str) -> tuple[float, float, list[str]] | None:
-    """(done, deadline, tokens) of a confirmation line; None if it is not one."""
-    parts = line.split()
-    if len(parts) < 3 or parts[0] != CMD_LEASE:
-        return None
-    try:
-        return float(parts[1]), float(parts[2]), parts[3:]
-    except ValueError:
-        return None
 
 
 class LeaseWatch:
@@ -175,12 +146,13 @@ class LeaseWatch:
     def watch(
         self,
         control_fd: int,
-        deliver: Callable[[list[str], bool], None],
+        deliver: Callable[[list[Command], bool], None],
         expire: Callable[[str, float], None],
     ) -> None:
         """Start the thread. It reads the master's control pipe: confirmations it applies
-        itself; other lines go to ``deliver(lines, eof)`` (also called with no lines when
-        the master is heard again after a silence, and with ``eof`` when the pipe ends).
+        itself; other commands go to ``deliver(commands, eof)``, lines that do not decode
+        nowhere. ``deliver`` is also called with no command when the master is heard again
+        after a silence, and with ``eof`` when the pipe ends.
         When the running job's kill time passes it calls ``expire(token, deadline)``,
         holding the lock that :meth:`may_start` and :meth:`ended` take; ``expire`` is
         expected not to return (it kills the process group).
@@ -232,7 +204,7 @@ class LeaseWatch:
     def _loop(
         self,
         control_fd: int,
-        deliver: Callable[[list[str], bool], None],
+        deliver: Callable[[list[Command], bool], None],
         expire: Callable[[str, float], None],
     ) -> None:
         buf = b""
@@ -270,25 +242,19 @@ class LeaseWatch:
                 deliver([], True)
                 continue
             *lines, buf = (buf + chunk).split(b"\n")
-            others, woke = [], False
+            others: list[Command] = []
+            woke = False
             for raw in lines:
-                line = raw.decode(errors="replace").strip()
-                parsed = parse_confirmation(line)
-                if parsed is not None:
-                    woke = self.confirm(*parsed) or woke
-                elif line:
-                    others.append(line)
+                try:
+                    cmd = decode_command(raw.decode(errors="replace"))
+                except MalformedMessage:
+                    continue
+                if isinstance(cmd, LeaseConfirmed):
+                    woke = self.confirm(cmd.done, cmd.deadline, cmd.tokens) or woke
+                elif cmd is not None:
+                    others.append(cmd)
             if others or woke:
                 deliver(others, False)
 
 
-__all__ = [
-    "CMD_LEASE",
-    "GATE_FRACTION",
-    "MARGIN_FRACTION",
-    "LeaseWatch",
-    "confirmation_lines",
-    "gate",
-    "lease_margin",
-    "parse_confirmation",
-]
+__all__ = ["GATE_FRACTION", "MARGIN_FRACTION", "LeaseWatch", "gate", "lease_margin"]

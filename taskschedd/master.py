@@ -29,12 +29,26 @@ import time
 from typing import Any
 
 from taskschedd import __version__, log, pool, systemd, workerproc
-from taskschedd.children import WorkerHandle, describe_status, kill_strays, killpg
+from taskschedd.children import KillReason, WorkerHandle, describe_status
 from taskschedd.config import Config, ConfigError
 from taskschedd.config import load as load_config
 from taskschedd.errors import StoreError, StoreNotWritable, StoreReplaced, StoreUnavailable
 from taskschedd.housekeeping import Housekeeping
+from taskschedd.messages import (
+    EXIT_CRASH,
+    Claim,
+    Command,
+    Exit,
+    Progress,
+    Ready,
+    Reopen,
+    Report,
+    Stop,
+    Stored,
+    Unstored,
+)
 from taskschedd.nodemetrics import NodeMetrics
+from taskschedd.osproc import kill_strays, killpg, lead_own_group, set_child_subreaper, set_title
 from taskschedd.periodic import Every, store_backoff, store_trouble
 from taskschedd.privileges import drop_privileges
 from taskschedd.redact import redact_url
@@ -70,6 +84,15 @@ class State(enum.Enum):
     STOPPING = "stopping"  # stop now: running jobs are killed and released
 
 
+class Retire(enum.StrEnum):
+    """Why the master tells an idle worker to leave (logged as ``why``)."""
+
+    IDLE = "idle"  # the pm policy needs fewer workers
+    DRAIN = "drain"
+    STOP = "stop"
+    RELOAD = "reload"  # replaced by a worker with the new settings
+
+
 class Master:
     """Runs the node until it is told to stop; :meth:`run` returns the exit code."""
 
@@ -87,10 +110,12 @@ class Master:
         self.state = State.RUNNING
         self.workers: dict[int, WorkerHandle] = {}
         self._strays_next = 0.0  # when to look for what jobs left behind (see _reap)
-        self.jobs = Supervisor(config, self.workers, self.log)
-        self.house = Housekeeping(config, self.workers, self.log)
         self.metrics = NodeMetrics(self.log, config.allowed_modules)
         self.store: Store | None = None
+        # Made by _start once the store is open: the claims of the workers, the duties
+        # towards the cluster.
+        self.jobs: Supervisor
+        self.house: Housekeeping
         self.waker: Waker | None = None
         self.waker_muted_until: float | None = None
         self.selector: selectors.BaseSelector | None = None
@@ -131,8 +156,8 @@ class Master:
         return self.exit_code
 
     def _start(self) -> None:
-        workerproc.set_child_subreaper()
-        workerproc.set_title(f"taskschedd: master {self.config.node} starting")
+        set_child_subreaper()
+        set_title(f"taskschedd: master {self.config.node} starting")
         self.log.info(
             "taskschedd starting",
             version=__version__,
@@ -147,7 +172,8 @@ class Master:
             owners=daemon_owners(self.config.user),
             **self._store_options(),
         )
-        self.jobs.store = self.house.store = self.store
+        self.jobs = Supervisor(self.config, self.workers, self.log, self.store)
+        self.house = Housekeeping(self.config, self.workers, self.log, self.store)
         self._wait_for_store()
         self.metrics.start(self.config.metrics)
         self.selector = selectors.DefaultSelector()
@@ -175,8 +201,7 @@ class Master:
 
     def _store_health(self, now: float) -> None:
         """Log once when a store outage begins to show and once when it is over."""
-        timers = (self.pool_timer, self.jobs.renew_timer, self.jobs.cancel_timer,
-                  self.house.reap_timer, self.house.heartbeat_timer, self.house.purge_timer)  # fmt: skip
+        timers = (self.pool_timer, *self.jobs.timers(), *self.house.timers())
         down = any(t.failures for t in timers)
         if down and self.store_down_since is None:
             self.store_down_since = now
@@ -186,8 +211,7 @@ class Master:
                 "store available again", unavailable_for=round(now - self.store_down_since, 2)
             )
             self.store_down_since = None
-            # Leases lapsed everywhere during the outage: owners renew first, reaping waits.
-            self.house.reap_timer.next = max(self.house.reap_timer.next, now + self.config.lease)
+            self.house.store_back(now)
         self._store_writable(now, timers)
 
     def _store_writable(self, now: float, timers: tuple[Every, ...]) -> None:
@@ -397,7 +421,7 @@ class Master:
         master_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker; never returns into the master's code
-            code = workerproc.EXIT_CRASH
+            code = EXIT_CRASH
             try:
                 with contextlib.suppress(ValueError):
                     signal.set_wakeup_fd(-1)
@@ -423,8 +447,7 @@ class Master:
         os.close(control_r)
         os.set_blocking(report_r, False)
         os.set_blocking(control_w, False)
-        with contextlib.suppress(OSError):
-            os.setpgid(pid, pid)  # also done by the child: whoever runs first wins the race
+        lead_own_group(pid)  # also done by the child: whoever runs first wins the race
         now = time.monotonic()
         handle = WorkerHandle(
             pid=pid,
@@ -437,7 +460,7 @@ class Master:
         )
         self.workers[pid] = handle
         self.selector.register(report_r, selectors.EVENT_READ, handle)
-        self.house.heartbeat_soon = True
+        self.house.pool_changed()
         self.log.info("worker started", worker=handle.name, pid=pid, extra=extra)
         return handle
 
@@ -454,11 +477,11 @@ class Master:
         for w in self.workers.values():
             w.close_pipes()
 
-    def _retire(self, w: WorkerHandle, why: str) -> None:
+    def _retire(self, w: WorkerHandle, why: Retire) -> None:
         if not w.retiring:
             w.retiring = True
-            w.command(workerproc.CMD_STOP)
-            self.house.heartbeat_soon = True
+            w.command(Stop())
+            self.house.pool_changed()
             self.log.debug("worker retiring", worker=w.name, why=why)
 
     def _read_worker(self, w: WorkerHandle) -> None:
@@ -471,45 +494,45 @@ class Master:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(w.report_fd)
 
-    def _message(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
-        ev = msg.get("ev")
-        if ev == "ready":
-            w.ready = True
-            if self.boot_failures:
-                self.log.info("a worker started again after start-up failures", worker=w.name)
-            self.boot_failures = 0
-            self.spawn_not_before = 0.0
-            self.pool_dirty = True
-        elif ev == "stored":
-            self._stored(w, msg)
-        elif ev == "claim":
-            self.jobs.claimed(w, msg)
-            self.pool_dirty = True
-            self.house.heartbeat_soon = True
-            if self.state is State.STOPPING:
-                self.jobs.kill(w, "release")  # it claimed while we were stopping
-        elif ev == "progress":
-            self.jobs.progressed(w, msg)
-        elif ev == "unstored":
-            self.jobs.unstored(w, msg)
-            self.house.heartbeat_soon = True
-        elif ev == "exit":
-            w.exit_reason = str(msg.get("reason", ""))
-
-    def _stored(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
-        """One store write of a worker: the outcomes it stored, the jobs it claimed."""
-        for item in msg.get("settled") or ():
-            try:
-                token, status, settled, _started, runtime = item
-            except (TypeError, ValueError):
-                self.log.warning("unreadable outcome report from a worker", worker=w.name)
-                continue
-            job = self.jobs.settled(w, str(token))
-            if job is not None:
-                self.metrics.worker_settled(job, str(status), settled is not False, runtime)
+    def _message(self, w: WorkerHandle, msg: Report) -> None:
+        match msg:
+            case Ready():
+                w.ready = True
+                if self.boot_failures:
+                    self.log.info("a worker started again after start-up failures",
+                                  worker=w.name)  # fmt: skip
+                self.boot_failures = 0
+                self.spawn_not_before = 0.0
                 self.pool_dirty = True
-                self.house.heartbeat_soon = True
-        self.jobs.claimed_ahead(w, msg.get("claimed") or [])
+            case Stored():
+                self._stored(w, msg)
+            case Claim():
+                self.jobs.claimed(w, msg)
+                self.pool_dirty = True
+                self.house.pool_changed()
+                if self.state is State.STOPPING:
+                    self.jobs.kill(w, KillReason.RELEASE)  # it claimed while we were stopping
+            case Progress():
+                self.jobs.progressed(w, msg)
+            case Unstored():
+                self.jobs.unstored(w, msg)
+                self.house.pool_changed()
+            case Exit():
+                w.exit_reason = msg.reason
+
+    def _stored(self, w: WorkerHandle, msg: Stored) -> None:
+        """One store write of a worker: the outcomes it stored, the jobs it claimed."""
+        for _ in range(msg.bad_outcomes):
+            self.log.warning("unreadable outcome report from a worker", worker=w.name)
+        for outcome in msg.outcomes:
+            job = self.jobs.settled(w, outcome.token)
+            if job is not None:
+                self.metrics.worker_settled(job, outcome.status, outcome.settled, outcome.runtime)
+                self.pool_dirty = True
+                self.house.pool_changed()
+        for _ in range(msg.bad_claims):
+            self.log.warning("unreadable claim report from a worker", worker=w.name)
+        self.jobs.claimed_ahead(w, msg.claimed)
 
     def _reap(self) -> None:
         worker_died = False
@@ -548,7 +571,7 @@ class Master:
         how = describe_status(status)
         now = time.monotonic()
         self.pool_dirty = True
-        self.house.heartbeat_soon = True
+        self.house.pool_changed()
         self.jobs.worker_died(w, status, how, now, shutting_down=self.state is not State.RUNNING)
         if not w.ready and w.kill is None and not w.retiring:
             self.boot_failures += 1
@@ -620,7 +643,7 @@ class Master:
         ]  # fmt: skip
         plan = pool.plan(self.settings, views, demand, now)
         for pid in plan.retire:
-            self._retire(self.workers[pid], "idle")
+            self._retire(self.workers[pid], Retire.IDLE)
         self._spawn_planned(plan, now)
         nxt = now + self.config.poll_interval
         if plan.recheck_at is not None:
@@ -670,7 +693,7 @@ class Master:
             self.status_text = text
             self.status_sent = now
             systemd.status(text)
-            workerproc.set_title(f"taskschedd: master {self.config.node} [{text}]")
+            set_title(f"taskschedd: master {self.config.node} [{text}]")
 
     # -- drain, stop, reload, status ----------------------------------------------------
     def _begin_drain(self, why: str) -> None:
@@ -684,7 +707,7 @@ class Master:
             signal=why, shutdown_grace=grace, running=running,
         )  # fmt: skip
         for w in self.workers.values():
-            self._retire(w, "drain")
+            self._retire(w, Retire.DRAIN)
         self._update_status(time.monotonic(), force=True)
 
     def _begin_stop(self, why: str) -> None:
@@ -699,9 +722,9 @@ class Master:
             self._update_status(time.monotonic(), force=True)
         for w in self.workers.values():
             if w.job is not None:
-                self.jobs.kill(w, "release")
+                self.jobs.kill(w, KillReason.RELEASE)
             else:
-                self._retire(w, "stop")
+                self._retire(w, Retire.STOP)
 
     def _shutdown_step(self, now: float) -> None:
         if (
@@ -721,9 +744,8 @@ class Master:
             # must not wait for it. Their leases lapse; any node reaps them (a retry).
             self.log.error(
                 "stopping without the settlements the store refused; their leases will "
-                "return the jobs", jobs=[o.job.id for o in self.jobs.owed],
+                "return the jobs", jobs=[o.job.id for o in self.jobs.drop_owed()],
             )  # fmt: skip
-            self.jobs.owed.clear()
 
     def _reload(self) -> None:
         systemd.reloading()
@@ -739,7 +761,7 @@ class Master:
                 error=str(exc),
             )
             log.reopen()
-            self._command_all(workerproc.CMD_REOPEN)
+            self._command_all(Reopen())
             systemd.ready(status=self._status_line())
             return
         kept = [k for k in RESTART_KEYS if getattr(new, k) != getattr(old, k)]
@@ -765,25 +787,24 @@ class Master:
         self.config = new
         self.settings = pool.PoolSettings.from_config(new)
         self.log = log.get_logger("taskschedd.master", node=new.node)
-        for part in (self.jobs, self.house):
-            part.config, part.log = new, self.log
-        self.metrics.log = self.log
-        self.metrics.allow_classes(new.allowed_modules)
+        self.jobs.reconfigure(new, self.log)
+        self.house.reconfigure(new, self.log)
+        self.metrics.reconfigure(self.log, new.allowed_modules)
         if any(k in changed for k in WORKER_KEYS) or "logging" in changed:
             for w in self.workers.values():
-                self._retire(w, "reload")  # replacements start with the new settings
+                self._retire(w, Retire.RELOAD)  # replacements start with the new settings
         else:
-            self._command_all(workerproc.CMD_REOPEN)
+            self._command_all(Reopen())
         if self.boot_failures:
             # Workers fail to start; a reload is how the operator says "fixed": probe now
             # instead of at the end of a backoff of up to 30 s (one probe, as before).
             self.spawn_not_before = 0.0
         self.pool_dirty = True
-        self.house.heartbeat_soon = True
+        self.house.pool_changed()
         self.log.info("configuration reloaded", changed=changed, config=new.redacted())
         systemd.ready(status=self._status_line())
 
-    def _command_all(self, cmd: str) -> None:
+    def _command_all(self, cmd: Command) -> None:
         for w in self.workers.values():
             w.command(cmd)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from taskschedd import __version__
-from taskschedd.children import RunningJob, WorkerHandle
+from taskschedd.children import HeldState, OwedOutcome, RunningJob, WorkerHandle
 from taskschedd.config import MetricsConfig
 from taskschedd.errors import JobClassError, StoreError, TaskSchedError
 from taskschedd.loader import is_allowed, split_path
@@ -40,10 +40,10 @@ STATUS_OUTCOMES = {
 }
 #: Why the master settled a job for its worker (supervise.Owed.reason) -> outcome.
 OWED_OUTCOMES = {
-    "timeout": "timeout",
-    "cancel": "canceled",
-    "abandoned": "abandoned",
-    "release": "released",
+    OwedOutcome.TIMEOUT: "timeout",
+    OwedOutcome.CANCEL: "canceled",
+    OwedOutcome.ABANDONED: "abandoned",
+    OwedOutcome.RELEASE: "released",
 }
 
 
@@ -59,6 +59,11 @@ class NodeMetrics:
         self.address: tuple[str, int] | None = None
         self.queue_timer = Every()  # backs the stats query off while the store is down
         self._workers: tuple[int, int] | None = None
+
+    def reconfigure(self, logger: Any, allowed_modules: Sequence[str]) -> None:
+        """A reload: the logger bound to the new configuration, its allowed modules."""
+        self.log = logger
+        self.allow_classes(allowed_modules)
 
     def allow_classes(self, allowed_modules: Sequence[str]) -> None:
         """Classes from these modules may have a label of their own (at start, on reload)."""
@@ -121,8 +126,8 @@ class NodeMetrics:
             runtime = time.time() - job.started
         self.registry.job_finished(job.cls, outcome, float(runtime))
 
-    def master_settled(self, job: RunningJob, reason: str) -> None:
-        if job.state == "ahead":
+    def master_settled(self, job: RunningJob, reason: OwedOutcome) -> None:
+        if job.state is HeldState.AHEAD:
             return  # claimed ahead and given back: it never ran
         outcome = OWED_OUTCOMES.get(reason, reason)
         self.registry.job_finished(job.cls, outcome, time.time() - job.started)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote
 
+from taskschedd.osproc import set_title
+
 MASK = "***"
 
 #: Secrets shorter than this are not searched for in free text (a 1-letter password would
@@ -102,9 +104,4 @@ def hide_argv_secrets(argv: list[str]) -> bool:
     shown = [redact_url(a) if a.startswith(_MONGO_SCHEMES) else redact_text(a) for a in argv]
     if shown == argv:
         return False
-    try:
-        import setproctitle
-    except ImportError:  # pragma: no cover - a dependency; missing only in odd installs
-        return False
-    setproctitle.setproctitle(" ".join(shown))
-    return True
+    return set_title(" ".join(shown))

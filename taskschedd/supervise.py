@@ -5,12 +5,14 @@ ahead, the job that starts, progress, outcomes stored), renews the leases of eve
 claim every lease/3, enforces timeouts and cancel requests (SIGTERM to the worker's
 process group, SIGKILL at a deadline: kills escalate by deadline, never by sleeping; a
 claimed-ahead job whose cancel is requested is dropped by its worker, not killed), and
-settles, through :mod:`taskschedd.rules`, the jobs whose worker is gone.
+settles, through :mod:`taskschedd.rules`, the jobs whose worker is gone. What a worker
+holds moves AHEAD -> RUNNING -> RAN (outcome not stored yet) and, when the store refuses
+that outcome, UNSTORED (:class:`~taskschedd.children.HeldState`).
 
 A job is settled only once its process group is empty (or SIGKILL has been sent to it),
 so a retry never overlaps the remains of the attempt before it. A settlement the master
-owes (:class:`Owed`) is kept, with backoff, until the store takes it or the claim is
-fenced off.
+owes (:class:`Owed`, one of :class:`~taskschedd.children.OwedOutcome`) is kept, with
+backoff, until the store takes it or the claim is fenced off.
 """
 
 from __future__ import annotations
@@ -18,15 +20,25 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from taskschedd import rules
-from taskschedd.children import Kill, RunningJob, WorkerHandle, group_alive, killpg
+from taskschedd.children import (
+    HeldState,
+    Kill,
+    KillReason,
+    KillWanted,
+    OwedOutcome,
+    RunningJob,
+    WorkerHandle,
+)
 from taskschedd.config import Config
 from taskschedd.errors import JobNotFound, StoreError, StoreReplaced
-from taskschedd.leasewatch import confirmation_lines
+from taskschedd.messages import Claim, ClaimedJob, Drop, LeaseConfirmed, Progress, Unstored
 from taskschedd.model import JobQuery, JobRecord, JobStatus, Settlement
+from taskschedd.osproc import group_alive, killpg
 from taskschedd.periodic import Every, store_backoff, store_trouble
 from taskschedd.store import Store
 
@@ -39,7 +51,7 @@ class Owed:
     """A settlement the master owes for a job whose worker is gone."""
 
     job: RunningJob
-    reason: str  # timeout | cancel | release | abandoned
+    reason: OwedOutcome
     detail: str
     worker: str
     pgid: int | None  # settle once this process group is empty...
@@ -49,18 +61,34 @@ class Owed:
 
 
 class Supervisor:
-    """The claims of the node's workers (``workers`` is the master's live table)."""
+    """The claims of the node's workers (``workers``: the master's live table, read here;
+    the master adds and removes workers), kept through ``store``."""
 
-    def __init__(self, config: Config, workers: dict[int, WorkerHandle], logger: Any) -> None:
+    def __init__(
+        self, config: Config, workers: Mapping[int, WorkerHandle], logger: Any, store: Store
+    ) -> None:
         self.config = config
         self.workers = workers
         self.log = logger
-        self.store: Store | None = None
+        self.store = store
         self.owed: list[Owed] = []
         self.renew_timer = Every()
         self.cancel_timer = Every()
         self.unstored_why = ""  # the workers' last word on why the store refuses writes
         self.unstored_error = ""
+
+    def reconfigure(self, config: Config, logger: Any) -> None:
+        """A reload: the new configuration and the logger bound to it."""
+        self.config, self.log = config, logger
+
+    def timers(self) -> tuple[Every, ...]:
+        """The periodic store calls, whose failures say the store is down."""
+        return (self.renew_timer, self.cancel_timer)
+
+    def drop_owed(self) -> list[Owed]:
+        """Give up the settlements still owed (stopping: their leases return the jobs)."""
+        owed, self.owed = self.owed, []
+        return owed
 
     def job_log(self, job: RunningJob, worker: str) -> Any:
         return self.log.bind(
@@ -69,61 +97,55 @@ class Supervisor:
         )  # fmt: skip
 
     # -- worker reports -----------------------------------------------------------------
-    def claimed_ahead(self, w: WorkerHandle, items: list[Any]) -> None:
-        """Jobs the worker claimed in one write (``[id, token, cls, attempt, queue,
-        timeout]`` each); each is announced again when it starts."""
-        for item in items:
-            try:
-                job_id, token, cls, attempt, queue, timeout = item
-                job = RunningJob(
-                    id=str(job_id), token=str(token), cls=str(cls), attempt=int(attempt),
-                    queue=str(queue), timeout=float(timeout or 0.0), started=0.0,
-                    state="ahead",
-                )  # fmt: skip
-            except (TypeError, ValueError):
-                self.log.warning("unreadable claim report from a worker", worker=w.name)
-                continue
-            w.held[job.token] = job
+    def claimed_ahead(self, w: WorkerHandle, claimed: tuple[ClaimedJob, ...]) -> None:
+        """Jobs the worker claimed in one write; each is announced again when it starts."""
+        for c in claimed:
+            w.held[c.token] = RunningJob(
+                id=c.id, token=c.token, cls=c.cls, attempt=c.attempt, queue=c.queue,
+                timeout=c.timeout, started=0.0, state=HeldState.AHEAD,
+            )  # fmt: skip
 
-    def claimed(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
+    def claimed(self, w: WorkerHandle, msg: Claim) -> None:
         """A job it claimed starts. The one before it, if not settled yet, ran: its outcome
         is stored with the worker's next write."""
-        token = str(msg.get("token"))
+        token = msg.token
         if w.job is not None and w.job.token != token:
-            w.job.state = "ran"
+            w.job.state = HeldState.RAN  # RUNNING -> RAN
             w.held[w.job.token] = w.job
         job = w.held.pop(token, None)
         if job is None:  # not announced (cannot happen with our workers): what we know
             job = RunningJob(id="?", token=token, cls="", attempt=0, queue="", timeout=0.0,
                              started=0.0)  # fmt: skip
-        job.state = "running"
-        started = msg.get("started")
-        job.started = float(started) if isinstance(started, int | float) else time.time()
+        job.state = HeldState.RUNNING  # AHEAD -> RUNNING
+        job.started = msg.started if msg.started is not None else time.time()
         w.job = job
 
-    def unstored(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
+    def unstored(self, w: WorkerHandle, msg: Unstored) -> None:
         """The worker's store write failed (disk full, outage): it keeps these outcomes
         and retries until the store takes them. The jobs no longer run (no timeout or
         cancel applies), their leases are renewed, and the master settles them only if
         the worker dies first (then as "abandoned": their outcome is lost)."""
-        self.unstored_why = str(msg.get("why") or "unavailable")
-        self.unstored_error = str(msg.get("error") or "")
-        for token in map(str, msg.get("tokens") or ()):
+        self.unstored_why = msg.why
+        self.unstored_error = msg.error
+        for token in msg.tokens:
             if w.job is not None and w.job.token == token:
-                w.job.state = "unstored"
+                w.job.state = HeldState.UNSTORED  # RUNNING -> UNSTORED
                 w.held[token], w.job = w.job, None
-            elif token in w.held and w.held[token].state == "ran":
-                w.held[token].state = "unstored"
+            elif token in w.held and w.held[token].state is HeldState.RAN:
+                w.held[token].state = HeldState.UNSTORED  # RAN -> UNSTORED
 
     def outcomes_waiting(self) -> int:
         """Outcomes the workers hold because the store refused them."""
         return sum(
-            1 for w in self.workers.values() for j in w.held.values() if j.state == "unstored"
+            1
+            for w in self.workers.values()
+            for j in w.held.values()
+            if j.state is HeldState.UNSTORED
         )
 
-    def progressed(self, w: WorkerHandle, msg: dict[str, Any]) -> None:
-        if w.job is not None and w.job.token == msg.get("token"):
-            w.job.progress = float(msg.get("percent", 0.0))
+    def progressed(self, w: WorkerHandle, msg: Progress) -> None:
+        if w.job is not None and w.job.token == msg.token:
+            w.job.progress = msg.percent
 
     def settled(self, w: WorkerHandle, token: str) -> RunningJob | None:
         """The worker stored a job's outcome itself (or gave back a job claimed ahead);
@@ -133,7 +155,7 @@ class Supervisor:
             w.idle_since = time.monotonic()
         else:
             held = w.held.pop(token, None)
-            if held is None or held.state == "ahead":
+            if held is None or held.state is HeldState.AHEAD:
                 return None
             job = held
         w.jobs_done += 1
@@ -153,19 +175,19 @@ class Supervisor:
             signal.SIGTERM, signal.SIGKILL, signal.SIGINT,
         )  # fmt: skip
         # Stopping now gives back what the node holds, the running job included.
-        giving_back = (w.kill is not None and w.kill.reason == "release") or (
+        giving_back = (w.kill is not None and w.kill.reason is KillReason.RELEASE) or (
             shutting_down and signalled
         )
         held, w.held = list(w.held.values()), {}
         for job in held:
-            if job.state == "ahead" or giving_back:
-                self.owed.append(Owed(job, "release", detail, w.name, None, now))
+            if job.state is HeldState.AHEAD or giving_back:
+                self.owed.append(Owed(job, OwedOutcome.RELEASE, detail, w.name, None, now))
                 self.job_log(job, w.name).info("giving back a job it held", state=job.state)
             else:
                 ran = f"{detail} after the job ran, before its outcome was stored"
                 deadline = w.kill.deadline if w.kill is not None else now
                 # Settled once the worker's process group is empty, like the running job.
-                self.owed.append(Owed(job, "abandoned", ran, w.name, w.pid, deadline))
+                self.owed.append(Owed(job, OwedOutcome.ABANDONED, ran, w.name, w.pid, deadline))
                 self.job_log(job, w.name).error(
                     "worker gone before it stored the outcome of a job it ran", detail=detail
                 )
@@ -181,15 +203,17 @@ class Supervisor:
         if w.kill is not None and w.kill.token not in (None, job.token):
             # Killed for a job that ended just before; this one started meanwhile and was
             # cut short by the kill: give it back.
-            owed = Owed(job, "release", detail, w.name, w.pid, w.kill.deadline)
+            owed = Owed(job, OwedOutcome.RELEASE, detail, w.name, w.pid, w.kill.deadline)
         elif w.kill is not None:
-            owed = Owed(job, w.kill.reason, detail, w.name, w.pid, w.kill.deadline)
+            reason = OwedOutcome.of(w.kill.reason)
+            owed = Owed(job, reason, detail, w.name, w.pid, w.kill.deadline)
         elif shutting_down and signalled:
             # Killed along with us (e.g. systemd KillMode=control-group): give it back.
-            owed = Owed(job, "release", detail, w.name, w.pid, now + self.config.kill_grace)
+            deadline = now + self.config.kill_grace
+            owed = Owed(job, OwedOutcome.RELEASE, detail, w.name, w.pid, deadline)
         else:
             killpg(w.pid, signal.SIGKILL)  # what the job left behind goes too
-            owed = Owed(job, "abandoned", detail, w.name, None, now)
+            owed = Owed(job, OwedOutcome.ABANDONED, detail, w.name, None, now)
             self.job_log(job, w.name).error(
                 "worker died while running a job; settling the job now", detail=detail
             )
@@ -204,7 +228,6 @@ class Supervisor:
         claim also writes its event in between): such a job never started (a worker
         announces its claims before it starts one), so give it back now instead of after
         its lease. Best effort; if the store cannot say, the lease still expires."""
-        assert self.store is not None
         try:
             running = self.store.find(JobQuery(statuses=(JobStatus.PROCESSING,)))
         except StoreError as exc:
@@ -217,16 +240,16 @@ class Supervisor:
                 id=record.id, token=record.claim_token, cls=record.cls,
                 attempt=record.attempt, queue=record.queue,
                 timeout=float(record.options.timeout or 0.0),
-                started=record.started or time.time(), state="ahead",
+                started=record.started or time.time(), state=HeldState.AHEAD,
             )  # fmt: skip
             detail = f"worker pid {w.pid} {how}"
-            self.owed.append(Owed(job, "release", detail, w.name, None, now))
+            self.owed.append(Owed(job, OwedOutcome.RELEASE, detail, w.name, None, now))
             self.job_log(job, w.name).warning(
                 "worker died right after claiming a job; giving it back", detail=detail
             )
 
     # -- kills ----------------------------------------------------------------------------
-    def kill(self, w: WorkerHandle, reason: str) -> None:
+    def kill(self, w: WorkerHandle, reason: KillReason) -> None:
         """SIGTERM the worker's process group (its job and the job's children).
 
         A worker that holds outcomes of jobs it ran and has not stored yet stores them
@@ -235,21 +258,24 @@ class Supervisor:
         if w.kill is not None:
             return
         now = time.monotonic()
-        if w.kill_wanted is None:
+        wanted = w.kill_wanted
+        if wanted is None:
             # A timeout or cancel is meant for the job running now; stopping, for all.
-            target = w.job.token if w.job is not None and reason != "release" else None
-            w.kill_wanted = (reason, now + KILL_HOLD, target)
-        elif reason == "release" and w.kill_wanted[0] != "release":
-            w.kill_wanted = ("release", w.kill_wanted[1], None)  # stopping outranks
-        reason, until, target = w.kill_wanted
-        if target is not None and (w.job is None or w.job.token != target):
+            release = reason is KillReason.RELEASE
+            target = w.job.token if w.job is not None and not release else None
+            wanted = KillWanted(reason, now + KILL_HOLD, target)
+        elif reason is KillReason.RELEASE and wanted.reason is not KillReason.RELEASE:
+            wanted = KillWanted(KillReason.RELEASE, wanted.until, None)  # stopping outranks
+        w.kill_wanted = wanted
+        if wanted.token is not None and (w.job is None or w.job.token != wanted.token):
             w.kill_wanted = None  # that job ended meanwhile: nothing to kill
             return
-        if any(j.state == "ran" for j in w.held.values()) and now < until:
+        if any(j.state is HeldState.RAN for j in w.held.values()) and now < wanted.until:
             return
         w.kill_wanted = None
         grace = self.config.kill_grace
-        w.kill = Kill(reason=reason, deadline=time.monotonic() + grace, token=target)
+        reason = wanted.reason
+        w.kill = Kill(reason=reason, deadline=time.monotonic() + grace, token=wanted.token)
         w.retiring = True
         if w.job is not None:
             self.job_log(w.job, w.name).warning(
@@ -265,7 +291,7 @@ class Supervisor:
         for w in list(self.workers.values()):
             job = w.job
             if job and w.kill is None and job.timeout > 0 and wall >= job.started + job.timeout:
-                self.kill(w, "timeout")
+                self.kill(w, KillReason.TIMEOUT)
 
     def poll_cancels(self, now: float) -> None:
         if now < self.cancel_timer.next:
@@ -276,12 +302,11 @@ class Supervisor:
             for w in self.workers.values()
             if w.kill is None
             for token, job in w.held.items()
-            if job.state == "ahead" and token not in w.dropped
+            if job.state is HeldState.AHEAD and token not in w.dropped
         }
         if not held and not ahead:
             self.cancel_timer.done(now, CANCEL_POLL)
             return
-        assert self.store is not None
         try:
             tokens = self.store.cancel_requested([*held, *ahead])
         except StoreError as exc:
@@ -292,18 +317,18 @@ class Supervisor:
             if token in held:
                 w = held[token]
                 if w.kill is None:
-                    self.kill(w, "cancel")
+                    self.kill(w, KillReason.CANCEL)
             elif token in ahead:  # not started: the worker drops it, nothing to kill
                 w = ahead[token]
                 w.dropped.add(token)
-                w.command(f"drop {token}")
+                w.command(Drop((token,)))
 
     def escalate(self, now: float) -> None:
         """Kills that waited for stored outcomes; SIGKILL the groups whose SIGTERM grace
         is over."""
         for w in list(self.workers.values()):
             if w.kill_wanted is not None and w.kill is None:
-                self.kill(w, w.kill_wanted[0])
+                self.kill(w, w.kill_wanted.reason)
         for w in self.workers.values():
             if w.kill is not None and not w.kill.hard and now >= w.kill.deadline:
                 killpg(w.pid, signal.SIGKILL)
@@ -334,7 +359,6 @@ class Supervisor:
     def _settle(self, owed: Owed) -> tuple[bool, bool]:
         """(done, ours): done when settled, or someone else already did; ours when this
         call stored the settlement."""
-        assert self.store is not None
         job = owed.job
         bound = self.job_log(job, owed.worker)
         try:
@@ -353,7 +377,7 @@ class Supervisor:
             bound.warning("store unavailable while settling; will retry", error=str(exc))
             return False, False
         if ok:
-            log_fn = bound.info if owed.reason == "release" else bound.warning
+            log_fn = bound.info if owed.reason is OwedOutcome.RELEASE else bound.warning
             log_fn(
                 "job settled by the master",
                 why=owed.reason,
@@ -368,11 +392,11 @@ class Supervisor:
         now = time.time()
         if record.corrupt is not None:  # never given back to run: quarantined
             return rules.on_corrupt(record, now)
-        if owed.reason == "timeout":
+        if owed.reason is OwedOutcome.TIMEOUT:
             return rules.on_timeout(record, now)
-        if owed.reason == "cancel":
+        if owed.reason is OwedOutcome.CANCEL:
             return rules.on_cancel_running(record, now)
-        if owed.reason == "release":
+        if owed.reason is OwedOutcome.RELEASE:
             return rules.release(record)
         return rules.on_abandoned(record, now, detail=owed.detail)
 
@@ -397,7 +421,6 @@ class Supervisor:
         }
         started = time.monotonic()  # taken before lease_until's wall clock: never later
         if tokens:
-            assert self.store is not None
             try:
                 renewed = self.store.renew(tokens, lease_until=time.time() + self.config.lease)
             except StoreError as exc:
@@ -411,8 +434,9 @@ class Supervisor:
         self.renew_timer.done(now, interval)
         done = time.monotonic()
         for w in self.workers.values():
-            for line in confirmation_lines(done, started + self.config.lease, theirs[w.pid]):
-                w.command(line)
+            deadline = started + self.config.lease
+            for confirmation in LeaseConfirmed.split(done, deadline, theirs[w.pid]):
+                w.command(confirmation)
 
     def wakeups(self, now: float) -> list[float]:
         """When the supervisor next has something to do (monotonic times)."""
@@ -426,10 +450,10 @@ class Supervisor:
             if w.kill is not None and not w.kill.hard:
                 times.append(w.kill.deadline)
             if w.kill_wanted is not None:
-                times.append(w.kill_wanted[1])
+                times.append(w.kill_wanted.until)
         for owed in self.owed:
             times.append(now + 0.05 if owed.pgid is not None else owed.next_try)
         return times
 
 
-__all__ = ["CANCEL_POLL", "Owed", "Supervisor"]
+__all__ = ["CANCEL_POLL", "KILL_HOLD", "Owed", "Supervisor"]

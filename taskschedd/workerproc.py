@@ -1,10 +1,10 @@
 """The forked worker process, and the protocol it speaks with its master.
 
-Master -> worker: one control pipe carrying lines ``stop`` (claim no more; exit after the
-current job), ``reopen`` (reopen the log file), ``drop TOKEN`` (a job claimed ahead
-was canceled: do not start it) and ``lease DONE DEADLINE [TOKEN...]`` (a lease renewal
-of these claims was stored: they now end at monotonic DEADLINE; sent every lease/3, also
-with no token, as the master's sign of life). EOF on it means the master is gone.
+Master -> worker: one control pipe carrying the commands of :mod:`taskschedd.messages`:
+stop (claim no more; exit after the current job), reopen (reopen the log file), drop (a
+job claimed ahead was canceled: do not start it) and lease (a lease renewal of these
+claims was stored: they now end at a monotonic deadline; sent every lease/3, also with
+no token, as the master's sign of life). EOF on it means the master is gone.
 
 A thread of the worker reads the control pipe (the job does not block it) and fences
 the job in execution (:mod:`taskschedd.leasewatch`): when the running job's lease is
@@ -15,21 +15,12 @@ worker. A claimed job that close to its lease's end is given back instead of sta
 and a worker whose master has confirmed nothing for 2/3 of the lease claims nothing and
 gives back what it claimed ahead until the master is heard again.
 
-Worker -> master: one report pipe carrying JSON lines::
-
-    {"ev": "ready"}                                        boot done (hook ran, store opened)
-    {"ev": "stored", "settled": [[token, status, settled, started, runtime], ...],
-     "claimed": [[id, token, cls, attempt, queue, timeout], ...]}
-        one store write: outcomes stored (``settled`` false: fenced off; ``started``
-        false: a job claimed ahead given back unstarted) and jobs claimed, not started
-    {"ev": "unstored", "tokens": [token, ...], "why", "error"}
-        a store write failed (``why``: "disk full", "I/O error", "read-only",
-        "unavailable"): the worker keeps these outcomes and retries with backoff until
-        the store takes them (a "stored" line follows), so the master renews their leases
-        and does not settle them while the worker lives
-    {"ev": "claim", "token", "started"}                    a claimed job starts
-    {"ev": "progress", "id", "token", "percent"}
-    {"ev": "exit", "reason"}                               leaving on purpose (stop, recycle...)
+Worker -> master: one report pipe carrying JSON lines (:mod:`taskschedd.messages`):
+``ready`` when booted; ``stored`` after each store write (outcomes stored, jobs claimed
+ahead); ``unstored`` when a store write failed: the worker keeps those outcomes and
+retries with backoff until the store takes them (a ``stored`` line follows), so the
+master renews their leases and does not settle them while the worker lives; ``claim``
+when a claimed job starts; ``progress``; ``exit`` when leaving on purpose, with why.
 
 One line per store write, not per job: the master's cost per job is a pipe line.
 
@@ -47,23 +38,21 @@ Signals in a worker (the master's are in ``taskschedd --help``):
 - SIGHUP, SIGUSR1: ignored (the master reloads; log reopening comes by pipe).
 - A signal that arrives during a store write takes effect right after it.
 
-Exit codes: 0 on purpose, 1 crash, EXIT_SETUP (3) setup hook failed, EXIT_STORE (4) store
-unusable at boot. Dying before "ready" counts as a start-up failure: the master backs off.
+Exit codes (:data:`taskschedd.messages.EXIT_REASONS`): 0 on purpose, 1 crash, EXIT_SETUP
+(3) setup hook failed, EXIT_STORE (4) store unusable at boot. Dying before "ready" counts
+as a start-up failure: the master backs off.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import importlib
 import inspect
-import json
 import os
 import random
 import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -74,54 +63,39 @@ from taskschedd import log
 from taskschedd.config import Config
 from taskschedd.errors import StoreError, StoreNotWritable, StoreReplaced, StoreUnavailable
 from taskschedd.leasewatch import LeaseWatch
+from taskschedd.messages import (
+    EXIT_OK,
+    EXIT_SETUP,
+    EXIT_STORE,
+    Claim,
+    ClaimedJob,
+    Command,
+    Drop,
+    Exit,
+    Progress,
+    Ready,
+    Reopen,
+    Report,
+    Stop,
+    Stored,
+    StoredOutcome,
+    Unstored,
+)
 from taskschedd.model import JobRecord
+from taskschedd.osproc import (
+    kill_own_group,
+    lead_own_group,
+    rss_mb,
+    set_parent_death_signal,
+    set_title,
+)
 from taskschedd.store import Store, open_configured
 from taskschedd.worker import MasterGone, Outcome, Worker
 
-EXIT_OK = 0
-EXIT_CRASH = 1
-EXIT_SETUP = 3
-EXIT_STORE = 4
-EXIT_REASONS = {
-    EXIT_OK: "exited normally",
-    EXIT_CRASH: "crashed",
-    EXIT_SETUP: "the setup hook failed",
-    EXIT_STORE: "the store could not be opened",
-}
-
-CMD_STOP = "stop"
-CMD_REOPEN = "reopen"
-CMD_DROP = "drop"
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
+#: Fixed reasons a worker gives for leaving (others say how many jobs, how much memory).
+REASON_STOP = "stop"
+REASON_MASTER_GONE = "master gone"
 _STORE_BACKOFF_MAX = 5.0
-
-
-def prctl(option: int, value: int) -> bool:
-    """prctl(2) through libc; False where it is not available (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(option, value, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def set_child_subreaper() -> bool:
-    """Orphaned descendants (a job's grandchildren) become our children, so we can reap
-    them and see when a job's process group is really empty."""
-    return prctl(_PR_SET_CHILD_SUBREAPER, 1)
-
-
-def set_title(text: str) -> None:
-    try:
-        import setproctitle
-
-        setproctitle.setproctitle(text)
-    except ImportError:  # pragma: no cover - a dependency
-        pass
 
 
 @dataclass
@@ -148,25 +122,25 @@ class _Channel:
         self.wake_fd, self._wake_w = os.pipe()
         os.set_blocking(self.wake_fd, False)
         os.set_blocking(self._wake_w, False)
-        self._lines: list[str] = []
+        self._commands: list[Command] = []
         self._lines_lock = threading.Lock()
         self.master_gone = False
         self._send_lock = threading.Lock()  # the claim-ahead helper thread reports too
 
-    def deliver(self, lines: list[str], eof: bool) -> None:
-        """From the lease watch's thread: control lines for the main loop (or just a
-        wake-up); ``eof``: the control pipe ended."""
+    def deliver(self, commands: list[Command], eof: bool) -> None:
+        """From the lease watch's thread: commands for the main loop (or just a wake-up);
+        ``eof``: the control pipe ended."""
         with self._lines_lock:
-            self._lines.extend(lines)
+            self._commands.extend(commands)
             if eof:
                 self.master_gone = True
         with contextlib.suppress(OSError):  # full: the main loop is awake anyway
             os.write(self._wake_w, b"!")
 
-    def send_last(self, ev: str, **fields: Any) -> None:
+    def send_last(self, report: Report) -> None:
         """A last report from another thread just before this process dies: never
         blocks (skipped if another send holds the pipe, or the pipe is full)."""
-        data = (json.dumps({"ev": ev, **fields}, separators=(",", ":")) + "\n").encode()
+        data = report.encode()
         if not self._send_lock.acquire(timeout=0.1):
             return
         try:
@@ -176,8 +150,8 @@ class _Channel:
         finally:
             self._send_lock.release()
 
-    def send(self, ev: str, **fields: Any) -> None:
-        data = (json.dumps({"ev": ev, **fields}, separators=(",", ":")) + "\n").encode()
+    def send(self, report: Report) -> None:
+        data = report.encode()
         with self._send_lock:
             self._send(data)
 
@@ -192,14 +166,14 @@ class _Channel:
             else:
                 raise
 
-    def commands(self) -> list[str]:
-        """Control lines received so far (non-blocking)."""
+    def commands(self) -> list[Command]:
+        """Commands received so far (non-blocking)."""
         with contextlib.suppress(OSError):  # BlockingIOError: drained
             while os.read(self.wake_fd, 4096):
                 pass
         with self._lines_lock:
-            lines, self._lines = self._lines, []
-        return lines
+            commands, self._commands = self._commands, []
+        return commands
 
 
 def _reset_signals() -> None:
@@ -240,31 +214,11 @@ def run_setup_hook(path: str, config: Config) -> Any:
     return hook(config) if takes_arg else hook()
 
 
-def kill_own_group() -> None:
-    """SIGKILL this worker's process group: the worker, its job, the job's children (the
-    worker leads its group; if it does not, only this process)."""
-    pid = os.getpid()
-    if os.getpgrp() == pid:
-        os.killpg(pid, signal.SIGKILL)
-    os.kill(pid, signal.SIGKILL)
-
-
-def rss_mb() -> float:
-    """Resident memory of this process in MiB (0 when unknown)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def main(spec: WorkerSpec) -> int:
     """Body of a forked worker; returns its exit code (the caller calls os._exit)."""
     _reset_signals()
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)  # the job's process group is this worker's own
-    prctl(_PR_SET_PDEATHSIG, signal.SIGUSR2)  # ignored until the loop can handle it
+    lead_own_group()  # the job's process group is this worker's own
+    set_parent_death_signal(signal.SIGUSR2)  # ignored until the loop can handle it
     if os.getppid() != spec.master_pid:  # the master died before pdeathsig was set
         return EXIT_OK
     config = spec.config
@@ -307,7 +261,7 @@ class _Loop:
         self.title = title
         self.log = log.get_logger("taskschedd.workerproc", node=spec.config.node, worker=spec.name)
         self.stopping = False
-        self.exit_reason = "stop"
+        self.exit_reason = REASON_STOP
         self.store_lost = False
         self.memory_checked_at = 0
         self.watch = LeaseWatch(self.config.lease)
@@ -335,55 +289,58 @@ class _Loop:
         )
         # The reports of the store write in progress (one write per thread at a time:
         # the worker's lock), sent as one line by _on_written.
-        self.written: list[list[Any]] = []
-        self.claimed: list[list[Any]] = []
+        self.written: list[StoredOutcome] = []
+        self.claimed: list[ClaimedJob] = []
 
     def _on_claimed(self, jobs: list[JobRecord]) -> None:
         self.watch.claimed(jobs)
         self.claimed = [
-            [j.id, j.claim_token, j.cls, j.attempt, j.queue, j.options.timeout] for j in jobs
-        ]
+            ClaimedJob(j.id, j.claim_token or "", j.cls, j.attempt, j.queue,
+                       float(j.options.timeout or 0.0))
+            for j in jobs
+        ]  # fmt: skip
 
     def _on_settle(self, outcome: Outcome) -> None:
         self.watch.forget(outcome.job.claim_token or "")
         self.written.append(
-            [
-                outcome.job.claim_token,
-                outcome.settlement.status.name,
-                outcome.settled,
-                outcome.started,
-                round(outcome.runtime, 6),
-            ]
+            StoredOutcome(
+                token=outcome.job.claim_token or "",
+                status=outcome.settlement.status.name,
+                settled=outcome.settled,
+                started=outcome.started,
+                runtime=outcome.runtime,
+            )
         )
 
     def _on_written(self) -> None:
         settled, claimed, self.written, self.claimed = self.written, self.claimed, [], []
         if settled or claimed:
-            self.chan.send("stored", settled=settled, claimed=claimed)
+            self.chan.send(Stored(tuple(settled), tuple(claimed)))
 
     def _on_unstored(self, tokens: list[str], exc: StoreUnavailable) -> None:
         why = exc.why if isinstance(exc, StoreNotWritable) else "unavailable"
-        self.chan.send("unstored", tokens=tokens, why=why, error=str(exc))
+        self.chan.send(Unstored(tuple(tokens), why, str(exc)))
 
     def _on_claim(self, job: JobRecord) -> None:
         self.current = job
-        self.chan.send("claim", token=job.claim_token, started=time.time())
+        self.chan.send(Claim(job.claim_token or "", time.time()))
         set_title(f"{self.title} running {job.id} {job.cls}")
 
     def _on_progress(self, job: JobRecord, percent: float) -> None:
-        self.chan.send("progress", id=job.id, token=job.claim_token, percent=percent)
+        self.chan.send(Progress(job.id, job.claim_token or "", percent))
 
     def _obey(self) -> None:
         for cmd in self.chan.commands():
-            if cmd == CMD_STOP:
-                self.stopping = True
-            elif cmd == CMD_REOPEN:
-                log.reopen()
-            elif cmd.startswith(CMD_DROP + " "):
-                self.worker.drop(cmd.split()[1:])
+            match cmd:
+                case Stop():
+                    self.stopping = True
+                case Reopen():
+                    log.reopen()
+                case Drop(tokens):
+                    self.worker.drop(tokens)
         if self.chan.master_gone or os.getppid() != self.spec.master_pid:
             self.stopping = True
-            self.exit_reason = "master gone"
+            self.exit_reason = REASON_MASTER_GONE
             self.worker.give_up_writes(self.config.lease)  # nobody renews the leases now
 
     def _wait(self, waker_fd: int, timeout: float) -> None:
@@ -398,7 +355,7 @@ class _Loop:
         (fenced: if the job was taken over, that matches nothing)."""
         now = time.monotonic()
         job = self.current if self.current and self.current.claim_token == token else None
-        self.chan.send_last("exit", reason="its job's lease was not renewed in time (killed)")
+        self.chan.send_last(Exit("its job's lease was not renewed in time (killed)"))
         self.log.error(
             "lease not confirmed in time: killing the job",
             job_id=job.id if job else None, attempt=job.attempt if job else None,
@@ -428,7 +385,7 @@ class _Loop:
         if signum == signal.SIGUSR2:
             if os.getppid() == self.spec.master_pid:
                 return  # sent by hand (e.g. to the whole control group): not from the kernel
-            self.exit_reason = "master gone"
+            self.exit_reason = REASON_MASTER_GONE
             self.worker.interrupt(MasterGone())
         else:
             self.exit_reason = "interrupted"
@@ -439,10 +396,10 @@ class _Loop:
         signal.signal(signal.SIGUSR2, self._on_signal)
         if os.getppid() != self.spec.master_pid:  # died before the handler was in place
             self.stopping = True
-            self.exit_reason = "master gone"
+            self.exit_reason = REASON_MASTER_GONE
         waker = self.store.waker()
         self.watch.watch(self.chan.control_fd, self.chan.deliver, self._lease_expired)
-        self.chan.send("ready")
+        self.chan.send(Ready())
         set_title(f"{self.title} idle")
         delay = 0.0
         try:
@@ -503,9 +460,9 @@ class _Loop:
             self.worker.close()
             waker.close()
         if not self.chan.master_gone:
-            self.chan.send("exit", reason=self.exit_reason)
+            self.chan.send(Exit(self.exit_reason))
         self.store.close()
-        if self.exit_reason == "master gone":
+        if self.exit_reason == REASON_MASTER_GONE:
             kill_own_group()  # a job's children would outlive the lease nobody renews
         self.watch.close()
         return EXIT_STORE if self.store_lost else EXIT_OK

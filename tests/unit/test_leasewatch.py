@@ -12,13 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskschedd.leasewatch import (
-    LeaseWatch,
-    confirmation_lines,
-    gate,
-    lease_margin,
-    parse_confirmation,
-)
+from taskschedd.leasewatch import LeaseWatch, gate, lease_margin
+from taskschedd.messages import Command, Drop, LeaseConfirmed
 from taskschedd.model import JobRecord, JobStatus
 from taskschedd.options import resolve
 from tests.helpers import wait_for
@@ -82,17 +77,10 @@ def test_the_worker_claims_nothing_after_two_thirds_of_a_lease_without_a_word() 
     assert watch.confirm(start + LEASE + 0.3, start + 2.3 * LEASE, []) is False
 
 
-def test_confirmation_lines_round_trip_and_each_fits_in_one_pipe_write() -> None:
-    tokens = [f"{i:032x}" for i in range(150)]
-    lines = confirmation_lines(12.5, 42.25, tokens)
-    assert len(lines) == 3
-    assert all(len(line.encode()) + 1 <= 4096 for line in lines)  # PIPE_BUF: written whole
-    parsed = [parse_confirmation(line) for line in lines]
-    assert [p[:2] for p in parsed if p] == [(12.5, 42.25)] * 3
-    assert [t for p in parsed if p for t in p[2]] == tokens
-    assert confirmation_lines(1.0, 2.0, []) == ["lease 1.0 2.0"]
-    assert parse_confirmation("stop") is None
-    assert parse_confirmation("lease x y") is None
+def confirmation(done: float, deadline: float, tokens: list[str]) -> str:
+    """The control line of a renewal the master confirms (its round trip and size:
+    tests/unit/test_messages.py)."""
+    return LeaseConfirmed(done, deadline, tuple(tokens)).encode()
 
 
 class Pipe:
@@ -125,7 +113,7 @@ def test_the_running_job_is_killed_at_lease_minus_margin_once_its_master_stops_c
 ) -> None:
     watch = LeaseWatch(LEASE)
     expired: list[tuple[str, float, float]] = []
-    delivered: list[tuple[list[str], bool]] = []
+    delivered: list[tuple[list[Command], bool]] = []
     watch.watch(
         pipe.r,
         lambda lines, eof: delivered.append((lines, eof)),
@@ -139,7 +127,7 @@ def test_the_running_job_is_killed_at_lease_minus_margin_once_its_master_stops_c
         for _ in range(4):  # the master renews every lease/3, for over a lease
             started = time.monotonic()
             last = started + LEASE
-            pipe.send(confirmation_lines(time.monotonic(), last, ["run"])[0])
+            pipe.send(confirmation(time.monotonic(), last, ["run"]))
             pipe.send("drop other")
             then = started + LEASE / 3
             wait_for(lambda then=then: time.monotonic() >= then, LEASE)
@@ -148,7 +136,7 @@ def test_the_running_job_is_killed_at_lease_minus_margin_once_its_master_stops_c
         ((token, deadline, at),) = wait_for(lambda: expired, 2 * LEASE, interval=0.001)
         assert token == "run" and deadline == last
         assert last - lease_margin(LEASE) <= at < last - lease_margin(LEASE) + 0.05
-        assert ["drop other"] in [lines for lines, _ in delivered]
+        assert [Drop(("other",))] in [commands for commands, _ in delivered]
         os.close(pipe.w)
         wait_for(lambda: any(eof for _, eof in delivered), 2, message="EOF passed on")
     finally:
@@ -185,7 +173,7 @@ def test_a_claim_that_starts_later_but_ends_sooner_is_killed_in_time(pipe: Pipe)
         watch.claimed([first, second])
         assert watch.may_start(first)
         now = time.monotonic()
-        pipe.send(confirmation_lines(now, now + 5 * LEASE, ["first"])[0])  # not "second"
+        pipe.send(confirmation(now, now + 5 * LEASE, ["first"]))  # not "second"
         wait_for(lambda: watch.deadline("first") == now + 5 * LEASE, 2)
         watch.ended(first)
         assert watch.may_start(second)
@@ -214,7 +202,7 @@ def test_confirmations_that_came_while_the_thread_could_not_run_are_read_before_
         with watch._lock:  # the thread cannot look at the deadlines meanwhile
             for _ in range(3):
                 now = time.monotonic()
-                pipe.send(confirmation_lines(now, now + LEASE, ["hog"])[0])
+                pipe.send(confirmation(now, now + LEASE, ["hog"]))
                 wait_for(lambda now=now: time.monotonic() >= now + LEASE / 3, LEASE)
             assert time.monotonic() > kill_at
         wait_for(lambda: (watch.deadline("hog") or 0.0) > kill_at + LEASE / 2, 2,

@@ -17,9 +17,10 @@ import pytest
 import structlog
 
 from taskschedd import Scheduler, worker
-from taskschedd.children import RunningJob, WorkerHandle
+from taskschedd.children import HeldState, RunningJob, WorkerHandle
 from taskschedd.config import Config
 from taskschedd.errors import StoreNotWritable, StoreUnavailable
+from taskschedd.messages import Unstored
 from taskschedd.model import JobStatus
 from taskschedd.store import diskspace
 from taskschedd.store.base import Store
@@ -132,12 +133,13 @@ def test_the_master_keeps_a_job_whose_outcome_waits_in_its_worker_out_of_timeout
     w = WorkerHandle(pid=999999, name="n/999999", report_fd=-1, control_fd=-1, extra=False,
                      spawned=now, idle_since=now, ready=True)  # fmt: skip
     ran = RunningJob(id="a", token="ta", cls="x.Y", attempt=1, queue="q", timeout=0.001,
-                     started=time.time() - 10, state="ran")  # fmt: skip
+                     started=time.time() - 10, state=HeldState.RAN)  # fmt: skip
     running = RunningJob(id="b", token="tb", cls="x.Y", attempt=1, queue="q", timeout=0.001,
                          started=time.time() - 10)  # fmt: skip
     w.held["ta"], w.job = ran, running
-    jobs = Supervisor(Config(), {w.pid: w}, structlog.get_logger("test"))
-    jobs.unstored(w, {"tokens": ["ta", "tb"], "why": "disk full", "error": "full"})
+    no_store = cast(Store, None)  # nothing here reaches the store
+    jobs = Supervisor(Config(), {w.pid: w}, structlog.get_logger("test"), no_store)
+    jobs.unstored(w, Unstored(("ta", "tb"), why="disk full", error="full"))
     assert set(w.held) == {"ta", "tb"}
     assert w.state == "storing", "not busy: its job ran"
     assert jobs.outcomes_waiting() == 2 and jobs.unstored_why == "disk full"

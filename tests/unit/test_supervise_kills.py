@@ -12,18 +12,21 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
 
 from taskschedd import supervise
-from taskschedd.children import RunningJob, WorkerHandle
+from taskschedd.children import HeldState, KillReason, RunningJob, WorkerHandle
 from taskschedd.config import Config
 from taskschedd.supervise import Supervisor
 from tests.helpers import wait_for
 
+NO_STORE: Any = None  # a kill never reaches the store
 
-def job(token: str, state: str = "running") -> RunningJob:
+
+def job(token: str, state: HeldState = HeldState.RUNNING) -> RunningJob:
     return RunningJob(
         id=f"id-{token}", token=token, cls="x.Y", attempt=1, queue="default", timeout=0.0,
         started=time.time(), state=state,
@@ -51,7 +54,7 @@ def worker(group: subprocess.Popen[bytes]) -> WorkerHandle:
 
 
 def supervisor(w: WorkerHandle) -> Supervisor:
-    return Supervisor(Config(), {w.pid: w}, structlog.get_logger("test"))
+    return Supervisor(Config(), {w.pid: w}, structlog.get_logger("test"), store=NO_STORE)
 
 
 def test_a_kill_waits_while_the_worker_holds_outcomes_of_jobs_it_ran(
@@ -60,15 +63,15 @@ def test_a_kill_waits_while_the_worker_holds_outcomes_of_jobs_it_ran(
     monkeypatch.setattr(supervise, "KILL_HOLD", 0.3)
     sup = supervisor(worker)
     worker.job = job("b")
-    worker.held["a"] = job("a", state="ran")
-    sup.kill(worker, "cancel")
+    worker.held["a"] = job("a", state=HeldState.RAN)
+    sup.kill(worker, KillReason.CANCEL)
     assert worker.kill is None and worker.kill_wanted is not None
     assert group.poll() is None  # no signal yet
     sup.escalate(time.monotonic())
     assert worker.kill is None  # still within KILL_HOLD
     del worker.held["a"]  # the worker reported that outcome stored
     sup.escalate(time.monotonic())
-    assert worker.kill is not None and worker.kill.reason == "cancel"
+    assert worker.kill is not None and worker.kill.reason is KillReason.CANCEL
     assert worker.kill.token == "b"
     assert group.wait(5) == -signal.SIGTERM
 
@@ -79,8 +82,8 @@ def test_a_kill_held_too_long_goes_ahead_after_kill_hold(
     monkeypatch.setattr(supervise, "KILL_HOLD", 0.2)
     sup = supervisor(worker)
     worker.job = job("b")
-    worker.held["a"] = job("a", state="ran")
-    sup.kill(worker, "timeout")
+    worker.held["a"] = job("a", state=HeldState.RAN)
+    sup.kill(worker, KillReason.TIMEOUT)
     started = time.monotonic()
 
     def killed() -> bool:
@@ -97,9 +100,9 @@ def test_a_cancel_whose_job_ended_meanwhile_kills_nothing(
 ) -> None:
     sup = supervisor(worker)
     worker.job = job("a")
-    worker.held["z"] = job("z", state="ran")
-    sup.kill(worker, "cancel")  # meant for job a
-    worker.held["a"] = job("a", state="ran")
+    worker.held["z"] = job("z", state=HeldState.RAN)
+    sup.kill(worker, KillReason.CANCEL)  # meant for job a
+    worker.held["a"] = job("a", state=HeldState.RAN)
     worker.job = job("b")  # a ended, b started: the cancel must not hit b
     sup.escalate(time.monotonic())
     assert worker.kill is None and worker.kill_wanted is None
@@ -112,13 +115,13 @@ def test_stopping_outranks_a_pending_cancel(
     monkeypatch.setattr(supervise, "KILL_HOLD", 0.0)
     sup = supervisor(worker)
     worker.job = job("a")
-    worker.held["z"] = job("z", state="ran")
+    worker.held["z"] = job("z", state=HeldState.RAN)
     monkeypatch.setattr(supervise, "KILL_HOLD", 60.0)
-    sup.kill(worker, "cancel")
-    sup.kill(worker, "release")  # stop now
+    sup.kill(worker, KillReason.CANCEL)
+    sup.kill(worker, KillReason.RELEASE)  # stop now
     worker.job = job("b")  # the cancelled job ended; stopping still applies
     worker.held.clear()
     sup.escalate(time.monotonic())
-    assert worker.kill is not None and worker.kill.reason == "release"
+    assert worker.kill is not None and worker.kill.reason is KillReason.RELEASE
     assert worker.kill.token is None
     assert group.wait(5) == -signal.SIGTERM
