@@ -9,10 +9,11 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 
-from taskschedd.children import WorkerHandle
+from taskschedd.children import RunningJob, WorkerHandle
 from taskschedd.messages import (
     TOKENS_PER_LINE,
     Claim,
@@ -33,6 +34,7 @@ from taskschedd.messages import (
     decode_command,
     decode_report,
 )
+from taskschedd.store.base import Store
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 
@@ -224,3 +226,30 @@ def test_the_master_reads_reports_past_garbage_and_across_partial_writes(
     assert list(h.reports()) == [claim, Exit("stop")]
     os.close(w)
     assert list(h.reports()) == [] and h.eof
+
+
+def test_garbage_on_a_report_pipe_never_ends_the_master(
+    handle: tuple[WorkerHandle, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lines that decode as JSON but are no report (a number, a list, a progress whose
+    percent is not a number) ended the master's loop with an AttributeError or a
+    ValueError; each is now logged and skipped, and the reports after them count."""
+    from taskschedd.config import Config
+    from taskschedd.master import Master
+    from taskschedd.supervise import Supervisor
+
+    h, w = handle
+    master = Master(Config())
+    master.jobs = Supervisor(master.config, master.workers, master.log, cast(Store, None))
+    master.workers[h.pid] = h
+    h.ready = True
+    h.job = RunningJob(id="i", token="t", cls="m.C", attempt=1, queue="q", timeout=0.0,
+                       started=time.time())  # fmt: skip
+    garbage = [b"42", b"[1, 2]", b'"x"', b"{}", b'{"ev":"stored","settled":7}',
+               b'{"ev":"progress","id":"i","token":"t","percent":"half"}',
+               b'{"ev":"claim","token":null}', b"\xff"]  # fmt: skip
+    os.write(w, b"\n".join(garbage) + b"\n" + Progress("i", "t", 50.0).encode())
+    master._read_worker(h)
+    assert h.job.progress == 50.0, "the report after the garbage is read"
+    err = capsys.readouterr()
+    assert (err.out + err.err).count("unreadable message from a worker") == len(garbage)
