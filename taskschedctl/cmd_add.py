@@ -124,8 +124,7 @@ def add(
     it is not imported here. DATA is JSON text, @FILE, or - for stdin (default: null).
     Durations: 90, 30s, 10m, 2h, 7d, 1h30m. Times: 2026-01-31T08:00:00Z or unix seconds.
     """
-    from taskschedd.errors import JobClassError
-    from taskschedd.loader import split_path
+    from taskschedd.loader import check_allowed, split_path
 
     if at is not None and in_ is not None:
         raise click.UsageError("--at and --in exclude each other: give one start time")
@@ -134,15 +133,11 @@ def add(
     if ignore_data and not once:
         raise click.UsageError("--ignore-data only applies to --once")
     wait_timeout = _wait_timeout(wait_)
-    module, _ = split_path(cls_path)
+    split_path(cls_path)
     payload = load_data(data)
     config = ctl.config
-    if config is not None and not config.module_allowed(module):
-        raise JobClassError(
-            f"job class {cls_path!r} is not allowed: module {module!r} is not in "
-            f"allowed_modules ({', '.join(config.allowed_modules) or 'empty'}) of "
-            f"{ctl.config_source()}; add it there or check the spelling"
-        )
+    if config is not None:  # before the store is opened; Scheduler checks it again
+        check_allowed(cls_path, config.allowed_modules, ctl.config_source())
     given = {
         "at": time.time() + in_ if in_ is not None else at,
         "interval": interval,
@@ -171,7 +166,7 @@ def add(
         click.echo(job.id)
     from taskschedctl.follow import wait_jobs
 
-    (final,) = wait_jobs(sched.store, [job.id], wait_timeout)
+    (final,) = wait_jobs(sched, [job.id], wait_timeout)
     if as_json:
         print_jobs([final], True, single=True)
     exit_for([final])

@@ -161,7 +161,7 @@ def check(ctl: Ctl, timeout: float) -> None:
 
 def _stale_holders(url: str) -> str:
     """What to add to the report about processes using a stale SQLite file ("" if none)."""
-    from taskschedctl.context import is_sqlite
+    from taskschedd.storeurl import is_sqlite
 
     if not is_sqlite(url):
         return ""
@@ -181,7 +181,7 @@ def _stale_holders(url: str) -> str:
 
 def _space_trouble(url: str) -> str | None:
     """Why a SQLite store's file system cannot take writes (disk full, read-only)."""
-    from taskschedctl.context import is_sqlite
+    from taskschedd.storeurl import is_sqlite
 
     if not is_sqlite(url):
         return None

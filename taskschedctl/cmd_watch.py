@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import click
@@ -29,35 +28,13 @@ def wait(ctl: Ctl, ids: tuple[str, ...], timeout: float | None, as_json: bool) -
     from taskschedctl.follow import wait_jobs
 
     sched = ctl.scheduler()
-    jobs = wait_jobs(sched.store, ids, timeout)
+    jobs = wait_jobs(sched, ids, timeout)
     if as_json:
         print_jobs(jobs, True)
     else:
         for job in jobs:
             click.echo(f"{job.id} {job.status.name}")
     exit_for(jobs)
-
-
-def _event_matcher(
-    ids: Sequence[str],
-    classes: Sequence[str],
-    statuses: Sequence[JobStatus] | None,
-    queues: Sequence[str],
-) -> Callable[[EventRecord], bool]:
-    from taskschedd.loader import normalize
-
-    want_ids, want_cls = set(ids), {normalize(c) for c in classes}
-    want_status, want_queue = set(statuses or ()), set(queues)
-
-    def match(e: EventRecord) -> bool:
-        return (
-            (not want_ids or e.job_id in want_ids)
-            and (not want_cls or e.cls in want_cls)
-            and (not want_status or e.status in want_status)
-            and (not want_queue or e.queue in want_queue)
-        )
-
-    return match
 
 
 @click.command(epilog=EXIT_CODES)
@@ -98,8 +75,11 @@ def events(
     """The event stream (every status change of every job), like tail [-f]."""
     from taskschedctl.follow import follow_events, recent_events
     from taskschedctl.output import echo_jsonl, event_line
+    from taskschedd.scheduler import event_matcher
 
-    match = _event_matcher(job_ids, classes, merge_statuses(statuses), queues)
+    match = event_matcher(
+        ids=job_ids, classes=classes, statuses=merge_statuses(statuses) or (), queues=queues
+    )
     count = lines if lines is not None else (0 if since is not None else 20)
 
     def emit(event: EventRecord) -> None:

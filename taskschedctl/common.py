@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from taskschedctl.context import Ctl, is_sqlite
+from taskschedctl.context import Ctl
+from taskschedd.storeurl import is_sqlite
 
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem

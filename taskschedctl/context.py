@@ -12,26 +12,20 @@ from typing import TYPE_CHECKING
 
 import click
 
+from taskschedd.storeurl import ACCEPTED, SCHEMES, is_sqlite
+
 if TYPE_CHECKING:
     from taskschedd.config import Config
     from taskschedd.scheduler import Scheduler
 
-DEFAULT_CONFIG_PATH = "/etc/taskschedd/taskschedd.yaml"
-STORE_SCHEMES = ("sqlite://", "mongodb://", "mongodb+srv://")
-
-
-def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite://") or "://" not in url
-
 
 def check_store_url(url: str) -> str:
     """A usage error for a store URL no store understands (before anything is opened)."""
-    if "://" in url and not url.startswith(STORE_SCHEMES):
+    if "://" in url and not url.startswith(SCHEMES):
         from taskschedd.redact import redact_url
 
         raise click.BadParameter(
-            f"unknown store URL {redact_url(url)!r}; accepted: sqlite:///PATH, a file path, "
-            "mongodb://HOST/DB or mongodb+srv://HOST/DB",
+            f"unknown store URL {redact_url(url)!r}; accepted: {ACCEPTED}",
             param_hint="'--store'",
         )
     if not url.strip():
@@ -70,6 +64,8 @@ class Ctl:
             return self.config_path
         if self.store_url is not None:
             return None
+        from taskschedd.config import DEFAULT_CONFIG_PATH
+
         if os.path.exists(DEFAULT_CONFIG_PATH):
             return DEFAULT_CONFIG_PATH
         from taskschedd.errors import ConfigError

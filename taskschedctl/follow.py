@@ -8,21 +8,19 @@ the wait's own deadline still holds.
 from __future__ import annotations
 
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from taskschedctl.output import ProgressLine
-from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable, WaitTimeout
-from taskschedd.model import EventRecord, JobQuery, JobRecord
-from taskschedd.store.base import Store, Waker
+from taskschedd.errors import StoreUnavailable
+from taskschedd.model import EventRecord, JobRecord
+from taskschedd.scheduler import FALLBACK_POLL, Scheduler, open_waker, pause
+from taskschedd.store.base import Store
 
 if TYPE_CHECKING:
     from typing import TextIO
 
-#: Seconds between two looks at the store when no wake-up arrives (a safety net).
-POLL = 0.5
 #: Events read per query when scanning history.
 CHUNK = 1000
 
@@ -60,67 +58,34 @@ class Outage:
         self.delay = 0.0
 
 
-def open_waker(store: Store) -> Waker | None:
-    """The store's wake-up source, or None (then we poll) if it cannot be had right now."""
-    try:
-        return store.waker()
-    except (OSError, StoreError):
-        return None
-
-
-def pause(waker: Waker | None, seconds: float) -> None:
-    seconds = max(0.0, seconds)
-    if waker is not None:
-        waker.wait(seconds)
-    else:
-        time.sleep(seconds)
-
-
 def wait_jobs(
-    store: Store, ids: Sequence[str], timeout: float | None, *, progress: bool = True
+    sched: Scheduler, ids: Sequence[str], timeout: float | None, *, progress: bool = True
 ) -> list[JobRecord]:
-    """Block until every job is final; JobNotFound for an unknown id, WaitTimeout after
-    ``timeout`` seconds. A progress line is drawn on stderr when it is a terminal."""
-    wanted = list(dict.fromkeys(ids))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    latest: dict[str, JobRecord] = {}
-    bar = ProgressLine(len(wanted) if progress else 0)
+    """:meth:`Scheduler.wait` through brief store outages, with a progress line on stderr
+    when it is a terminal; JobNotFound for an unknown id, WaitTimeout after ``timeout``
+    seconds."""
+    bar = ProgressLine(len(dict.fromkeys(ids)) if progress else 0)
     outage = Outage()
     outage.quiet = bar.enabled and progress
-    waker = open_waker(store)
+    seen: list[JobRecord] = []
+
+    def read(jobs: list[JobRecord]) -> None:
+        outage.ok()
+        seen[:] = jobs
+        if progress:
+            bar.update(jobs)
+
+    def unavailable(exc: StoreUnavailable) -> float:
+        delay = outage.failed(exc)
+        if progress:
+            bar.update(seen, note="store unavailable, retrying")
+        return delay
+
     try:
-        while True:
-            pending = [i for i in wanted if i not in latest or not latest[i].is_final]
-            delay = POLL
-            try:
-                found = {r.id: r for r in store.find(JobQuery(ids=tuple(pending)))}
-            except StoreUnavailable as exc:
-                delay = outage.failed(exc)
-                if progress:
-                    bar.update(list(latest.values()), note="store unavailable, retrying")
-            else:
-                outage.ok()
-                for job_id in pending:
-                    if job_id not in found:
-                        raise JobNotFound(job_id)
-                    latest[job_id] = found[job_id]
-                if progress:
-                    bar.update([latest[i] for i in wanted])
-                if all(latest[i].is_final for i in wanted):
-                    return [latest[i] for i in wanted]
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                missing = [i for i in wanted if i not in latest or not latest[i].is_final]
-                raise WaitTimeout(
-                    f"{len(missing)} of {len(wanted)} job(s) not final after {timeout:g}s: "
-                    + ", ".join(missing[:5])
-                    + (" ..." if len(missing) > 5 else "")
-                )
-            pause(waker, delay if left is None else min(delay, left))
+        done = sched.wait(ids, timeout, on_read=read, on_unavailable=unavailable)
     finally:
         bar.close()
-        if waker is not None:
-            waker.close()
+    return [p.record for p in done]
 
 
 def recent_events(
@@ -183,7 +148,7 @@ def follow_events(
                 if match(event):
                     emit(event)
             if len(batch) < CHUNK:
-                pause(waker, POLL)
+                pause(waker, FALLBACK_POLL)
     finally:
         if waker is not None:
             waker.close()

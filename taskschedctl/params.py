@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.shell_completion import CompletionItem
 
+from taskschedd.timeutil import DURATION_HELP, TIME_HELP, parse_duration, parse_time
+
 if TYPE_CHECKING:
     from taskschedd.model import JobStatus
 
-DURATION_HELP = "a number of seconds or a duration like 30s, 10m, 2h, 7d, 1h30m"
-TIME_HELP = "an ISO 8601 time (2026-01-31T08:00:00Z) or a unix timestamp"
 STATUS_NAMES = ("waiting", "postponed", "processing", "done", "failed", "canceled", "timeout")
 
 
@@ -37,8 +37,6 @@ class Duration(click.ParamType[float]):
             return value
         if self.allow_minus_one and str(value).strip() == "-1":
             return -1.0
-        from taskschedd.timeutil import parse_duration
-
         try:
             return parse_duration(value)
         except ValueError:
@@ -60,8 +58,6 @@ class Time(click.ParamType[float]):
     ) -> float:
         if isinstance(value, float):
             return value
-        from taskschedd.timeutil import parse_duration, parse_time
-
         try:
             return parse_time(value)
         except ValueError:

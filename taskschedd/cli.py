@@ -152,8 +152,8 @@ def _check_store(cfg: config_mod.Config) -> None:
     """Open and close the store once, so that a broken one is reported before detaching.
     A SQLite store that does not exist yet is left to the master, which creates it after
     switching to the configured user (created now, root would own it)."""
+    from taskschedd.config import open_configured
     from taskschedd.errors import StoreMissing
-    from taskschedd.store import open_configured
 
     store = open_configured(cfg, daemon=True)
     try:

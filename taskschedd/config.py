@@ -32,22 +32,32 @@ import pwd
 import re
 import socket
 import stat
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, unquote
 
 import yaml
 
 from taskschedd.errors import ConfigError
-from taskschedd.options import DEFAULT_MAX_DATA_SIZE, MAX_DATA_SIZE_RANGE
+from taskschedd.options import (
+    DEFAULT_ALIASES,
+    DEFAULT_KEYS,
+    DEFAULT_MAX_DATA_SIZE,
+    MAX_DATA_SIZE_RANGE,
+    Defaults,
+)
 from taskschedd.redact import redact_url, remember_secret, url_password
+from taskschedd.storeurl import DEFAULT_URL, is_mongodb, looks_like_mongodb
 from taskschedd.timeutil import format_duration, parse_duration
 
+if TYPE_CHECKING:
+    from taskschedd.store.base import Store
+
 __all__ = [
-    "JOB_DEFAULTS_VALIDATOR",
+    "JOB_DEFAULT_KEYS",
     "Config",
     "ConfigError",
     "LoggingConfig",
@@ -56,33 +66,20 @@ __all__ = [
     "default_config_path",
     "from_mapping",
     "load",
+    "open_configured",
     "redact_url",
 ]
 
 DEFAULT_CONFIG_PATH = "/etc/taskschedd/taskschedd.yaml"
-DEFAULT_STORE = "sqlite:///var/lib/taskschedd/taskschedd.db"
 DEFAULT_MONGODB_DATABASE = "taskscheduler"
 STORE_FORMS = (
     "sqlite:///ABSOLUTE/PATH, sqlite://RELATIVE/PATH (relative to the configuration file), "
     "a plain file path (SQLite), mongodb://... or mongodb+srv://..."
 )
-JOB_DEFAULT_KEYS = (
-    "at",
-    "interval",
-    "interval_reference",
-    "retry",
-    "retry_interval",
-    "retry_backoff",
-    "timeout",
-    "priority",
-    "queue",
-    "expires",
-)
-
-#: Set by taskschedd.options so that job_defaults get the same validation as job options,
-#: without config importing options (which would be a cycle). It returns the normalised
-#: dict or raises ValueError; load() turns that into a ConfigError at key job_defaults.
-JOB_DEFAULTS_VALIDATOR: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+#: The keys of ``job_defaults``: the job options that take a default, the very ones that
+#: ``Scheduler(**defaults)`` takes (one definition: taskschedd.options.DEFAULT_KEYS). Their
+#: aliases (force_spawn) are accepted too, as by the Scheduler.
+JOB_DEFAULT_KEYS = DEFAULT_KEYS
 
 _NODE_RE = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -178,7 +175,7 @@ class MongoDBConfig:
 class Config:
     """The effective, validated configuration of one node (all durations in seconds)."""
 
-    store: str = DEFAULT_STORE
+    store: str = DEFAULT_URL
     node: str = field(default_factory=_default_node)
     pm: str = "dynamic"
     min_children: int = 1
@@ -211,21 +208,25 @@ class Config:
     @property
     def store_kind(self) -> str:
         """ "sqlite" or "mongodb"."""
-        return "mongodb" if self.store.startswith(("mongodb://", "mongodb+srv://")) else "sqlite"
+        return "mongodb" if is_mongodb(self.store) else "sqlite"
 
-    @property
-    def sqlite_path(self) -> Path | None:
-        """Absolute path of the SQLite database, None for MongoDB."""
-        if self.store_kind != "sqlite":
-            return None
-        return Path(self.store.removeprefix("sqlite://"))
-
-    def module_allowed(self, module: str) -> bool:
-        """True when job classes may be imported from *module* (checked before import)."""
-        return any(
-            prefix == "*" or module == prefix or module.startswith(prefix + ".")
-            for prefix in self.allowed_modules
-        )
+    def store_options(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`taskschedd.store.open_store` (the store reads no
+        configuration: this is where its settings become plain values)."""
+        if self.store_kind != "mongodb":
+            return {}
+        m = self.mongodb
+        return {
+            "database": m.database,
+            "jobs_collection": m.jobs_collection,
+            "events_collection": m.events_collection,
+            "nodes_collection": m.nodes_collection,
+            "write_concern": m.write_concern,
+            "change_streams": m.change_streams,
+            "poll_interval": self.poll_interval,
+            # TTL indexes follow the configured retention (0 = keep finished jobs forever).
+            "retention": self.retention,
+        }
 
     def __repr__(self) -> str:
         """The dataclass repr minus URL passwords: configs end up in logs and tracebacks."""
@@ -608,7 +609,7 @@ class _Validator:
         top = self.section(data, "", [f.name for f in dataclasses.fields(Config)])
         kw: dict[str, Any] = {}
 
-        kw["store"] = self.store(top.get("store", DEFAULT_STORE))
+        kw["store"] = self.store(top.get("store", DEFAULT_URL))
         if top.get("store_password_file") is not None:
             kw["store_password_file"] = self.file_path(
                 "store_password_file", top["store_password_file"]
@@ -664,11 +665,11 @@ class _Validator:
     def store(self, value: object) -> str:
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
-        url = self.string("store", value, "sqlite:///var/lib/taskschedd/taskschedd.db")
-        if url.startswith(("mongodb://", "mongodb+srv://")):
+        url = self.string("store", value, DEFAULT_URL)
+        if is_mongodb(url):
             self.mongodb_url(url)
             return url
-        if url.lower().removeprefix("sqlite://").lstrip("/").startswith("mongodb"):
+        if looks_like_mongodb(url):
             self.fail(
                 "store",
                 "looks like a MongoDB URL but does not start with mongodb:// or "
@@ -703,7 +704,7 @@ class _Validator:
         """The MongoDB URL with the password read from ``path`` (first line, percent-encoded
         here); the URL names the user and no password."""
         key = "store_password_file"
-        if not url.startswith(("mongodb://", "mongodb+srv://")):
+        if not is_mongodb(url):
             self.fail(key, "applies only to a mongodb:// or mongodb+srv:// store")
         scheme, rest = url.split("://", 1)
         authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
@@ -827,16 +828,12 @@ class _Validator:
         return math.ceil(size)
 
     def job_defaults(self, value: object) -> dict[str, Any]:
-        options = self.section(value, "job_defaults", JOB_DEFAULT_KEYS)
-        validator = JOB_DEFAULTS_VALIDATOR
-        if validator is None:
-            from taskschedd.options import validate_defaults
-
-            validator = validate_defaults
+        options = self.section(value, "job_defaults", JOB_DEFAULT_KEYS + DEFAULT_ALIASES)
         try:
-            return dict(validator(dict(options)))
+            Defaults.parse(options)  # the checks of Scheduler(**defaults)
         except (ValueError, TypeError) as exc:
             self.fail("job_defaults", str(exc))
+        return options
 
     def logging(self, value: object) -> LoggingConfig:
         data = self.section(value, "logging", ("format", "level", "file"))
@@ -947,7 +944,7 @@ class _Validator:
 
 def _url_database(store: str) -> str | None:
     """The database named in a MongoDB URL path, if any."""
-    if not store.startswith(("mongodb://", "mongodb+srv://")):
+    if not is_mongodb(store):
         return None
     rest = store.split("://", 1)[1]
     _, slash, tail = rest.partition("/")
@@ -955,3 +952,16 @@ def _url_database(store: str) -> str | None:
         return None
     name = unquote(re.split(r"[?#]", tail, maxsplit=1)[0])
     return name or None
+
+
+def open_configured(config: Config, *, create: bool = False, daemon: bool = False) -> Store:
+    """The store a node configuration names, with its options. ``daemon``: only the
+    daemon's user (``config.user``, this process's) or root may own a SQLite store."""
+    from taskschedd.store import open_store
+
+    owners = None
+    if daemon:
+        from taskschedd.store.sqlitefiles import daemon_owners
+
+        owners = daemon_owners(config.user)
+    return open_store(config.store, create=create, owners=owners, **config.store_options())

@@ -64,20 +64,39 @@ def path_of(cls: type) -> str:
 
 
 def is_allowed(module: str, allowed: Sequence[str]) -> bool:
+    """True when job classes may be imported from ``module`` under the configuration's
+    ``allowed_modules``: an entry allows its module and their submodules, "*" any."""
     for prefix in allowed:
         if prefix == "*" or module == prefix or module.startswith(prefix + "."):
             return True
     return False
 
 
+def check_allowed(path: str, allowed: Sequence[str], source: str | None = None) -> str:
+    """The module of class ``path``; JobClassError when ``allowed`` does not allow it.
+    ``source``: the configuration file that set ``allowed``, named in the message.
+
+    Workers check before they import, and clients (Scheduler opened with a
+    configuration, taskschedctl add) before they write, with this one message."""
+    module, _ = split_path(path)
+    if not is_allowed(module, allowed):
+        listed = ", ".join(allowed) or "empty"
+        fix = (
+            f" of {source}; add it there or check the spelling"
+            if source
+            else "; add it to the configuration"
+        )
+        raise JobClassError(
+            f"job class {path!r} is not allowed: module {module!r} is not in "
+            f"allowed_modules ({listed}){fix}"
+        )
+    return module
+
+
 def load_class(path: str, allowed: Sequence[str]) -> type[Job]:
     """The Job subclass at ``path``; the allow-list is checked before anything is imported."""
-    module_name, name = split_path(path)
-    if not is_allowed(module_name, allowed):
-        raise JobClassError(
-            f"job class {path!r} is not allowed: module {module_name!r} is not in "
-            f"allowed_modules ({', '.join(allowed) or 'empty'}); add it to the configuration"
-        )
+    module_name = check_allowed(path, allowed)
+    name = split_path(path)[1]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

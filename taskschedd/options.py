@@ -11,7 +11,7 @@ import functools
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
@@ -76,15 +76,20 @@ class JobOptions:
         added without options, or with the same ones in a batch, share the object."""
         return _COMPACT.encode(self.stored())
 
-    @classmethod
-    def from_stored(cls, data: Mapping[str, Any]) -> JobOptions:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 OPTION_NAMES = tuple(f.name for f in fields(JobOptions))
 _STORED_NAMES = tuple(n for n in OPTION_NAMES if n not in ("id", "at"))
-DEFAULT_NAMES = tuple(f"default_{n}" for n in OPTION_NAMES if n not in ("id", "ignore_data"))
+#: Options that take no scheduler-wide default: an id names one job (a default would make
+#: every add after the first a duplicate), and ignore_data only says how one
+#: add_job_once call compares. Every other option may have a default, a time (at,
+#: expires) included, as it always could.
+NO_DEFAULT = ("id", "ignore_data")
+#: The options that take a default: the keys of the configuration's ``job_defaults`` and
+#: of ``Scheduler(**defaults)`` (which also takes them as ``default_<name>``). Aliases
+#: (ALIASES) are accepted wherever their option is.
+DEFAULT_KEYS = tuple(n for n in OPTION_NAMES if n not in NO_DEFAULT)
+DEFAULT_NAMES = tuple(f"default_{n}" for n in DEFAULT_KEYS)
+DEFAULT_ALIASES = tuple(alias for alias, name in ALIASES.items() if name in DEFAULT_KEYS)
 
 
 def _fail(name: str, accepted: str, value: Any) -> OptionError:
@@ -206,11 +211,17 @@ class Defaults:
     @classmethod
     def parse(cls, given: Mapping[str, Any]) -> Defaults:
         values: dict[str, Any] = {}
+        given_as: dict[str, str] = {}
         for key, value in given.items():
             bare = key[len("default_") :] if key.startswith("default_") else key
             bare = _canonical(bare)
-            if f"default_{bare}" not in DEFAULT_NAMES:
+            if bare not in DEFAULT_KEYS:
                 raise unknown_option(key, DEFAULT_NAMES)
+            if bare in given_as:
+                raise OptionError(
+                    f"option {bare!r} given twice, as {given_as[bare]!r} and as {key!r}; give one"
+                )
+            given_as[bare] = key
             values[bare] = _check_value(bare, value)
         if values.get("cron") and values.get("interval", 0):
             raise OptionError("options 'default_cron' and 'default_interval' exclude each other")
@@ -220,12 +231,6 @@ class Defaults:
         merged = dict(self.values)
         merged.update(Defaults.parse(given).values)
         return Defaults(merged)
-
-
-def validate_defaults(given: dict[str, Any]) -> dict[str, Any]:
-    """Config ``job_defaults``: the same checks as job options (ValueError on bad input)."""
-    Defaults.parse(given)
-    return dict(given)
 
 
 def resolve(
@@ -291,10 +296,6 @@ def _check_stored(items: tuple[tuple[str, Any], ...]) -> JobOptions:
     # Cached: most jobs share their options, and a claim decodes them on the hot path.
     values = {k: _check_value(k, v) for k, v in items if k in _STORED_NAMES}
     return JobOptions(**values)
-
-
-def with_id(opts: JobOptions, job_id: str | None) -> JobOptions:
-    return replace(opts, id=job_id)
 
 
 #: Deepest nesting of lists/objects accepted in job data and results (MongoDB's own limit).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from datetime import UTC, datetime
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -99,7 +98,3 @@ def format_duration(seconds: float) -> str:
             rest = (s % size) // subsize
             return f"{s // size}{unit}" + (f"{rest}{sub}" if rest else "")
     return f"{s}s"
-
-
-def now() -> float:
-    return time.time()

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from taskschedd.config import DURATION_RANGES, INT_RANGES, from_mapping, load
 from taskschedd.model import JobStatus
-from taskschedd.options import JobOptions, resolve
+from taskschedd.options import JobOptions, resolve, stored_options
 from taskschedd.scheduler import JobSpec
 from taskschedd.timeutil import parse_duration
 from taskschedd.worker import Worker
@@ -150,7 +150,7 @@ def test_valid_options_are_accepted_as_given_and_survive_storing(
             assert got == (-1.0 if value == -1 else parse_duration(value)), name
         else:
             assert got == value, name
-    stored = JobOptions.from_stored(json.loads(json.dumps(opts.stored(), allow_nan=False)))
+    stored = stored_options(json.loads(json.dumps(opts.stored(), allow_nan=False)))
     assert stored == JobOptions(**{**opts.stored(), "id": None, "at": None})
     again, _ = resolve({**opts.stored(), "id": opts.id, "at": opts.at})
     assert again == opts  # resolving is idempotent

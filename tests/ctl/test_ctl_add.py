@@ -127,6 +127,25 @@ def test_add_applies_job_defaults_of_the_config(ctl: CtlHarness) -> None:
     assert (job.options.retry, job.queue) == (4, "batch")
 
 
+def test_add_takes_every_job_default_of_the_config(ctl: CtlHarness) -> None:
+    """cron, retry_backoff_max and ignore_max_children were refused in job_defaults while
+    Scheduler(**defaults) took them (tests/e2e/test_daemon_job_defaults.py runs such a job)."""
+    config = ctl.config(
+        f"store: {ctl.url}\n"
+        "job_defaults: {cron: '*/5 * * * *', retry_backoff_max: 2h, force_spawn: true}\n"
+    )
+    res = ctl.proc("-c", str(config), "add", "--create", ECHO, "--json", store=False)
+    assert res.code == 0, res
+    job = ctl.job(json.loads(res.out)["id"])
+    opts = job.options
+    assert (opts.cron, opts.retry_backoff_max, opts.ignore_max_children) == (
+        "*/5 * * * *",
+        7200.0,
+        True,
+    )
+    assert job.status == JobStatus.POSTPONED and job.at is not None and job.at % 300 == 0
+
+
 def test_add_accepts_store_options_after_the_command(ctl: CtlHarness) -> None:
     res = ctl.run("add", "--create", ECHO, "--store", ctl.url, store=False)
     assert res.code == 0, res

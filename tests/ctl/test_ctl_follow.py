@@ -19,6 +19,7 @@ import pytest
 from taskschedctl import follow
 from taskschedd.errors import StoreUnavailable, WaitTimeout
 from taskschedd.model import JobQuery, JobRecord, JobStatus
+from taskschedd.scheduler import Scheduler
 from taskschedd.store.sqlite import SQLiteStore
 from tests.ctl.harness import ECHO, FAIL, SLEEP, CtlHarness, wait_for
 
@@ -110,10 +111,8 @@ def test_wait_rides_out_a_briefly_unavailable_store(
     err = io.StringIO()
     monkeypatch.setattr("sys.stderr", err)
     store = FlakyStore(ctl.url, failures=3)
-    try:
-        (job,) = follow.wait_jobs(store, [job_id], timeout=10)
-    finally:
-        store.close()
+    with Scheduler(store) as sched:
+        (job,) = follow.wait_jobs(sched, [job_id], timeout=10)
     assert job.status == JobStatus.DONE and store.failures == 0
     assert err.getvalue().splitlines() == [
         "taskschedctl: store unavailable, retrying: connection refused (failover in progress)",
@@ -124,12 +123,10 @@ def test_wait_rides_out_a_briefly_unavailable_store(
 def test_wait_timeout_holds_during_an_outage(ctl: CtlHarness) -> None:
     job_id = ctl.add(ECHO)
     store = FlakyStore(ctl.url, failures=10**6)
-    try:
+    with Scheduler(store) as sched:
         start = time.monotonic()
         with pytest.raises(WaitTimeout):
-            follow.wait_jobs(store, [job_id], timeout=0.5)
-    finally:
-        store.close()
+            follow.wait_jobs(sched, [job_id], timeout=0.5)
     assert time.monotonic() - start < 3
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import taskschedd
-from taskschedctl.context import DEFAULT_CONFIG_PATH
+from taskschedd.config import DEFAULT_CONFIG_PATH
 from taskschedd.model import NodeRecord
 from tests.ctl.harness import ECHO, FAIL, CtlHarness, clean_env
 

@@ -19,12 +19,18 @@ from hypothesis import strategies as st
 
 from taskschedd import config
 from taskschedd.config import Config, ConfigError, from_mapping, load, redact_url
+from taskschedd.loader import is_allowed
 
 
 def write(tmp_path: Path, text: str, name: str = "taskschedd.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def sqlite_path(cfg: Config) -> Path | None:
+    """The SQLite database file a configuration names, None for MongoDB."""
+    return Path(cfg.store.removeprefix("sqlite://")) if cfg.store_kind == "sqlite" else None
 
 
 def load_error(tmp_path: Path, data: dict[str, Any]) -> ConfigError:
@@ -46,7 +52,7 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, "# nothing but a comment\n"))
     assert cfg.store == "sqlite:///var/lib/taskschedd/taskschedd.db"
     assert cfg.store_kind == "sqlite"
-    assert cfg.sqlite_path == Path("/var/lib/taskschedd/taskschedd.db")
+    assert sqlite_path(cfg) == Path("/var/lib/taskschedd/taskschedd.db")
     assert cfg.node
     assert cfg.pm == "dynamic"
     assert cfg.min_children == 1
@@ -127,7 +133,7 @@ mongodb:
   change_streams: off
 """
     cfg = load(write(tmp_path, text))
-    assert cfg.store_kind == "mongodb" and cfg.sqlite_path is None
+    assert cfg.store_kind == "mongodb" and sqlite_path(cfg) is None
     assert cfg.mongodb.database == "jobsdb"
     assert cfg.node == "web-1.example.com"
     assert (cfg.pm, cfg.min_children, cfg.max_children) == ("static", 2, 4)
@@ -168,16 +174,17 @@ def test_relative_sqlite_resolves_against_config_dir(
     etc.mkdir()
     monkeypatch.chdir(tmp_path)  # must not matter
     cfg = load(write(etc, "store: sqlite://data/../data/jobs.db\n"))
-    assert cfg.sqlite_path == etc.resolve() / "data" / "jobs.db"
+    assert sqlite_path(cfg) == etc.resolve() / "data" / "jobs.db"
     assert cfg.store == f"sqlite://{etc.resolve()}/data/jobs.db"
-    assert load(write(etc, "store: var/bare.db\n")).sqlite_path == etc.resolve() / "var/bare.db"
+    bare = load(write(etc, "store: var/bare.db\n"))
+    assert sqlite_path(bare) == etc.resolve() / "var/bare.db"
 
 
 def test_relative_sqlite_without_file_uses_cwd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert from_mapping({"store": "sqlite://x.db"}).sqlite_path == tmp_path.resolve() / "x.db"
+    assert sqlite_path(from_mapping({"store": "sqlite://x.db"})) == tmp_path.resolve() / "x.db"
 
 
 def test_mongodb_database_default_and_override() -> None:
@@ -207,28 +214,23 @@ def test_listen_ipv6_and_hostname() -> None:
 
 
 def test_allowed_modules_star_and_prefix() -> None:
-    cfg = from_mapping({"allowed_modules": ["myapp.jobs"]})
-    assert cfg.module_allowed("myapp.jobs") and cfg.module_allowed("myapp.jobs.mail")
-    assert not cfg.module_allowed("myapp.jobsx") and not cfg.module_allowed("myapp")
-    assert from_mapping({"allowed_modules": ["*"]}).module_allowed("os")
-    assert not from_mapping({"allowed_modules": []}).module_allowed("taskschedd.examples")
+    def allowed(modules: list[str], module: str) -> bool:
+        return is_allowed(module, from_mapping({"allowed_modules": modules}).allowed_modules)
+
+    assert allowed(["myapp.jobs"], "myapp.jobs") and allowed(["myapp.jobs"], "myapp.jobs.mail")
+    assert not allowed(["myapp.jobs"], "myapp.jobsx") and not allowed(["myapp.jobs"], "myapp")
+    assert allowed(["*"], "os")
+    assert not allowed([], "taskschedd.examples")
 
 
-def test_job_defaults_validator_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    def validator(data: dict[str, Any]) -> dict[str, Any]:
-        if data.get("retry", 0) < 0:
-            raise ValueError("retry: must be >= 0")
-        return {**data, "checked": True}
-
-    monkeypatch.setattr(config, "JOB_DEFAULTS_VALIDATOR", validator)
-    assert from_mapping({"job_defaults": {"retry": 2}}).job_defaults == {
-        "retry": 2,
-        "checked": True,
-    }
+def test_job_defaults_are_checked_as_scheduler_defaults() -> None:
+    assert from_mapping({"job_defaults": {"retry": 2}}).job_defaults == {"retry": 2}
     with pytest.raises(ConfigError) as info:
-        from_mapping({"job_defaults": {"retry": -1}}, path="/x.yaml")
+        from_mapping({"job_defaults": {"retry": -2}}, path="/x.yaml")
     assert info.value.key == "job_defaults"
-    assert str(info.value) == "/x.yaml: job_defaults: retry: must be >= 0"
+    assert str(info.value) == (
+        "/x.yaml: job_defaults: option 'retry': expected an integer >= -1 (-1 = endless), got -2"
+    )
 
 
 # -- bad values --------------------------------------------------------------------------------

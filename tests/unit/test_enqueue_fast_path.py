@@ -14,7 +14,7 @@ import pytest
 from taskschedd import Scheduler
 from taskschedd.errors import JobDataError, OptionError
 from taskschedd.model import JobQuery
-from taskschedd.options import MAX_JSON_DEPTH, JobOptions, dump_data, resolve
+from taskschedd.options import MAX_JSON_DEPTH, dump_data, resolve, stored_options
 from taskschedd.scheduler import new_id
 
 CLS = "tests.api_jobs.Echo"
@@ -105,7 +105,7 @@ def test_stored_json_is_the_stored_options() -> None:
     opts, _ = resolve({"retry": 3, "cron": "@daily", "queue": "q", "timeout": "1m"})
     assert json.loads(opts.stored_json) == opts.stored()
     assert opts.stored_json is opts.stored_json  # made once per options object
-    assert JobOptions.from_stored(json.loads(opts.stored_json)).timeout == 60.0
+    assert stored_options(json.loads(opts.stored_json)).timeout == 60.0
 
 
 def test_dump_data_still_refuses_deep_nesting_and_keeps_its_format() -> None:

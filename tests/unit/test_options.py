@@ -23,6 +23,7 @@ from taskschedd.options import (
     JobOptions,
     dump_data,
     resolve,
+    stored_options,
 )
 from taskschedd.timeutil import format_time
 
@@ -241,7 +242,7 @@ def test_stored_options_round_trip() -> None:
     opts, _ = resolve({"retry": 3, "cron": "@daily", "queue": "q", "id": "x", "at": 5})
     stored = opts.stored()
     assert "id" not in stored and "at" not in stored
-    back = JobOptions.from_stored(json.loads(json.dumps({**stored, "from_the_future": 1})))
+    back = stored_options(json.loads(json.dumps({**stored, "from_the_future": 1})))
     assert back == JobOptions(**{**opts.__dict__, "id": None, "at": None})
 
 
