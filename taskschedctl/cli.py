@@ -17,11 +17,10 @@ import click
 from taskschedctl import cmd_add, cmd_jobs, cmd_ops, cmd_watch
 from taskschedctl.common import EXIT_CODES, fail
 from taskschedctl.context import Ctl, check_store_url
-from taskschedd.storeurl import DEFAULT_URL
 
 EPILOG = f"""\b
 Choosing the store (first match wins; the command line wins over the environment):
-  --store URL / $TASKSCHED_STORE     {DEFAULT_URL},
+  --store URL / $TASKSCHED_STORE     sqlite:///var/lib/taskschedd/taskschedd.db,
                                      a file path, or mongodb://user:pw@host/db
   $TASKSCHED_STORE_FILE              a file holding the store URL (keeps a password
                                      out of ps and shell history)

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from taskschedctl.context import Ctl
-from taskschedd.storeurl import is_sqlite
 
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
@@ -81,6 +80,8 @@ def complete_ids(
 
     def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
         from click.shell_completion import CompletionItem
+
+        from taskschedd.storeurl import is_sqlite
 
         try:
             ctl = _completion_ctl(ctx)

@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from taskschedd.storeurl import ACCEPTED, SCHEMES, is_sqlite
-
 if TYPE_CHECKING:
     from taskschedd.config import Config
     from taskschedd.scheduler import Scheduler
@@ -21,6 +19,8 @@ if TYPE_CHECKING:
 
 def check_store_url(url: str) -> str:
     """A usage error for a store URL no store understands (before anything is opened)."""
+    from taskschedd.storeurl import ACCEPTED, SCHEMES
+
     if "://" in url and not url.startswith(SCHEMES):
         from taskschedd.redact import redact_url
 
@@ -101,6 +101,7 @@ class Ctl:
         """A Scheduler on the chosen store. A SQLite file is only created when ``create``
         (add --create): a mistyped path must fail, not queue into or leave a new file."""
         from taskschedd.scheduler import Scheduler
+        from taskschedd.storeurl import is_sqlite
 
         config = self.config
         url = self.url

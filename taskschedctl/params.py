@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.shell_completion import CompletionItem
 
-from taskschedd.timeutil import DURATION_HELP, TIME_HELP, parse_duration, parse_time
-
 if TYPE_CHECKING:
     from taskschedd.model import JobStatus
 
@@ -37,6 +35,8 @@ class Duration(click.ParamType[float]):
             return value
         if self.allow_minus_one and str(value).strip() == "-1":
             return -1.0
+        from taskschedd.timeutil import DURATION_HELP, parse_duration
+
         try:
             return parse_duration(value)
         except ValueError:
@@ -58,6 +58,8 @@ class Time(click.ParamType[float]):
     ) -> float:
         if isinstance(value, float):
             return value
+        from taskschedd.timeutil import TIME_HELP, parse_duration, parse_time
+
         try:
             return parse_time(value)
         except ValueError:

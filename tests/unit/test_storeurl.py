@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from taskschedctl import params
-from taskschedd import config, redact, store, timeutil
+from taskschedctl import cli
+from taskschedd import config, redact, store
 from taskschedd.storeurl import DEFAULT_URL, is_mongodb, is_sqlite, looks_like_mongodb
 
 
@@ -30,6 +30,5 @@ def test_which_store_a_url_names(url: str, mongo: bool, sqlite: bool, lookalike:
 def test_one_definition_of_each_constant() -> None:
     assert store.DEFAULT_URL is DEFAULT_URL
     assert config.Config().store == DEFAULT_URL
-    assert params.DURATION_HELP is timeutil.DURATION_HELP
-    assert params.TIME_HELP is timeutil.TIME_HELP
+    assert DEFAULT_URL in cli.EPILOG  # spelled out there: --help imports no taskschedd
     assert redact.url_password("mongodb+srv://u:pw@h/db") == "pw"
