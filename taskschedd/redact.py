@@ -22,6 +22,7 @@ import re
 from urllib.parse import quote, unquote
 
 from taskschedd.osproc import set_title
+from taskschedd.storeurl import MONGODB_SCHEMES
 
 MASK = "***"
 
@@ -29,7 +30,6 @@ MASK = "***"
 #: mask every such letter); the URL patterns still mask them inside URLs.
 MIN_SECRET = 4
 
-_MONGO_SCHEMES = ("mongodb://", "mongodb+srv://")
 # scheme://user:password@host... in free text. The password may contain '@' (unescaped, a
 # common mistake) but not whitespace, nor '/' except in a MongoDB URL (where an '@' after
 # a path is unusual, so masking too much is the only risk); the match stops at the last
@@ -56,7 +56,7 @@ def remember_secret(secret: str) -> None:
 
 def url_password(url: str) -> str | None:
     """The password part of a MongoDB URL as written (not decoded), None without one."""
-    if not url.startswith(_MONGO_SCHEMES):
+    if not url.startswith(MONGODB_SCHEMES):
         return None
     rest = url.split("://", 1)[1]
     at = rest.rfind("@")
@@ -101,7 +101,7 @@ def hide_argv_secrets(argv: list[str]) -> bool:
     masked; True when something was hidden. It narrows the window, it cannot close it: the
     password was visible from exec until now. Give it in a file or the environment instead
     (store_password_file, TASKSCHED_STORE_FILE, TASKSCHED_STORE)."""
-    shown = [redact_url(a) if a.startswith(_MONGO_SCHEMES) else redact_text(a) for a in argv]
+    shown = [redact_url(a) if a.startswith(MONGODB_SCHEMES) else redact_text(a) for a in argv]
     if shown == argv:
         return False
     return set_title(" ".join(shown))
