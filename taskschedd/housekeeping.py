@@ -129,13 +129,16 @@ class Housekeeping:
                     settlement = rules.on_corrupt(record, time.time())
                 else:
                     settlement = rules.on_abandoned(record, time.time(), detail=detail)
-                if self.store.settle(record.id, record.claim_token, settlement, now=time.time()):
+                applied = self.store.settle(
+                    record.id, record.claim_token, settlement, now=time.time()
+                )
+                if applied is not None and applied.status is not None:
                     reaped += 1
                     self.log.warning(
                         "reaped a job whose lease expired",
                         job_id=record.id, job_class=record.cls, attempt=record.attempt,
                         queue=record.queue, owner_node=record.node, owner_worker=record.worker,
-                        status=settlement.status.name,
+                        status=applied.status.name,
                     )  # fmt: skip
         except StoreError as exc:
             store_trouble(self.log, "reap expired leases", self.reap_timer, now, exc)

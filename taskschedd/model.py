@@ -194,27 +194,6 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
-class Settlement:
-    """The next state of a claimed job, decided by :mod:`taskschedd.rules`.
-
-    ``status`` FINAL ends the job; WAITING/POSTPONED re-queues the same job at ``at``.
-    ``attempt_delta`` -1 gives back the attempt the claim used (drain release).
-    ``reset_errors``: ``error`` replaces the stored errors instead of joining them (a
-    corrupt record's errors may not be a list to append to).
-    """
-
-    status: JobStatus
-    at: float | None = None
-    result_json: str | None = None
-    error: ErrorInfo | None = None
-    reason: str | None = None
-    progress: float | None = None
-    attempt_delta: int = 0
-    next_job: NewJob | None = None
-    reset_errors: bool = False
-
-
-@dataclass(frozen=True)
 class ClaimRequest:
     """What :meth:`Store.settle_batch` claims: up to ``limit`` due jobs from ``queues``
     (in that order of preference), each under its own token derived from ``token``."""

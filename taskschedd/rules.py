@@ -1,6 +1,7 @@
 """The scheduling rules, in one place: what a job becomes after each outcome.
 
-Pure functions of a job record and the time; the stores only apply what these return.
+Pure functions of a job record and the time, returning the :class:`Transition` that the
+stores apply (see :mod:`taskschedd.transitions`).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ import hashlib
 import random
 from collections.abc import Callable
 
-from taskschedd.model import ErrorInfo, JobRecord, JobStatus, NewJob, Settlement
+from taskschedd.model import ErrorInfo, JobRecord, JobStatus, NewJob
 from taskschedd.options import ONCE_COMPARED, JobOptions
+from taskschedd.transitions import Change, Transition, settle, settle_change
 
 Rand = Callable[[], float]
 
@@ -35,34 +37,42 @@ def retry_delay(opts: JobOptions, attempt: int, rand: Rand = random.random) -> f
     return delay / 2 + rand() * delay / 2
 
 
-def _requeue(job: JobRecord, error: ErrorInfo, now: float, rand: Rand) -> Settlement:
+def _canceled(
+    error: ErrorInfo | None = None, result_json: str | None = None, *, give_back: bool = False
+) -> Change:
+    """A held job ends CANCELED: the attempt's error or result is kept; never a follow-up."""
+    return settle_change(
+        JobStatus.CANCELED, error=error, result_json=result_json, reason="canceled",
+        give_back=give_back,
+    )  # fmt: skip
+
+
+def _settle(
+    job: JobRecord, name: str, change: Change, next_job: NewJob | None, canceled: Change
+) -> Transition:
+    """``change`` (with ``next_job``), unless a cancel was requested: known at claim time,
+    it is ``canceled`` outright; requested since, the store's guard picks ``canceled``
+    at the time of the write. Either way a canceled job is never rescheduled."""
+    if job.cancel_requested:
+        return settle("canceled", canceled)
+    return settle(name, change, next_job, canceled=canceled)
+
+
+def _requeue(job: JobRecord, error: ErrorInfo, now: float, rand: Rand) -> Transition:
     delay = retry_delay(job.options, job.attempt, rand)
     status = JobStatus.POSTPONED if delay > 0 else JobStatus.WAITING
-    return Settlement(status=status, at=now + delay, error=error, progress=0.0, reason="retrying")
+    change = settle_change(status, at=now + delay, error=error, progress=0.0, reason="retrying")
+    return _settle(job, "retry", change, None, _canceled(error))
 
 
-def _final(
-    job: JobRecord,
-    status: JobStatus,
-    now: float,
-    *,
-    error: ErrorInfo | None = None,
-    reason: str | None = None,
-    result_json: str | None = None,
-    recur: bool = True,
-) -> Settlement:
-    return Settlement(
-        status=status,
-        result_json=result_json,
-        error=error,
-        reason=reason,
-        progress=100.0 if status == JobStatus.DONE else None,
-        next_job=next_occurrence(job, now) if recur else None,
-    )
+def on_success(job: JobRecord, result_json: str, now: float) -> Transition:
+    change = settle_change(JobStatus.DONE, result_json=result_json, reason="done", progress=100.0)
+    return _settle(job, "done", change, next_occurrence(job, now), _canceled(None, result_json))
 
 
-def on_success(job: JobRecord, result_json: str, now: float) -> Settlement:
-    return _final(job, JobStatus.DONE, now, result_json=result_json, reason="done")
+def _failed(job: JobRecord, status: JobStatus, error: ErrorInfo, now: float) -> Transition:
+    change = settle_change(status, error=error, reason=error.reason)
+    return _settle(job, status.name.lower(), change, next_occurrence(job, now), _canceled(error))
 
 
 def on_error(
@@ -72,17 +82,14 @@ def on_error(
     *,
     permanent: bool = False,
     rand: Rand = random.random,
-) -> Settlement:
+) -> Transition:
     """An exception in start() (or a class that cannot be loaded, when ``permanent``)."""
-    if job.cancel_requested:
-        # Canceled jobs are never rescheduled; the attempt's error is still kept.
-        return _final(job, JobStatus.CANCELED, now, error=error, reason="canceled", recur=False)
     if not permanent and retries_left(job):
         return _requeue(job, error, now, rand)
-    return _final(job, JobStatus.FAILED, now, error=error, reason=error.reason)
+    return _failed(job, JobStatus.FAILED, error, now)
 
 
-def on_timeout(job: JobRecord, now: float, rand: Rand = random.random) -> Settlement:
+def on_timeout(job: JobRecord, now: float, rand: Rand = random.random) -> Transition:
     """The job ran past its timeout and was killed; a timeout counts as a failed attempt."""
     error = ErrorInfo(
         attempt=job.attempt,
@@ -91,19 +98,15 @@ def on_timeout(job: JobRecord, now: float, rand: Rand = random.random) -> Settle
         time=now,
         reason="timeout",
     )
-    if job.cancel_requested:
-        return on_cancel_running(job, now)
     if retries_left(job):
         return _requeue(job, error, now, rand)
-    return _final(job, JobStatus.TIMEOUT, now, error=error, reason="timeout")
+    return _failed(job, JobStatus.TIMEOUT, error, now)
 
 
 def on_abandoned(
     job: JobRecord, now: float, detail: str = "its lease expired", rand: Rand = random.random
-) -> Settlement:
+) -> Transition:
     """The job's worker or node died (or stopped renewing): retry it, or end it FAILED."""
-    if job.cancel_requested:
-        return on_cancel_running(job, now)
     error = ErrorInfo(
         attempt=job.attempt,
         type="WorkerLost",
@@ -113,10 +116,10 @@ def on_abandoned(
     )
     if retries_left(job):
         return _requeue(job, error, now, rand)
-    return _final(job, JobStatus.FAILED, now, error=error, reason="abandoned")
+    return _failed(job, JobStatus.FAILED, error, now)
 
 
-def on_corrupt(job: JobRecord, now: float) -> Settlement:
+def on_corrupt(job: JobRecord, now: float) -> Transition:
     """A record that does not decode (``job.corrupt``) is quarantined: it ends FAILED with
     reason "corrupt", never runs and is never retried or rescheduled (its options cannot
     be trusted: a recurring series ends with it; add it again to go on); its errors become
@@ -128,30 +131,34 @@ def on_corrupt(job: JobRecord, now: float) -> Settlement:
         time=now,
         reason="corrupt",
     )
-    return Settlement(
-        status=JobStatus.FAILED, error=error, reason="corrupt", progress=None, reset_errors=True
+    return settle(
+        "corrupt",
+        settle_change(JobStatus.FAILED, error=error, reset_errors=True, reason="corrupt"),
     )
 
 
-def on_cancel_running(job: JobRecord, now: float) -> Settlement:
+def on_cancel_running(job: JobRecord, now: float) -> Transition:
     """A running job was canceled and killed; canceled jobs are never rescheduled."""
-    return _final(job, JobStatus.CANCELED, now, reason="canceled", recur=False)
+    return settle("canceled", _canceled())
 
 
-def on_cancel_claimed(job: JobRecord, now: float) -> Settlement:
+def on_cancel_claimed(job: JobRecord, now: float) -> Transition:
     """A claimed job whose cancel was requested before it started: it never runs (and
     used no attempt)."""
-    return Settlement(status=JobStatus.CANCELED, reason="canceled", attempt_delta=-1, progress=None)
+    return settle("canceled", _canceled(give_back=True))
 
 
-def on_expired(job: JobRecord, now: float) -> Settlement:
+def on_expired(job: JobRecord, now: float) -> Transition:
     """Claimed after its `expires` time: it must not start; a series goes on."""
-    return _final(job, JobStatus.CANCELED, now, reason="expired")
+    change = settle_change(JobStatus.CANCELED, reason="expired")
+    return _settle(job, "expired", change, next_occurrence(job, now), _canceled())
 
 
-def release(job: JobRecord) -> Settlement:
-    """Node shutdown: give the job back without using up an attempt."""
-    return Settlement(status=JobStatus.WAITING, at=job.at, attempt_delta=-1, progress=0.0)
+def release(job: JobRecord) -> Transition:
+    """Node shutdown: give the job back without using up an attempt (unless its cancel
+    was requested meanwhile: then it ends CANCELED, never having run)."""
+    change = settle_change(JobStatus.WAITING, at=job.at, give_back=True, progress=0.0)
+    return _settle(job, "release", change, None, _canceled(give_back=True))
 
 
 def is_expired(job: JobRecord, now: float) -> bool:
@@ -195,6 +202,16 @@ def next_occurrence(job: JobRecord, now: float) -> NewJob | None:
         series=series,
         series_seq=seq,
     )
+
+
+def series_of(job: JobRecord) -> str | None:
+    """The series a job belongs to: its first job's id (the id add_job returned) for a
+    recurring job (interval or cron) and its occurrences; None for a one-off job."""
+    if job.series is not None:
+        return job.series
+    if job.options.interval or job.options.cron:
+        return job.id
+    return None
 
 
 def _data_json(job: JobRecord) -> str:

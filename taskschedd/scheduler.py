@@ -8,9 +8,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from taskschedd import rules
-from taskschedd.errors import JobFailed, OptionError, TaskSchedError, WaitTimeout
-from taskschedd.loader import normalize, path_of
+from taskschedd import rules, transitions
+from taskschedd.errors import (
+    JobFailed,
+    JobNotFound,
+    OptionError,
+    StoreError,
+    StoreUnavailable,
+    TaskSchedError,
+    WaitTimeout,
+)
+from taskschedd.loader import check_allowed, normalize, path_of
 from taskschedd.model import (
     ACTIVE,
     ErrorInfo,
@@ -29,8 +37,9 @@ from taskschedd.options import (
     dump_data,
     resolve,
 )
-from taskschedd.store import DEFAULT_URL, open_configured, open_store
-from taskschedd.store.base import DuplicateJobId, Store
+from taskschedd.store import open_store
+from taskschedd.store.base import DuplicateJobId, Store, Waker
+from taskschedd.storeurl import DEFAULT_URL
 
 if TYPE_CHECKING:
     from taskschedd.config import Config
@@ -143,6 +152,10 @@ class Scheduler:
     ``max_data_size``, else 1 MiB); larger data raises DataTooLarge before any write.
     ``create``: make a SQLite store that does not exist yet; without it, a missing file
     is StoreMissing at first use (a mistyped path must not queue jobs into a new file).
+
+    A Scheduler with a configuration (``config``, or the file $TASKSCHED_CONFIG names)
+    adds only job classes from its ``allowed_modules``, as its nodes would run them:
+    JobClassError before anything is written.
     """
 
     def __init__(
@@ -155,6 +168,8 @@ class Scheduler:
         **defaults: Any,
     ) -> None:
         self._create = create
+        #: The file the configuration came from, for messages (None: given as a Config).
+        self.config_source: str | None = None
         self.config = self._load_config(config) if config is not None else None
         self.max_data_size = _data_size(max_data_size, self.config)
         if isinstance(store, Store):
@@ -169,13 +184,17 @@ class Scheduler:
         self._plain: tuple[Defaults, JobOptions] | None = None
         self._paths: dict[str, str] = {}  # class path as given -> normalized
 
-    @staticmethod
-    def _load_config(config: str | os.PathLike[str] | Config) -> Config:
+    def _load_config(self, config: str | os.PathLike[str] | Config) -> Config:
         from taskschedd.config import Config, load
 
-        return config if isinstance(config, Config) else load(config)
+        if isinstance(config, Config):
+            return config
+        self.config_source = os.fspath(config)
+        return load(config)
 
     def _open(self, url: str | None) -> Store:
+        from taskschedd.config import open_configured
+
         create = self._create
         if url is None and self.config is not None:
             return open_configured(self.config, create=create)
@@ -192,14 +211,21 @@ class Scheduler:
         self.defaults = self.defaults.updated(defaults)
 
     def _path(self, cls: str | type) -> str:
+        """The class path a worker will import; JobClassError when it is malformed or
+        outside the configuration's ``allowed_modules`` (cached once checked)."""
         if not isinstance(cls, str):
-            return path_of(cls)
+            return self._allowed(path_of(cls))
         path = self._paths.get(cls)
         if path is None:
-            path = normalize(cls)
+            path = self._allowed(normalize(cls))
             if len(self._paths) >= 1024:
                 self._paths.clear()
             self._paths[cls] = path
+        return path
+
+    def _allowed(self, path: str) -> str:
+        if self.config is not None:
+            check_allowed(path, self.config.allowed_modules, self.config_source)
         return path
 
     def _resolve(self, options: Mapping[str, Any]) -> tuple[JobOptions, set[str]]:
@@ -326,7 +352,7 @@ class Scheduler:
             return rules.same_request(existing, opts, explicit)
 
         try:
-            record, _ = self.store.insert_once(job, same)
+            record, _ = self.store.insert_once(job, same, transitions.replace_once())
         except DuplicateJobId as exc:
             raise OptionError(f"option 'id': a job with id {exc.job_id!r} already exists") from None
         return Process(self, record)
@@ -367,10 +393,24 @@ class Scheduler:
         )
         return [Process(self, r) for r in self.store.find(query)]
 
+    def series_active(self, series_id: str) -> bool:
+        """Whether the series ``series_id`` (the id add_job returned for an interval or cron
+        job) still has an occurrence waiting, postponed or running."""
+        return bool(self.store.find(JobQuery(series=series_id, statuses=ACTIVE, limit=1)))
+
     # -- changing -----------------------------------------------------------------
     def cancel_job(self, job_id: str) -> Process:
-        """Cancel a waiting job now; a running one is killed by its node. Final jobs stay."""
-        return Process(self, self.store.cancel(job_id, now=time.time()))
+        """Cancel a waiting job now; a running one is killed by its node and ends CANCELED;
+        final jobs stay. A job of a recurring series (its first job, whose id is the
+        series id, or any occurrence) cancels the whole series: no occurrence is created
+        or started after this returns. JobNotFound if there is no such job."""
+        now = time.time()
+        series = rules.series_of(self.store.get(job_id))
+        if series is None:
+            self.store.apply(job_id, transitions.cancel(), now=now)
+        else:
+            self.store.apply_series(series, transitions.cancel(), now=now)
+        return Process(self, self.store.get(job_id))
 
     def retry_job(self, job_id: str) -> Process:
         """Re-queue a FAILED, TIMEOUT or CANCELED job with a fresh retry budget (not one
@@ -404,35 +444,56 @@ class Scheduler:
         self.store.flush()
 
     # -- following ----------------------------------------------------------------
-    def wait(self, ids: Iterable[str], timeout: float | None = None) -> list[Process]:
-        """Block until all these jobs are final; WaitTimeout if ``timeout`` passes first."""
+    def wait(
+        self,
+        ids: Iterable[str],
+        timeout: float | None = None,
+        *,
+        on_read: Callable[[list[JobRecord]], Any] | None = None,
+        on_unavailable: Callable[[StoreUnavailable], float] | None = None,
+    ) -> list[Process]:
+        """Block until all these jobs are final; WaitTimeout if ``timeout`` passes first,
+        JobNotFound for an id no job has.
+
+        ``on_read`` gets the jobs as read, after each look at the store (a progress
+        display). ``on_unavailable`` rides out a store outage: it gets each
+        StoreUnavailable and returns the seconds to wait before the next look (without
+        it, the error is raised); the deadline still holds."""
         wanted = list(dict.fromkeys(ids))
         deadline = None if timeout is None else time.monotonic() + timeout
-        done: dict[str, JobRecord] = {}
-        waker = self.store.waker()
+        latest: dict[str, JobRecord] = {}
+        waker = open_waker(self.store)
         try:
             while True:
-                pending = [i for i in wanted if i not in done]
-                if pending:
+                pending = [i for i in wanted if i not in latest or not latest[i].is_final]
+                delay = FALLBACK_POLL
+                try:
                     found = {r.id: r for r in self.store.find(JobQuery(ids=tuple(pending)))}
+                except StoreUnavailable as exc:
+                    if on_unavailable is None:
+                        raise
+                    delay = on_unavailable(exc)
+                else:
                     for job_id in pending:
                         if job_id not in found:
-                            self.store.get(job_id)  # raises JobNotFound
-                        if found[job_id].is_final:
-                            done[job_id] = found[job_id]
-                if len(done) == len(wanted):
-                    return [Process(self, done[i]) for i in wanted]
+                            raise JobNotFound(job_id)
+                        latest[job_id] = found[job_id]
+                    if on_read is not None:
+                        on_read([latest[i] for i in wanted])
+                    if all(latest[i].is_final for i in wanted):
+                        return [Process(self, latest[i]) for i in wanted]
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    missing = [i for i in wanted if i not in done]
+                    missing = [i for i in wanted if i not in latest or not latest[i].is_final]
                     raise WaitTimeout(
-                        f"{len(missing)} of {len(wanted)} jobs not final after {timeout:g}s: "
+                        f"{len(missing)} of {len(wanted)} job(s) not final after {timeout:g}s: "
                         + ", ".join(missing[:5])
-                        + ("..." if len(missing) > 5 else "")
+                        + (" ..." if len(missing) > 5 else "")
                     )
-                waker.wait(FALLBACK_POLL if left is None else min(FALLBACK_POLL, left))
+                pause(waker, delay if left is None else min(delay, left))
         finally:
-            waker.close()
+            if waker is not None:
+                waker.close()
 
     def listen(
         self,
@@ -564,17 +625,50 @@ def _event_filter(
             f"unknown listen filter key(s) {', '.join(sorted(unknown))}; "
             "accepted: id, class, status, queue"
         )
-    ids = set(_listed(spec.get("id")))
-    classes = {normalize(c) for c in _listed(spec.get("class"))}
-    statuses = set(parse_statuses(spec["status"], ())) if spec.get("status") is not None else set()
-    queues = set(_listed(spec.get("queue")))
+    statuses = parse_statuses(spec["status"], ()) if spec.get("status") is not None else ()
+    return event_matcher(
+        ids=_listed(spec.get("id")),
+        classes=_listed(spec.get("class")),
+        statuses=statuses,
+        queues=_listed(spec.get("queue")),
+    )
+
+
+def event_matcher(
+    *,
+    ids: Iterable[str] = (),
+    classes: Iterable[str | type] = (),
+    statuses: Iterable[JobStatus] = (),
+    queues: Iterable[str] = (),
+) -> Callable[[EventRecord], bool]:
+    """A predicate on events: each filter given (not empty) must match, any of its values
+    (class paths normalized). What :meth:`Scheduler.listen` and taskschedctl events use."""
+    want_ids = set(ids)
+    want_cls = {normalize(c) if isinstance(c, str) else path_of(c) for c in classes}
+    want_status, want_queue = set(statuses), set(queues)
 
     def match(e: EventRecord) -> bool:
         return (
-            (not ids or e.job_id in ids)
-            and (not classes or e.cls in classes)
-            and (not statuses or e.status in statuses)
-            and (not queues or e.queue in queues)
+            (not want_ids or e.job_id in want_ids)
+            and (not want_cls or e.cls in want_cls)
+            and (not want_status or e.status in want_status)
+            and (not want_queue or e.queue in want_queue)
         )
 
     return match
+
+
+def open_waker(store: Store) -> Waker | None:
+    """The store's wake-up source, or None (then we poll) if it cannot be had right now."""
+    try:
+        return store.waker()
+    except (OSError, StoreError):
+        return None
+
+
+def pause(waker: Waker | None, seconds: float) -> None:
+    seconds = max(0.0, seconds)
+    if waker is not None:
+        waker.wait(seconds)
+    else:
+        time.sleep(seconds)

@@ -37,10 +37,11 @@ from taskschedd.children import (
 from taskschedd.config import Config
 from taskschedd.errors import JobNotFound, StoreError, StoreReplaced
 from taskschedd.messages import Claim, ClaimedJob, Drop, LeaseConfirmed, Progress, Unstored
-from taskschedd.model import JobQuery, JobRecord, JobStatus, Settlement
+from taskschedd.model import JobQuery, JobRecord, JobStatus
 from taskschedd.osproc import group_alive, killpg
 from taskschedd.periodic import Every, store_backoff, store_trouble
 from taskschedd.store import Store
+from taskschedd.transitions import Transition
 
 CANCEL_POLL = 0.5  # seconds between looks for cancel requests of running jobs
 KILL_HOLD = 0.25  # longest a kill waits for a worker to store the outcomes it holds
@@ -367,7 +368,7 @@ class Supervisor:
                 bound.info("job was already settled elsewhere", status=record.status.name)
                 return True, False
             settlement = self.settlement(record, owed)
-            ok = self.store.settle(job.id, job.token, settlement, now=time.time())
+            applied = self.store.settle(job.id, job.token, settlement, now=time.time())
         except JobNotFound:
             return True, False
         except StoreReplaced as exc:  # nowhere left to store it: the job runs again
@@ -376,19 +377,19 @@ class Supervisor:
         except StoreError as exc:
             bound.warning("store unavailable while settling; will retry", error=str(exc))
             return False, False
-        if ok:
+        if applied is not None:
             log_fn = bound.info if owed.reason is OwedOutcome.RELEASE else bound.warning
             log_fn(
                 "job settled by the master",
                 why=owed.reason,
-                status=settlement.status.name,
-                reason=settlement.reason,
+                status=applied.status.name if applied.status is not None else None,
+                reason=applied.reason,
                 detail=owed.detail,
             )
-        return True, ok
+        return True, applied is not None
 
     @staticmethod
-    def settlement(record: JobRecord, owed: Owed) -> Settlement:
+    def settlement(record: JobRecord, owed: Owed) -> Transition:
         now = time.time()
         if record.corrupt is not None:  # never given back to run: quarantined
             return rules.on_corrupt(record, now)

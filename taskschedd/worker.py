@@ -29,9 +29,10 @@ from taskschedd.errors import JobClassError, JobDataError, StoreError, StoreUnav
 from taskschedd.job import Job
 from taskschedd.leasewatch import lease_margin
 from taskschedd.loader import load_class
-from taskschedd.model import ClaimRequest, ErrorInfo, JobRecord, Settlement, clip
+from taskschedd.model import ClaimRequest, ErrorInfo, JobRecord, clip
 from taskschedd.options import DEFAULT_MAX_DATA_SIZE, dump_result
 from taskschedd.store.base import Store
+from taskschedd.transitions import Branch, Transition
 
 log = structlog.get_logger("taskschedd.worker")
 
@@ -76,10 +77,23 @@ class Outcome:
     """What happened to one claimed job."""
 
     job: JobRecord
-    settlement: Settlement
+    settlement: Transition
     settled: bool  # False: the claim was lost (fenced off), nothing was written
+    #: The branch of ``settlement`` the store applied (a cancel requested meanwhile
+    #: turns an outcome into CANCELED); None when not settled.
+    applied: Branch | None = None
     runtime: float = 0.0  # seconds start() ran; 0 for a job given back unstarted
     started: bool = True  # False: claimed ahead and given back before it started
+
+    @property
+    def status_name(self) -> str:
+        """The status the job was left in (or was to be, when not settled)."""
+        status = (self.applied or self.settlement.intended).status
+        return status.name if status is not None else "?"
+
+    @property
+    def reason(self) -> str | None:
+        return (self.applied or self.settlement.intended).reason
 
 
 def error_info(
@@ -106,7 +120,7 @@ class _Finished:
     """A job that ran; its outcome waits for the worker's next store write."""
 
     job: JobRecord
-    settlement: Settlement
+    settlement: Transition
     runtime: float
     started: bool
     at: float = field(default_factory=time.monotonic)
@@ -236,7 +250,8 @@ class Worker:
     def release(self, job: JobRecord) -> bool:
         """Give back a claimed job that was not started (no attempt used)."""
         assert job.claim_token is not None
-        return self.store.settle(job.id, job.claim_token, rules.release(job), now=time.time())
+        settled = self.store.settle(job.id, job.claim_token, rules.release(job), now=time.time())
+        return settled is not None
 
     # -- claiming ahead -----------------------------------------------------------------
     def step(self, *, budget: int | None = None, force_spawn: bool = False) -> bool:
@@ -334,7 +349,7 @@ class Worker:
         assert job.claim_token is not None
         began = time.monotonic()
         self._in_start = False
-        settlement: Settlement | None = None
+        settlement: Transition | None = None
         stored = False
         try:
             with self._lock:
@@ -431,12 +446,23 @@ class Worker:
             self._queued.clear()
         outcomes = [
             Outcome(
-                job=f.job, settlement=f.settlement, settled=ok, runtime=f.runtime, started=f.started
+                job=f.job,
+                settlement=f.settlement,
+                settled=ok is not None,
+                applied=ok,
+                runtime=f.runtime,
+                started=f.started,
             )
             for f, ok in zip(finished, done, strict=False)
         ]
         outcomes += [
-            Outcome(job=j, settlement=rules.release(j), settled=ok, started=False)
+            Outcome(
+                job=j,
+                settlement=rules.release(j),
+                settled=ok is not None,
+                applied=ok,
+                started=False,
+            )
             for j, ok in zip(released, done[len(finished) :], strict=False)
         ]
         for outcome in outcomes:
@@ -454,8 +480,8 @@ class Worker:
         return outcomes
 
     def _write(
-        self, settles: list[tuple[str, str, Settlement]], claim: ClaimRequest | None
-    ) -> tuple[list[bool], list[JobRecord]]:
+        self, settles: list[tuple[str, str, Transition]], claim: ClaimRequest | None
+    ) -> tuple[list[Branch | None], list[JobRecord]]:
         delay = 0.05
         # Settles are fenced by the claim tokens, so trying after the lease is safe: if
         # another node reaped a job meanwhile, it matches nothing. A daemon worker keeps
@@ -492,7 +518,7 @@ class Worker:
             return done
 
     def _write_failed(
-        self, settles: list[tuple[str, str, Settlement]], exc: StoreUnavailable, now: float
+        self, settles: list[tuple[str, str, Transition]], exc: StoreUnavailable, now: float
     ) -> None:
         """Keep the outcomes, tell on_unstored about new ones, say so in the log (not
         at every try)."""
@@ -513,7 +539,7 @@ class Worker:
                 self.on_unstored(new, exc)
 
     def _report(self, outcome: Outcome) -> None:
-        job, settlement = outcome.job, outcome.settlement
+        job = outcome.job
         if outcome.started:
             bound = log.bind(
                 job_id=job.id, job_class=job.cls, attempt=job.attempt, queue=job.queue,
@@ -521,7 +547,7 @@ class Worker:
             )  # fmt: skip
             if outcome.settled:
                 bound.info(
-                    "job settled", status=settlement.status.name, reason=settlement.reason,
+                    "job settled", status=outcome.status_name, reason=outcome.reason,
                     runtime=round(outcome.runtime, 6),
                 )  # fmt: skip
             else:
@@ -573,7 +599,7 @@ class Worker:
             self._classes[path] = cls
         return cls
 
-    def _run(self, job: JobRecord, bound: Any) -> Settlement:
+    def _run(self, job: JobRecord, bound: Any) -> Transition:
         now = time.time()
         if job.corrupt is not None:
             bound.error(

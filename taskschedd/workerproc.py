@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskschedd import log
-from taskschedd.config import Config
+from taskschedd.config import Config, open_configured
 from taskschedd.errors import StoreError, StoreNotWritable, StoreReplaced, StoreUnavailable
 from taskschedd.leasewatch import LeaseWatch
 from taskschedd.messages import (
@@ -89,7 +89,7 @@ from taskschedd.osproc import (
     set_parent_death_signal,
     set_title,
 )
-from taskschedd.store import Store, open_configured
+from taskschedd.store import Store
 from taskschedd.worker import MasterGone, Outcome, Worker
 
 #: Fixed reasons a worker gives for leaving (others say how many jobs, how much memory).
@@ -305,7 +305,7 @@ class _Loop:
         self.written.append(
             StoredOutcome(
                 token=outcome.job.claim_token or "",
-                status=outcome.settlement.status.name,
+                status=outcome.status_name,
                 settled=outcome.settled,
                 started=outcome.started,
                 runtime=outcome.runtime,

@@ -6,6 +6,10 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from taskschedd import transitions
+from taskschedd.model import ErrorInfo, JobStatus, NewJob
+from taskschedd.transitions import Transition
+
 T = TypeVar("T")
 
 
@@ -37,3 +41,20 @@ def elapsed(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.monotonic()
     value = fn()
     return value, time.monotonic() - start
+
+
+def settlement(
+    status: JobStatus,
+    *,
+    at: float | None = None,
+    result_json: str | None = None,
+    error: ErrorInfo | None = None,
+    reason: str | None = None,
+    progress: float | None = None,
+    next_job: NewJob | None = None,
+) -> Transition:
+    """A settle transition of a held job (the stores' tests settle jobs directly)."""
+    change = transitions.settle_change(
+        status, at=at, result_json=result_json, error=error, reason=reason, progress=progress
+    )
+    return transitions.settle("test", change, next_job)

@@ -1,15 +1,18 @@
 """The store interface, and the records it takes and returns.
 
-Stores are dumb and fast: they apply the state changes that :mod:`taskschedd.rules`
-decides, atomically and fenced by the claim token; they hold no scheduling rules.
+Stores are dumb and fast: they apply the transitions that :mod:`taskschedd.transitions`
+and :mod:`taskschedd.rules` decide, atomically with their guards; they hold no
+scheduling rules.
 """
 
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from taskschedd import transitions
 from taskschedd.errors import StoreUnavailable
 from taskschedd.model import (
     ClaimRequest,
@@ -19,8 +22,9 @@ from taskschedd.model import (
     JobStatus,
     NewJob,
     NodeRecord,
-    Settlement,
 )
+from taskschedd.stats import StatRows, fold
+from taskschedd.transitions import Branch, Transition
 
 
 class Waker(abc.ABC):
@@ -65,11 +69,12 @@ class Store(abc.ABC):
         """Insert all jobs atomically; DuplicateJobId if an id exists (nothing written)."""
 
     @abc.abstractmethod
-    def insert_once(self, job: NewJob, same: Any) -> tuple[JobRecord, bool]:
+    def insert_once(self, job: NewJob, same: Any, replace: Transition) -> tuple[JobRecord, bool]:
         """Insert unless an active job has the same once_key; race-free.
 
         ``same(existing) -> bool`` says whether the existing job satisfies the request;
-        if not, the existing one is canceled (reason "replaced") and ``job`` inserted.
+        if not, ``replace`` is applied to the existing one (it must free the once key)
+        and ``job`` inserted.
         Returns the job now representing the request and whether it was created.
         """
 
@@ -92,18 +97,37 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
-        """Apply a settlement if the job is still held under ``token``; False if fenced off."""
+    def apply(
+        self, job_id: str, transition: Transition, *, now: float, token: str | None = None
+    ) -> Branch | None:
+        """Apply the first branch of ``transition`` whose guard holds for the stored job at
+        the time of the write, atomically with that check, with its event and follow-up
+        job; ``token``: the caller's claim token (for guards on it). Returns the branch
+        applied, None if no guard held (nothing written; also for no such job)."""
+
+    @abc.abstractmethod
+    def apply_series(
+        self, series: str, transition: Transition, *, now: float
+    ) -> list[tuple[str, Branch]]:
+        """Apply ``transition`` to every job of ``series`` that is not final (its first
+        job, whose id is the series id, and its occurrences), and to every occurrence a
+        settle already decided but has not inserted yet: (job id, branch) applied."""
+
+    def settle(
+        self, job_id: str, token: str, transition: Transition, *, now: float
+    ) -> Branch | None:
+        """Apply ``transition`` to a job held under ``token`` (see :meth:`apply`)."""
+        return self.apply(job_id, transition, now=now, token=token)
 
     def settle_batch(
         self,
-        settles: Sequence[tuple[str, str, Settlement]],
+        settles: Sequence[tuple[str, str, Transition]],
         *,
         now: float,
         claim: ClaimRequest | None = None,
-    ) -> tuple[list[bool], list[JobRecord]]:
-        """Apply several fenced settlements ``(job_id, token, settlement)``, then claim up
-        to ``claim.limit`` due jobs: (settled flag per settlement, jobs claimed).
+    ) -> tuple[list[Branch | None], list[JobRecord]]:
+        """Apply several settles ``(job_id, token, transition)``, then claim up to
+        ``claim.limit`` due jobs: (branch applied or None per settle, jobs claimed).
 
         Stores that can do it all in one transaction override this (one durable commit for
         a batch of jobs instead of one or two per job). Here each step is its own write and
@@ -130,12 +154,17 @@ class Store(abc.ABC):
         return done, jobs
 
     @abc.abstractmethod
+    def renew_many(self, tokens: Iterable[str], branch: Branch, *, now: float) -> int:
+        """Apply ``branch`` (a renewal: guard on the token, no event) to the jobs held
+        under these tokens; returns how many."""
+
     def renew(self, tokens: Iterable[str], *, lease_until: float) -> int:
         """Extend the lease of the jobs held under these tokens; returns how many."""
+        return self.renew_many(tokens, transitions.renew(lease_until), now=time.time())
 
-    @abc.abstractmethod
     def progress(self, job_id: str, token: str, percent: float, *, now: float) -> bool:
         """Record progress if still held under ``token``."""
+        return self.apply(job_id, transitions.progress(percent), now=now, token=token) is not None
 
     @abc.abstractmethod
     def expired(self, now: float, limit: int = 100) -> list[JobRecord]:
@@ -148,24 +177,24 @@ class Store(abc.ABC):
         another client); each with ``corrupt`` set. The nodes quarantine them."""
 
     @abc.abstractmethod
-    def quarantine(self, record: JobRecord, settlement: Settlement, *, now: float) -> bool:
-        """Apply ``settlement`` (from rules.on_corrupt) to a record :meth:`malformed`
+    def quarantine(self, record: JobRecord, transition: Transition, *, now: float) -> bool:
+        """Apply ``transition`` (from rules.on_corrupt) to a record :meth:`malformed`
         returned, with its event, if the stored record is still malformed; False if it
         is not (fixed or settled meanwhile) or cannot be addressed by its id."""
 
-    @abc.abstractmethod
     def cancel(self, job_id: str, *, now: float) -> JobRecord:
-        """Cancel a waiting job at once, or ask the owner of a running one to stop it.
+        """Cancel this one job (see transitions.cancel; Scheduler.cancel_job cancels a
+        whole series). JobNotFound if there is no such job."""
+        self.apply(job_id, transitions.cancel(), now=now)
+        return self.get(job_id)
 
-        Final jobs are left as they are. JobNotFound if there is no such job.
-        """
-
-    @abc.abstractmethod
     def requeue(self, job_id: str, *, now: float) -> tuple[JobRecord, bool]:
         """Put a FAILED/TIMEOUT/CANCELED job back to WAITING with a fresh retry budget.
 
         Returns the job and whether it was re-queued (False: it was not in such a status).
         """
+        applied = self.apply(job_id, transitions.requeue(now), now=now)
+        return self.get(job_id), applied is not None
 
     # -- reading -----------------------------------------------------------------
     @abc.abstractmethod
@@ -198,8 +227,16 @@ class Store(abc.ABC):
         """The earliest due time of a runnable job in these queues."""
 
     @abc.abstractmethod
+    def stat_rows(self, *, now: float, since: float) -> StatRows:
+        """The raw grouped rows of :func:`taskschedd.stats.fold`, values as stored: every
+        job counted by (status, queue, cls); the earliest ``at`` per queue of runnable
+        jobs due by ``now``; final jobs with ``ended >= since`` counted by status. Only
+        reads: labelling and the figures' definitions are the fold's."""
+
     def stats(self, *, now: float, window: float = 300.0) -> dict[str, Any]:
-        """Counts by status/queue/class, oldest waiting age per queue, finished in window."""
+        """Counts by status/queue/class, oldest waiting age per queue, finished in window
+        (defined in :mod:`taskschedd.stats`)."""
+        return fold(self.stat_rows(now=now, since=now - window), now=now, window=window)
 
     # -- events ------------------------------------------------------------------
     @abc.abstractmethod

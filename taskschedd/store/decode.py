@@ -31,8 +31,6 @@ JOB_FIELDS = (
 #: Reason and error type of a quarantined record.
 CORRUPT = "corrupt"
 CORRUPT_TYPE = "CorruptRecord"
-#: The status name under which stats count records whose status is not a job status.
-UNKNOWN_STATUS = "UNKNOWN"
 
 #: Bounds of what a sane record holds (attempts are capped by `retry`, 2**31).
 MAX_ATTEMPT = 2**31
@@ -289,22 +287,6 @@ def _quarantined(values: Sequence[Any], why: str) -> JobRecord:
         errors=errors,
         corrupt=why,
     )
-
-
-def label(value: Any) -> str:
-    """A queue or class name as stats show it: text that another client stored as
-    something else is shown by its type, not passed on (JSON keys must be text)."""
-    if type(value) is str and _encodable(value):
-        return value
-    return f"<{type(value).__name__}>"
-
-
-def status_name(value: Any) -> str:
-    """The name of a stored status, :data:`UNKNOWN_STATUS` for anything else (stats)."""
-    if type(value) is float and value.is_integer():
-        value = int(value)
-    status = _STATUSES.get(value) if type(value) is int else None
-    return status.name if status is not None else UNKNOWN_STATUS
 
 
 def decode_event(values: Sequence[Any]) -> EventRecord:

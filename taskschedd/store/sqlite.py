@@ -17,8 +17,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
+from taskschedd import transitions
 from taskschedd.errors import (
     JobNotFound,
     StoreError,
@@ -28,8 +30,6 @@ from taskschedd.errors import (
 )
 from taskschedd.model import (
     FINAL,
-    MAX_ERRORS,
-    RUNNABLE,
     ClaimRequest,
     ErrorInfo,
     EventRecord,
@@ -38,12 +38,14 @@ from taskschedd.model import (
     JobStatus,
     NewJob,
     NodeRecord,
-    Settlement,
 )
+from taskschedd.stats import StatRows
 from taskschedd.store import diskspace, sqlitefiles
 from taskschedd.store.base import DuplicateJobId, Store, Waker
-from taskschedd.store.decode import decode_event, decode_job, decode_node, label, status_name
+from taskschedd.store.decode import decode_event, decode_job, decode_node
 from taskschedd.store.notify import NotifyDir
+from taskschedd.store.sqlitecompile import change_sql, event_status, guard_sql
+from taskschedd.transitions import Branch, ClaimFields, Transition
 
 SCHEMA_VERSION = 2
 #: A claim that waited longer than this for the write lock counts its lease from the end
@@ -142,7 +144,6 @@ _COLUMNS = (
     "cancel_requested, series, series_seq, once_key, updated"
 )
 _FINAL_SQL = ",".join(str(int(s)) for s in FINAL)
-_RUNNABLE_SQL = ",".join(str(int(s)) for s in RUNNABLE)
 
 
 def path_from_url(url: str) -> str:
@@ -599,7 +600,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise self._error(exc) from None
 
-    def insert_once(self, job: NewJob, same: Any) -> tuple[JobRecord, bool]:
+    def insert_once(self, job: NewJob, same: Any, replace: Transition) -> tuple[JobRecord, bool]:
         try:
             with self._write() as conn:
                 row = conn.execute(
@@ -609,7 +610,7 @@ class SQLiteStore(Store):
                     existing = _row_to_job(row)
                     if same(existing):
                         return existing, False
-                    self._replace(conn, existing, job.created)
+                    self._apply_in(conn, "id = ?", [existing.id], replace, None, job.created)
                 self._insert_row(conn, job)
         except sqlite3.IntegrityError as exc:
             if "jobs.id" in str(exc):
@@ -619,31 +620,64 @@ class SQLiteStore(Store):
             raise self._error(exc) from None
         return self.get(job.id), True
 
-    def _replace(self, conn: sqlite3.Connection, old: JobRecord, now: float) -> None:
-        if old.status in RUNNABLE:
-            conn.execute(
-                "UPDATE jobs SET status = ?, ended = ?, reason = 'replaced', once_key = NULL, "
-                "updated = ? WHERE id = ?",
-                (int(JobStatus.CANCELED), now, now, old.id),
-            )
-            self._event(
-                conn, old.id, now, JobStatus.CANCELED, old.attempt, old.cls, old.queue,
-                reason="replaced",
-            )  # fmt: skip
-        else:
-            conn.execute(
-                "UPDATE jobs SET cancel_requested = 1, once_key = NULL, updated = ? WHERE id = ?",
-                (now, old.id),
-            )
+    def _apply_in(
+        self,
+        conn: sqlite3.Connection,
+        where: str,
+        wargs: list[Any],
+        transition: Transition,
+        token: str | None,
+        now: float,
+    ) -> list[tuple[str, Branch]]:
+        """Apply ``transition`` inside a write transaction to the records ``where``
+        addresses: per record, the first branch whose guard holds (each branch one
+        guarded UPDATE, so a record changed by an earlier branch is not matched again).
+        Records the events and inserts the follow-up jobs; returns (id, branch) applied."""
+        applied: list[tuple[str, Branch]] = []
+        for branch in transition.branches:
+            sets, sargs = change_sql(branch.change, now)
+            guard, gargs = guard_sql(branch.guard, token, now)
+            rows = conn.execute(
+                f"UPDATE jobs SET {sets} WHERE {where} AND {guard} "
+                "RETURNING id, attempt, cls, queue, node, worker",
+                [*sargs, *wargs, *gargs],
+            ).fetchall()
+            for job_id, attempt, cls, queue, node, worker in rows:
+                if branch.event:
+                    self._event(
+                        conn, job_id, now, event_status(branch.change), attempt, cls, queue,
+                        node, worker, branch.change.error, branch.reason,
+                    )  # fmt: skip
+                if branch.next_job is not None:
+                    self._insert_row(conn, branch.next_job, ignore=True)
+                applied.append((job_id, branch))
+        return applied
 
-    # An attempt that is not a count (written by another client) becomes -1, which the
-    # decoding boundary reports: SQLite's arithmetic would make 1 of a text.
-    _CLAIM_SET = (
-        "UPDATE jobs SET status = 2, attempt = CASE WHEN typeof(attempt) = 'integer' "
-        "AND attempt BETWEEN 0 AND 2147483648 THEN attempt + 1 ELSE -1 END, claim_token = ?, "
-        "lease_until = ?, node = ?, worker = ?, started = ?, updated = ?, progress = 0, "
-        "ended = NULL "
-    )
+    def apply(
+        self, job_id: str, transition: Transition, *, now: float, token: str | None = None
+    ) -> Branch | None:
+        def run() -> Branch | None:
+            with self._write() as conn:
+                done = self._apply_in(conn, "id = ?", [job_id], transition, token, now)
+                return done[0][1] if done else None
+
+        return self._guard(run)
+
+    def apply_series(
+        self, series: str, transition: Transition, *, now: float
+    ) -> list[tuple[str, Branch]]:
+        # One transaction: a settle that would create the next occurrence either ran
+        # before (its occurrence is among those changed here) or runs after and finds
+        # the cancel request on the job it settles.
+        def run() -> list[tuple[str, Branch]]:
+            with self._write() as conn:
+                return self._apply_in(
+                    conn, f"(series = ? OR id = ?) AND status NOT IN ({_FINAL_SQL})",
+                    [series, series], transition, None, now,
+                )  # fmt: skip
+
+        return self._guard(run)
+
     # A row whose id is not text (another client's) is left to the quarantine sweep:
     # no later write could address it by the id a claim hands out.
     _CLAIM_PICK = (
@@ -670,9 +704,10 @@ class SQLiteStore(Store):
         # counted from before that wait could be over at commit (and the job reaped).
         if self._lock_wait > LOCK_WAIT_SHIFT:
             now += self._lock_wait
+        branch = transitions.claim(ClaimFields(token, now + lease, node, worker))
+        sets, sargs = change_sql(branch.change, now)
         row = conn.execute(
-            self._CLAIM_SET + where + f" RETURNING {_COLUMNS}",
-            [token, now + lease, node, worker, now, now, *wargs],
+            f"UPDATE jobs SET {sets} " + where + f" RETURNING {_COLUMNS}", [*sargs, *wargs]
         ).fetchone()
         if row is None:
             return None
@@ -696,8 +731,9 @@ class SQLiteStore(Store):
         job_id: str | None = None,
     ) -> JobRecord | None:
         if job_id is not None:
+            claimable, cargs = guard_sql(transitions.CLAIMABLE, None, now)
             targets: list[tuple[str, list[Any]]] = [
-                (f"WHERE id = ? AND status IN ({_RUNNABLE_SQL}) AND at <= ?", [job_id, now])
+                (f"WHERE id = ? AND {claimable}", [job_id, *cargs])
             ]
         else:
             targets = [(self._CLAIM_PICK, [q, int(force_spawn), now]) for q in queues]
@@ -740,79 +776,25 @@ class SQLiteStore(Store):
 
         return self._read(look)
 
-    def _settle_row(
-        self, conn: sqlite3.Connection, job_id: str, token: str, s: Settlement, now: float
-    ) -> bool:
-        """The fenced settle statement, its event and the next occurrence, inside a write
-        transaction; False (nothing written) if the job is no longer held under ``token``."""
-        final = s.status.is_final
-        error_json = json.dumps(s.error.to_dict()) if s.error else None
-        row = conn.execute(
-            "UPDATE jobs SET status = ?, at = COALESCE(?, at), "
-            "result = COALESCE(?, result), "
-            "errors = CASE WHEN ? IS NULL THEN errors "
-            "WHEN ? OR NOT json_valid(errors) OR json_type(errors) != 'array' "
-            "THEN json_array(json(?)) "
-            f"WHEN json_array_length(errors) >= {MAX_ERRORS} "
-            "THEN json_insert(json_remove(errors, '$[0]'), '$[#]', json(?)) "
-            "ELSE json_insert(errors, '$[#]', json(?)) END, "
-            "reason = ?, progress = COALESCE(?, progress), attempt = attempt + ?, "
-            "ended = ?, claim_token = NULL, lease_until = NULL, "
-            "cancel_requested = CASE WHEN ? THEN 0 ELSE cancel_requested END, "
-            "once_key = CASE WHEN ? THEN NULL ELSE once_key END, updated = ? "
-            "WHERE id = ? AND claim_token = ? AND status = 2 "
-            "RETURNING attempt, cls, queue, node, worker",
-            (
-                int(s.status),
-                s.at,
-                s.result_json,
-                error_json,
-                s.reset_errors,
-                error_json,
-                error_json,
-                error_json,
-                s.reason,
-                s.progress,
-                s.attempt_delta,
-                now if final else None,
-                final,
-                final,
-                now,
-                job_id,
-                token,
-            ),
-        ).fetchone()
-        if row is None:
-            return False
-        attempt, cls, queue, node, worker = row
-        self._event(
-            conn, job_id, now, s.status, attempt, cls, queue, node, worker, s.error, s.reason
-        )
-        if s.next_job is not None:
-            self._insert_row(conn, s.next_job, ignore=True)
-        return True
-
-    def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
-        try:
-            with self._write() as conn:
-                return self._settle_row(conn, job_id, token, settlement, now)
-        except sqlite3.Error as exc:
-            raise self._error(exc) from None
+    def settle(
+        self, job_id: str, token: str, transition: Transition, *, now: float
+    ) -> Branch | None:
+        return self.apply(job_id, transition, now=now, token=token)
 
     def settle_batch(
         self,
-        settles: Sequence[tuple[str, str, Settlement]],
+        settles: Sequence[tuple[str, str, Transition]],
         *,
         now: float,
         claim: ClaimRequest | None = None,
-    ) -> tuple[list[bool], list[JobRecord]]:
+    ) -> tuple[list[Branch | None], list[JobRecord]]:
         """One transaction, one fsync'd commit: the fenced settles (each with its event
         and next occurrence), then the claims (each with its event)."""
         if not settles and (claim is None or not self._any_due(claim, now)):
             return [], []  # idle polling never takes the write lock
         try:
             with self._write() as conn:
-                done = [self._settle_row(conn, j, t, s, now) for j, t, s in settles]
+                done = [self._settle_in(conn, j, t, tr, now) for j, t, tr in settles]
                 jobs: list[JobRecord] = []
                 if claim is None:
                     return done, jobs
@@ -831,37 +813,33 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise self._error(exc) from None
 
-    def renew(self, tokens: Iterable[str], *, lease_until: float) -> int:
+    def _settle_in(
+        self, conn: sqlite3.Connection, job_id: str, token: str, tr: Transition, now: float
+    ) -> Branch | None:
+        done = self._apply_in(conn, "id = ?", [job_id], tr, token, now)
+        return done[0][1] if done else None
+
+    def renew_many(self, tokens: Iterable[str], branch: Branch, *, now: float) -> int:
         toks = list(tokens)
         if not toks:
             return 0
+        sets, sargs = change_sql(branch.change, now)
 
         def run() -> int:
             total = 0
             with self._write() as conn:
                 for i in range(0, len(toks), 500):
                     chunk = toks[i : i + 500]
+                    guard, gargs = guard_sql(replace(branch.guard, held=False), None, now)
                     cur = conn.execute(
-                        "UPDATE jobs SET lease_until = ? WHERE status = 2 AND claim_token IN (%s)"
+                        f"UPDATE jobs SET {sets} WHERE {guard} AND claim_token IN (%s)"
                         % ",".join("?" * len(chunk)),
-                        [lease_until, *chunk],
+                        [*sargs, *gargs, *chunk],
                     )
                     total += cur.rowcount
             return total
 
         return self._guard(run)  # a statement can fail too (disk full), not only COMMIT
-
-    def progress(self, job_id: str, token: str, percent: float, *, now: float) -> bool:
-        def run() -> bool:
-            with self._write() as conn:
-                cur = conn.execute(
-                    "UPDATE jobs SET progress = ?, updated = ? "
-                    "WHERE id = ? AND claim_token = ? AND status = 2",
-                    (percent, now, job_id, token),
-                )
-                return cur.rowcount == 1
-
-        return self._guard(run)
 
     def expired(self, now: float, limit: int = 100) -> list[JobRecord]:
         rows = self._read(
@@ -890,74 +868,35 @@ class SQLiteStore(Store):
             out.append(record)
         return out
 
-    def quarantine(self, record: JobRecord, settlement: Settlement, *, now: float) -> bool:
-        s = settlement
-        error_json = json.dumps(s.error.to_dict()) if s.error else None
+    def quarantine(self, record: JobRecord, transition: Transition, *, now: float) -> bool:
         seq = self._malformed_seqs.get(record.id)
         if seq is None:
             return False  # not from this store's malformed(): nothing to fence with
+        change = transition.intended.change
+        # Errors replaced whatever the transition says: they may not be a list to append to.
+        change = replace(change, error=None, reset_errors=False)
+        sets, sargs = change_sql(change, now)
+        error = transition.intended.change.error
+        error_json = json.dumps(error.to_dict()) if error else None
 
         def run() -> bool:
             with self._write() as conn:
                 cur = conn.execute(
-                    "UPDATE jobs SET status = ?, reason = ?, ended = ?, "
-                    "errors = CASE WHEN ? IS NULL THEN '[]' ELSE json_array(json(?)) END, "
-                    "claim_token = NULL, lease_until = NULL, cancel_requested = 0, "
-                    f"once_key = NULL, updated = ? WHERE seq = ? AND {_MALFORMED}",
-                    (int(s.status), s.reason, now, error_json, error_json, now, seq),
+                    f"UPDATE jobs SET {sets}, "
+                    "errors = CASE WHEN ? IS NULL THEN '[]' ELSE json_array(json(?)) END "
+                    f"WHERE seq = ? AND {_MALFORMED}",
+                    [*sargs, error_json, error_json, seq],
                 )
                 if cur.rowcount != 1:
                     return False
                 self._event(
-                    conn, record.id, now, s.status, record.attempt, record.cls, record.queue,
-                    record.node, record.worker, s.error, s.reason,
+                    conn, record.id, now, event_status(change), record.attempt, record.cls,
+                    record.queue, record.node, record.worker, error,
+                    transition.intended.reason,
                 )  # fmt: skip
                 return True
 
         return self._guard(run)
-
-    def cancel(self, job_id: str, *, now: float) -> JobRecord:
-        def run() -> None:
-            with self._write() as conn:
-                row = conn.execute(
-                    f"UPDATE jobs SET status = 5, ended = ?, reason = 'canceled', "
-                    f"once_key = NULL, updated = ? WHERE id = ? AND status IN ({_RUNNABLE_SQL}) "
-                    "RETURNING attempt, cls, queue",
-                    (now, now, job_id),
-                ).fetchone()
-                if row is not None:
-                    self._event(
-                        conn, job_id, now, JobStatus.CANCELED, row[0], row[1], row[2],
-                        reason="canceled",
-                    )  # fmt: skip
-                    return
-                conn.execute(
-                    "UPDATE jobs SET cancel_requested = 1, updated = ? WHERE id = ? AND status = 2",
-                    (now, job_id),
-                )
-
-        self._guard(run)
-        return self.get(job_id)
-
-    def requeue(self, job_id: str, *, now: float) -> tuple[JobRecord, bool]:
-        def run() -> bool:
-            with self._write() as conn:
-                row = conn.execute(
-                    "UPDATE jobs SET status = 0, at = ?, attempt = 0, ended = NULL, "
-                    "reason = 'retried', result = NULL, progress = 0, cancel_requested = 0, "
-                    "node = NULL, worker = NULL, updated = ? "
-                    "WHERE id = ? AND status IN (4, 5, 6) RETURNING cls, queue",
-                    (now, now, job_id),
-                ).fetchone()
-                if row is None:
-                    return False
-                self._event(
-                    conn, job_id, now, JobStatus.WAITING, 0, row[0], row[1], reason="retried"
-                )
-                return True
-
-        changed = self._guard(run)
-        return self.get(job_id), changed
 
     # -- reading ----------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
@@ -1052,46 +991,22 @@ class SQLiteStore(Store):
         due = row[0] if row else None
         return float(due) if isinstance(due, int | float) else None
 
-    def stats(self, *, now: float, window: float = 300.0) -> dict[str, Any]:
-        def run(c: sqlite3.Connection) -> dict[str, Any]:
-            by_status: dict[str, int] = {}
-            by_queue: dict[str, dict[str, int]] = {}
-            by_class: dict[str, dict[str, int]] = {}
-            for status, queue_raw, cls_raw, n in c.execute(
+    def stat_rows(self, *, now: float, since: float) -> StatRows:
+        def run(c: sqlite3.Connection) -> StatRows:
+            # One read transaction: the three answers are of the same moment.
+            groups = c.execute(
                 "SELECT status, queue, cls, COUNT(*) FROM jobs GROUP BY status, queue, cls"
-            ):
-                queue, cls = label(queue_raw), label(cls_raw)
-                name = status_name(status)
-                by_status[name] = by_status.get(name, 0) + n
-                q = by_queue.setdefault(queue, {})
-                q[name] = q.get(name, 0) + n
-                k = by_class.setdefault(cls, {})
-                k[name] = k.get(name, 0) + n
-            oldest = {
-                label(queue): now - at
-                for queue, at in c.execute(
-                    "SELECT queue, MIN(at) FROM jobs WHERE status IN (0, 1) AND at <= ? "
-                    "GROUP BY queue",
-                    (now,),
-                )
-            }
-            finished: dict[str, int] = {}
-            # Jobs that ended in the window (jobs_ended), not final events: there is no
-            # time index on events. Differs only for a job retried since it ended.
-            for status, n in c.execute(
+            ).fetchall()
+            oldest = c.execute(
+                "SELECT queue, MIN(at) FROM jobs WHERE status IN (0, 1) AND at <= ? GROUP BY queue",
+                (now,),
+            ).fetchall()
+            ended = c.execute(  # the jobs_ended index
                 f"SELECT status, COUNT(*) FROM jobs WHERE status IN ({_FINAL_SQL}) "
                 "AND ended >= ? GROUP BY status",
-                (now - window,),
-            ):
-                finished[status_name(status)] = n
-            return {
-                "by_status": by_status,
-                "by_queue": by_queue,
-                "by_class": by_class,
-                "oldest_waiting_age": oldest,
-                "finished_in_window": finished,
-                "window": window,
-            }
+                (since,),
+            ).fetchall()
+            return StatRows(groups=groups, oldest_due=oldest, ended=ended)
 
         return self._read(run)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from taskschedd import rules
+from taskschedd import rules, transitions
 from taskschedd.errors import JobNotFound
 from taskschedd.model import (
     ACTIVE,
@@ -29,12 +29,12 @@ from taskschedd.model import (
     JobStatus,
     NewJob,
     NodeRecord,
-    Settlement,
 )
 from taskschedd.options import JobOptions, dump_data
 from taskschedd.scheduler import Scheduler
 from taskschedd.store.base import DuplicateJobId, Store
-from tests.helpers import elapsed
+from taskschedd.transitions import Transition
+from tests.helpers import elapsed, settlement
 from tests.store.conftest import StoreSpec
 
 CLS = "tests.api_jobs.Echo"
@@ -119,7 +119,7 @@ def finish(store: Store, job_id: str, status: JobStatus, now: float) -> None:
         return
     job = must_claim(store, job_id=job_id, now=now)
     assert job.claim_token is not None
-    assert store.settle(job_id, job.claim_token, Settlement(status=status, reason="t"), now=now)
+    assert store.settle(job_id, job.claim_token, settlement(status=status, reason="t"), now=now)
 
 
 def statuses_of_events(store: Store, job_id: str) -> list[JobStatus]:
@@ -307,8 +307,8 @@ def test_settle_is_fenced_by_token(store: Store) -> None:
     store.insert([new_job("j", now=now)])
     job = must_claim(store, now=now, token="right")
     seq = store.last_event_seq()
-    done = Settlement(status=JobStatus.DONE, result_json='"x"', reason="done", progress=100.0)
-    assert store.settle("j", "wrong", done, now=now) is False
+    done = settlement(status=JobStatus.DONE, result_json='"x"', reason="done", progress=100.0)
+    assert store.settle("j", "wrong", done, now=now) is None
     assert store.progress("j", "wrong", 50.0, now=now) is False
     after = store.get("j")
     assert (after.status, after.claim_token, after.result) == (JobStatus.PROCESSING, "right", None)
@@ -316,11 +316,11 @@ def test_settle_is_fenced_by_token(store: Store) -> None:
     assert store.last_event_seq() == seq
 
     # A stale worker: its job was re-queued and claimed again under a new token.
-    retry = Settlement(status=JobStatus.WAITING, at=now, error=error(1), reason="retrying")
+    retry = settlement(status=JobStatus.WAITING, at=now, error=error(1), reason="retrying")
     assert store.settle("j", job.claim_token or "", retry, now=now)
     again = must_claim(store, now=now, token="second")
     assert again.attempt == 2
-    assert store.settle("j", "right", done, now=now) is False
+    assert store.settle("j", "right", done, now=now) is None
     assert store.get("j").status == JobStatus.PROCESSING
     assert store.get("j").claim_token == "second"
 
@@ -418,7 +418,7 @@ def test_settle_inserts_next_occurrence_once(store: Store) -> None:
 
 
 def _settle_and_claim(
-    store: Store, job: JobRecord, settlement: Settlement, now: float, next_token: str
+    store: Store, job: JobRecord, settlement: Transition, now: float, next_token: str
 ) -> tuple[bool, JobRecord | None]:
     claim = ClaimRequest(
         queues=("other", "default"), node="node-a", worker="node-a/1", token=next_token,
@@ -435,10 +435,10 @@ def test_settle_batch_fenced_off_settle_writes_nothing_for_that_job(store: Store
     store.insert([new_job("a", now=now), new_job("b", now=now), new_job("c", now=now)])
     a = must_claim(store, now=now, token="right")
     b = must_claim(store, now=now, token="b-token")
-    done = Settlement(status=JobStatus.DONE, result_json='"x"', reason="done")
+    done = settlement(status=JobStatus.DONE, result_json='"x"', reason="done")
     seq = store.last_event_seq()
     flags, jobs = store.settle_batch([("a", "wrong", done), ("b", "b-token", done)], now=now)
-    assert (flags, jobs) == ([False, True], [])
+    assert ([f is not None for f in flags], jobs) == ([False, True], [])
     assert (store.get("a").status, store.get("a").claim_token) == (JobStatus.PROCESSING, "right")
     assert (store.get("b").status, store.get("b").result) == (JobStatus.DONE, "x")
     assert store.get("c").status == JobStatus.WAITING
@@ -467,12 +467,12 @@ def test_settle_batch_claims_several_in_order_each_with_its_own_token(store: Sto
     assert sorted(e.job_id for e in store.events(after=seq)) == ["d1", "d2", "hi", "o1"]
     assert store.get("d3").status == JobStatus.WAITING
     # Each claim is fenced by its own token.
-    done = Settlement(status=JobStatus.DONE, reason="done")
+    done = settlement(status=JobStatus.DONE, reason="done")
     flags, more = store.settle_batch(
         [("o1", jobs[1].claim_token or "", done), ("hi", jobs[1].claim_token or "", done)],
         now=now + 0.01, claim=replace(claim, limit=5, token="tok2"),
     )  # fmt: skip
-    assert flags == [False, True]
+    assert [f is not None for f in flags] == [False, True]
     assert [j.id for j in more] == ["d3"]  # only what is due
     assert store.get("o1").status == JobStatus.PROCESSING
 
@@ -511,9 +511,9 @@ def test_settle_batch_settles_one_and_claims_the_next(store: Store) -> None:
     assert store.get("b").status == JobStatus.WAITING
 
     # The next claim is fenced by its own token like any claim.
-    settled, nxt2 = _settle_and_claim(store, nxt, Settlement(status=JobStatus.DONE), now, "third")
+    settled, nxt2 = _settle_and_claim(store, nxt, settlement(status=JobStatus.DONE), now, "third")
     assert settled and nxt2 is not None and nxt2.id == "b"
-    assert not store.settle("c", "second", Settlement(status=JobStatus.DONE), now=now)
+    assert not store.settle("c", "second", settlement(status=JobStatus.DONE), now=now)
 
 
 def test_settle_batch_with_nothing_due_settles_only(store: Store) -> None:
@@ -521,8 +521,8 @@ def test_settle_batch_with_nothing_due_settles_only(store: Store) -> None:
     store.insert([new_job("a", now=now), new_job("later", now=now, at=now + 60)])
     store.insert([new_job("spawn", now=now, ignore_max_children=True)])
     job = must_claim(store, now=now)
-    done = Settlement(status=JobStatus.DONE, reason="done")
-    assert _settle_and_claim(store, job, done, now, "next") == (True, None)
+    done = settlement(status=JobStatus.DONE, reason="done")
+    assert _settle_and_claim(store, job, done, now, "next")[1] is None
     assert store.get("a").status == JobStatus.DONE
     assert store.get_by_token("next") is None
     assert store.get("later").status == JobStatus.POSTPONED
@@ -635,23 +635,31 @@ def test_requeue_only_from_failed_timeout_canceled(
 
 
 def test_insert_once_returns_the_existing_job_when_same(store: Store) -> None:
-    first, created = store.insert_once(new_job("one", once_key="k"), lambda existing: True)
+    first, created = store.insert_once(
+        new_job("one", once_key="k"), lambda existing: True, transitions.replace_once()
+    )
     assert created and first.id == "one"
-    again, created = store.insert_once(new_job("two", once_key="k"), lambda existing: True)
+    again, created = store.insert_once(
+        new_job("two", once_key="k"), lambda existing: True, transitions.replace_once()
+    )
     assert not created and again.id == "one"
     assert [j.id for j in store.find(JobQuery())] == ["one"]
 
 
 def test_insert_once_replaces_when_not_same(store: Store) -> None:
     now = time.time()
-    store.insert_once(new_job("old", now=now, once_key="k"), lambda e: True)
+    store.insert_once(
+        new_job("old", now=now, once_key="k"), lambda e: True, transitions.replace_once()
+    )
     seen: list[str] = []
 
     def same(existing: JobRecord) -> bool:
         seen.append(existing.id)
         return False
 
-    new, created = store.insert_once(new_job("new", now=now, once_key="k", priority=3), same)
+    new, created = store.insert_once(
+        new_job("new", now=now, once_key="k", priority=3), same, transitions.replace_once()
+    )
     assert seen == ["old"]
     assert created and new.id == "new" and new.priority == 3
     old = store.get("old")
@@ -661,9 +669,11 @@ def test_insert_once_replaces_when_not_same(store: Store) -> None:
 
 
 def test_insert_once_replacing_a_running_job_asks_it_to_stop(store: Store) -> None:
-    store.insert_once(new_job("old", once_key="k"), lambda e: True)
+    store.insert_once(new_job("old", once_key="k"), lambda e: True, transitions.replace_once())
     must_claim(store, job_id="old")
-    new, created = store.insert_once(new_job("new", once_key="k"), lambda e: False)
+    new, created = store.insert_once(
+        new_job("new", once_key="k"), lambda e: False, transitions.replace_once()
+    )
     assert created and new.id == "new"
     old = store.get("old")
     assert old.status == JobStatus.PROCESSING and old.cancel_requested
@@ -671,9 +681,13 @@ def test_insert_once_replacing_a_running_job_asks_it_to_stop(store: Store) -> No
 
 def test_insert_once_after_the_job_ended_creates_a_new_one(store: Store) -> None:
     now = time.time()
-    store.insert_once(new_job("old", now=now, once_key="k"), lambda e: True)
+    store.insert_once(
+        new_job("old", now=now, once_key="k"), lambda e: True, transitions.replace_once()
+    )
     finish(store, "old", JobStatus.DONE, now)
-    new, created = store.insert_once(new_job("new", now=now, once_key="k"), lambda e: True)
+    new, created = store.insert_once(
+        new_job("new", now=now, once_key="k"), lambda e: True, transitions.replace_once()
+    )
     assert created and new.id == "new"
 
 
@@ -961,7 +975,7 @@ def test_settle_batch_of_many_records_each_change_once_with_dense_seqs(store: St
                (held[2].id, held[2].claim_token or "", rules.release(held[2]))]  # fmt: skip
     settles += [(j.id, j.claim_token or "", rules.on_success(j, "2", now)) for j in held[3:]]
     flags, more = store.settle_batch(settles, now=now + 0.01, claim=replace(request, token="k2"))
-    assert flags == [True] * 8
+    assert all(flags) and len(flags) == 8
     # The job given back is due again, and first in FIFO order.
     assert [j.id for j in more] == ["m02"] + [f"m{i:02}" for i in range(8, 15)]
     assert len({j.claim_token for j in held + more}) == 16

@@ -45,7 +45,7 @@ def sweep(store: Store) -> int:
             settlement = rules.on_corrupt(record, time.time())
         else:
             settlement = rules.on_abandoned(record, time.time())
-        n += store.settle(record.id, record.claim_token, settlement, now=time.time())
+        n += store.settle(record.id, record.claim_token, settlement, now=time.time()) is not None
     for record in store.malformed():
         n += store.quarantine(record, rules.on_corrupt(record, time.time()), now=time.time())
     return n

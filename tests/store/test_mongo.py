@@ -24,7 +24,7 @@ from pymongo import monitoring
 from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect
 
-from taskschedd import rules
+from taskschedd import rules, transitions
 from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
 from taskschedd.model import (
     ACTIVE,
@@ -33,11 +33,12 @@ from taskschedd.model import (
     JobRecord,
     JobStatus,
     NodeRecord,
-    Settlement,
 )
+from taskschedd.scheduler import Scheduler
 from taskschedd.store.base import DuplicateJobId
 from taskschedd.store.mongo import MongoStore
-from tests.helpers import elapsed, wait_for
+from taskschedd.transitions import Transition
+from tests.helpers import elapsed, settlement, wait_for
 from tests.mongo_server import MongoServer, external_mongo_uri, pick_free_port, unique_db_name
 from tests.store.test_contract import CLS, must_claim, new_job
 
@@ -53,6 +54,11 @@ NAMES = {
 needs_own_server = pytest.mark.skipif(
     external_mongo_uri() is not None, reason="stops and restarts the server"
 )
+
+
+def _ok(flags: list[Any]) -> list[bool]:
+    """Settled or not, per settle of a batch."""
+    return [f is not None for f in flags]
 
 
 def open_mongo(uri: str, database: str, **options: Any) -> MongoStore:
@@ -252,6 +258,62 @@ def test_interrupted_next_occurrence_is_inserted_by_maintenance(
     assert (nxt.status, nxt.series, nxt.at) == (JobStatus.POSTPONED, "s", pytest.approx(now + 60))
     stored = raw(store, NAMES["jobs_collection"]).find_one({"_id": "s"})
     assert stored is not None and "next_pending" not in stored and "next_job" not in stored
+
+
+def test_a_series_canceled_while_its_next_occurrence_is_pending_never_runs_it(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settle wrote the next occurrence into the settled job but died before inserting
+    it; the cancel changes the pending copy, so maintenance inserts it CANCELED."""
+    now = time.time()
+    store.insert([new_job("s", now=now, interval=-1)])
+    job = must_claim(store, now=now)
+    monkeypatch.setattr(store, "_insert_next_logged", lambda *a: None)  # the process died
+    assert store.settle("s", job.claim_token or "", rules.on_success(job, "1", now), now=now)
+    monkeypatch.undo()
+    done = store.apply_series("s", transitions.cancel(), now=now + 1)
+    assert [(j, b.name) for j, b in done] == [("s.1", "canceled")]
+    store._maintained = 0.0
+    store.heartbeat(NodeRecord(name="n", host="h", pid=1, started=now, heartbeat=now))
+    nxt = store.get("s.1")
+    assert (nxt.status, nxt.reason) == (JobStatus.CANCELED, "canceled")
+    assert store.claim(["default"], node="n", worker="w", token="x", lease=30, now=now + 2) is None
+    stored = raw(store, NAMES["jobs_collection"]).find_one({"_id": "s"})
+    assert stored is not None and "next_pending" not in stored
+
+
+def test_a_cancel_between_the_held_insert_and_its_release_wins(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_insert_next inserts the next occurrence held (never claimed), then releases it: a
+    series cancel that runs in between cancels the held one, and the release finds
+    nothing to release."""
+    now = time.time()
+    store.insert([new_job("s", now=now, interval=-1)])
+    job = must_claim(store, now=now)
+    jobs = raw(store, NAMES["jobs_collection"])
+    real_find_one = type(jobs).find_one
+    seen: list[str] = []
+
+    def find_one(coll: Any, flt: Any = None, *args: Any, **kwargs: Any) -> Any:
+        projection = kwargs.get("projection") or (args[0] if args else None)
+        if flt == {"_id": "s"} and projection == {"next_job": 1} and not seen:
+            seen.append("held")  # the occurrence is in, held: cancel the series now
+            held = real_find_one(coll, {"_id": "s.1"})
+            assert held is not None and held["state"] == "held"
+            assert (
+                store.claim(["default"], node="n", worker="w", token="x", lease=30, now=now) is None
+            )
+            Scheduler(store).cancel_job("s")
+        return real_find_one(coll, flt, *args, **kwargs)
+
+    monkeypatch.setattr(type(jobs), "find_one", find_one)
+    assert store.settle("s", job.claim_token or "", rules.on_success(job, "1", now), now=now)
+    monkeypatch.undo()
+    assert seen == ["held"]
+    nxt = store.get("s.1")
+    assert (nxt.status, nxt.reason) == (JobStatus.CANCELED, "canceled")
+    assert store.claim(["default"], node="n", worker="w", token="y", lease=30, now=now + 1) is None
 
 
 # -- event seqs ------------------------------------------------------------------------------
@@ -455,7 +517,9 @@ def _add_once_many(
         barrier.wait(30)
         got = []
         for key in ("k1", "k2", "k3"):
-            job, _ = store.insert_once(new_job(once_key=key), lambda existing: True)
+            job, _ = store.insert_once(
+                new_job(once_key=key), lambda existing: True, transitions.replace_once()
+            )
             got.append(job.id)
         Path(out).write_text("\n".join(got))
     finally:
@@ -576,7 +640,7 @@ def test_data_with_dots_and_dollars_round_trips(store: MongoStore) -> None:
     job = must_claim(store)
     assert job.data == data
     result = '{"x.y": {"$z": 2}}'
-    settled = Settlement(status=JobStatus.DONE, result_json=result, reason="done")
+    settled = settlement(status=JobStatus.DONE, result_json=result, reason="done")
     assert store.settle("d", job.claim_token or "", settled, now=time.time())
     assert store.get("d").result == {"x.y": {"$z": 2}}
 
@@ -629,7 +693,7 @@ def test_settle_batch_of_16_with_a_claim_of_16_is_six_round_trips(
     # Settles: find (tokens still held, event fields), one bulk update. Claims: find the
     # candidates, one bulk update, find them back. One insert for all 32 events.
     assert names == ["find", "update", "find", "update", "find", "insert"]
-    assert done == [True] * 16
+    assert _ok(done) == [True] * 16
     assert [j.id for j in claimed] == [f"j{i:02}" for i in range(16, 32)]
     assert [j.claim_token for j in claimed] == [f"second.{i}" if i else "second" for i in range(16)]
     events = store.events(after=seq)
@@ -654,7 +718,7 @@ def test_stale_token_inside_a_batch_is_not_applied_the_others_are(store: MongoSt
         (j.id, j.claim_token or "", rules.on_success(j, '"r"', now + 7)) for j in held.values()
     ]
     done, jobs = store.settle_batch(settles, now=now + 7)
-    assert (done, jobs) == ([True, False, True, True], [])
+    assert (_ok(done), jobs) == ([True, False, True, True], [])
     assert {n: store.get(n).status for n in "abcd"} == {
         "a": JobStatus.DONE,
         "b": JobStatus.PROCESSING,
@@ -672,7 +736,10 @@ def test_stale_token_inside_a_batch_is_not_applied_the_others_are(store: MongoSt
     store.insert([new_job("e", now=now)])
     e = must_claim(store, job_id="e", now=now, token="t-e")
     ok = rules.on_success(e, "1", now)
-    assert store.settle_batch([("e", "t-e", ok), ("e", "t-e", ok)], now=now)[0] == [True, False]
+    assert _ok(store.settle_batch([("e", "t-e", ok), ("e", "t-e", ok)], now=now)[0]) == [
+        True,
+        False,
+    ]
     assert [ev.status for ev in store.events(job_ids=["e"])][-1] == JobStatus.DONE
     assert len(store.events(job_ids=["e"])) == 3
 
@@ -702,7 +769,7 @@ def test_reaper_settling_between_the_read_and_the_bulk_update_keeps_one_event_ea
         done, _ = store.settle_batch(settles, now=now)
     finally:
         reaper.close()
-    assert done == [True, False, True]
+    assert _ok(done) == [True, False, True]
     assert len(calls) == 2  # the matched count fell short: which landed was read back
     assert store.get("b").status == JobStatus.FAILED  # the reaper's settle stands
     assert sorted((e.job_id, e.status) for e in store.events(after=seq)) == [
@@ -742,7 +809,7 @@ def test_bulk_settle_with_a_lost_reply_reports_what_happened(
     held = _held(store, 4, now)
     settles = [(j.id, j.claim_token or "", rules.on_success(j, "1", now)) for j in held]
     LoseBulkWrites(monkeypatch, applied=True)
-    assert store.settle_batch(settles[:2], now=now) == ([True, True], [])
+    assert _ok(store.settle_batch(settles[:2], now=now)[0]) == [True, True]
     assert [store.get(j.id).status for j in held[:2]] == [JobStatus.DONE] * 2
     assert all(len(store.events(job_ids=[j.id])) == 3 for j in held[:2])
     LoseBulkWrites(monkeypatch, applied=False)
@@ -750,7 +817,7 @@ def test_bulk_settle_with_a_lost_reply_reports_what_happened(
         store.settle_batch(settles[2:], now=now)
     assert [store.get(j.id).status for j in held[2:]] == [JobStatus.PROCESSING] * 2
     monkeypatch.undo()
-    assert store.settle_batch(settles[2:], now=now) == ([True, True], [])  # the retry
+    assert _ok(store.settle_batch(settles[2:], now=now)[0]) == [True, True]  # the retry
     assert all(len(store.events(job_ids=[j.id])) == 3 for j in held)
 
 
@@ -776,15 +843,13 @@ def test_bulk_claim_with_a_lost_reply_is_looked_up_never_reissued(
     job = jobs[0]
     settle = [(job.id, job.claim_token or "", rules.on_success(job, "1", now))]
     lose = LoseBulkWrites(monkeypatch, applied=False)
-    assert store.settle_batch(settle, now=now + 0.01, claim=_claim_request("c3", 3)) == (
-        [True],
-        [],
-    )
+    flags, jobs = store.settle_batch(settle, now=now + 0.01, claim=_claim_request("c3", 3))
+    assert (_ok(flags), jobs) == ([True], [])
     assert store.get("j0").status == JobStatus.DONE
 
 
 def _die_in_settle_batch(
-    spec: tuple[str, str], settles: list[tuple[str, str, Settlement]], die_after: int
+    spec: tuple[str, str], settles: list[tuple[str, str, Transition]], die_after: int
 ) -> None:
     """Run one settle_batch and die (no cleanup, as after SIGKILL) right after its
     ``die_after``-th bulk write reached the server."""
@@ -827,7 +892,7 @@ def test_a_crash_between_the_commands_of_a_batch_loses_and_double_runs_nothing(
     assert [(store.get(j.id).status, store.get(j.id).result) for j in held] == [
         (JobStatus.DONE, "ok")
     ] * 3
-    assert store.settle_batch(settles, now=now)[0] == [False] * 3
+    assert _ok(store.settle_batch(settles, now=now)[0]) == [False] * 3
     claimed = [j for j in store.find(JobQuery(statuses=(JobStatus.PROCESSING,)))]
     if die_after == 1:
         assert claimed == []  # never claimed: still there for any worker
@@ -844,7 +909,7 @@ def test_a_crash_between_the_commands_of_a_batch_loses_and_double_runs_nothing(
     if die_after == 2:
         # The reaper (or the master) settles them by their tokens; they run again later.
         reaped = [(j.id, j.claim_token or "", rules.on_abandoned(j, now)) for j in claimed]
-        assert store.settle_batch(reaped, now=now)[0] == [True] * 4
+        assert _ok(store.settle_batch(reaped, now=now)[0]) == [True] * 4
         again = must_claim(store, job_id="w0")
         assert again.attempt == 2
         # The dead claim's PROCESSING event was never written (as when a process dies

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from taskschedd import rules
 from taskschedd.model import ErrorInfo, JobRecord, JobStatus
 from taskschedd.options import JobOptions, resolve
+from taskschedd.transitions import Attempt
 
 NOW = datetime(2026, 3, 10, 12, 0, 30, tzinfo=UTC).timestamp()
 
@@ -66,16 +67,20 @@ def one() -> float:
 def test_success_is_done_with_result_and_full_progress() -> None:
     s = rules.on_success(job(), '{"r": 1}', NOW)
     assert s.status == JobStatus.DONE
-    assert s.result_json == '{"r": 1}'
-    assert s.progress == 100.0
+    assert s.intended.change.result_json == '{"r": 1}'
+    assert s.intended.change.progress == 100.0
     assert s.reason == "done"
-    assert s.error is None and s.next_job is None and s.attempt_delta == 0
+    assert (
+        s.intended.change.error is None
+        and s.next_job is None
+        and s.intended.change.attempt is Attempt.KEEP
+    )
 
 
 def test_error_without_retries_fails() -> None:
     s = rules.on_error(job(retry=0), ERR, NOW)
     assert s.status == JobStatus.FAILED
-    assert s.error == ERR
+    assert s.intended.change.error == ERR
     assert s.reason == "exception"
     assert s.next_job is None
 
@@ -86,10 +91,10 @@ def test_error_with_retries_requeues_the_same_job_after_the_interval() -> None:
         record.attempt = attempt
         s = rules.on_error(record, ERR, NOW)
         assert s.status == JobStatus.POSTPONED
-        assert s.at == NOW + 30
-        assert s.error == ERR
+        assert s.intended.change.at == NOW + 30
+        assert s.intended.change.error == ERR
         assert s.reason == "retrying"
-        assert s.progress == 0.0
+        assert s.intended.change.progress == 0.0
         assert s.next_job is None
     record.attempt = 3
     assert rules.on_error(record, ERR, NOW).status == JobStatus.FAILED
@@ -97,7 +102,7 @@ def test_error_with_retries_requeues_the_same_job_after_the_interval() -> None:
 
 def test_retry_with_zero_interval_is_waiting_at_once() -> None:
     s = rules.on_error(job(retry=1, retry_interval=0), ERR, NOW)
-    assert (s.status, s.at) == (JobStatus.WAITING, NOW)
+    assert (s.status, s.intended.change.at) == (JobStatus.WAITING, NOW)
 
 
 def test_endless_retry() -> None:
@@ -115,7 +120,7 @@ def test_error_after_cancel_was_requested_cancels_instead_of_retrying() -> None:
     s = rules.on_error(job(retry=5, interval=60, cancel_requested=True), ERR, NOW)
     assert s.status == JobStatus.CANCELED
     assert s.next_job is None  # canceled jobs are never rescheduled
-    assert s.error == ERR  # the attempt's error is kept
+    assert s.intended.change.error == ERR  # the attempt's error is kept
 
 
 def test_fixed_backoff_ignores_the_attempt() -> None:
@@ -137,7 +142,7 @@ def test_exponential_backoff_doubles_up_to_the_cap_with_equal_jitter() -> None:
     s = rules.on_error(
         job(retry=3, retry_backoff="exponential", retry_interval=10, attempt=3), ERR, NOW, rand=one
     )
-    assert s.at == NOW + 40
+    assert s.intended.change.at == NOW + 40
 
 
 @settings(max_examples=300, deadline=None)
@@ -160,21 +165,28 @@ def test_exponential_backoff_stays_within_its_bounds(
 
 def test_timeout_with_and_without_retries() -> None:
     s = rules.on_timeout(job(timeout=5, retry=1, retry_interval=7), NOW)
-    assert (s.status, s.at) == (JobStatus.POSTPONED, NOW + 7)
-    assert s.error is not None
-    assert (s.error.type, s.error.reason, s.error.attempt) == ("Timeout", "timeout", 1)
-    assert "timeout of 5s" in s.error.message
+    assert (s.status, s.intended.change.at) == (JobStatus.POSTPONED, NOW + 7)
+    assert s.intended.change.error is not None
+    assert (
+        s.intended.change.error.type,
+        s.intended.change.error.reason,
+        s.intended.change.error.attempt,
+    ) == ("Timeout", "timeout", 1)
+    assert "timeout of 5s" in s.intended.change.error.message
     s = rules.on_timeout(job(timeout=5, retry=1, attempt=2), NOW)
     assert (s.status, s.reason) == (JobStatus.TIMEOUT, "timeout")
-    assert s.error is not None and s.error.attempt == 2
+    assert s.intended.change.error is not None and s.intended.change.error.attempt == 2
 
 
 def test_abandoned_with_and_without_retries() -> None:
     s = rules.on_abandoned(job(retry=1, retry_interval=0), NOW, detail="node n1 died")
-    assert (s.status, s.at) == (JobStatus.WAITING, NOW)
-    assert s.error is not None
-    assert (s.error.type, s.error.reason) == ("WorkerLost", "abandoned")
-    assert "node n1 died" in s.error.message
+    assert (s.status, s.intended.change.at) == (JobStatus.WAITING, NOW)
+    assert s.intended.change.error is not None
+    assert (s.intended.change.error.type, s.intended.change.error.reason) == (
+        "WorkerLost",
+        "abandoned",
+    )
+    assert "node n1 died" in s.intended.change.error.message
     s = rules.on_abandoned(job(retry=0), NOW)
     assert (s.status, s.reason) == (JobStatus.FAILED, "abandoned")
 
@@ -204,8 +216,10 @@ def test_expired_is_canceled_but_the_series_goes_on() -> None:
 
 def test_release_gives_the_attempt_back() -> None:
     s = rules.release(job(attempt=3, at=NOW - 100))
-    assert (s.status, s.at, s.attempt_delta) == (JobStatus.WAITING, NOW - 100, -1)
-    assert s.error is None and s.next_job is None
+    assert (s.status, s.intended.change.at, s.intended.change.attempt) == (
+        JobStatus.WAITING, NOW - 100, Attempt.GIVE_BACK,
+    )  # fmt: skip
+    assert s.intended.change.error is None and s.next_job is None
 
 
 # -- recurrence ----------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from taskschedd.store.decode import decode_doc, decode_event
 Doc = dict[str, Any]
 
 READY, RUNNING, DONE = "ready", "running", "final"
+#: A next occurrence inserted but not released yet (never claimed; see _insert_next).
+HELD = "held"
 
 _EVENT_FIELDS = {"attempt": 1, "cls": 1, "queue": 1, "node": 1, "worker": 1}
 

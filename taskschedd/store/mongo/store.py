@@ -28,10 +28,9 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
+from taskschedd import transitions
 from taskschedd.errors import JobNotFound, StoreError, StoreNotWritable, StoreUnavailable
 from taskschedd.model import (
-    FINAL,
-    MAX_ERRORS,
     ClaimRequest,
     EventRecord,
     JobQuery,
@@ -39,31 +38,24 @@ from taskschedd.model import (
     JobStatus,
     NewJob,
     NodeRecord,
-    Settlement,
 )
 from taskschedd.redact import redact_text, redact_url
+from taskschedd.stats import StatRows
 from taskschedd.store.base import DuplicateJobId, Store, Waker
-from taskschedd.store.decode import (
-    MAX_ATTEMPT,
-    MAX_TIME,
-    UNKNOWN_STATUS,
-    decode_node,
-    label,
-    status_name,
-)
+from taskschedd.store.decode import MAX_ATTEMPT, MAX_TIME, decode_node
 from taskschedd.store.mongo.common import _is_transient, _log
+from taskschedd.store.mongo.compile import change_update, guard_filter
 from taskschedd.store.mongo.documents import (
     _EVENT_FIELDS,
     DONE,
+    HELD,
     READY,
     RUNNING,
     Doc,
     _added_event,
     _among,
-    _date,
     _event,
     _new_job_doc,
-    _state,
     _t,
     _to_event,
     _to_job,
@@ -71,6 +63,7 @@ from taskschedd.store.mongo.documents import (
 from taskschedd.store.mongo.events import FLOOR_ID, EventLog
 from taskschedd.store.mongo.indexes import create_indexes
 from taskschedd.store.mongo.waker import STREAM_AWAIT_MS, MongoWaker
+from taskschedd.transitions import Attempt, Branch, ClaimFields, Transition
 
 DEFAULT_DATABASE = "taskscheduler"
 #: MongoDB's OutOfDiskSpace: the server's volume is full.
@@ -105,30 +98,29 @@ def _due(queue: str, force_spawn: bool, now: float) -> Doc:
 
 
 def _claim_update(token: str, *, node: str, worker: str, lease: float, now: float) -> Doc:
-    return {
-        "$set": {
-            "status": int(JobStatus.PROCESSING),
-            "state": RUNNING,
-            "claim_token": token,
-            "lease_until": _t(now + lease),
-            "node": node,
-            "worker": worker,
-            "started": now,
-            "updated": now,
-            "progress": 0.0,
-            "ended": None,
-        },
-        "$inc": {"attempt": 1},
-    }
+    branch = transitions.claim(ClaimFields(token, now + lease, node, worker))
+    return change_update(branch.change, "", now)
 
 
-def _settle_event(job: Doc, s: Settlement, now: float, *, attempt: int | None = None) -> Doc:
-    """The event of a settle; ``job`` has the event fields (and the attempt after it,
-    unless ``attempt`` is given)."""
+def _branch_event(job: Doc, branch: Branch, now: float, *, attempt: int | None = None) -> Doc:
+    """The event of a branch applied to ``job`` (a document with the event fields, and the
+    attempt after the write unless ``attempt`` is given)."""
+    status = branch.status
+    assert status is not None  # branches with events set a status
     return _event(
-        job, now, s.status, attempt=attempt, node=job.get("node"), worker=job.get("worker"),
-        error=s.error, reason=s.reason,
+        job, now, status, attempt=attempt, node=job.get("node"), worker=job.get("worker"),
+        error=branch.change.error, reason=branch.reason,
     )  # fmt: skip
+
+
+def _series_member(series: str) -> Doc:
+    """The jobs of a series: its first job (whose id is the series id) and occurrences."""
+    return {"$or": [{"series": series}, {"_id": series}]}
+
+
+def _prefixed(update: Doc, prefix: str) -> Doc:
+    """``update`` applied to a sub-document (a pending next occurrence) instead."""
+    return {op: {f"{prefix}{k}": v for k, v in fields.items()} for op, fields in update.items()}
 
 
 def _count(value: Any) -> int:
@@ -145,7 +137,7 @@ _TIME = {"$gte": -MAX_TIME, "$lte": MAX_TIME}  # beyond: never due, never expire
 _MALFORMED: Doc = {
     "$or": [
         {"status": {"$nin": [int(s) for s in JobStatus]}},
-        {"state": {"$nin": [READY, RUNNING, DONE]}},
+        {"state": {"$nin": [READY, RUNNING, DONE, HELD]}},
         {"state": {"$in": [READY, RUNNING]}, "$nor": [{"_id": {"$type": "string"}}]},
         {
             "state": READY,
@@ -473,7 +465,7 @@ class MongoStore(Store):
             )
         return found
 
-    def insert_once(self, job: NewJob, same: Any) -> tuple[JobRecord, bool]:
+    def insert_once(self, job: NewJob, same: Any, replace: Transition) -> tuple[JobRecord, bool]:
         if not job.once_key:
             self.insert([job])
             return self.get(job.id), True
@@ -485,7 +477,8 @@ class MongoStore(Store):
                 existing = _to_job(found)
                 if same(existing):
                     return existing, False
-                self._replace(existing, lock, job.created)
+                # Only while it still holds the once key: it must give the key up.
+                self._apply_branches(existing.id, replace, None, job.created, {"once": lock})
             doc = _new_job_doc(job, self._next_seq())
             try:
                 with self._errors("add a job once"):
@@ -497,34 +490,141 @@ class MongoStore(Store):
             return _to_job(doc), True
         raise StoreUnavailable(f"MongoDB store {self.url}: add_job_once kept racing; retry")
 
-    def _replace(self, old: JobRecord, lock: str, now: float) -> None:
-        """Cancel (or ask to stop) the job holding ``lock``, releasing the once key."""
+    # -- applying transitions ---------------------------------------------------------------
+    def _branch_update(
+        self, job_id: str, branch: Branch, token: str | None, now: float
+    ) -> tuple[Doc, Doc | None]:
+        """The update of one branch, and the document of its follow-up job (kept in the
+        job until inserted: a crash between the two writes leaves it for the next
+        maintenance pass instead of losing the series)."""
+        update = change_update(branch.change, job_id, now)
+        if token is not None and branch.change.release_claim:
+            # Lost replies: our token in settled_by says that this settle was applied.
+            update["$set"]["settled_by"] = token
+        next_doc = None
+        if branch.next_job is not None:
+            next_doc = _new_job_doc(branch.next_job, self._next_seq())
+            update["$set"].update(next_pending=True, next_job=next_doc)
+        return update, next_doc
+
+    def _apply_branches(
+        self,
+        job_id: str,
+        transition: Transition,
+        token: str | None,
+        now: float,
+        extra: Doc | None = None,
+        *,
+        held_runnable: bool = False,
+    ) -> Branch | None:
+        """The first branch whose guard holds, applied (findAndModify per branch, the guard
+        in its filter), its event recorded and its follow-up inserted; None if none held.
+        ``held_runnable``: a next occurrence not released yet counts as runnable."""
         now = _t(now)
-        release = {"once_key": None, "once": f"j:{old.id}", "updated": now}
-        with self._errors("replace a job"):
-            done = self._jobs.find_one_and_update(
-                {"_id": old.id, "once": lock, "state": READY},
-                {
-                    "$set": {
-                        **release,
-                        "status": int(JobStatus.CANCELED),
-                        "state": DONE,
-                        "ended": now,
-                        "ended_at": _date(now),
-                        "reason": "replaced",
-                    }
-                },
-                projection=_EVENT_FIELDS,
-                return_document=ReturnDocument.AFTER,
-            )
-            if done is None:
-                self._jobs.update_one(
-                    {"_id": old.id, "once": lock, "state": RUNNING},
-                    {"$set": {**release, "cancel_requested": True}},
+        for branch in transition.branches:
+            where = {"_id": job_id, **guard_filter(branch.guard, token, now), **(extra or {})}
+            if held_runnable and where.get("state") == READY:
+                where["state"] = {"$in": [READY, HELD]}
+            update, next_doc = self._branch_update(job_id, branch, token, now)
+            if token is not None and branch.guard.held and branch.change.release_claim:
+                doc = self._settle_one(job_id, token, where, update)
+            else:
+                with self._errors(transition.name):
+                    doc = self._jobs.find_one_and_update(
+                        where, update, projection=_EVENT_FIELDS,
+                        return_document=ReturnDocument.AFTER,
+                    )  # fmt: skip
+            if doc is None:
+                continue
+            if branch.event:
+                self._emit_after(transition.name, [_branch_event(doc, branch, now)])
+            if next_doc is not None:
+                self._insert_next_logged(job_id, next_doc)
+            return branch
+        return None
+
+    def apply(
+        self, job_id: str, transition: Transition, *, now: float, token: str | None = None
+    ) -> Branch | None:
+        return self._apply_branches(job_id, transition, token, now)
+
+    def apply_series(
+        self, series: str, transition: Transition, *, now: float
+    ) -> list[tuple[str, Branch]]:
+        """Without a transaction over the series, in passes until one finds nothing new:
+        the occurrences that settles decided but did not insert yet (changed where they
+        wait, in their parent), then every job of the series that is not final, including
+        one inserted but not released yet (see _insert_next: whichever of the two runs
+        second sees what the other did). A running occurrence that settles between a
+        pass's read and its write creates its next occurrence, which the next pass finds;
+        one that the pass reached can create none (a cancel request wins at its settle)."""
+        now = _t(now)
+        applied: list[tuple[str, Branch]] = []
+        seen: set[str] = set()
+        while True:
+            changed = self._apply_pending(series, transition, now, applied)
+            with self._errors(transition.name):
+                ids = [
+                    d["_id"]
+                    for d in self._jobs.find(
+                        {**_series_member(series), "state": {"$in": [READY, RUNNING, HELD]}},
+                        projection={"_id": 1},
+                    )
+                    if isinstance(d.get("_id"), str) and d["_id"] not in seen
+                ]
+            if not ids and not changed:
+                return applied
+            seen.update(ids)
+            for job_id in ids:
+                branch = self._apply_branches(job_id, transition, None, now, held_runnable=True)
+                if branch is not None:
+                    applied.append((job_id, branch))
+
+    def _apply_pending(
+        self, series: str, transition: Transition, now: float, applied: list[tuple[str, Branch]]
+    ) -> int:
+        """``transition`` applied to the next occurrences of ``series`` that wait in their
+        parent to be inserted; how many it changed."""
+        changed = 0
+        with self._errors(transition.name):
+            parents = [
+                d["_id"]
+                for d in self._jobs.find(
+                    {**_series_member(series), "next_pending": True}, projection={"next_job": 1}
                 )
-        if done is not None:
-            event = _event(done, now, JobStatus.CANCELED, reason="replaced")
-            self._emit_after("replace", [event])
+                if isinstance((d.get("next_job") or {}).get("_id"), str)
+            ]
+        for parent in parents:
+            for branch in transition.branches:
+                guard = guard_filter(branch.guard, None, now)
+                update = change_update(branch.change, "", now)
+                with self._errors(transition.name):
+                    found = self._jobs.find_one({"_id": parent}, projection={"next_job": 1})
+                    next_id = ((found or {}).get("next_job") or {}).get("_id")
+                    if not isinstance(next_id, str):
+                        break
+                    sets = update["$set"]
+                    if "once" in sets:
+                        sets["once"] = f"j:{next_id}"
+                    done = self._jobs.find_one_and_update(
+                        {
+                            "_id": parent,
+                            "next_pending": True,
+                            **{f"next_job.{k}": v for k, v in guard.items()},
+                        },
+                        _prefixed(update, "next_job."),
+                        projection={"next_job": 1},
+                        return_document=ReturnDocument.AFTER,
+                    )
+                if done is None:
+                    continue
+                pending = done.get("next_job") or {}
+                if branch.event and isinstance(pending, dict):
+                    self._emit_after(transition.name, [_branch_event(pending, branch, now)])
+                applied.append((next_id, branch))
+                changed += 1
+                break
+        return changed
 
     def claim(
         self,
@@ -540,7 +640,7 @@ class MongoStore(Store):
     ) -> JobRecord | None:
         now = _t(now)
         if job_id is not None:
-            targets: list[Doc] = [{"_id": job_id, "state": READY, "at": {"$lte": now}}]
+            targets: list[Doc] = [{"_id": job_id, **guard_filter(transitions.CLAIMABLE, None, now)}]
         else:
             targets = [_due(q, force_spawn, now) for q in queues]
         update = _claim_update(token, node=node, worker=worker, lease=lease, now=now)
@@ -581,63 +681,9 @@ class MongoStore(Store):
             raise StoreUnavailable(f"MongoDB store {self.url}: a claim's reply was lost: {lost}")
         return found
 
-    def settle(self, job_id: str, token: str, settlement: Settlement, *, now: float) -> bool:
-        now = _t(now)
-        update, next_doc = self._settle_update(job_id, token, settlement, now)
-        doc = self._settle_one(job_id, token, update)
-        if doc is None:
-            return False
-        self._emit_after("settle", [_settle_event(doc, settlement, now)])
-        if next_doc is not None:
-            self._insert_next_logged(job_id, next_doc)
-        return True
-
-    def _settle_update(
-        self, job_id: str, token: str, s: Settlement, now: float
-    ) -> tuple[Doc, Doc | None]:
-        """The update a settlement makes (``now`` already rounded), and the document of
-        the next occurrence it carries (kept in the job until inserted)."""
-        final = s.status.is_final
-        sets: Doc = {
-            "status": int(s.status),
-            "state": _state(s.status),
-            "reason": s.reason,
-            "ended": now if final else None,
-            "claim_token": None,
-            "lease_until": None,
-            "updated": now,
-            "settled_by": token,
-        }
-        if s.at is not None:
-            sets["at"] = _t(s.at)
-        if s.result_json is not None:
-            sets["result"] = s.result_json
-        if s.progress is not None:
-            sets["progress"] = float(s.progress)
-        if final:
-            sets.update(
-                cancel_requested=False, once_key=None, once=f"j:{job_id}", ended_at=_date(now)
-            )
-        next_doc = _new_job_doc(s.next_job, self._next_seq()) if s.next_job is not None else None
-        if next_doc is not None:
-            # Kept with the settled job until it is inserted: a crash between the two
-            # writes leaves it for the next maintenance pass instead of losing the series.
-            sets.update(next_pending=True, next_job=next_doc)
-        update: Doc = {"$set": sets}
-        if s.error is not None and s.reset_errors:
-            sets["errors"] = [json.dumps(s.error.to_dict())]
-        elif s.error is not None:
-            # JSON text: nx-27017 turns a pushed sub-document into a string anyway.
-            error = json.dumps(s.error.to_dict())
-            update["$push"] = {"errors": {"$each": [error], "$slice": -MAX_ERRORS}}
-        if s.attempt_delta:
-            update["$inc"] = {"attempt": s.attempt_delta}
-        return update, next_doc
-
-    def _settle_one(self, job_id: str, token: str, update: Doc) -> Doc | None:
-        """One fenced settle (findAndModify): the job's event fields after it, None if
-        fenced off; StoreUnavailable if its reply was lost and it was not applied."""
-        where = {"_id": job_id, "claim_token": token, "state": RUNNING}
+    def _settle_one(self, job_id: str, token: str, where: Doc, update: Doc) -> Doc | None:
+        """One fenced settle (findAndModify): the job's event fields after it, None if its
+        guard did not hold; StoreUnavailable if its reply was lost and it was not applied."""
         with self._errors("settle"):
             try:
                 return self._jobs.find_one_and_update(
@@ -674,11 +720,11 @@ class MongoStore(Store):
 
     def settle_batch(
         self,
-        settles: Sequence[tuple[str, str, Settlement]],
+        settles: Sequence[tuple[str, str, Transition]],
         *,
         now: float,
         claim: ClaimRequest | None = None,
-    ) -> tuple[list[bool], list[JobRecord]]:
+    ) -> tuple[list[Branch | None], list[JobRecord]]:
         """Few round trips for a batch (no transactions: each job is written atomically on
         its own). Settles: one findAndModify for one; for several, one find (who still
         holds its token, and the event fields) and one unordered bulk update. Claims: one
@@ -694,15 +740,10 @@ class MongoStore(Store):
         now = _t(now)
         events: list[Doc] = []
         nexts: list[tuple[str, Doc]] = []
+        done: list[Branch | None]
         if len(settles) == 1:
-            job_id, token, s = settles[0]
-            update, next_doc = self._settle_update(job_id, token, s, now)
-            doc = self._settle_one(job_id, token, update)
-            done = [doc is not None]
-            if doc is not None:
-                events.append(_settle_event(doc, s, now))
-                if next_doc is not None:
-                    nexts.append((job_id, next_doc))
+            job_id, token, tr = settles[0]
+            done = [self._apply_branches(job_id, tr, token, now)]
         else:
             done = self._settle_many(settles, now, events, nexts) if settles else []
         docs: list[Doc] = []
@@ -731,16 +772,16 @@ class MongoStore(Store):
 
     def _settle_many(
         self,
-        settles: Sequence[tuple[str, str, Settlement]],
+        settles: Sequence[tuple[str, str, Transition]],
         now: float,
         events: list[Doc],
         nexts: list[tuple[str, Doc]],
-    ) -> list[bool]:
+    ) -> list[Branch | None]:
         """Several fenced settles in two commands; appends their events and next
         occurrences. A settle's event fields are read while its token is still held, so
         they are the claim's, whatever happens to the job afterwards."""
         op = secrets.token_hex(8)  # marks what this call applied
-        done = [False] * len(settles)
+        done: list[Branch | None] = [None] * len(settles)
         with self._errors("settle"):
             held = self._by_ids(
                 list(dict.fromkeys(job_id for job_id, _, _ in settles)),
@@ -749,17 +790,19 @@ class MongoStore(Store):
         ops: list[UpdateOne] = []
         todo: list[tuple[int, Doc, Doc | None]] = []  # (index, job before, next occurrence)
         seen: set[str] = set()
-        for i, (job_id, token, s) in enumerate(settles):
+        for i, (job_id, token, tr) in enumerate(settles):
             doc = held.get(job_id)
             if doc is None or job_id in seen:
                 continue  # no such job, or a second settle of it: fenced off
             if doc.get("claim_token") != token or doc.get("state") != RUNNING:
                 continue  # a token, once gone, never comes back: fenced off
             seen.add(job_id)
-            update, next_doc = self._settle_update(job_id, token, s, now)
+            # The intended branch of each in the bulk write; one whose guard no longer
+            # holds (a cancel requested since) is applied on its own below.
+            branch = tr.intended
+            update, next_doc = self._branch_update(job_id, branch, token, now)
             update["$set"]["settle_op"] = op
-            where = {"_id": job_id, "claim_token": token, "state": RUNNING}
-            ops.append(UpdateOne(where, update))
+            ops.append(UpdateOne({"_id": job_id, **guard_filter(branch.guard, token, now)}, update))
             todo.append((i, doc, next_doc))
         if not ops:
             return done
@@ -778,15 +821,22 @@ class MongoStore(Store):
                     # Another writer (the lease reaper) settled some between the two
                     # commands, with the same token: only our op marks ours.
                     applied = self._settled_by(op, [doc["_id"] for _, doc, _ in todo])
+        missed: list[int] = []
         for i, doc, next_doc in todo:
             if applied is not None and doc["_id"] not in applied:
+                missed.append(i)
                 continue
-            _, _, s = settles[i]
-            done[i] = True
-            attempt = _count(doc.get("attempt")) + s.attempt_delta  # as the update leaves it
-            events.append(_settle_event(doc, s, now, attempt=attempt))
+            branch = settles[i][2].intended
+            done[i] = branch
+            back = -1 if branch.change.attempt is Attempt.GIVE_BACK else 0
+            attempt = _count(doc.get("attempt")) + back  # as the update leaves it
+            events.append(_branch_event(doc, branch, now, attempt=attempt))
             if next_doc is not None:
                 nexts.append((doc["_id"], next_doc))
+        if lost is None:
+            for i in missed:  # fenced off, or another branch's guard holds now
+                job_id, token, tr = settles[i]
+                done[i] = self._apply_branches(job_id, tr, token, now)
         if lost is not None and applied is not None and len(applied) < len(todo):
             # The reply was lost and some settles did not land (or not yet): say so, so the
             # caller retries them (fenced, so idempotent); keep the events of those that did.
@@ -896,7 +946,8 @@ class MongoStore(Store):
             update = _claim_update(
                 tokens[c], node=claim.node, worker=claim.worker, lease=claim.lease, now=now
             )
-            ops.append(UpdateOne({"_id": c, "state": READY, "at": {"$lte": now}}, update))
+            where = {"_id": c, **guard_filter(transitions.CLAIMABLE, None, now)}
+            ops.append(UpdateOne(where, update))
         complete = True
         try:
             with self._errors("claim"):
@@ -932,40 +983,43 @@ class MongoStore(Store):
         return mine, complete
 
     def _insert_next(self, job_id: str, doc: Doc) -> None:
-        """Insert a series' next occurrence (idempotent: its id is deterministic)."""
-        doc = dict(doc)
+        """Insert a series' next occurrence kept in job ``job_id`` (idempotent: its id is
+        deterministic). It goes in held (never claimed), then takes the pending copy as it
+        is now (apply_series may have changed it, e.g. canceled) and is released, then
+        the pending copy is dropped. apply_series changes the pending copy first and then
+        every job of the series including held ones, so whichever runs second sees what
+        the other did: a canceled series never runs another occurrence."""
+        held = {**doc, "state": HELD}
         try:
-            self._jobs.insert_one(doc)
+            self._jobs.insert_one(held)
         except DuplicateKeyError:
-            pass  # already there (another node settled this occurrence, or a retry)
+            pass  # already there (a retry, or the maintenance pass)
         else:
             self._emit_after("next occurrence", [_added_event(doc)])
+        parent = self._jobs.find_one({"_id": job_id}, projection={"next_job": 1})
+        pending = (parent or {}).get("next_job")
+        if isinstance(pending, dict) and pending.get("state") not in (None, doc.get("state")):
+            self._jobs.replace_one({"_id": doc["_id"], "state": HELD}, pending)
+        else:
+            self._jobs.update_one(
+                {"_id": doc["_id"], "state": HELD}, {"$set": {"state": doc["state"]}}
+            )
         self._jobs.update_one(
             {"_id": job_id, "next_pending": True},
             {"$unset": {"next_pending": "", "next_job": ""}},
         )
 
-    def renew(self, tokens: Iterable[str], *, lease_until: float) -> int:
+    def renew_many(self, tokens: Iterable[str], branch: Branch, *, now: float) -> int:
         toks = list(tokens)
         total = 0
+        where = guard_filter(replace(branch.guard, held=False), None, now)
+        update = change_update(branch.change, "", now)
         with self._errors("renew leases"):
             for i in range(0, len(toks), _IN_CHUNK):
                 chunk = toks[i : i + _IN_CHUNK]
-                result = self._jobs.update_many(
-                    {**_among("claim_token", chunk), "state": RUNNING},
-                    {"$set": {"lease_until": _t(lease_until)}},
-                )
+                result = self._jobs.update_many({**_among("claim_token", chunk), **where}, update)
                 total += result.matched_count
         return total
-
-    def progress(self, job_id: str, token: str, percent: float, *, now: float) -> bool:
-        now = _t(now)
-        with self._errors("record progress"):
-            result = self._jobs.update_one(
-                {"_id": job_id, "claim_token": token, "state": RUNNING},
-                {"$set": {"progress": float(percent), "updated": now}},
-            )
-        return result.matched_count == 1
 
     def expired(self, now: float, limit: int = 100) -> list[JobRecord]:
         now = _t(now)
@@ -990,99 +1044,29 @@ class MongoStore(Store):
             out.append(record)
         return out
 
-    def quarantine(self, record: JobRecord, settlement: Settlement, *, now: float) -> bool:
+    def quarantine(self, record: JobRecord, transition: Transition, *, now: float) -> bool:
         now = _t(now)
-        s = settlement
-        sets: Doc = {
-            "status": int(s.status),
-            "state": _state(s.status),
-            "reason": s.reason,
-            "ended": now,
-            "ended_at": _date(now),
-            "errors": [json.dumps(s.error.to_dict())] if s.error else [],
-            "claim_token": None,
-            "lease_until": None,
-            "cancel_requested": False,
-            "once_key": None,
-            "once": f"j:{record.id}",  # unique per job, as for every final job
-            "updated": now,
-        }
+        branch = transition.intended
+        # Errors replaced whatever the transition says: they may not be a list to append to.
+        change = replace(branch.change, error=None, reset_errors=False)
+        update = change_update(change, record.id, now)
+        error = branch.change.error
+        update["$set"]["errors"] = [json.dumps(error.to_dict())] if error else []
         with self._errors("quarantine a malformed job"):
             raw_id = self._malformed_ids.get(record.id, record.id)
             # $eq: an _id that is a document must match whole, not read as operators.
             where = {"_id": {"$eq": raw_id}, **_MALFORMED}
-            result = self._jobs.update_one(where, {"$set": sets})
+            result = self._jobs.update_one(where, update)
         if result.matched_count != 1:
             return False
         fields = {"_id": record.id, "cls": record.cls, "queue": record.queue}
         event = _event(
-            fields, now, s.status, attempt=record.attempt,
-            node=record.node, worker=record.worker, error=s.error, reason=s.reason,
+            fields, now, JobStatus.FAILED if branch.status is None else branch.status,
+            attempt=record.attempt, node=record.node, worker=record.worker, error=error,
+            reason=branch.reason,
         )  # fmt: skip
         self._emit_after("quarantine", [event])
         return True
-
-    def cancel(self, job_id: str, *, now: float) -> JobRecord:
-        now = _t(now)
-        with self._errors("cancel"):
-            doc = self._jobs.find_one_and_update(
-                {"_id": job_id, "state": READY},
-                {
-                    "$set": {
-                        "status": int(JobStatus.CANCELED),
-                        "state": DONE,
-                        "ended": now,
-                        "ended_at": _date(now),
-                        "reason": "canceled",
-                        "once_key": None,
-                        "once": f"j:{job_id}",
-                        "updated": now,
-                    }
-                },
-                return_document=ReturnDocument.AFTER,
-            )
-            if doc is None:
-                self._jobs.update_one(
-                    {"_id": job_id, "state": RUNNING},
-                    {"$set": {"cancel_requested": True, "updated": now}},
-                )
-        if doc is not None:
-            job = _to_job(doc)
-            event = _event(doc, now, JobStatus.CANCELED, reason="canceled")
-            self._emit_after("cancel", [event])
-            return job
-        return self.get(job_id)
-
-    def requeue(self, job_id: str, *, now: float) -> tuple[JobRecord, bool]:
-        now = _t(now)
-        with self._errors("retry a job"):
-            doc = self._jobs.find_one_and_update(
-                {"_id": job_id, "state": DONE, "status": {"$ne": int(JobStatus.DONE)}},
-                {
-                    "$set": {
-                        "status": int(JobStatus.WAITING),
-                        "state": READY,
-                        "at": now,
-                        "attempt": 0,
-                        "ended": None,
-                        "reason": "retried",
-                        "result": None,
-                        "progress": 0.0,
-                        "cancel_requested": False,
-                        "node": None,
-                        "worker": None,
-                        "updated": now,
-                    },
-                    "$unset": {"ended_at": ""},
-                },
-                return_document=ReturnDocument.AFTER,
-            )
-        if doc is None:
-            return self.get(job_id), False
-        job = _to_job(doc)
-        event = _event(doc, now, JobStatus.WAITING, attempt=0, reason="retried")
-        self._emit_after("retry", [event])
-        return job, True
 
     # -- reading ------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
@@ -1177,83 +1161,78 @@ class MongoStore(Store):
                     best = float(at)
         return best
 
-    def stats(self, *, now: float, window: float = 300.0) -> dict[str, Any]:
-        sep = "\x1f"
+    #: Whether the server evaluates a compound $group key (None: not asked yet).
+    _compound_groups: bool | None = None
+
+    def stat_rows(self, *, now: float, since: float) -> StatRows:
         with self._errors("stats"):
-            # One group key built with $concat: compound $group keys are not evaluated
-            # by nx-27017. Class paths never contain the separator; split it off the end.
-            groups = list(
-                self._jobs.aggregate(
-                    [
-                        {
-                            "$group": {
-                                "_id": {
-                                    "$concat": [
-                                        {"$toString": "$status"},
-                                        sep,
-                                        "$queue",
-                                        sep,
-                                        "$cls",
-                                    ]
-                                },
-                                "n": {"$sum": 1},
-                            }
-                        }
-                    ]
-                )
+            groups = self._count_groups()
+            # What a claim could take now (the claim's state and status range).
+            runnable = {"$gte": int(JobStatus.WAITING), "$lte": int(JobStatus.POSTPONED)}
+            oldest = self._jobs.aggregate(
+                [
+                    {"$match": {"state": READY, "at": {"$lte": _t(now)}, "status": runnable}},
+                    {"$group": {"_id": "$queue", "at": {"$min": "$at"}}},
+                ]
             )
-            oldest_rows = list(
-                self._jobs.aggregate(
-                    [
-                        {"$match": {"state": READY, "at": {"$lte": _t(now)}}},
-                        {"$group": {"_id": "$queue", "at": {"$min": "$at"}}},
-                    ]
-                )
+            oldest_due = [(r.get("_id"), r.get("at")) for r in oldest]
+            ended = self._jobs.aggregate(
+                [
+                    {"$match": {"state": DONE, "ended": {"$gte": _t(since)}}},  # (state, ended)
+                    {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+                ]
             )
-            finished_rows = list(
-                self._events.aggregate(
-                    [
-                        {
-                            "$match": {
-                                "time": {"$gte": now - window},
-                                "status": {"$gte": int(min(FINAL))},
-                            }
-                        },
-                        {"$group": {"_id": "$status", "n": {"$sum": 1}}},
-                    ]
-                )
-            )
-        by_status: dict[str, int] = {}
-        by_queue: dict[str, dict[str, int]] = {}
-        by_class: dict[str, dict[str, int]] = {}
-        for row in groups:
-            # $concat of a field that is not text gives null: records of another client.
-            parts = str(row["_id"]).split(sep, 1)
-            status_text, rest = parts if len(parts) == 2 else ("?", f"?{sep}?")
-            queue, cls = rest.rsplit(sep, 1) if sep in rest else ("?", "?")
-            try:
-                name = status_name(float(status_text))
-            except ValueError:
-                name = UNKNOWN_STATUS
-            n = _count(row.get("n"))
-            by_status[name] = by_status.get(name, 0) + n
-            q = by_queue.setdefault(queue, {})
-            q[name] = q.get(name, 0) + n
-            k = by_class.setdefault(cls, {})
-            k[name] = k.get(name, 0) + n
-        finished = {status_name(r["_id"]): _count(r["n"]) for r in finished_rows if r.get("n")}
-        return {
-            "by_status": by_status,
-            "by_queue": by_queue,
-            "by_class": by_class,
-            "oldest_waiting_age": {
-                label(r["_id"]): now - float(r["at"])
-                for r in oldest_rows
-                if type(r.get("at")) in (int, float)
-            },
-            "finished_in_window": finished,
-            "window": window,
-        }
+            ended_rows = [(r.get("_id"), _count(r.get("n"))) for r in ended]
+        return StatRows(groups=groups, oldest_due=oldest_due, ended=ended_rows)
+
+    def _count_groups(self) -> list[tuple[Any, Any, Any, int]]:
+        """(status, queue, cls, count) of every job: one $group by the three fields. A
+        server that cannot group by a compound key (nx-27017 answers the key unevaluated,
+        after a scan in Python: 14 s at 100k jobs) is asked instead for the queues and
+        classes of the jobs of each status, a $group by one field that it runs as SQL,
+        and they are counted here."""
+        if self._compound_groups is None:
+            self._compound_groups = self._groups_by_compound_key()
+        if self._compound_groups:
+            out: list[tuple[Any, Any, Any, int]] = []
+            key = {"s": "$status", "q": "$queue", "c": "$cls"}
+            for row in self._jobs.aggregate([{"$group": {"_id": key, "n": {"$sum": 1}}}]):
+                k = row.get("_id")
+                k = k if isinstance(k, dict) else {}  # absent fields are absent from the key
+                out.append((k.get("s"), k.get("q"), k.get("c"), _count(row.get("n"))))
+            return out
+        counts: dict[tuple[Any, Any, Any], int] = {}
+        loose: list[tuple[Any, Any, Any, int]] = []
+        for row in self._jobs.aggregate(
+            [{"$group": {"_id": "$status", "q": {"$push": "$queue"}, "c": {"$push": "$cls"}}}]
+        ):
+            status, queues, classes = row.get("_id"), row.get("q"), row.get("c")
+            if not isinstance(queues, list) or not isinstance(classes, list):
+                continue
+            if len(queues) != len(classes):  # a server that skips absent values
+                loose.append((status, None, None, max(len(queues), len(classes))))
+                continue
+            for queue, cls in zip(queues, classes, strict=True):
+                try:
+                    counts[status, queue, cls] = counts.get((status, queue, cls), 0) + 1
+                except TypeError:  # a list or document that another client stored there
+                    loose.append((status, queue, cls, 1))
+        return [(*k, n) for k, n in counts.items()] + loose
+
+    def _groups_by_compound_key(self) -> bool:
+        """Whether the server groups by a compound key: asked of one literal document
+        ($documents: MongoDB >= 5.1), not of the jobs."""
+        probe: list[Doc] = [
+            {"$documents": [{"a": 1}]},
+            {"$group": {"_id": {"a": "$a"}, "n": {"$sum": 1}}},
+        ]
+        try:
+            rows = list(self._db.aggregate(probe))
+        except OperationFailure as exc:
+            if _is_transient(exc):
+                raise
+            return False
+        return [(r.get("_id"), r.get("n")) for r in rows] == [({"a": 1}, 1)]
 
     # -- events -------------------------------------------------------------------------
     def events(
