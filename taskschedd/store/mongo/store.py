@@ -551,46 +551,74 @@ class MongoStore(Store):
     def apply_series(
         self, series: str, transition: Transition, *, now: float
     ) -> list[tuple[str, Branch]]:
-        """Without a transaction over the series, in passes until one finds nothing new:
-        the occurrences that settles decided but did not insert yet (changed where they
-        wait, in their parent), then every job of the series that is not final, including
-        one inserted but not released yet (see _insert_next: whichever of the two runs
-        second sees what the other did). A running occurrence that settles between a
-        pass's read and its write creates its next occurrence, which the next pass finds;
-        one that the pass reached can create none (a cancel request wins at its settle)."""
+        """Without a transaction over the series: every job of it that is not final, and
+        every next occurrence waiting in its parent to be inserted (changed there); then
+        the series' latest occurrence, chased until it can lead to no further one. An
+        occurrence that settles between a read and a write here creates its next one with
+        a higher series_seq, so the chase finds it; the insert of a next occurrence is
+        held until it has read its pending copy (see _insert_next), so a change made to
+        the copy before that read is never lost, and after it the occurrence is found."""
         now = _t(now)
         applied: list[tuple[str, Branch]] = []
-        seen: set[str] = set()
+        with self._errors(transition.name):
+            ids = [
+                d["_id"]
+                for d in self._jobs.find(
+                    {**_series_member(series), "state": {"$in": [READY, RUNNING, HELD]}},
+                    projection={"_id": 1},
+                )
+                if isinstance(d.get("_id"), str)
+            ]
+        tried: set[str] = set(ids)
+        for job_id in ids:
+            branch = self._apply_branches(job_id, transition, None, now, held_runnable=True)
+            if branch is not None:
+                applied.append((job_id, branch))
+        self._apply_pending(series, transition, now, applied)
+        pending_tried: set[str] = set()
         while True:
-            changed = self._apply_pending(series, transition, now, applied)
             with self._errors(transition.name):
-                ids = [
-                    d["_id"]
-                    for d in self._jobs.find(
-                        {**_series_member(series), "state": {"$in": [READY, RUNNING, HELD]}},
-                        projection={"_id": 1},
-                    )
-                    if isinstance(d.get("_id"), str) and d["_id"] not in seen
-                ]
-            if not ids and not changed:
+                last = self._jobs.find_one(
+                    _series_member(series),
+                    sort=[("series_seq", -1)],
+                    projection={"state": 1, "next_pending": 1},
+                )
+            job_id = (last or {}).get("_id")
+            if last is None or not isinstance(job_id, str):
                 return applied
-            seen.update(ids)
-            for job_id in ids:
+            if last.get("state") in (READY, RUNNING, HELD):
+                if job_id in tried:
+                    return applied  # done with it, and it is still the latest
+                tried.add(job_id)
                 branch = self._apply_branches(job_id, transition, None, now, held_runnable=True)
                 if branch is not None:
                     applied.append((job_id, branch))
+            elif last.get("next_pending") and job_id not in pending_tried:
+                pending_tried.add(job_id)
+                self._apply_pending(series, transition, now, applied, parent=job_id)
+            else:
+                # Ended with nothing after it; or its next occurrence, changed in its
+                # pending copy, is not inserted yet (its insert will read the change).
+                return applied
 
     def _apply_pending(
-        self, series: str, transition: Transition, now: float, applied: list[tuple[str, Branch]]
+        self,
+        series: str,
+        transition: Transition,
+        now: float,
+        applied: list[tuple[str, Branch]],
+        *,
+        parent: str | None = None,
     ) -> int:
-        """``transition`` applied to the next occurrences of ``series`` that wait in their
-        parent to be inserted; how many it changed."""
+        """``transition`` applied to the next occurrences of ``series`` (or of ``parent``
+        alone) that wait in their parent to be inserted; how many it changed."""
         changed = 0
+        where = {"_id": parent} if parent is not None else _series_member(series)
         with self._errors(transition.name):
             parents = [
                 d["_id"]
                 for d in self._jobs.find(
-                    {**_series_member(series), "next_pending": True}, projection={"next_job": 1}
+                    {**where, "next_pending": True}, projection={"next_job": 1}
                 )
                 if isinstance((d.get("next_job") or {}).get("_id"), str)
             ]
