@@ -12,7 +12,10 @@ from taskschedctl.context import Ctl
 from taskschedctl.params import Duration, Statuses, Time, merge_statuses
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from taskschedd.model import EventRecord, JobRecord, JobStatus
+    from taskschedd.scheduler import Scheduler
 
 
 @click.command("list", epilog=EXIT_CODES)
@@ -53,7 +56,7 @@ def list_(
 
     With a limit, the newest jobs are shown.
     """
-    from taskschedctl.output import echo_json, echo_jsonl, job_rows
+    from taskschedctl.output import echo_json, echo_jsonl, job_dict, job_rows
 
     if all_ and statuses:
         raise click.UsageError("--all and --status exclude each other")
@@ -70,12 +73,13 @@ def list_(
         newest_first=True,
     )
     jobs = [p.record for p in reversed(procs)]
+    active = series_states(sched, jobs)
     if as_json:
-        echo_json([j.to_dict() for j in jobs])
+        echo_json([job_dict(j, active) for j in jobs])
     elif jsonl:
-        echo_jsonl(j.to_dict() for j in jobs)
+        echo_jsonl(job_dict(j, active) for j in jobs)
     elif jobs:
-        click.echo(job_rows(jobs))
+        click.echo(job_rows(jobs, active))
         if limit and len(jobs) == limit:
             click.echo(f"(the newest {limit} jobs; --limit 0 shows all)", err=True)
     elif sys.stdout.isatty():
@@ -88,10 +92,11 @@ def list_(
 @ctl_options
 def show(ctl: Ctl, job_id: str, as_json: bool) -> None:
     """Every field of a job: each attempt with its error, the result, the events."""
-    from taskschedctl.output import echo_json, job_text
+    from taskschedctl.output import echo_json, job_dict, job_text
 
     sched = ctl.scheduler()
     job = sched.get_job(job_id).record
+    active = series_states(sched, [job])
     events: list[EventRecord] = []
     while True:
         batch = sched.events(job_ids=[job_id], after=events[-1].seq if events else 0)
@@ -99,9 +104,42 @@ def show(ctl: Ctl, job_id: str, as_json: bool) -> None:
         if len(batch) < 1000:
             break
     if as_json:
-        echo_json({**job.to_dict(), "events": [e.to_dict() for e in events]})
+        echo_json({**job_dict(job, active), "events": [e.to_dict() for e in events]})
     else:
-        click.echo(job_text(job, events))
+        click.echo(job_text(job, events, next(iter(active.values()), None)))
+
+
+def series_after_cancel(sched: Scheduler, job: JobRecord) -> str:
+    """What became of the job's series (if it has one), for cancel's line."""
+    from taskschedd.model import ACTIVE, JobQuery, JobStatus
+    from taskschedd.rules import series_of
+
+    series = series_of(job)
+    if series is None:
+        return ""
+    left = sched.store.find(JobQuery(series=series, statuses=ACTIVE, limit=None))
+    if not left:
+        return f"; series {series} ended"
+    if all(j.status == JobStatus.PROCESSING and j.cancel_requested for j in left):
+        return f"; series {series} ends when its running occurrence is stopped"
+    return f"; series {series} still active ({len(left)} occurrence(s) waiting or running)"
+
+
+def series_states(sched: Scheduler, jobs: Sequence[JobRecord]) -> dict[str, bool]:
+    """Whether each series of these jobs is still active (an occurrence waiting or
+    running): known without a query for a series with a listed job that is."""
+    from taskschedd.rules import series_of
+
+    states: dict[str, bool] = {}
+    for job in jobs:
+        series = series_of(job)
+        if series is not None and not job.is_final:
+            states[series] = True
+    for job in jobs:
+        series = series_of(job)
+        if series is not None and series not in states:
+            states[series] = sched.series_active(series)
+    return states
 
 
 # -- cancel / retry / purge --------------------------------------------------------------
@@ -140,15 +178,14 @@ def cancel(ctl: Ctl, ids: tuple[str, ...], as_json: bool) -> None:
         if as_json:
             continue
         if before.is_final:
-            click.echo(f"{job.id} already {job.status.name}: not changed")
+            text = f"{job.id} already {job.status.name}: not changed"
         elif job.status == JobStatus.CANCELED:
-            click.echo(f"{job.id} CANCELED")
+            text = f"{job.id} CANCELED"
         elif job.status == JobStatus.PROCESSING:
-            click.echo(
-                f"{job.id} cancel requested: running on {job.node or '?'}, its node stops it"
-            )
+            text = f"{job.id} cancel requested: running on {job.node or '?'}, its node stops it"
         else:
-            click.echo(f"{job.id} {job.status.name}")
+            text = f"{job.id} {job.status.name}"
+        click.echo(text + series_after_cancel(sched, job))
     if as_json:
         print_jobs(changed, True)
     if missing:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 import click
@@ -77,10 +77,37 @@ def job_when(job: JobRecord, now: float) -> str:
     return age(job.at, now)
 
 
-def job_rows(jobs: Sequence[JobRecord]) -> str:
+def series_state(active: bool) -> str:
+    return "active" if active else "ended"
+
+
+def job_dict(job: JobRecord, series_active: Mapping[str, bool]) -> dict[str, Any]:
+    """A job for --json output: its fields, with ``series`` the id of its series (the first
+    job's included, whose stored ``series`` is empty) and ``series_active`` whether that
+    series still has an occurrence waiting or running (both null for a one-off job)."""
+    from taskschedd.rules import series_of
+
+    series = series_of(job)
+    active = series_active.get(series) if series is not None else None
+    return {**job.to_dict(), "series": series, "series_active": active}
+
+
+def job_rows(jobs: Sequence[JobRecord], series_active: Mapping[str, bool]) -> str:
+    """The job table; a SERIES column (``#<occurrence> active|ended``) when a listed job
+    belongs to an interval or cron series (``series_active``: by series id)."""
+    from taskschedd.rules import series_of
+
     now = time.time()
-    rows = [
-        [
+    rows = []
+    in_series = False
+    for j in jobs:
+        series = series_of(j)
+        in_series = in_series or series is not None
+        mark = "-"
+        if series is not None:
+            state = series_active.get(series)
+            mark = f"#{j.series_seq}" + ("" if state is None else f" {series_state(state)}")
+        rows.append([
             j.id,
             j.cls,
             "CORRUPT"
@@ -90,11 +117,16 @@ def job_rows(jobs: Sequence[JobRecord]) -> str:
             str(j.priority),
             str(j.attempt),
             f"{j.progress:.0f}%",
+            mark,
             job_when(j, now),
-        ]
-        for j in jobs
-    ]
-    headers = ["ID", "CLASS", "STATUS", "QUEUE", "PRIO", "ATTEMPT", "PROGRESS", "AT/ENDED"]
+        ])  # fmt: skip
+    headers = [
+        "ID", "CLASS", "STATUS", "QUEUE", "PRIO", "ATTEMPT", "PROGRESS", "SERIES", "AT/ENDED"
+    ]  # fmt: skip
+    if not in_series:  # the column only when it says something: the table stays narrow
+        headers.pop(7)
+        for row in rows:
+            row.pop(7)
     return table(headers, rows, right=(4, 5, 6))
 
 
@@ -107,8 +139,13 @@ def _json_block(value: Any) -> str:
     return text if "\n" not in text else "\n" + _indent(text, "    ")
 
 
-def job_text(job: JobRecord, events: Sequence[EventRecord]) -> str:
-    """Every field of a job, each attempt's error with its traceback, and its events."""
+def job_text(
+    job: JobRecord, events: Sequence[EventRecord], series_active: bool | None = None
+) -> str:
+    """Every field of a job, each attempt's error with its traceback, and its events;
+    ``series_active``: whether the job's series (if it has one) is still active."""
+    from taskschedd.rules import series_of
+
     status = job.status.name
     if job.reason:
         status += f" ({job.reason})"
@@ -133,8 +170,10 @@ def job_text(job: JobRecord, events: Sequence[EventRecord]) -> str:
         ("lease until", when(job.lease_until)),
         ("updated", when(job.updated)),
     ]
-    if job.series:
-        fields.append(("series", f"{job.series} (occurrence {job.series_seq})"))
+    series = series_of(job)
+    if series is not None:
+        state = "" if series_active is None else f"{series_state(series_active)}, "
+        fields.append(("series", f"{series} ({state}occurrence {job.series_seq})"))
     fields.append(("data", _json_block(job.data)))
     fields.append(("result", _json_block(job.result)))
     width = max(len(k) for k, _ in fields) + 1
