@@ -53,7 +53,7 @@ from taskschedd.periodic import Every, store_backoff, store_trouble
 from taskschedd.privileges import drop_privileges
 from taskschedd.redact import redact_url
 from taskschedd.signals import SignalQueue
-from taskschedd.store import Store, config_store_options, diskspace, open_store
+from taskschedd.store import Store, diskspace, open_store
 from taskschedd.store.base import Waker
 from taskschedd.store.sqlitefiles import daemon_owners
 from taskschedd.supervise import Supervisor
@@ -192,7 +192,7 @@ class Master:
         MASTER_STORE_WAIT: in an outage its loop must keep reaping workers, obeying
         signals and saying what is wrong (SQLite waits 10 s for a lock, MongoDB 5 s for a
         server by default)."""
-        options = config_store_options(self.config)
+        options = self.config.store_options()
         if self.config.store_kind == "mongodb":
             options["server_selection_timeout"] = MASTER_STORE_WAIT
         else:

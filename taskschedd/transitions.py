@@ -126,6 +126,13 @@ class Branch:
     def reason(self) -> str | None:
         return None if isinstance(self.change.reason, _Keep) else self.change.reason
 
+    @property
+    def event_status(self) -> JobStatus:
+        """The status its event records (a branch with an event sets one)."""
+        if self.change.status is None:
+            raise ValueError(f"branch {self.name!r} records an event but sets no status")
+        return self.change.status
+
 
 @dataclass(frozen=True)
 class Transition:
@@ -157,6 +164,8 @@ _PROCESSING = frozenset({JobStatus.PROCESSING})
 #: What a retry (requeue) takes a job from: any final status but DONE.
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELED, JobStatus.TIMEOUT})
 
+#: What a claimed job is while its attempt runs.
+CLAIMED = JobStatus.PROCESSING
 #: A due runnable job (what a claim takes).
 CLAIMABLE = Guard(_RUNNABLE, due=True)
 HELD = Guard(_PROCESSING, held=True)
@@ -218,7 +227,7 @@ def claim(owner: ClaimFields) -> Branch:
         "claim",
         CLAIMABLE,
         Change(
-            status=JobStatus.PROCESSING,
+            status=CLAIMED,
             attempt=Attempt.NEXT,
             claim=owner,
             progress=0.0,
@@ -317,6 +326,7 @@ def renew(lease_until: float) -> Branch:
 
 __all__ = [
     "CLAIMABLE",
+    "CLAIMED",
     "KEEP",
     "RETRYABLE",
     "Attempt",

@@ -57,17 +57,9 @@ def preload(url: str) -> None:
         import taskschedd.store.sqlite  # noqa: F401
 
 
-def config_store_options(config: Any) -> dict[str, Any]:
-    """Transitional, for master.py until it calls ``config.store_options()`` itself: the
-    store reads nothing of the configuration."""
-    options: dict[str, Any] = config.store_options()
-    return options
-
-
 __all__ = [
     "DEFAULT_URL",
     "Store",
-    "config_store_options",
     "open_store",
     "preload",
 ]

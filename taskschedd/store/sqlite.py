@@ -44,7 +44,7 @@ from taskschedd.store import diskspace, sqlitefiles
 from taskschedd.store.base import DuplicateJobId, Store, Waker
 from taskschedd.store.decode import decode_event, decode_job, decode_node
 from taskschedd.store.notify import NotifyDir
-from taskschedd.store.sqlitecompile import change_sql, event_status, guard_sql
+from taskschedd.store.sqlitecompile import change_sql, guard_sql
 from taskschedd.transitions import Branch, ClaimFields, Transition
 
 SCHEMA_VERSION = 2
@@ -136,6 +136,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     version TEXT NOT NULL
 );
 """
+#: The jobs a claim may take (their statuses: transitions.CLAIMABLE), in the words of
+#: the jobs_claim index's WHERE so that every query on them can use it.
+_CLAIMABLE = "status IN (%s)" % ", ".join(
+    str(int(s)) for s in sorted(transitions.CLAIMABLE.statuses)
+)
+assert _CLAIMABLE in _JOBS_TABLES
 _SCHEMA = _JOBS_TABLES + _V2_INDEXES + _EVENTS_TABLE + _EVENTS_INDEX + _NODES_TABLE
 
 _COLUMNS = (
@@ -645,7 +651,7 @@ class SQLiteStore(Store):
             for job_id, attempt, cls, queue, node, worker in rows:
                 if branch.event:
                     self._event(
-                        conn, job_id, now, event_status(branch.change), attempt, cls, queue,
+                        conn, job_id, now, branch.event_status, attempt, cls, queue,
                         node, worker, branch.change.error, branch.reason,
                     )  # fmt: skip
                 if branch.next_job is not None:
@@ -681,7 +687,7 @@ class SQLiteStore(Store):
     # A row whose id is not text (another client's) is left to the quarantine sweep:
     # no later write could address it by the id a claim hands out.
     _CLAIM_PICK = (
-        "WHERE seq = (SELECT seq FROM jobs WHERE status IN (0, 1) AND queue = ? "
+        f"WHERE seq = (SELECT seq FROM jobs WHERE {_CLAIMABLE} AND queue = ? "
         "AND spawn = ? AND at <= ? AND typeof(id) = 'text' "
         "ORDER BY priority DESC, at, seq LIMIT 1)"
     )
@@ -713,7 +719,7 @@ class SQLiteStore(Store):
             return None
         job = _row_to_job(row)
         self._event(
-            conn, job.id, now, JobStatus.PROCESSING, job.attempt, job.cls, job.queue, node,
+            conn, job.id, now, branch.event_status, job.attempt, job.cls, job.queue, node,
             worker,
         )  # fmt: skip
         return job
@@ -742,7 +748,7 @@ class SQLiteStore(Store):
                 # A cheap read first keeps idle polling from taking the write lock.
                 if job_id is None and not self._read(
                     lambda c, wargs=wargs: c.execute(  # type: ignore[misc]
-                        "SELECT 1 FROM jobs WHERE status IN (0, 1) AND queue = ? AND spawn = ? "
+                        f"SELECT 1 FROM jobs WHERE {_CLAIMABLE} AND queue = ? AND spawn = ? "
                         "AND at <= ? LIMIT 1",
                         wargs,
                     ).fetchone()
@@ -767,7 +773,7 @@ class SQLiteStore(Store):
         def look(c: sqlite3.Connection) -> bool:
             return any(
                 c.execute(
-                    "SELECT 1 FROM jobs WHERE status IN (0, 1) AND queue = ? AND spawn = ? "
+                    f"SELECT 1 FROM jobs WHERE {_CLAIMABLE} AND queue = ? AND spawn = ? "
                     "AND at <= ? LIMIT 1",
                     (q, spawn, now),
                 ).fetchone()
@@ -890,7 +896,7 @@ class SQLiteStore(Store):
                 if cur.rowcount != 1:
                     return False
                 self._event(
-                    conn, record.id, now, event_status(change), record.attempt, record.cls,
+                    conn, record.id, now, transition.intended.event_status, record.attempt, record.cls,
                     record.queue, record.node, record.worker, error,
                     transition.intended.reason,
                 )  # fmt: skip
@@ -967,7 +973,7 @@ class SQLiteStore(Store):
         if not queues:
             return 0
         marks = ",".join("?" * len(queues))
-        sql = f"SELECT 1 FROM jobs WHERE status IN (0, 1) AND queue IN ({marks}) AND spawn = ? "
+        sql = f"SELECT 1 FROM jobs WHERE {_CLAIMABLE} AND queue IN ({marks}) AND spawn = ? "
         sql += "AND at <= ?"
         args: list[Any] = [*queues, int(force_spawn), now]
         if limit is not None:
@@ -982,7 +988,7 @@ class SQLiteStore(Store):
             return None
         row = self._read(
             lambda c: c.execute(
-                "SELECT MIN(at) FROM jobs WHERE status IN (0, 1) AND queue IN (%s)"
+                f"SELECT MIN(at) FROM jobs WHERE {_CLAIMABLE} AND queue IN (%s)"
                 % ",".join("?" * len(queues)),
                 list(queues),
             ).fetchone()
@@ -998,7 +1004,7 @@ class SQLiteStore(Store):
                 "SELECT status, queue, cls, COUNT(*) FROM jobs GROUP BY status, queue, cls"
             ).fetchall()
             oldest = c.execute(
-                "SELECT queue, MIN(at) FROM jobs WHERE status IN (0, 1) AND at <= ? GROUP BY queue",
+                f"SELECT queue, MIN(at) FROM jobs WHERE {_CLAIMABLE} AND at <= ? GROUP BY queue",
                 (now,),
             ).fetchall()
             ended = c.execute(  # the jobs_ended index

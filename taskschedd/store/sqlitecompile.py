@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from taskschedd.model import MAX_ERRORS, JobStatus
+from taskschedd.model import MAX_ERRORS
 from taskschedd.transitions import KEEP, Attempt, Change, Ended, Guard
 
 # An attempt that is not a count (written by another client) becomes -1, which the
@@ -110,10 +110,3 @@ def guard_sql(guard: Guard, token: str | None, now: float) -> tuple[str, list[An
         where.append("at <= ?")
         args.append(now)
     return " AND ".join(where), args
-
-
-def event_status(change: Change) -> JobStatus:
-    """The status an event of ``change`` records (branches with events set one)."""
-    if change.status is None:
-        raise ValueError("a branch that records an event must set a status")
-    return change.status

@@ -81,6 +81,17 @@ _CLAIM_ROUNDS = 3
 _ANNOUNCED: set[tuple[str, str]] = set()
 
 
+#: The statuses a claim may take (transitions.CLAIMABLE), as a range: nx-27017 runs it
+#: as SQL.
+_CLAIMABLE_RANGE = {
+    "$gte": int(min(transitions.CLAIMABLE.statuses)),
+    "$lte": int(max(transitions.CLAIMABLE.statuses)),
+}
+assert (
+    len(transitions.CLAIMABLE.statuses) == _CLAIMABLE_RANGE["$lte"] - _CLAIMABLE_RANGE["$gte"] + 1
+)
+
+
 def _due(queue: str, force_spawn: bool, now: float) -> Doc:
     """The claim's filter for one queue: equality fields (nx-27017's SQL path), due now.
     The status range keeps a document whose status another client garbled (the claim
@@ -93,7 +104,7 @@ def _due(queue: str, force_spawn: bool, now: float) -> Doc:
         "queue": queue,
         "spawn": bool(force_spawn),
         "at": {"$lte": now},
-        "status": {"$gte": int(JobStatus.WAITING), "$lte": int(JobStatus.POSTPONED)},
+        "status": _CLAIMABLE_RANGE,
     }
 
 
@@ -105,10 +116,8 @@ def _claim_update(token: str, *, node: str, worker: str, lease: float, now: floa
 def _branch_event(job: Doc, branch: Branch, now: float, *, attempt: int | None = None) -> Doc:
     """The event of a branch applied to ``job`` (a document with the event fields, and the
     attempt after the write unless ``attempt`` is given)."""
-    status = branch.status
-    assert status is not None  # branches with events set a status
     return _event(
-        job, now, status, attempt=attempt, node=job.get("node"), worker=job.get("worker"),
+        job, now, branch.event_status, attempt=attempt, node=job.get("node"), worker=job.get("worker"),
         error=branch.change.error, reason=branch.reason,
     )  # fmt: skip
 
@@ -676,7 +685,7 @@ class MongoStore(Store):
             doc = self._claim_one(where, update, _CLAIM_SORT, token)
             if doc is not None:
                 job = _to_job(doc)
-                event = _event(doc, now, JobStatus.PROCESSING, node=node, worker=worker)
+                event = _event(doc, now, transitions.CLAIMED, node=node, worker=worker)
                 self._emit_after("claim", [event])
                 return job
         self._maintain()  # idle: a good moment (rate limited) for housekeeping
@@ -787,7 +796,7 @@ class MongoStore(Store):
             _log().warning("settled, but claiming more failed", error=str(exc))
         finally:
             events += [
-                _event(d, now, JobStatus.PROCESSING, node=d.get("node"), worker=d.get("worker"))
+                _event(d, now, transitions.CLAIMED, node=d.get("node"), worker=d.get("worker"))
                 for d in docs
             ]
             if events:
@@ -1089,7 +1098,7 @@ class MongoStore(Store):
             return False
         fields = {"_id": record.id, "cls": record.cls, "queue": record.queue}
         event = _event(
-            fields, now, JobStatus.FAILED if branch.status is None else branch.status,
+            fields, now, branch.event_status,
             attempt=record.attempt, node=record.node, worker=record.worker, error=error,
             reason=branch.reason,
         )  # fmt: skip
