@@ -202,9 +202,6 @@ class Store(abc.ABC):
         """JobNotFound if there is no such job."""
 
     @abc.abstractmethod
-    def get_by_token(self, token: str) -> JobRecord | None: ...
-
-    @abc.abstractmethod
     def find(self, query: JobQuery) -> list[JobRecord]: ...
 
     @abc.abstractmethod

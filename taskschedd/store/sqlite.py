@@ -913,14 +913,6 @@ class SQLiteStore(Store):
             raise JobNotFound(job_id)
         return _row_to_job(row)
 
-    def get_by_token(self, token: str) -> JobRecord | None:
-        row = self._read(
-            lambda c: c.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE claim_token = ?", (token,)
-            ).fetchone()
-        )
-        return _row_to_job(row) if row is not None else None
-
     def find(self, query: JobQuery) -> list[JobRecord]:
         where: list[str] = []
         args: list[Any] = []

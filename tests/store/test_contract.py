@@ -41,6 +41,11 @@ CLS = "tests.api_jobs.Echo"
 FORK = multiprocessing.get_context("fork")
 
 
+def by_token(store: Store, token: str) -> JobRecord | None:
+    """The job held under ``token``, if any."""
+    return next((j for j in store.find(JobQuery()) if j.claim_token == token), None)
+
+
 def near(moment: float) -> Any:
     """Equal to a stored time to the millisecond (a store may keep milliseconds only)."""
     return pytest.approx(moment, abs=0.002)
@@ -165,7 +170,7 @@ def test_get_missing_raises_job_not_found(store: Store) -> None:
     with pytest.raises(JobNotFound) as info:
         store.get("nope")
     assert isinstance(info.value, LookupError)
-    assert store.get_by_token("no-such-token") is None
+    assert by_token(store, "no-such-token") is None
 
 
 def test_insert_duplicate_id_writes_nothing(store: Store) -> None:
@@ -287,8 +292,8 @@ def test_claim_sets_processing_attempt_token_and_lease(store: Store) -> None:
     assert job.started == near(now)
     stored = store.get("j")
     assert (stored.status, stored.attempt, stored.claim_token) == (JobStatus.PROCESSING, 1, "tok-1")
-    by_token = store.get_by_token("tok-1")
-    assert by_token is not None and by_token.id == "j"
+    held = by_token(store, "tok-1")
+    assert held is not None and held.id == "j"
     last = store.events(job_ids=["j"])[-1]
     assert (last.status, last.attempt, last.node, last.worker) == (
         JobStatus.PROCESSING,
@@ -339,7 +344,7 @@ def test_settle_done_stores_result_clears_lease_and_records_event(store: Store) 
     assert got.progress == 100.0
     assert got.claim_token is None and got.lease_until is None
     assert got.ended == near(now + 1)
-    assert store.get_by_token(job.claim_token or "") is None
+    assert by_token(store, job.claim_token or "") is None
     last = store.events(job_ids=["j"])[-1]
     assert (last.status, last.attempt, last.node, last.worker) == (
         JobStatus.DONE,
@@ -503,7 +508,7 @@ def test_settle_batch_settles_one_and_claims_the_next(store: Store) -> None:
     a = store.get("a")
     assert (a.status, a.result, a.claim_token) == (JobStatus.DONE, 7, None)
     assert store.get("a.1").status == JobStatus.POSTPONED  # the next occurrence
-    assert store.get_by_token("second") is not None and store.get("c").claim_token == "second"
+    assert by_token(store, "second") is not None and store.get("c").claim_token == "second"
     assert statuses_of_events(store, "a")[-1] == JobStatus.DONE
     assert statuses_of_events(store, "c") == [JobStatus.WAITING, JobStatus.PROCESSING]
     events = [e for e in store.events(after=0) if e.job_id in ("a", "c")]
@@ -524,7 +529,7 @@ def test_settle_batch_with_nothing_due_settles_only(store: Store) -> None:
     done = settlement(status=JobStatus.DONE, reason="done")
     assert _settle_and_claim(store, job, done, now, "next")[1] is None
     assert store.get("a").status == JobStatus.DONE
-    assert store.get_by_token("next") is None
+    assert by_token(store, "next") is None
     assert store.get("later").status == JobStatus.POSTPONED
     assert store.get("spawn").status == JobStatus.WAITING
 

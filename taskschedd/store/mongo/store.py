@@ -1113,11 +1113,6 @@ class MongoStore(Store):
             raise JobNotFound(job_id)
         return _to_job(doc)
 
-    def get_by_token(self, token: str) -> JobRecord | None:
-        with self._errors("find a job by claim token"):
-            doc = self._jobs.find_one({"claim_token": token})
-        return _to_job(doc) if doc is not None else None
-
     def find(self, query: JobQuery) -> list[JobRecord]:
         where: Doc = {}
         if query.statuses:
