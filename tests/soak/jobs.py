@@ -1,9 +1,10 @@
 """The soak test's job: records each run and whether another run of the same job is still
 going on at its start (allowed modules of the soak's nodes: ``tests.soak.jobs``).
 
-Lines (each one O_APPEND write): ``S <id> <pid> <start time> <attempt> <overlap>`` when a
-run starts, ``E <id> <pid> <start time> <attempt> <ok|error>`` when start() returns or
-raises. ``overlap`` counts earlier runs of the job that have no E line and whose process
+Lines (each one O_APPEND write): ``S <id> <pid> <start time> <attempt> <overlap> <wall>``
+when a run starts, ``E <id> <pid> <start time> <attempt> <ok|error> <wall>`` when start()
+returns or raises (``wall``: time.time() as the line is written; the soak compares it with
+the moment its cancel of a series returned, on the same host). ``overlap`` counts earlier runs of the job that have no E line and whose process
 (same pid and start time, so a reused pid does not count) is still alive: two runs of
 one job at once, the thing that must never happen while the owner lives.
 """
@@ -63,7 +64,8 @@ class SoakRun(Job):
         pid = os.getpid()
         me = (pid, proc_start(pid) or "?")
         overlap = running_elsewhere(data["runs"], self.id, me)
-        append(data["runs"], f"S {self.id} {pid} {me[1]} {self.attempt} {overlap}")
+        line = f"S {self.id} {pid} {me[1]} {self.attempt} {overlap}"
+        append(data["runs"], f"{line} {time.time():.6f}")
         outcome = "error"
         try:
             if data.get("kill_self"):
@@ -74,4 +76,5 @@ class SoakRun(Job):
             outcome = "ok"
             return {"attempt": self.attempt}
         finally:
-            append(data["runs"], f"E {self.id} {pid} {me[1]} {self.attempt} {outcome}")
+            line = f"E {self.id} {pid} {me[1]} {self.attempt} {outcome}"
+            append(data["runs"], f"{line} {time.time():.6f}")

@@ -7,17 +7,25 @@ final, none lost, none run twice at once.
     .venv/bin/python -m tests.soak.soak --slow        # also the -m slow tests (10,000 jobs)
 
 Load: a random mix of short and long jobs, failures with retries, jobs that time out,
-poison jobs that kill their worker, and cancels. Chaos, every few seconds: SIGKILL a
-worker; SIGKILL a master and restart it; SIGTERM a node (drain) and restart it; hold the
-SQLite write lock for 1-5 s, or stop (or SIGKILL) the MongoDB server for 1-5 s; fill
-the SQLite store's disk (a tmpfs, when mount is permitted) for 3-10 s; write a corrupt
-record.
+poison jobs that kill their worker, and cancels; and now and then a recurring series
+(interval -1, a 0.5-2 s interval, or cron with ``at`` now) of short occurrences, canceled
+at a random moment later (half through the series id, half through the occurrence
+current then); series still going on when the load ends are canceled before the drain.
+Chaos, every few seconds: SIGKILL a worker; SIGKILL a master and restart it; SIGTERM a
+node (drain) and restart it; hold the SQLite write lock for 1-5 s, or stop (or SIGKILL)
+the MongoDB server for 1-5 s; fill the SQLite store's disk (a tmpfs, when mount is
+permitted) for 3-10 s; write a corrupt record.
 
 Counted at the end, in the store and in the jobs' own run log (tests/soak/jobs.py):
 lost (added but missing), stuck (not final after the calm drain), duplicated (a run that
-started while another run of the same job was still going on). Exit status 1 when any is
-non-zero. MongoDB runs on its own nx-27017 server; its claims cost O(ready jobs), so the
-MongoDB load rate is lower (see --rate).
+started while another run of the same job was still going on), all of one-off jobs. For
+every series (see :meth:`Soak.series_problems`), after the drain: no occurrence active,
+the last one CANCELED (or the series ended before the cancel), none created, claimed or
+started (its own S line) after cancel_job returned, none ended otherwise than CANCELED
+after it returned, no occurrence run twice at once, no gap in the occurrence numbers, none
+DONE without a run. Exit status 1 when any is non-zero. MongoDB runs on its own
+nx-27017 server; its claims cost O(ready jobs), so the MongoDB load rate is lower (see
+--rate).
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from typing import Any
 
 from taskschedd import Scheduler
 from taskschedd.errors import OptionError, TaskSchedError
-from taskschedd.model import JobRecord, JobStatus
+from taskschedd.model import ACTIVE, JobQuery, JobRecord, JobStatus
 from tests.corrupt_records import (
     MONGO_CASES,
     SQLITE_CASES,
@@ -104,6 +112,47 @@ def job_mix(rng: random.Random, runs: str) -> tuple[dict[str, Any], dict[str, An
     return data, {"priority": rng.randint(-5, 5)}, "prioritised"
 
 
+#: At most this many series go on at once (each holds about one worker of the 12).
+SERIES_AT_ONCE = 3
+#: Chance per driver tick (0.1 s) of adding a series: one every ~5 s (when fewer go on).
+SERIES_CHANCE = 0.02
+#: How long after the series' add the driver cancels it (cron: a minute boundary or not).
+SERIES_LIFE = {"interval -1": (0.2, 20.0), "interval": (0.2, 20.0), "cron": (0.2, 75.0)}
+#: How long the series are watched after the drain for a late occurrence (MongoDB
+#: inserts a next occurrence held, then releases it).
+QUIET = 2.0
+
+
+def series_mix(rng: random.Random, runs: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(data, options, kind) of one random series of short occurrences."""
+    data: dict[str, Any] = {"runs": runs, "sleep": round(rng.uniform(0.02, 0.4), 3)}
+    options: dict[str, Any] = {}
+    if rng.random() < 0.3:  # some occurrences fail once and are retried
+        data["fail_on"] = [1]
+        options = {"retry": 1, "retry_interval": 0.2}
+    roll = rng.random()
+    if roll < 0.4:
+        return data, {**options, "interval": -1}, "interval -1"
+    if roll < 0.8:
+        return data, {**options, "interval": round(rng.uniform(0.5, 2.0), 2)}, "interval"
+    return data, {**options, "cron": "* * * * *", "at": time.time()}, "cron"
+
+
+@dataclass
+class Series:
+    """One recurring series the driver added, and its cancel."""
+
+    id: str
+    kind: str  # "interval -1" | "interval" | "cron"
+    cancel_at: float  # monotonic: when the driver cancels it
+    target: str  # "series": cancel the series id; "occurrence": the current occurrence
+    by_driver: bool = True  # False: still going on when the load ended
+    canceled: str | None = None  # the id given to cancel_job
+    called: float | None = None  # time.time() just before the cancel_job that returned
+    returned: float | None = None  # time.time() just after it returned
+    cancel_failures: int = 0  # cancel_job raised (store down): retried on a later tick
+
+
 @dataclass
 class Outage:
     kind: str
@@ -133,6 +182,11 @@ class Soak:
     add_failures: int = 0
     disk: Path | None = None  # a tmpfs holding the SQLite store, to fill
     corrupted: dict[str, str] = field(default_factory=dict)  # job id -> damage case
+    series: dict[str, Series] = field(default_factory=dict)  # series id -> its series
+    series_kinds: Counter[str] = field(default_factory=Counter)
+    pending_series: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = field(
+        default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -180,6 +234,9 @@ class Soak:
             self.timed("retry adds", self.retry_pending)
             if self.rng.random() < 0.02:
                 self.timed("cancel", self.cancel_one)
+            if self.rng.random() < SERIES_CHANCE:
+                self.timed("add series", self.add_series)
+            self.timed("series", self.tend_series)
             if now >= next_chaos:
                 self.timed("chaos", self.chaos_step)
                 next_chaos = time.monotonic() + self.rng.uniform(2, 6)
@@ -187,6 +244,7 @@ class Soak:
             time.sleep(0.1)  # pacing of the load generator, not a synchronisation
         load_seconds = time.monotonic() - started
         self.calm()
+        self.cancel_remaining_series()
         drained = self.drain(timeout=240)
         report = self.audit(load_seconds, drained)
         return report
@@ -229,6 +287,80 @@ class Soak:
             with contextlib.suppress(TaskSchedError):
                 self.scheduler.cancel_job(self.rng.choice(self.added[-50:]))
                 self.chaos["cancel"] += 1
+
+    # -- series ---------------------------------------------------------------------------
+    def active_series(self) -> list[Series]:
+        return [s for s in self.series.values() if s.returned is None]
+
+    def add_series(self, series_id: str | None = None) -> None:
+        if series_id is None:
+            if len(self.active_series()) + len(self.pending_series) >= SERIES_AT_ONCE:
+                return
+            series_id = uuid.uuid4().hex
+            self.pending_series[series_id] = series_mix(self.rng, self.runs)
+        data, options, what = self.pending_series[series_id]
+        try:
+            self.scheduler.add_job(SOAK_RUN, data, id=series_id, **options)
+        except OptionError as exc:
+            if "already exists" not in str(exc):  # a retried add that had been stored
+                raise
+        except TaskSchedError:
+            self.add_failures += 1  # the store is down: retried later, same id
+            return
+        del self.pending_series[series_id]
+        self.series_kinds[what] += 1
+        low, high = SERIES_LIFE[what]
+        target = self.rng.choice(["series", "occurrence"])
+        cancel_at = time.monotonic() + self.rng.uniform(low, high)
+        self.series[series_id] = Series(series_id, what, cancel_at, target)
+
+    def tend_series(self) -> None:
+        for series_id in list(self.pending_series):
+            self.add_series(series_id)
+        now = time.monotonic()
+        for series in self.active_series():
+            if now >= series.cancel_at:
+                self.cancel_series(series)
+
+    def current_occurrence(self, series_id: str) -> str:
+        """The id of the series' occurrence current now (the newest active one; the newest
+        of all when none is active: the series ended), as the store has it."""
+        found = self.scheduler.store.find(JobQuery(series=series_id, limit=None))
+        active = [j for j in found if j.status in ACTIVE]
+        return max(active or found, key=lambda j: j.series_seq).id
+
+    def cancel_series(self, series: Series) -> bool:
+        """cancel_job on the series id or on its current occurrence; the moments just
+        before the call and just after it returned. False when the store was down."""
+        try:
+            if series.target == "occurrence":
+                series.canceled = self.current_occurrence(series.id)
+            else:
+                series.canceled = series.id
+            called = time.time()
+            self.scheduler.cancel_job(series.canceled)
+            returned = time.time()
+        except TaskSchedError:
+            series.cancel_failures += 1
+            return False
+        series.called, series.returned = called, returned
+        self.chaos["series canceled" if series.by_driver else "series canceled at the end"] += 1
+        return True
+
+    def cancel_remaining_series(self) -> None:
+        """The series still going on when the load ended are canceled (so the drain can
+        end), and then checked as the others."""
+        for series_id in list(self.pending_series):
+            self.add_series(series_id)
+        if self.pending_series:
+            raise RuntimeError(f"{len(self.pending_series)} series could not be added")
+        deadline = time.monotonic() + 60
+        for series in self.active_series():
+            series.by_driver = False
+            while not self.cancel_series(series):
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"series {series.id} could not be canceled")
+                time.sleep(0.5)
 
     # -- chaos -----------------------------------------------------------------------------
     def live_nodes(self) -> list[FaultDaemon]:
@@ -365,18 +497,104 @@ class Soak:
         wanted = set(self.added) | set(self.corrupted)
         while time.monotonic() < deadline:
             jobs = all_jobs(self.scheduler.store)
-            if all(i in jobs and jobs[i].is_final for i in wanted):
+            occurrences = [j for j in jobs.values() if self.series_id_of(j) is not None]
+            if all(i in jobs and jobs[i].is_final for i in wanted) and all(
+                j.is_final for j in occurrences
+            ):
                 return True
             time.sleep(0.5)
         return False
 
+    def series_id_of(self, job: JobRecord) -> str | None:
+        """The driver's series this job is the head or an occurrence of (None: one-off)."""
+        if job.series is not None and job.series in self.series:
+            return job.series
+        return job.id if job.id in self.series else None
+
+    def series_problems(
+        self, jobs: dict[str, JobRecord], starts: list[list[str]], ok_runs: Counter[str]
+    ) -> list[tuple[str, str]]:
+        """(kind, detail) of every way a series did not stop as cancel_job promises."""
+        problems: list[tuple[str, str]] = []
+        members: dict[str, list[JobRecord]] = {i: [] for i in self.series}
+        for job in jobs.values():
+            sid = self.series_id_of(job)
+            if sid is not None:
+                members[sid].append(job)
+        starts_of: dict[str, list[list[str]]] = {}
+        for r in starts:
+            starts_of.setdefault(r[1], []).append(r)
+        for sid, series in self.series.items():
+            occ = sorted(members[sid], key=lambda j: j.series_seq)
+            t1 = series.returned
+            what = f"series {sid} ({series.kind}, cancel of the {series.target} {series.canceled})"
+            if not occ or t1 is None:
+                problems.append(("series lost or never canceled", what))
+                continue
+            if [j.series_seq for j in occ] != list(range(len(occ))):
+                seqs = [j.series_seq for j in occ]
+                problems.append(("gap in the occurrences", f"{what}: numbers {seqs[:20]}"))
+            active = [j for j in occ if not j.is_final]
+            if active:
+                problems.append(
+                    ("goes on after the drain",
+                     f"{what}: " + ", ".join(f"{j.id} {j.status.name}" for j in active[:3]))
+                )  # fmt: skip
+            last = occ[-1]
+            if last.status != JobStatus.CANCELED and (last.ended is None or last.ended > t1):
+                ended = "never" if last.ended is None else f"{last.ended - t1:+.3f}s"
+                problems.append(
+                    ("last occurrence not CANCELED",
+                     f"{what}: {last.id} {last.status.name}, ended {ended} after it returned")
+                )  # fmt: skip
+            for j in occ:
+                if j.created > t1:
+                    problems.append(
+                        ("created after the cancel", f"{what}: {j.id} {j.created - t1:+.3f}s")
+                    )
+                if j.started is not None and j.started > t1:
+                    problems.append(
+                        ("claimed after the cancel", f"{what}: {j.id} {j.started - t1:+.3f}s")
+                    )
+                if j.ended is not None and j.ended > t1 and j.status != JobStatus.CANCELED:
+                    problems.append(
+                        ("ended after the cancel, not CANCELED",
+                         f"{what}: {j.id} {j.status.name} {j.ended - t1:+.3f}s")
+                    )  # fmt: skip
+                if j.status == JobStatus.DONE and not ok_runs[j.id]:
+                    problems.append(("DONE without a run", f"{what}: {j.id}"))
+                for r in starts_of.get(j.id, []):
+                    if int(r[5]) > 0:
+                        problems.append(("run twice at once", f"{what}: {j.id} attempt {r[4]}"))
+                    wall = float(r[6])
+                    if wall > t1:
+                        claim = j.started if int(r[4]) == j.attempt else None
+                        claimed = "?" if claim is None else f"{claim - t1:+.3f}s"
+                        problems.append(
+                            ("started after the cancel",
+                             f"{what}: {j.id} attempt {r[4]} started {wall - t1:+.3f}s after "
+                             f"cancel_job returned (claimed {claimed}, called "
+                             f"{series.called - t1 if series.called else 0:+.3f}s), "
+                             f"ended {j.status.name}")
+                        )  # fmt: skip
+        return problems
+
     def audit(self, load_seconds: float, drained: bool) -> dict[str, Any]:
+        # A deliberate pause, not a wait for a condition: a late occurrence (one a store
+        # would insert after the drain) gets its chance to appear before the count.
+        time.sleep(QUIET)
         jobs: dict[str, JobRecord] = all_jobs(self.scheduler.store)
         wanted = set(self.added)
         runs = [line.split() for line in Path(self.runs).read_text().splitlines()]
-        starts = [r for r in runs if r[0] == "S"]
+        all_starts = [r for r in runs if r[0] == "S"]
+        starts = [r for r in all_starts if r[1] in wanted]  # one-off jobs' runs
         ok_runs = Counter(r[1] for r in runs if r[0] == "E" and r[5] == "ok")
         overlapping = sorted({r[1] for r in starts if int(r[5]) > 0})
+        occurrences = {i: j for i, j in jobs.items() if self.series_id_of(j) is not None}
+        occurrence_starts = [r for r in all_starts if r[1] in occurrences]
+        series_problems = self.series_problems(jobs, occurrence_starts, ok_runs)
+        known = wanted | set(occurrences) | set(self.corrupted)
+        strangers = sorted({r[1] for r in all_starts if r[1] not in known})
         lost = sorted(wanted - set(jobs))
         stuck = sorted(i for i in wanted if i in jobs and not jobs[i].is_final)
         unrun = sorted(
@@ -405,12 +623,28 @@ class Soak:
             "done without a run": len(unrun),
             "corrupt records": len(self.corrupted),
             "corrupt not quarantined or run": len(unquarantined),
+            "series": len(self.series),
+            "series mix": dict(self.series_kinds),
+            "series canceled": sum(s.by_driver for s in self.series.values()),
+            "series canceled at the end": sum(not s.by_driver for s in self.series.values()),
+            "series canceled via": dict(Counter(s.target for s in self.series.values())),
+            "series cancels retried in outages": sum(
+                s.cancel_failures for s in self.series.values()
+            ),
+            "occurrences": len(occurrences),
+            "occurrence runs": len(occurrence_starts),
+            "occurrence statuses": dict(Counter(j.status.name for j in occurrences.values())),
+            "series violations": len(series_problems),
+            "series violation kinds": dict(Counter(k for k, _ in series_problems)),
+            "runs of jobs the soak did not add": len(strangers),
             "examples": {
                 "lost": lost[:5],
                 "duplicated": overlapping[:5],
                 "stuck": stuck[:5],
                 "unrun": unrun[:5],
                 "corrupt": unquarantined[:5],
+                "series": [f"{k}: {d}" for k, d in series_problems[:10]],
+                "strangers": strangers[:5],
             },
         }
 
@@ -471,11 +705,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{report['runs']} runs, chaos {sum(report['chaos'].values())} events: "
             f"lost {report['lost']}, duplicated {report['duplicated']}, stuck {report['stuck']}, "
             f"corrupt records {report['corrupt records']} "
-            f"(not quarantined or run {report['corrupt not quarantined or run']})"
+            f"(not quarantined or run {report['corrupt not quarantined or run']}), "
+            f"series {report['series']} ({report['occurrence runs']} occurrence runs, "
+            f"violations {report['series violations']})"
             + (f" (work dir {workdir})" if args.keep else "")
         )
         bad = report["lost"] or report["duplicated"] or report["stuck"]
         bad = bad or report["done without a run"] or report["corrupt not quarantined or run"]
+        bad = bad or report["series violations"] or report["runs of jobs the soak did not add"]
         code = code or (1 if bad else 0)
     return code
 
