@@ -29,10 +29,13 @@ settled, and pending ones in a maintenance pass), the store must say:
   them.
 
 Every trial runs to its end; the test fails with the count of each kind of violation.
+``$TASKSCHED_SERIES_TRIALS`` and ``$TASKSCHED_SERIES_SEED`` change the count and the
+moments (a stress run: ``TASKSCHED_SERIES_TRIALS=500``).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -53,8 +56,10 @@ from tests.faults.jobs import MODULE
 
 Factory = Callable[..., FaultDaemon]
 STAMPED = f"{MODULE}.Stamped"
-TRIALS = 50
-SEED = 20261202
+#: Trials per store and the seed of their moments; the environment may ask for more
+#: (a stress run) or other moments.
+TRIALS = int(os.environ.get("TASKSCHED_SERIES_TRIALS") or 50)
+SEED = int(os.environ.get("TASKSCHED_SERIES_SEED") or 20261202)
 #: Series run at once; the node has a worker for each, and two more.
 CONCURRENT = {"sqlite": 10, "mongo": 8}
 SERIES = ("interval -1", "interval 1s", "cron")
@@ -100,6 +105,8 @@ class Outcome:
     canceled_ended: str = ""  # its status at the end
     occurrences: int = 0
     late: int = 0  # occurrences inserted CANCELED (never run) after the cancel returned
+    took: float = 0.0  # seconds the cancel took
+    raw: str = ""  # on MongoDB, after a failure: the documents as stored
     problems: list[tuple[str, str]] = field(default_factory=list)  # (kind, detail)
 
     def problem(self, kind: str, detail: str) -> None:
@@ -180,6 +187,7 @@ def run_trial(kind: StoreKind, d: FaultDaemon, trial: Trial, spans: Path) -> Out
         time.sleep(trial.delay)
         victim = choose(sched, series_id, trial.target, trial.seconds)
         out.canceled, out.canceled_was = victim.id, victim.status.name
+        sent = time.time()
         if trial.via == "library":
             sched.cancel_job(victim.id)
         else:
@@ -187,8 +195,32 @@ def run_trial(kind: StoreKind, d: FaultDaemon, trial: Trial, spans: Path) -> Out
             if res.returncode != 0:
                 out.problem("taskschedctl cancel failed", f"exit {res.returncode}: {res.stderr}")
         returned = time.time()  # T1
+        out.took = returned - sent
         check_stopped(sched, out, returned, spans)
+    if out.problems and kind.kind == "mongo":
+        out.raw = mongo_docs(kind, out.series_id, returned)
     return out
+
+
+def mongo_docs(kind: StoreKind, series_id: str, returned: float) -> str:
+    """The series' documents as stored (state, pending next occurrence...), for a failure."""
+    import pymongo
+
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(kind.url)
+    with client:
+        jobs = client[kind.options["database"]][kind.options["jobs_collection"]]
+        docs = jobs.find({"$or": [{"series": series_id}, {"_id": series_id}]})
+        out = []
+        for doc in sorted(docs, key=lambda d: d.get("series_seq", 0)):
+            pending = doc.get("next_job") or {}
+            times = {k: round(doc[k] - returned, 3) for k in ("started", "ended", "updated")
+                     if isinstance(doc.get(k), float)}  # fmt: skip
+            out.append(
+                f"{doc['_id'][-4:]} state={doc.get('state')} status={doc.get('status')} "
+                f"cancel_requested={doc.get('cancel_requested')} {times} "
+                f"next_pending={doc.get('next_pending')} next_job.state={pending.get('state')}"
+            )
+        return f"{len(out)} documents, the last ones: " + "; ".join(out[-4:])
 
 
 def check_stopped(sched: Scheduler, out: Outcome, returned: float, spans: Path) -> None:
@@ -303,6 +335,8 @@ def test_canceling_a_series_or_its_occurrence_stops_the_series(
         f"  {o.trial}: series {o.series_id} ({o.occurrences} occurrences), canceled "
         f"{o.canceled} ({o.canceled_was} -> {o.canceled_ended}): "
         + "; ".join(f"{k}: {v}" for k, v in o.problems)
+        + f"; the cancel took {o.took:.2f}s"
+        + (f"\n    stored (times relative to T1): {o.raw}" if o.raw else "")
         for o in failed[:12]
     )
     assert not failed, f"{summary}\n{details}"
