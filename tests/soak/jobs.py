@@ -3,10 +3,12 @@ going on at its start (allowed modules of the soak's nodes: ``tests.soak.jobs``)
 
 Lines (each one O_APPEND write): ``S <id> <pid> <start time> <attempt> <overlap> <wall>``
 when a run starts, ``E <id> <pid> <start time> <attempt> <ok|error> <wall>`` when start()
-returns or raises (``wall``: time.time() as the line is written; the soak compares it with
-the moment its cancel of a series returned, on the same host). ``overlap`` counts earlier runs of the job that have no E line and whose process
-(same pid and start time, so a reused pid does not count) is still alive: two runs of
-one job at once, the thing that must never happen while the owner lives.
+returns or raises (``wall``: time.time() when start() was entered, for S, and as the line
+is written, for E; the soak compares them with the moment its cancel of a series
+returned, on the same host). ``overlap`` counts earlier runs of the job that have no E
+line and whose process (same pid and start time, so a reused pid does not count) is still
+alive: two runs of one job at once, the thing that must never happen while the owner
+lives.
 """
 
 from __future__ import annotations
@@ -60,12 +62,13 @@ class SoakRun(Job):
     ``fail``), or SIGKILL its own worker with ``kill_self``; returns its attempt."""
 
     def start(self) -> Any:
+        began = time.time()  # before the run log is read: that takes a while once it grows
         data = self.data
         pid = os.getpid()
         me = (pid, proc_start(pid) or "?")
         overlap = running_elsewhere(data["runs"], self.id, me)
         line = f"S {self.id} {pid} {me[1]} {self.attempt} {overlap}"
-        append(data["runs"], f"{line} {time.time():.6f}")
+        append(data["runs"], f"{line} {began:.6f}")
         outcome = "error"
         try:
             if data.get("kill_self"):

@@ -187,6 +187,7 @@ class Soak:
     pending_series: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = field(
         default_factory=dict
     )
+    run_lines: list[list[str]] = field(default_factory=list)  # runs.log, read by the audit
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -524,6 +525,7 @@ class Soak:
         starts_of: dict[str, list[list[str]]] = {}
         for r in starts:
             starts_of.setdefault(r[1], []).append(r)
+        ends = {(r[1], r[2], r[3], r[4]): r for r in self.run_lines if r[0] == "E"}
         for sid, series in self.series.items():
             occ = sorted(members[sid], key=lambda j: j.series_seq)
             t1 = series.returned
@@ -570,12 +572,17 @@ class Soak:
                     if wall > t1:
                         claim = j.started if int(r[4]) == j.attempt else None
                         claimed = "?" if claim is None else f"{claim - t1:+.3f}s"
+                        called = series.called
+                        early = claim is not None and called is not None and claim < called
+                        end = ends.get((r[1], r[2], r[3], r[4]))
+                        work = "killed" if end is None else f"{end[5]} {float(end[6]) - t1:+.3f}s"
                         problems.append(
-                            ("started after the cancel",
+                            ("started after the cancel, claimed before it was called"
+                             if early else "started after the cancel",
                              f"{what}: {j.id} attempt {r[4]} started {wall - t1:+.3f}s after "
                              f"cancel_job returned (claimed {claimed}, called "
-                             f"{series.called - t1 if series.called else 0:+.3f}s), "
-                             f"ended {j.status.name}")
+                             f"{series.called - t1 if series.called else 0:+.3f}s), its "
+                             f"work ended {work}, the occurrence {j.status.name}")
                         )  # fmt: skip
         return problems
 
@@ -586,6 +593,7 @@ class Soak:
         jobs: dict[str, JobRecord] = all_jobs(self.scheduler.store)
         wanted = set(self.added)
         runs = [line.split() for line in Path(self.runs).read_text().splitlines()]
+        self.run_lines = runs
         all_starts = [r for r in runs if r[0] == "S"]
         starts = [r for r in all_starts if r[1] in wanted]  # one-off jobs' runs
         ok_runs = Counter(r[1] for r in runs if r[0] == "E" and r[5] == "ok")
