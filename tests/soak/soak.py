@@ -20,12 +20,12 @@ Counted at the end, in the store and in the jobs' own run log (tests/soak/jobs.p
 lost (added but missing), stuck (not final after the calm drain), duplicated (a run that
 started while another run of the same job was still going on), all of one-off jobs. For
 every series (see :meth:`Soak.series_problems`), after the drain: no occurrence active,
-the last one CANCELED (or the series ended before the cancel), none created, claimed or
-started (its own S line) after cancel_job returned, none ended otherwise than CANCELED
-after it returned, no occurrence run twice at once, no gap in the occurrence numbers, none
-DONE without a run. Exit status 1 when any is non-zero. MongoDB runs on its own
-nx-27017 server; its claims cost O(ready jobs), so the MongoDB load rate is lower (see
---rate).
+the last one CANCELED (or the series ended before the cancel), none created (but one
+that never ran and is CANCELED: counted apart), claimed or started (its own S line) after
+cancel_job returned, none ended otherwise than CANCELED after it returned, no occurrence
+run twice at once, no gap in the occurrence numbers, none DONE without a run. Exit
+status 1 when any is non-zero. MongoDB runs on its own nx-27017 server; its claims cost
+O(ready jobs), so the MongoDB load rate is lower (see --rate).
 """
 
 from __future__ import annotations
@@ -188,6 +188,7 @@ class Soak:
         default_factory=dict
     )
     run_lines: list[list[str]] = field(default_factory=list)  # runs.log, read by the audit
+    late_canceled: int = 0  # occurrences created CANCELED (never run) after the cancel
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -512,6 +513,10 @@ class Soak:
             return job.series
         return job.id if job.id in self.series else None
 
+    @staticmethod
+    def never_ran_canceled(job: JobRecord, starts_of: dict[str, list[list[str]]]) -> bool:
+        return job.status == JobStatus.CANCELED and job.started is None and job.id not in starts_of
+
     def series_problems(
         self, jobs: dict[str, JobRecord], starts: list[list[str]], ok_runs: Counter[str]
     ) -> list[tuple[str, str]]:
@@ -550,7 +555,12 @@ class Soak:
                      f"{what}: {last.id} {last.status.name}, ended {ended} after it returned")
                 )  # fmt: skip
             for j in occ:
-                if j.created > t1:
+                if j.created > t1 and self.never_ran_canceled(j, starts_of):
+                    # The next occurrence a settle just before the cancel created, canceled
+                    # in its pending copy, inserted after the cancel returned (MongoDB):
+                    # counted, not a violation (as in tests/faults/test_faults_series_cancel).
+                    self.late_canceled += 1
+                elif j.created > t1:
                     problems.append(
                         ("created after the cancel", f"{what}: {j.id} {j.created - t1:+.3f}s")
                     )
@@ -642,6 +652,9 @@ class Soak:
             "occurrences": len(occurrences),
             "occurrence runs": len(occurrence_starts),
             "occurrence statuses": dict(Counter(j.status.name for j in occurrences.values())),
+            "occurrences created CANCELED after the cancel returned (never ran)": (
+                self.late_canceled
+            ),
             "series violations": len(series_problems),
             "series violation kinds": dict(Counter(k for k, _ in series_problems)),
             "runs of jobs the soak did not add": len(strangers),
