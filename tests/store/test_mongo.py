@@ -691,8 +691,13 @@ def test_settle_batch_of_16_with_a_claim_of_16_is_six_round_trips(
     finally:
         store.close()
     # Settles: find (tokens still held, event fields), one bulk update. Claims: find the
-    # candidates, one bulk update, find them back. One insert for all 32 events.
-    assert names == ["find", "update", "find", "update", "find", "insert"]
+    # candidates, one bulk update, find them back. One insert for all 32 events, after a
+    # read of the top event seq when the seq last seen is over EventLog.GUESS_FOR old (a
+    # loaded machine can take that long between the two batches).
+    assert names in (
+        ["find", "update", "find", "update", "find", "insert"],
+        ["find", "update", "find", "update", "find", "find", "insert"],
+    )
     assert _ok(done) == [True] * 16
     assert [j.id for j in claimed] == [f"j{i:02}" for i in range(16, 32)]
     assert [j.claim_token for j in claimed] == [f"second.{i}" if i else "second" for i in range(16)]
