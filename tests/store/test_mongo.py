@@ -282,6 +282,33 @@ def test_a_series_canceled_while_its_next_occurrence_is_pending_never_runs_it(
     assert stored is not None and "next_pending" not in stored
 
 
+def test_a_maintenance_pass_inserting_a_canceled_pending_copy_leaves_a_sound_record(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settler inserted the next occurrence held; the series was canceled (its pending
+    copy CANCELED); a maintenance pass inserts that copy too: the held document must
+    become the copy, not a final state with a runnable status."""
+    now = time.time()
+    store.insert([new_job("s", now=now, interval=-1)])
+    job = must_claim(store, now=now)
+    paused: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(store, "_insert_next", lambda parent, doc: paused.append((parent, doc)))
+    assert store.settle("s", job.claim_token or "", rules.on_success(job, "1", now), now=now)
+    monkeypatch.undo()
+    ((_parent, next_doc),) = paused
+    Scheduler(store).cancel_job("s")
+    jobs = raw(store, NAMES["jobs_collection"])
+    jobs.insert_one({**next_doc, "state": "held"})  # the settler's first step
+    copy = (jobs.find_one({"_id": "s"}) or {})["next_job"]
+    store._insert_next("s", copy)  # the maintenance pass
+    store._insert_next("s", next_doc)  # the settler goes on
+    stored = jobs.find_one({"_id": "s.1"}) or {}
+    assert (stored.get("state"), stored.get("status"), stored.get("reason")) == (
+        "final", int(JobStatus.CANCELED), "canceled",
+    )  # fmt: skip
+    assert store.get("s.1").status is JobStatus.CANCELED
+
+
 def test_a_cancel_between_the_held_insert_and_its_release_wins(
     store: MongoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

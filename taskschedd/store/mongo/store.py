@@ -1035,7 +1035,9 @@ class MongoStore(Store):
             self._emit_after("next occurrence", [_added_event(doc)])
         parent = self._jobs.find_one({"_id": job_id}, projection={"next_job": 1})
         pending = (parent or {}).get("next_job")
-        if isinstance(pending, dict) and pending.get("state") not in (None, doc.get("state")):
+        if isinstance(pending, dict) and pending.get("_id") == doc["_id"]:
+            # The copy as it is now (possibly changed since ``doc`` was read, by this
+            # process or by another: a maintenance pass may pass the changed copy itself).
             self._jobs.replace_one({"_id": doc["_id"], "state": HELD}, pending)
         else:
             self._jobs.update_one(
