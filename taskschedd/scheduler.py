@@ -405,7 +405,16 @@ class Scheduler:
         series id, or any occurrence) cancels the whole series: no occurrence is created
         or started after this returns. JobNotFound if there is no such job."""
         now = time.time()
-        series = rules.series_of(self.store.get(job_id))
+        try:
+            series = rules.series_of(self.store.get(job_id))
+        except JobNotFound:
+            # A series' first job is purged a retention period after it ended; its id
+            # still names the series while occurrences of it exist.
+            if not self.store.find(JobQuery(series=job_id, limit=1)):
+                raise
+            self.store.apply_series(job_id, transitions.cancel(), now=now)
+            latest = self.store.find(JobQuery(series=job_id, newest_first=True, limit=1))
+            return Process(self, latest[0] if latest else self.store.get(job_id))
         if series is None:
             self.store.apply(job_id, transitions.cancel(), now=now)
         else:
@@ -414,7 +423,9 @@ class Scheduler:
 
     def retry_job(self, job_id: str) -> Process:
         """Re-queue a FAILED, TIMEOUT or CANCELED job with a fresh retry budget (not one
-        whose stored record does not decode: it would only be quarantined again)."""
+        whose stored record does not decode: it would only be quarantined again). A
+        retried occurrence of a series creates the next one when it ends: retrying the
+        occurrence a cancel ended starts the series again."""
         stored = self.store.get(job_id)
         if stored.corrupt is not None:
             raise TaskSchedError(

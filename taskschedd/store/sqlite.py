@@ -640,7 +640,10 @@ class SQLiteStore(Store):
         guarded UPDATE, so a record changed by an earlier branch is not matched again).
         Records the events and inserts the follow-up jobs; returns (id, branch) applied."""
         applied: list[tuple[str, Branch]] = []
+        single = where == "id = ?"
         for branch in transition.branches:
+            if single and applied:
+                break  # the one record changed: no later branch may apply to it
             sets, sargs = change_sql(branch.change, now)
             guard, gargs = guard_sql(branch.guard, token, now)
             rows = conn.execute(

@@ -15,13 +15,16 @@ _NEXT_ATTEMPT = (
     "attempt = CASE WHEN typeof(attempt) = 'integer' AND attempt BETWEEN 0 AND 2147483648 "
     "THEN attempt + 1 ELSE -1 END"
 )
-# Errors are a JSON array of which the last MAX_ERRORS are kept; a value that is not an
-# array (another client's) is replaced.
+# Errors are a JSON array of which the last MAX_ERRORS are kept (however long a list
+# another client wrote: the same cut as MongoDB's $slice); a value that is not an array
+# is replaced.
 _APPEND_ERROR = (
     "errors = CASE WHEN NOT json_valid(errors) OR json_type(errors) != 'array' "
     "THEN json_array(json(?)) "
     f"WHEN json_array_length(errors) >= {MAX_ERRORS} "
-    "THEN json_insert(json_remove(errors, '$[0]'), '$[#]', json(?)) "
+    "THEN json_insert((SELECT json_group_array(CASE WHEN e.type IN ('object', 'array') "
+    "THEN json(e.value) ELSE e.value END) FROM json_each(errors) AS e "
+    f"WHERE e.key >= json_array_length(errors) - {MAX_ERRORS - 1}), '$[#]', json(?)) "
     "ELSE json_insert(errors, '$[#]', json(?)) END"
 )
 

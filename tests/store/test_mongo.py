@@ -280,6 +280,37 @@ def test_a_series_canceled_while_its_next_occurrence_is_pending_never_runs_it(
     assert store.claim(["default"], node="n", worker="w", token="x", lease=30, now=now + 2) is None
     stored = raw(store, NAMES["jobs_collection"]).find_one({"_id": "s"})
     assert stored is not None and "next_pending" not in stored
+    # The events say what SQLite's say: added as the settle made it, then canceled.
+    assert [(e.status, e.reason) for e in store.events(job_ids=["s.1"])] == [
+        (JobStatus.WAITING, "added"), (JobStatus.CANCELED, "canceled"),
+    ]  # fmt: skip
+
+
+def test_purge_keeps_a_job_whose_next_occurrence_is_not_inserted_yet(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    store.insert([new_job("s", now=now, interval=60)])
+    job = must_claim(store, now=now)
+    monkeypatch.setattr(store, "_insert_next_logged", lambda *a: None)  # the process died
+    assert store.settle("s", job.claim_token or "", rules.on_success(job, "1", now), now=now)
+    monkeypatch.undo()
+    assert store.purge(statuses=[JobStatus.DONE], ended_before=now + 10) == 0
+    store._maintained = 0.0
+    store.heartbeat(NodeRecord(name="n", host="h", pid=1, started=now, heartbeat=now))
+    assert store.get("s.1").status is JobStatus.POSTPONED
+    assert store.purge(statuses=[JobStatus.DONE], ended_before=now + 10) == 1
+
+
+def test_a_record_whose_state_and_status_disagree_is_malformed(store: MongoStore) -> None:
+    now = time.time()
+    store.insert([new_job(f"j{i}", now=now) for i in range(3)])
+    jobs = raw(store, NAMES["jobs_collection"])
+    jobs.update_one({"_id": "j0"}, {"$set": {"state": "final"}})  # status still WAITING
+    jobs.update_one({"_id": "j1"}, {"$set": {"status": int(JobStatus.DONE)}})  # still ready
+    found = {r.id: r.corrupt for r in store.malformed()}
+    assert set(found) == {"j0", "j1"}
+    assert "does not match its status" in (found["j0"] or "")
 
 
 def test_a_maintenance_pass_inserting_a_canceled_pending_copy_leaves_a_sound_record(
@@ -324,7 +355,7 @@ def test_a_cancel_between_the_held_insert_and_its_release_wins(
 
     def find_one(coll: Any, flt: Any = None, *args: Any, **kwargs: Any) -> Any:
         projection = kwargs.get("projection") or (args[0] if args else None)
-        if flt == {"_id": "s"} and projection == {"next_job": 1} and not seen:
+        if flt == {"_id": "s"} and projection and "next_job" in projection and not seen:
             seen.append("held")  # the occurrence is in, held: cancel the series now
             held = real_find_one(coll, {"_id": "s.1"})
             assert held is not None and held["state"] == "held"

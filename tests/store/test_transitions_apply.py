@@ -225,3 +225,31 @@ def test_a_running_occurrence_of_a_canceled_series_settles_canceled_without_a_ne
     result, (records, _) = same_on_both(stores, scenario)
     assert result == [[("s.1", "cancel requested")], "canceled"]
     assert [r["id"] for r in records] == ["s", "s.1"]
+
+
+def test_a_settle_keeps_the_last_errors_of_a_longer_list_alike(stores: dict[str, Store]) -> None:
+    """Another client wrote 40 errors: one more leaves the last MAX_ERRORS on both."""
+    from taskschedd.model import MAX_ERRORS
+
+    def scenario(store: Store) -> list[int]:
+        store.insert([new_job("j", retry=-1)])
+        job = claim(store, "j", "t")
+        errors = [ErrorInfo(attempt=i, type=f"E{i}", message="m", time=T0).to_dict()
+                  for i in range(40)]  # fmt: skip
+        if hasattr(store, "_jobs"):
+            import json
+
+            store._jobs.update_one(
+                {"_id": "j"}, {"$set": {"errors": [json.dumps(e) for e in errors]}}
+            )
+        else:
+            import json
+            import sqlite3
+
+            with sqlite3.connect(store.path) as conn:  # type: ignore[attr-defined]
+                conn.execute("UPDATE jobs SET errors = ? WHERE id = 'j'", (json.dumps(errors),))
+        store.settle("j", "t", rules.on_error(job, ERR, T0 + 2), now=T0 + 2)
+        return [e.attempt for e in store.get("j").errors]
+
+    (result, _) = same_on_both(stores, scenario)
+    assert result == [*range(40 - MAX_ERRORS + 1, 40), 1]

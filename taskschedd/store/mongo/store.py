@@ -31,6 +31,8 @@ from pymongo.write_concern import WriteConcern
 from taskschedd import transitions
 from taskschedd.errors import JobNotFound, StoreError, StoreNotWritable, StoreUnavailable
 from taskschedd.model import (
+    FINAL,
+    RUNNABLE,
     ClaimRequest,
     EventRecord,
     JobQuery,
@@ -142,11 +144,18 @@ def _count(value: Any) -> int:
 #: ``$nor`` of one conjunction reads "not all of these hold" ($not is not available on
 #: nx-27017); a range matches numbers only (MongoDB compares within a type).
 _COUNT = {"$gte": 0, "$lte": MAX_ATTEMPT}
+_RUNNABLE_STATUSES = [int(s) for s in RUNNABLE]
+_FINAL_STATUSES = [int(s) for s in FINAL]
 _TIME = {"$gte": -MAX_TIME, "$lte": MAX_TIME}  # beyond: never due, never expired
 _MALFORMED: Doc = {
     "$or": [
         {"status": {"$nin": [int(s) for s in JobStatus]}},
         {"state": {"$nin": [READY, RUNNING, DONE, HELD]}},
+        # state mirrors status; a record where they disagree is neither claimed, nor
+        # reaped, nor listed for what it is
+        {"state": {"$in": [READY, HELD]}, "status": {"$nin": _RUNNABLE_STATUSES}},
+        {"state": RUNNING, "status": {"$ne": int(JobStatus.PROCESSING)}},
+        {"state": DONE, "status": {"$nin": _FINAL_STATUSES}},
         {"state": {"$in": [READY, RUNNING]}, "$nor": [{"_id": {"$type": "string"}}]},
         {
             "state": READY,
@@ -174,7 +183,11 @@ _MALFORMED: Doc = {
 
 
 def _malformed_why(doc: Doc) -> str:
-    state = doc.get("state")
+    state, status = doc.get("state"), doc.get("status")
+    expected = {READY: _RUNNABLE_STATUSES, HELD: _RUNNABLE_STATUSES, DONE: _FINAL_STATUSES,
+                RUNNING: [int(JobStatus.PROCESSING)]}.get(state if isinstance(state, str) else "")  # fmt: skip
+    if expected is not None and status not in expected:
+        return f"its state {state!r} does not match its status {status!r}"
     if state == READY:
         return "its at, attempt, queue or spawn field has the wrong type"
     if state == RUNNING:
@@ -513,7 +526,9 @@ class MongoStore(Store):
         next_doc = None
         if branch.next_job is not None:
             next_doc = _new_job_doc(branch.next_job, self._next_seq())
-            update["$set"].update(next_pending=True, next_job=next_doc)
+            update["$set"].update(
+                next_pending=True, next_job=next_doc, next_added=next_doc["status"]
+            )
         return update, next_doc
 
     def _apply_branches(
@@ -655,9 +670,7 @@ class MongoStore(Store):
                     )
                 if done is None:
                     continue
-                pending = done.get("next_job") or {}
-                if branch.event and isinstance(pending, dict):
-                    self._emit_after(transition.name, [_branch_event(pending, branch, now)])
+                # Its event is recorded when it is inserted, after its "added" event.
                 applied.append((next_id, branch))
                 changed += 1
                 break
@@ -1021,31 +1034,34 @@ class MongoStore(Store):
 
     def _insert_next(self, job_id: str, doc: Doc) -> None:
         """Insert a series' next occurrence kept in job ``job_id`` (idempotent: its id is
-        deterministic). It goes in held (never claimed), then takes the pending copy as it
-        is now (apply_series may have changed it, e.g. canceled) and is released, then
-        the pending copy is dropped. apply_series changes the pending copy first and then
-        every job of the series including held ones, so whichever runs second sees what
-        the other did: a canceled series never runs another occurrence."""
-        held = {**doc, "state": HELD}
+        deterministic). It goes in held (never claimed), then becomes the pending copy as
+        it is now (apply_series may have changed it, e.g. canceled; a maintenance pass may
+        pass a changed copy as ``doc``), then the pending copy is dropped. apply_series
+        changes the pending copy first and then every job of the series including held
+        ones, so whichever runs second sees what the other did: a canceled series never
+        runs another occurrence. The process whose insert landed records its events:
+        "added" with the status the settle gave it, then the change made to the copy."""
         try:
-            self._jobs.insert_one(held)
+            self._jobs.insert_one({**doc, "state": HELD})
+            inserted = True
         except DuplicateKeyError:
-            pass  # already there (a retry, or the maintenance pass)
-        else:
-            self._emit_after("next occurrence", [_added_event(doc)])
-        parent = self._jobs.find_one({"_id": job_id}, projection={"next_job": 1})
+            inserted = False  # already there (a retry, or the maintenance pass)
+        parent = self._jobs.find_one({"_id": job_id}, projection={"next_job": 1, "next_added": 1})
         pending = (parent or {}).get("next_job")
-        if isinstance(pending, dict) and pending.get("_id") == doc["_id"]:
-            # The copy as it is now (possibly changed since ``doc`` was read, by this
-            # process or by another: a maintenance pass may pass the changed copy itself).
-            self._jobs.replace_one({"_id": doc["_id"], "state": HELD}, pending)
-        else:
-            self._jobs.update_one(
-                {"_id": doc["_id"], "state": HELD}, {"$set": {"state": doc["state"]}}
-            )
+        copy = pending if isinstance(pending, dict) and pending.get("_id") == doc["_id"] else doc
+        added = (parent or {}).get("next_added", doc.get("status"))
+        if inserted:
+            self._emit_after("next occurrence", [{**_added_event(doc), "status": added}])
+        # Status and state always from one copy: never a state alone.
+        replaced = self._jobs.replace_one({"_id": doc["_id"], "state": HELD}, copy).matched_count
+        if inserted and replaced and copy.get("status") != added:
+            status = JobStatus(copy["status"])
+            event = _event(copy, copy.get("updated") or time.time(), status, attempt=0,
+                           reason=copy.get("reason"))  # fmt: skip
+            self._emit_after("next occurrence", [event])
         self._jobs.update_one(
             {"_id": job_id, "next_pending": True},
-            {"$unset": {"next_pending": "", "next_job": ""}},
+            {"$unset": {"next_pending": "", "next_job": "", "next_added": ""}},
         )
 
     def renew_many(self, tokens: Iterable[str], branch: Branch, *, now: float) -> int:
@@ -1319,20 +1335,27 @@ class MongoStore(Store):
         total = 0
         with self._errors("purge"):
             self._event_log.raise_floor()
+            kept: list[Any] = []
             while True:
-                ids = [
-                    d["_id"]
-                    for d in self._jobs.find(
+                found = list(
+                    self._jobs.find(
                         {
                             "state": DONE,
                             **_among("status", finals),
                             "ended": {"$lt": _t(ended_before)},
+                            **({"_id": {"$nin": kept}} if kept else {}),
                         },
-                        projection={"_id": 1},
+                        projection={"_id": 1, "next_pending": 1},
                     ).limit(_IN_CHUNK)
-                ]
-                if not ids:
+                )
+                if not found:
                     return total
+                # One whose next occurrence is not inserted yet is kept for that (a final
+                # job never becomes pending again: nothing to race; few are pending).
+                kept += [d["_id"] for d in found if d.get("next_pending")]
+                ids = [d["_id"] for d in found if not d.get("next_pending")]
+                if not ids:
+                    continue
                 # Events first: if we stop half-way, the next purge finds the jobs again.
                 self._events.delete_many(_among("job_id", ids))
                 total += self._jobs.delete_many({"_id": {"$in": ids}, "state": DONE}).deleted_count
