@@ -114,8 +114,9 @@ def job_mix(rng: random.Random, runs: str) -> tuple[dict[str, Any], dict[str, An
 
 #: At most this many series go on at once (each holds about one worker of the 12).
 SERIES_AT_ONCE = 3
-#: Chance per driver tick (0.1 s) of adding a series: one every ~5 s (when fewer go on).
-SERIES_CHANCE = 0.02
+#: Seconds between two series added (when fewer than SERIES_AT_ONCE go on): by the clock,
+#: not per driver tick, whose steps take seconds while the store is down (MongoDB).
+SERIES_EVERY = (2.0, 8.0)
 #: How long after the series' add the driver cancels it (cron: a minute boundary or not).
 SERIES_LIFE = {"interval -1": (0.2, 20.0), "interval": (0.2, 20.0), "cron": (0.2, 75.0)}
 #: How long the series are watched after the drain for a late occurrence (MongoDB
@@ -225,6 +226,7 @@ class Soak:
         started = time.monotonic()
         end = started + self.minutes * 60
         next_chaos = started + self.rng.uniform(2, 6)
+        next_series = started + self.rng.uniform(*SERIES_EVERY)
         last = started
         owed = 0.0
         while (now := time.monotonic()) < end:
@@ -236,8 +238,9 @@ class Soak:
             self.timed("retry adds", self.retry_pending)
             if self.rng.random() < 0.02:
                 self.timed("cancel", self.cancel_one)
-            if self.rng.random() < SERIES_CHANCE:
+            if now >= next_series:
                 self.timed("add series", self.add_series)
+                next_series = time.monotonic() + self.rng.uniform(*SERIES_EVERY)
             self.timed("series", self.tend_series)
             if now >= next_chaos:
                 self.timed("chaos", self.chaos_step)
