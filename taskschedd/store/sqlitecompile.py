@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -29,63 +30,97 @@ _APPEND_ERROR = (
 )
 
 
+# The SET fragments a change may write, by number; a change's fragments, in order, name
+# its compiled SET list (one per shape of change: a handful).
+_FRAGMENTS = (
+    "status = ?",  # 0
+    "at = ?",
+    _NEXT_ATTEMPT,
+    "attempt = attempt - 1",
+    "attempt = 0",
+    "result = ?",  # 5
+    "result = NULL",
+    "errors = json_array(json(?))",
+    _APPEND_ERROR,
+    "reason = ?",
+    "progress = ?",  # 10
+    "ended = ?",
+    "ended = NULL",
+    "claim_token = ?, lease_until = ?, node = ?, worker = ?, started = ?",
+    "claim_token = NULL, lease_until = NULL",
+    "lease_until = ?",  # 15
+    "cancel_requested = ?",
+    "once_key = NULL",
+    "node = NULL, worker = NULL",
+    "updated = ?",
+)
+_SETS: dict[tuple[int, ...], str] = {}
+
+
 def change_sql(change: Change, now: float) -> tuple[str, list[Any]]:
-    """The SET list of an UPDATE that makes ``change`` at time ``now``, and its parameters."""
-    sets: list[str] = []
-    args: list[Any] = []
-
-    def put(sql: str, *values: Any) -> None:
-        sets.append(sql)
-        args.extend(values)
-
+    """The SET list of an UPDATE that makes ``change`` at time ``now``, and its parameters
+    (on every settle and claim: kept lean)."""
     c = change
+    key: list[int] = []
+    args: list[Any] = []
     if c.status is not None:
-        put("status = ?", int(c.status))
+        key.append(0)
+        args.append(int(c.status))
     if c.at is not None:
-        put("at = ?", c.at)
-    if c.attempt is Attempt.NEXT:
-        put(_NEXT_ATTEMPT)
-    elif c.attempt is Attempt.GIVE_BACK:
-        put("attempt = attempt - 1")
-    elif c.attempt is Attempt.RESET:
-        put("attempt = 0")
+        key.append(1)
+        args.append(c.at)
+    attempt = c.attempt
+    if attempt is not Attempt.KEEP:
+        key.append(2 if attempt is Attempt.NEXT else 3 if attempt is Attempt.GIVE_BACK else 4)
     if c.result_json is not None:
-        put("result = ?", c.result_json)
+        key.append(5)
+        args.append(c.result_json)
     elif c.clear_result:
-        put("result = NULL")
+        key.append(6)
     if c.error is not None:
         error = json.dumps(c.error.to_dict())
         if c.reset_errors:
-            put("errors = json_array(json(?))", error)
+            key.append(7)
+            args.append(error)
         else:
-            put(_APPEND_ERROR, error, error, error)
+            key.append(8)
+            args += (error, error, error)
     if c.reason is not KEEP:
-        put("reason = ?", c.reason)
+        key.append(9)
+        args.append(c.reason)
     if c.progress is not None:
-        put("progress = ?", c.progress)
-    if c.ended is Ended.NOW:
-        put("ended = ?", now)
-    elif c.ended is Ended.CLEAR:
-        put("ended = NULL")
+        key.append(10)
+        args.append(c.progress)
+    if c.ended is not Ended.KEEP:
+        if c.ended is Ended.NOW:
+            key.append(11)
+            args.append(now)
+        else:
+            key.append(12)
     if c.claim is not None:
         o = c.claim
-        put(
-            "claim_token = ?, lease_until = ?, node = ?, worker = ?, started = ?",
-            o.token, o.lease_until, o.node, o.worker, now,
-        )  # fmt: skip
+        key.append(13)
+        args += (o.token, o.lease_until, o.node, o.worker, now)
     elif c.release_claim:
-        put("claim_token = NULL, lease_until = NULL")
+        key.append(14)
     if c.lease_until is not None:
-        put("lease_until = ?", c.lease_until)
+        key.append(15)
+        args.append(c.lease_until)
     if c.cancel_requested is not None:
-        put("cancel_requested = ?", int(c.cancel_requested))
+        key.append(16)
+        args.append(int(c.cancel_requested))
     if c.release_once:
-        put("once_key = NULL")
+        key.append(17)
     if c.clear_owner:
-        put("node = NULL, worker = NULL")
+        key.append(18)
     if c.touch:
-        put("updated = ?", now)
-    return ", ".join(sets), args
+        key.append(19)
+        args.append(now)
+    shape = tuple(key)
+    sets = _SETS.get(shape)
+    if sets is None:
+        sets = _SETS[shape] = ", ".join(_FRAGMENTS[i] for i in shape)
+    return sets, args
 
 
 def _among(column: str, values: list[int]) -> str:
@@ -96,20 +131,27 @@ def _among(column: str, values: list[int]) -> str:
     )
 
 
-def guard_sql(guard: Guard, token: str | None, now: float) -> tuple[str, list[Any]]:
-    """The WHERE conditions (ANDed to the record's address) under which ``guard`` holds."""
+@functools.lru_cache(maxsize=64)
+def _guard_where(guard: Guard) -> str:
     where = [_among("status", sorted(int(s) for s in guard.statuses))]
-    args: list[Any] = []
     if guard.held:
-        if token is None:
-            raise ValueError("a guard on the claim token needs the caller's token")
         where.append("claim_token = ?")
-        args.append(token)
     if guard.cancel_requested is True:
         where.append("cancel_requested = 1")
     elif guard.cancel_requested is False:
         where.append("cancel_requested IS NOT 1")
     if guard.due:
         where.append("at <= ?")
+    return " AND ".join(where)
+
+
+def guard_sql(guard: Guard, token: str | None, now: float) -> tuple[str, list[Any]]:
+    """The WHERE conditions (ANDed to the record's address) under which ``guard`` holds."""
+    args: list[Any] = []
+    if guard.held:
+        if token is None:
+            raise ValueError("a guard on the claim token needs the caller's token")
+        args.append(token)
+    if guard.due:
         args.append(now)
-    return " AND ".join(where), args
+    return _guard_where(guard), args
