@@ -403,7 +403,8 @@ class Scheduler:
         """Cancel a waiting job now; a running one is killed by its node and ends CANCELED;
         final jobs stay. A job of a recurring series (its first job, whose id is the
         series id, or any occurrence) cancels the whole series: no occurrence is created
-        or started after this returns. JobNotFound if there is no such job."""
+        or claimed after this returns; one claimed before (running, or about to start on
+        its worker) is killed and ends CANCELED. JobNotFound if there is no such job."""
         now = time.time()
         try:
             series = rules.series_of(self.store.get(job_id))
