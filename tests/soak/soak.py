@@ -190,6 +190,8 @@ class Soak:
     )
     run_lines: list[list[str]] = field(default_factory=list)  # runs.log, read by the audit
     late_canceled: int = 0  # occurrences created CANCELED (never run) after the cancel
+    #: occurrences claimed before the cancel returned that entered start() after it (killed)
+    started_after_claimed_before: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -585,6 +587,12 @@ class Soak:
                     if wall > t1:
                         claim = j.started if int(r[4]) == j.attempt else None
                         claimed = "?" if claim is None else f"{claim - t1:+.3f}s"
+                        if claim is not None and claim <= t1 and j.status == JobStatus.CANCELED:
+                            # Claimed before the cancel returned: it was running (or about
+                            # to start on its worker) when canceled; cancel_job promises it
+                            # is killed and ends CANCELED, which it did. Counted apart.
+                            self.started_after_claimed_before += 1
+                            continue
                         called = series.called
                         early = claim is not None and called is not None and claim < called
                         end = ends.get((r[1], r[2], r[3], r[4]))
@@ -657,6 +665,9 @@ class Soak:
             "occurrence statuses": dict(Counter(j.status.name for j in occurrences.values())),
             "occurrences created CANCELED after the cancel returned (never ran)": (
                 self.late_canceled
+            ),
+            "occurrences claimed before the cancel returned, started after it, CANCELED": (
+                self.started_after_claimed_before
             ),
             "series violations": len(series_problems),
             "series violation kinds": dict(Counter(k for k, _ in series_problems)),
