@@ -53,7 +53,12 @@ Exit codes: 0 stopped cleanly, 1 error, 69 store unavailable, 78 bad configurati
 """
 
 
-@click.command(name="taskschedd", help=HELP, epilog=EPILOG)
+@click.command(
+    name="taskschedd",
+    help=HELP,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "-c",
     "--config",

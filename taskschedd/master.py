@@ -677,7 +677,8 @@ class Master:
 
     def _status_line(self) -> str:
         busy = sum(1 for w in self.workers.values() if w.job is not None)
-        text = f"{len(self.workers)} workers, {busy} busy"
+        count = len(self.workers)
+        text = f"{count} worker{'' if count == 1 else 's'}, {busy} busy"
         if self.state is not State.RUNNING:
             text += f"; {self.state.value}"
         if self.boot_failures:

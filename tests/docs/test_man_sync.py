@@ -334,7 +334,7 @@ def help_signals(help_text: str, heading: str) -> set[str]:
 
 
 def check_daemon_page(page: Page, cmd: click.Command) -> list[str]:
-    ctx = click.Context(cmd, info_name="taskschedd")
+    ctx = click.Context(cmd, info_name="taskschedd", **cmd.context_settings)
     code = options(cmd, ctx)
     problems = check_options("OPTIONS", tag_flags(page.section("OPTIONS")), code)
     problems += check_mentions(page, [Program.of_command(cmd), Program.of_group(ctl_group)])

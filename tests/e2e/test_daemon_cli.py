@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.conftest import REPO, TASKSCHEDD, Daemon
+from tests.e2e.conftest import REPO, TASKSCHEDD, Daemon, cmdline
 from tests.helpers import wait_for
 
 
@@ -84,6 +84,20 @@ def test_help_documents_every_signal_and_version_prints() -> None:
     assert "--check-config" in result.stdout and "--daemon" in result.stdout
     version = taskschedd("--version")
     assert version.returncode == 0 and "taskschedd" in version.stdout
+
+
+def test_short_help_option_is_the_help() -> None:
+    """`taskschedd -h` was "No such option" while `taskschedctl -h` worked."""
+    short, long = taskschedd("-h"), taskschedd("--help")
+    assert (short.returncode, short.stdout) == (0, long.stdout)
+    assert "Usage: taskschedd" in short.stdout and not short.stderr
+
+
+def test_a_node_of_one_worker_says_one_worker(daemon_factory: Callable[..., Daemon]) -> None:
+    d = daemon_factory()
+    d.write_config(pm="static", min_children=1, max_children=1)
+    d.start()
+    wait_for(lambda: "[1 worker, 0 busy]" in cmdline(d.pid), 10, message=lambda: cmdline(d.pid))
 
 
 def test_pidfile_is_written_and_removed(daemon_factory: Callable[..., Daemon]) -> None:
