@@ -430,7 +430,11 @@ def _core_numbers() -> None:
     }
     _StrictLoader.yaml_implicit_resolvers = resolvers
     _StrictLoader.add_implicit_resolver(
-        ints, re.compile(r"^(?:[-+]?[0-9]+|[-+]?0x[0-9a-fA-F]+)$"), list("-+0123456789")
+        ints,
+        # A leading zero only before octal digits, as YAML 1.1 reads an int (010 means
+        # 10 here, not 8); 08 and 09 are text there, so YAML writers leave them unquoted.
+        re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*|0[0-7]+)|[-+]?0x[0-9a-fA-F]+)$"),
+        list("-+0123456789"),
     )
     _StrictLoader.add_implicit_resolver(
         floats,

@@ -501,3 +501,15 @@ def test_random_yaml_text_raises_only_config_error(text: str) -> None:
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
         with contextlib.suppress(ConfigError):
             load(path)
+
+
+def test_a_number_with_a_leading_zero_is_text_as_in_yaml_1_1(tmp_path: Path) -> None:
+    """PyYAML writes the string '08' unquoted (YAML 1.1 reads it as text: not octal, and
+    no decimal has a leading zero); read back, it must stay the queue '08', not 8 (a
+    property test found it)."""
+    text = yaml.safe_dump({"queues": ["08", "010"], "node": "0"})
+    assert "- 08" in text
+    cfg = config.load(write(tmp_path, text))
+    assert list(cfg.queues) == ["08", "010"] and cfg.node == "0"
+    assert config.load(write(tmp_path, "min_children: 0\n")).min_children == 0
+    assert config.load(write(tmp_path, "max_children: 07\n")).max_children == 7
