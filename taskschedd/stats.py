@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskschedd.model import FINAL, JobStatus
+from taskschedd.store.decode import encodable
 
 #: The status name under which stats count records whose status is not a job status.
 UNKNOWN_STATUS = "UNKNOWN"
@@ -52,7 +53,7 @@ class StatRows:
 def label(value: Any) -> str:
     """A queue or class name as stats show it: text that another client stored as
     something else is shown by its type, not passed on (JSON keys must be text)."""
-    if type(value) is str and _encodable(value):
+    if type(value) is str and encodable(value):
         return value
     return f"<{type(value).__name__}>"
 
@@ -97,15 +98,3 @@ def fold(rows: StatRows, *, now: float, window: float) -> dict[str, Any]:
         "finished_in_window": finished,
         "window": window,
     }
-
-
-def _encodable(text: str) -> bool:
-    """False for text holding lone surrogates (what the SQLite store's lenient decoder
-    makes of invalid UTF-8): it could not be written out as JSON."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -236,56 +236,39 @@ def claim(owner: ClaimFields) -> Branch:
     )
 
 
-def cancel() -> Transition:
-    """Cancel: a waiting job ends CANCELED now (its once key freed); a running one is
-    asked to stop (its node kills it; its settle then ends it CANCELED); final jobs stay."""
+def _stop(name: str, reason: str, *, free_once_while_running: bool) -> Transition:
+    """A runnable job ends CANCELED now with ``reason`` (its once key freed); a running
+    one is asked to stop (its node kills it; its settle then ends it CANCELED)."""
     return Transition(
-        "cancel",
+        name,
         (
             Branch(
-                "canceled",
+                reason,
                 Guard(_RUNNABLE),
                 Change(
-                    status=JobStatus.CANCELED,
-                    reason="canceled",
-                    ended=Ended.NOW,
-                    release_once=True,
+                    status=JobStatus.CANCELED, reason=reason, ended=Ended.NOW, release_once=True
                 ),
             ),
             Branch(
                 "cancel requested",
                 Guard(_PROCESSING),
-                Change(cancel_requested=True),
+                Change(cancel_requested=True, release_once=free_once_while_running),
                 event=False,
             ),
         ),
     )
+
+
+def cancel() -> Transition:
+    """Cancel: a waiting job ends CANCELED now (its once key freed); a running one is
+    asked to stop (its node kills it; its settle then ends it CANCELED); final jobs stay."""
+    return _stop("cancel", "canceled", free_once_while_running=False)
 
 
 def replace_once() -> Transition:
     """add_job_once found an active job that does not satisfy the request: it gives up
     its once key and is canceled (reason "replaced"), or asked to stop if running."""
-    return Transition(
-        "replace",
-        (
-            Branch(
-                "replaced",
-                Guard(_RUNNABLE),
-                Change(
-                    status=JobStatus.CANCELED,
-                    reason="replaced",
-                    ended=Ended.NOW,
-                    release_once=True,
-                ),
-            ),
-            Branch(
-                "cancel requested",
-                Guard(_PROCESSING),
-                Change(cancel_requested=True, release_once=True),
-                event=False,
-            ),
-        ),
-    )
+    return _stop("replace", "replaced", free_once_while_running=True)
 
 
 def requeue(now: float) -> Transition:

@@ -60,7 +60,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= _SHOW else text[:_SHOW] + "..."
 
 
-def _encodable(text: str) -> bool:
+def encodable(text: str) -> bool:
     """False for text holding lone surrogates: what the SQLite store's lenient decoder
     makes of invalid UTF-8. Written back, it would fail the write."""
     if text.isascii():
@@ -77,7 +77,7 @@ def _text(name: str, value: Any, *, optional: bool = False, limit: int = 4096) -
         return None
     if type(value) is not str:
         raise _Bad(f"{name} is {_show(value)}, not text")
-    if not _encodable(value):
+    if not encodable(value):
         raise _Bad(f"{name} is not valid UTF-8")
     if len(value) > limit:
         raise _Bad(f"{name} is {len(value)} characters long (at most {limit})")
@@ -113,7 +113,7 @@ def _json(name: str, value: Any) -> Any:
         raise _Bad(f"{name} is a BLOB of {len(value)} bytes, not JSON text")
     if type(value) is not str:
         raise _Bad(f"{name} is {_show(value)}, not JSON text")
-    if not _encodable(value):
+    if not encodable(value):
         raise _Bad(f"{name} is not valid UTF-8")
     try:
         return json.loads(value)
@@ -241,7 +241,7 @@ def _decode(
 
 
 def _safe_text(value: Any, default: str | None) -> str | None:
-    if type(value) is str and _encodable(value) and len(value) <= 4096:
+    if type(value) is str and encodable(value) and len(value) <= 4096:
         return value
     if value is None or default is None:
         return default
