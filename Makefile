@@ -16,11 +16,22 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
-# Runs a node on the embedded SQLite store with the reference configuration; the store
-# lives in ./var so no root is needed (point taskschedctl at it with TASKSCHED_STORE).
-run: install
+# Runs a node on the embedded SQLite store with the reference configuration made local:
+# var/taskschedd.yaml is etc/taskschedd.yaml with the store in ./var (no root needed)
+# and the example setup hook, so the README's examples run as written.
+DEVCONFIG := var/taskschedd.yaml
+
+run: install $(DEVCONFIG)
+	@echo "In a second terminal: export TASKSCHED_CONFIG=$(CURDIR)/$(DEVCONFIG)"
+	$(BIN)/taskschedd -c $(DEVCONFIG)
+
+# Regenerated when etc/taskschedd.yaml changes: edit that one (or pass CONFIG=FILE).
+$(DEVCONFIG): $(CONFIG)
 	mkdir -p var && chmod 0700 var   # taskschedd refuses a store directory others can write
-	$(BIN)/taskschedd -c $(CONFIG) --store sqlite:///$(CURDIR)/var/taskschedd.db
+	sed -e 's|^store: .*|store: sqlite:///$(CURDIR)/var/taskschedd.db|' \
+	    -e 's|^setup_hook: null.*|setup_hook: taskschedd.examples.mail:setup|' $(CONFIG) > $@.tmp
+	grep -q '^store: sqlite:///$(CURDIR)/var/' $@.tmp && grep -q '^setup_hook: taskschedd' $@.tmp
+	mv $@.tmp $@
 
 lint: install-test
 	$(BIN)/ruff check .
@@ -31,4 +42,4 @@ test: install-test lint
 	$(BIN)/pytest -n auto -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) var/taskschedd.yaml .pytest_cache .mypy_cache .ruff_cache build *.egg-info
