@@ -15,6 +15,8 @@ Example (every key optional; an empty file means all defaults)::
     lease: 30s
     allowed_modules: [myapp.jobs] # "*" allows any module: UNSAFE, job names run code
     max_worker_memory: 512MB      # MB as an integer, or 512MB / 1GB / 1.5GiB (binary)
+    max_job_memory: 2GB           # a running job above this is killed (reason memory)
+    max_extra_children: 64        # extra workers for ignore_max_children jobs (0: no cap)
     logging: {format: json, level: info, file: /var/log/taskschedd.log}
     metrics: {listen: "127.0.0.1:9464"}
     mongodb: {write_concern: majority, change_streams: auto}
@@ -49,6 +51,7 @@ from taskschedd.options import (
     MAX_DATA_SIZE_RANGE,
     Defaults,
 )
+from taskschedd.pool import DEFAULT_MAX_EXTRA_CHILDREN
 from taskschedd.redact import redact_url, remember_secret, url_password
 from taskschedd.storeurl import DEFAULT_URL, is_mongodb, looks_like_mongodb
 from taskschedd.timeutil import format_duration, parse_duration
@@ -120,6 +123,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "max_jobs_per_worker": (0, 1_000_000_000),
     "claim_ahead": (1, 1000),
     "max_worker_memory": (0, 16 << 20),  # megabytes: 16 TiB
+    "max_job_memory": (0, 16 << 20),  # megabytes: 16 TiB
+    "max_extra_children": (0, MAX_CHILDREN),
     "max_data_size": MAX_DATA_SIZE_RANGE,
     "mongodb.write_concern": (0, 50),
 }
@@ -193,6 +198,11 @@ class Config:
     max_jobs_per_worker: int = 0
     claim_ahead: int = 64  # jobs a worker may claim in one store write (1: one at a time)
     max_worker_memory: int = 0  # MB, 0 = no limit
+    #: MB a running job's process group may use (resident), 0 = no limit; the job option
+    #: max_memory overrides it (see taskschedd.memwatch).
+    max_job_memory: int = 0
+    #: Extra workers for ignore_max_children jobs at once (0: no cap; see taskschedd.pool).
+    max_extra_children: int = DEFAULT_MAX_EXTRA_CHILDREN
     max_data_size: int = DEFAULT_MAX_DATA_SIZE  # bytes of JSON, for job data and results
     job_defaults: dict[str, Any] = field(default_factory=dict)
     retention: float = 7 * 86400.0  # 0 = keep final jobs forever
@@ -651,6 +661,13 @@ class _Validator:
         if "max_worker_memory" in top:
             size = self.size("max_worker_memory", top["max_worker_memory"])
             kw["max_worker_memory"] = math.ceil(size / 2**20)
+        if "max_job_memory" in top:
+            size = self.size("max_job_memory", top["max_job_memory"])
+            kw["max_job_memory"] = math.ceil(size / 2**20)
+        if "max_extra_children" in top:
+            kw["max_extra_children"] = self.integer(
+                "max_extra_children", top["max_extra_children"], 0
+            )
         if "max_data_size" in top:
             kw["max_data_size"] = self.size("max_data_size", top["max_data_size"])
         if "job_defaults" in top:
@@ -804,9 +821,9 @@ class _Validator:
 
     def size(self, key: str, value: object) -> int:
         """Bytes from megabytes as an integer or a size like 512KB / 1.5GiB, within the
-        key's range in INT_RANGES (max_worker_memory's is in megabytes)."""
+        key's range in INT_RANGES (max_worker_memory's and max_job_memory's are in megabytes)."""
         low, high = INT_RANGES[key]
-        unit_of_range = 2**20 if key == "max_worker_memory" else 1
+        unit_of_range = 2**20 if key in ("max_worker_memory", "max_job_memory") else 1
         low_b, high_b = low * unit_of_range, high * unit_of_range
         accepted = f"accepted: {_format_size(low_b)} to {_format_size(high_b)}"
         size: float | None = None

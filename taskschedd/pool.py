@@ -10,8 +10,11 @@ due, so the policy is unit-tested without processes. The master applies the plan
 - ``ondemand``: like dynamic with a floor of 0: no worker until a job is due.
 
 Jobs with ``ignore_max_children`` are run by *extra* one-job workers beyond
-``max_children``; at most ``max_children`` extras exist at once, so a burst of such jobs
-cannot fork without bound. An ``idle_timeout`` of 0 retires idle workers at once.
+``max_children``: every such due job gets its own extra worker at once (a never-ending
+listener job must not wait for another to end), up to ``max_extra_children`` extras at
+once (default 64; 0: no cap), so a flood of such jobs cannot fork without bound; the
+jobs beyond the cap wait for an extra worker to end (:attr:`Plan.extra_capped`). An
+``idle_timeout`` of 0 retires idle workers at once.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
     from taskschedd.config import Config
 
 PM_MODES = ("dynamic", "static", "ondemand")
+#: Default of ``max_extra_children``: the most extra workers (ignore_max_children) at once.
+DEFAULT_MAX_EXTRA_CHILDREN = 64
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class PoolSettings:
     min_children: int = 1
     max_children: int = 1
     idle_timeout: float = 60.0
+    max_extra_children: int = DEFAULT_MAX_EXTRA_CHILDREN  # 0: no cap
 
     def __post_init__(self) -> None:
         if self.pm not in PM_MODES:
@@ -43,6 +49,8 @@ class PoolSettings:
                 f"need 0 <= min_children <= max_children and max_children >= 1, got "
                 f"{self.min_children} and {self.max_children}"
             )
+        if self.max_extra_children < 0:
+            raise ValueError(f"need max_extra_children >= 0, got {self.max_extra_children}")
 
     @classmethod
     def from_config(cls, config: Config) -> PoolSettings:
@@ -51,6 +59,7 @@ class PoolSettings:
             min_children=config.min_children,
             max_children=config.max_children,
             idle_timeout=config.idle_timeout,
+            max_extra_children=config.max_extra_children,
         )
 
     @property
@@ -92,6 +101,7 @@ class Plan:
     spawn_extra: int = 0  # one-job workers for ignore_max_children jobs
     retire: tuple[int, ...] = ()  # pids of idle workers to stop
     recheck_at: float | None = None  # when time alone may change the plan (idle timeout)
+    extra_capped: int = 0  # ignore_max_children jobs that wait: max_extra_children reached
 
 
 def plan(
@@ -137,9 +147,18 @@ def plan(
 
     # An extra worker that has not claimed yet is on its way to a due job.
     waiting_extras = sum(1 for w in extras if not w.busy)
-    room = max(0, settings.max_children - len(extras))
-    spawn_extra = min(room, max(0, demand.due_extra - waiting_extras))
-    return Plan(spawn=spawn, spawn_extra=spawn_extra, retire=tuple(retire), recheck_at=recheck_at)
+    wanted_extra = max(0, demand.due_extra - waiting_extras)
+    if settings.max_extra_children:
+        spawn_extra = min(max(0, settings.max_extra_children - len(extras)), wanted_extra)
+    else:
+        spawn_extra = wanted_extra
+    return Plan(
+        spawn=spawn,
+        spawn_extra=spawn_extra,
+        retire=tuple(retire),
+        recheck_at=recheck_at,
+        extra_capped=wanted_extra - spawn_extra,
+    )
 
 
 def backoff_delay(failures: int, *, base: float = 0.5, cap: float = 30.0) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -92,10 +94,20 @@ def test_extra_workers_for_ignore_max_children_jobs() -> None:
     assert plan(s, full, Demand(due_extra=1), NOW).spawn_extra == 1
     # an extra worker that has not claimed yet is already on its way
     assert plan(s, [*full, idle(5, extra=True)], Demand(due_extra=1), NOW).spawn_extra == 0
-    # at most max_children extras at once
+    # every due job gets its own extra worker, beyond max_children...
     extras = [busy(5, extra=True), busy(6, extra=True)]
-    assert plan(s, full + extras, Demand(due_extra=9), NOW).spawn_extra == 0
-    assert plan(s, full, Demand(due_extra=9), NOW).spawn_extra == 2
+    p = plan(s, full + extras, Demand(due_extra=9), NOW)
+    assert (p.spawn_extra, p.extra_capped) == (9, 0)
+    # ...up to max_extra_children at once; the plan says how many wait
+    capped = dataclasses.replace(s, max_extra_children=3)
+    p = plan(capped, full + extras, Demand(due_extra=9), NOW)
+    assert (p.spawn_extra, p.extra_capped) == (1, 8)
+    p = plan(capped, [*full, *extras, busy(7, extra=True)], Demand(due_extra=9), NOW)
+    assert (p.spawn_extra, p.extra_capped) == (0, 9)
+    assert plan(capped, full, Demand(due_extra=2), NOW).extra_capped == 0
+    # 0: no cap
+    unbounded = dataclasses.replace(s, max_extra_children=0)
+    assert plan(unbounded, full + extras, Demand(due_extra=500), NOW).spawn_extra == 500
     # extras never count against the pool
     assert plan(s, full + extras, Demand(), NOW).spawn == 0
     assert plan(settings("static", lo=2), extras, Demand(), NOW).spawn == 2
@@ -106,6 +118,8 @@ def test_settings_are_checked() -> None:
         PoolSettings(pm="sometimes")
     with pytest.raises(ValueError, match="min_children <= max_children"):
         PoolSettings(pm="dynamic", min_children=3, max_children=2)
+    with pytest.raises(ValueError, match="max_extra_children >= 0"):
+        PoolSettings(max_extra_children=-1)
 
 
 def test_backoff_is_capped_exponential() -> None:
@@ -120,6 +134,7 @@ def test_backoff_is_capped_exponential() -> None:
     states=st.lists(st.tuples(st.booleans(), st.floats(0, 50), st.booleans()), max_size=12),
     due=st.integers(0, 20),
     due_extra=st.integers(0, 20),
+    extra_cap=st.integers(0, 6),
 )
 def test_invariants(
     pm: str,
@@ -128,11 +143,14 @@ def test_invariants(
     states: list[tuple[bool, float, bool]],
     due: int,
     due_extra: int,
+    extra_cap: int,
 ) -> None:
     if pm == "static":
         lo = max(lo, 1)
     hi = max(lo + extra_hi, 1)
-    s = PoolSettings(pm=pm, min_children=lo, max_children=hi, idle_timeout=10)
+    s = PoolSettings(
+        pm=pm, min_children=lo, max_children=hi, idle_timeout=10, max_extra_children=extra_cap
+    )
     workers = [
         WorkerView(pid=i, busy=b, idle_since=NOW - age, extra=x)
         for i, (b, age, x) in enumerate(states)
@@ -149,4 +167,7 @@ def test_invariants(
     assert after >= min(s.floor, len(regular) + p.spawn)
     if p.spawn:
         assert len(regular) + p.spawn <= s.ceiling
-    assert len(extras) + p.spawn_extra <= max(hi, len(extras))
+    if extra_cap:
+        assert len(extras) + p.spawn_extra <= max(extra_cap, len(extras))
+    waiting_extras = sum(not w.busy for w in extras)
+    assert p.spawn_extra + p.extra_capped == max(0, due_extra - waiting_extras)
