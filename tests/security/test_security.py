@@ -245,16 +245,18 @@ def test_the_daemon_never_logs_a_store_password(node_factory: Factory, tmp_path:
     assert SECRET not in text
     assert "***" in text
 
+    # --check-config imports the allowed modules, from where the daemon would (tests.*).
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     check = subprocess.run(
         [str(TASKSCHEDD), "--check-config", "-c", str(d.config_path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert check.returncode == 0, check
     assert SECRET not in check.stdout + check.stderr and MASKED in check.stdout
     bad = subprocess.run(
         [str(TASKSCHEDD), "--check-config", "-c", str(d.config_path),
          "--store", f"mongodb://tsd:{SECRET}@/nohost"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert bad.returncode == 78, bad
     assert SECRET not in bad.stdout + bad.stderr and "tsd:***@" in bad.stderr, bad.stderr
@@ -287,5 +289,6 @@ def test_taskschedctl_never_prints_a_store_password(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
         assert proc.returncode in (2, 69), (what, proc.returncode, err)
         assert SECRET not in out + err, (what, out, err)
-        assert "tsd:***@" in err, (what, err)
+        # The masked URL, or the server's address alone (a MongoDB error names the host)
+        assert "tsd:***@" in err or "MongoDB at 127.0.0.1:1 " in err, (what, err)
         assert "Traceback" not in err, (what, err)
