@@ -6,7 +6,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from taskschedctl.common import EXIT_CODES, complete_ids, ctl_options, exit_for, print_jobs
+from taskschedctl.common import (
+    EXIT_CODES,
+    complete_ids,
+    ctl_options,
+    exit_for,
+    print_outcomes,
+    warn_unserved,
+)
 from taskschedctl.context import Ctl
 from taskschedctl.params import Duration, Statuses, Time, merge_statuses
 
@@ -17,23 +24,32 @@ if TYPE_CHECKING:
 @click.command(epilog=EXIT_CODES)
 @click.argument("ids", metavar="ID...", nargs=-1, required=True, shell_complete=complete_ids())
 @click.option("--timeout", type=Duration(), help="Give up after this long (exit 124).")
-@click.option("--json", "as_json", is_flag=True, help="Print the final jobs as a JSON array.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the jobs as a JSON array (each with its last 'error').",
+)
 @ctl_options
 def wait(ctl: Ctl, ids: tuple[str, ...], timeout: float | None, as_json: bool) -> None:
     """Wait until the jobs are final (retries included), with a progress bar on a terminal.
 
-    Prints each job's id and final status. Exit 0 when all are DONE, 1 when any ended
-    FAILED, TIMEOUT or CANCELED, 124 on timeout. Rides out brief store outages.
+    Prints one line per job: ID STATUS, then result=JSON for a DONE job, reason=REASON
+    error=TYPE: MESSAGE for one that ended otherwise, progress=N% for one not final when
+    the timeout passed. Exit 0 when all are DONE, 1 when any ended FAILED, TIMEOUT or
+    CANCELED, 124 on timeout. Warns when no live node serves a job's queue. Rides out
+    brief store outages.
     """
-    from taskschedctl.follow import wait_jobs
+    from taskschedctl.follow import Unfinished, wait_jobs
 
     sched = ctl.scheduler()
-    jobs = wait_jobs(sched, ids, timeout)
-    if as_json:
-        print_jobs(jobs, True)
-    else:
-        for job in jobs:
-            click.echo(f"{job.id} {job.status.name}")
+    try:
+        jobs = wait_jobs(sched, ids, timeout, on_first=lambda js: warn_unserved(ctl, sched, js))
+    except Unfinished as exc:
+        if exc.jobs:
+            print_outcomes(exc.jobs, as_json)
+        raise
+    print_outcomes(jobs, as_json)
     exit_for(jobs)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
     from taskschedd.model import JobRecord
+    from taskschedd.scheduler import Scheduler
 
 EXIT_CODES = """\b
 Exit codes:
@@ -28,11 +30,59 @@ Exit codes:
   141  the reader of the output went away (| head)"""
 
 
+#: A node is stale after this long without a heartbeat, without a configuration (with
+#: one: 3 x its heartbeat_interval).
+DEFAULT_STALE_AFTER = 15.0
+
+
 def fail(message: str) -> None:
     """Report one error without stopping (commands that take several ids)."""
+    from taskschedctl.output import printable
     from taskschedd.redact import redact_text
 
-    click.echo(f"taskschedctl: error: {redact_text(message)}", err=True)
+    click.echo(f"taskschedctl: error: {printable(redact_text(message))}", err=True)
+
+
+def warn(message: str) -> None:
+    """Report something the user should know; the command goes on (exit code unchanged)."""
+    from taskschedctl.output import printable
+    from taskschedd.redact import redact_text
+
+    click.echo(f"taskschedctl: warning: {printable(redact_text(message))}", err=True)
+
+
+def stale_after(ctl: Ctl, given: float | None = None) -> float:
+    """Seconds without a heartbeat after which a node no longer counts as live."""
+    if given is not None:
+        return given
+    config = ctl.config
+    return 3 * config.heartbeat_interval if config is not None else DEFAULT_STALE_AFTER
+
+
+def warn_unserved(ctl: Ctl, sched: Scheduler, jobs: Sequence[JobRecord]) -> None:
+    """Warn about each queue of these jobs (those not started yet) that no live node
+    serves: they would wait until one starts. A node that names no queues (another
+    client's entry) is taken to serve any. Advisory: a store error here says nothing."""
+    from taskschedd.errors import StoreError
+    from taskschedd.model import JobStatus
+
+    queues = sorted({j.queue for j in jobs if j.status in (JobStatus.WAITING, JobStatus.POSTPONED)})
+    if not queues:
+        return
+    limit = stale_after(ctl)
+    try:
+        live = sched.store.nodes(alive_after=time.time() - limit)
+    except StoreError:
+        return
+    served = {q for n in live for q in n.queues}
+    for queue in queues:
+        if queue in served or any(not n.queues for n in live):
+            continue
+        others = f"; the live nodes serve {', '.join(sorted(served))}" if served else ""
+        warn(
+            f"no live node serves queue {queue} (none that does has sent a heartbeat in "
+            f"the last {limit:g}s{others}): the job waits until a node serving {queue} runs"
+        )
 
 
 # -- shared options ---------------------------------------------------------------------
@@ -101,6 +151,18 @@ def complete_ids(
         ]
 
     return complete
+
+
+def print_outcomes(jobs: Sequence[JobRecord], as_json: bool, *, single: bool = False) -> None:
+    """What wait and add --wait print: one line per job (see output.outcome_line), or the
+    jobs as JSON with their last ``error`` (one object when ``single``)."""
+    from taskschedctl.output import echo_json, outcome_dict, outcome_line
+
+    if as_json:
+        echo_json(outcome_dict(jobs[0]) if single else [outcome_dict(j) for j in jobs])
+    else:
+        for job in jobs:
+            click.echo(outcome_line(job))
 
 
 def print_jobs(jobs: Sequence[JobRecord], as_json: bool, *, single: bool = False) -> None:

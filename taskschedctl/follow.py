@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from taskschedctl.output import ProgressLine
-from taskschedd.errors import StoreUnavailable
+from taskschedd.errors import StoreUnavailable, WaitTimeout
 from taskschedd.model import EventRecord, JobRecord
 from taskschedd.scheduler import FALLBACK_POLL, Scheduler, open_waker, pause
 from taskschedd.store.base import Store
@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 
 #: Events read per query when scanning history.
 CHUNK = 1000
+
+
+class Unfinished(WaitTimeout):
+    """A wait that timed out, with the jobs as last read (for what wait prints then)."""
+
+    def __init__(self, message: str, jobs: Sequence[JobRecord]) -> None:
+        super().__init__(message)
+        self.jobs = list(jobs)
 
 
 class Outage:
@@ -59,11 +67,16 @@ class Outage:
 
 
 def wait_jobs(
-    sched: Scheduler, ids: Sequence[str], timeout: float | None, *, progress: bool = True
+    sched: Scheduler,
+    ids: Sequence[str],
+    timeout: float | None,
+    *,
+    progress: bool = True,
+    on_first: Callable[[list[JobRecord]], None] | None = None,
 ) -> list[JobRecord]:
     """:meth:`Scheduler.wait` through brief store outages, with a progress line on stderr
-    when it is a terminal; JobNotFound for an unknown id, WaitTimeout after ``timeout``
-    seconds."""
+    when it is a terminal (``on_first`` gets the jobs as first read); JobNotFound for an unknown id, WaitTimeout after ``timeout``
+    seconds (:class:`Unfinished`, with the jobs as last read)."""
     bar = ProgressLine(len(dict.fromkeys(ids)) if progress else 0)
     outage = Outage()
     outage.quiet = bar.enabled and progress
@@ -71,7 +84,10 @@ def wait_jobs(
 
     def read(jobs: list[JobRecord]) -> None:
         outage.ok()
+        first = not seen
         seen[:] = jobs
+        if first and on_first is not None:
+            on_first(jobs)
         if progress:
             bar.update(jobs)
 
@@ -83,6 +99,8 @@ def wait_jobs(
 
     try:
         done = sched.wait(ids, timeout, on_read=read, on_unavailable=unavailable)
+    except WaitTimeout as exc:
+        raise Unfinished(str(exc), seen) from None
     finally:
         bar.close()
     return [p.record for p in done]

@@ -2,11 +2,16 @@
 
 Tables and text are for people; ``--json`` / ``--jsonl`` are for scripts and keep the
 raw values (unix times as numbers) so that nothing is lost in formatting.
+
+Both print text as text (accents, emoji, right-to-left scripts), but never a character
+that could drive the terminal or hide what follows it: what a job's data, result or error
+holds is shown, not obeyed (see :func:`printable`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,20 +23,80 @@ if TYPE_CHECKING:
     from taskschedd.model import EventRecord, JobRecord, NodeRecord
 
 
+# What never reaches a terminal raw: C0 and C1 controls and DEL (escape sequences, cursor
+# moves, bells), U+2028/U+2029 (line breaks to some terminals), the bidi embeddings,
+# overrides and isolates (they reorder the rest of the line: a spoofing tool), and lone
+# surrogates (which cannot be written as UTF-8). Other characters are text.
+_UNSAFE_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# ... and the C0 controls, which json.dumps escapes itself (a raw newline in its text is
+# layout).
+_UNSAFE_CHAR = re.compile(f"[\x00-\x1f{_UNSAFE_JSON.pattern[1:-1]}]")
+_SHORT = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    short = _SHORT.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def _utf8_out() -> bool:
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    return encoding in ("utf8", "utf8sig")
+
+
+def _fit(text: str) -> str:
+    """Text the output stream can encode: what it cannot is shown as a backslash escape."""
+    if _utf8_out():
+        return text
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` with every character that could drive a terminal (escape sequences,
+    controls, bidi overrides, line separators) shown as a backslash escape (\\x1b, \\n,
+    \\u202e); with ``lines``, newlines and tabs are kept (a traceback)."""
+    if lines:
+        text = _UNSAFE_CHAR.sub(lambda m: m.group() if m.group() in "\n\t" else _escape(m), text)
+    else:
+        text = _UNSAFE_CHAR.sub(_escape, text)
+    return _fit(text)
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """JSON text as UTF-8 text (ASCII escapes only when the output cannot take UTF-8), with
+    the characters :func:`printable` escapes written as \\u escapes: the same JSON value."""
+    if not _utf8_out():
+        return json.dumps(value, ensure_ascii=True, default=str, **kwargs)
+    text = json.dumps(value, ensure_ascii=False, default=str, **kwargs)
+    return _UNSAFE_JSON.sub(_json_escape, text)
+
+
 def echo_json(value: Any) -> None:
     """One JSON document, indented for people who look at it anyway."""
-    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+    click.echo(dumps(value, indent=2, sort_keys=False))
 
 
 def echo_jsonl(values: Iterable[Any]) -> None:
     """One compact JSON document per line (flushed, so pipes see each at once)."""
     for value in values:
-        click.echo(json.dumps(value, separators=(",", ":"), default=str))
+        click.echo(dumps(value, separators=(",", ":")))
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[int] = ()) -> str:
     """Columns padded to the widest cell; the columns numbered in ``right`` align right."""
-    data = [list(headers), *[list(r) for r in rows]]
+    data = [list(headers), *[[printable(cell) for cell in r] for r in rows]]
     widths = [max(len(r[i]) for r in data) for i in range(len(headers))]
     lines = []
     for row in data:
@@ -135,7 +200,7 @@ def _indent(text: str, prefix: str) -> str:
 
 
 def _json_block(value: Any) -> str:
-    text = json.dumps(value, indent=2, sort_keys=True, default=str)
+    text = dumps(value, indent=2, sort_keys=True)
     return text if "\n" not in text else "\n" + _indent(text, "    ")
 
 
@@ -177,18 +242,21 @@ def job_text(
     fields.append(("data", _json_block(job.data)))
     fields.append(("result", _json_block(job.result)))
     width = max(len(k) for k, _ in fields) + 1
-    lines = [f"{k}:{v}" if v.startswith("\n") else f"{k + ':':<{width}} {v}" for k, v in fields]
+    lines = [
+        f"{k}:{v}" if v.startswith("\n") else f"{k + ':':<{width}} {printable(v)}"
+        for k, v in fields
+    ]
     lines.append("options:")
     for key, value in sorted(job.options.stored().items()):
-        lines.append(f"    {key}: {json.dumps(value)}")
+        lines.append(f"    {key}: {dumps(value)}")
     lines.append(f"errors: {len(job.errors) or 'none'}")
     for err in job.errors:
         lines.append(
-            f"    attempt {err.attempt} at {when(err.time or None)} [{err.reason}]: "
-            f"{err.type}: {err.message}"
+            f"    attempt {err.attempt} at {when(err.time or None)} [{printable(err.reason)}]: "
+            f"{printable(err.type)}: {printable(err.message, lines=True)}"
         )
         if err.traceback:
-            lines.append(_indent(err.traceback, "        "))
+            lines.append(_indent(printable(err.traceback, lines=True), "        "))
     lines.append(f"events: {len(events) or 'none'}")
     for event in events:
         lines.append("    " + event_line(event, with_job=False))
@@ -213,7 +281,46 @@ def event_line(event: EventRecord, *, with_job: bool = True) -> str:
     if event.error is not None:
         first = event.error.message.splitlines()[0] if event.error.message else ""
         parts.append(f"error={event.error.type}: {first}")
+    return printable(" ".join(parts))
+
+
+def last_error(job: JobRecord) -> str:
+    """The last error of a job on one line: ``TYPE: MESSAGE`` (the traceback's last line
+    when there is no message), controls escaped; "" when it has none."""
+    if not job.errors:
+        return ""
+    err = job.errors[-1]
+    message = err.message
+    if not message.strip() and err.traceback.strip():
+        message = err.traceback.strip().splitlines()[-1]
+    if len(message) > 500:  # one line: show and --json have all of it
+        message = message[:500] + "..."
+    return printable(f"{err.type}: {message}" if err.type else message)
+
+
+def outcome_line(job: JobRecord) -> str:
+    """A job's outcome on one line, for wait and add --wait: ``ID STATUS`` then, for a
+    DONE job, ``result=`` and the result as compact JSON; for another final one,
+    ``reason=REASON`` and ``error=TYPE: MESSAGE`` (each when known); for one not final
+    yet (the wait timed out), ``progress=N%``."""
+    parts = [job.id, job.status.name]
+    if job.status.name == "DONE":
+        parts.append("result=" + dumps(job.result, separators=(",", ":")))
+    elif job.is_final:
+        if job.reason:
+            parts.append(f"reason={printable(job.reason)}")
+        error = last_error(job)
+        if error:
+            parts.append(f"error={error}")
+    else:
+        parts.append(f"progress={job.progress:g}%")
     return " ".join(parts)
+
+
+def outcome_dict(job: JobRecord) -> dict[str, Any]:
+    """A job for wait --json and add --wait --json: its fields (``status``, ``result``,
+    ``reason``, ``errors``...) and ``error``, its last error (null when none)."""
+    return {**job.to_dict(), "error": job.errors[-1].to_dict() if job.errors else None}
 
 
 def node_rows(nodes: Sequence[NodeRecord], stale_after: float, now: float) -> str:

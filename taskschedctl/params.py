@@ -122,9 +122,10 @@ def merge_statuses(values: tuple[tuple[JobStatus, ...], ...]) -> tuple[JobStatus
 
 
 def load_data(text: str | None) -> Any:
-    """DATA as JSON text, ``@file`` or ``-`` (stdin); usage errors name the problem."""
+    """DATA as JSON text, ``@file`` or ``-`` (stdin); ``{}`` when not given (as for
+    Scheduler.add_job); usage errors name the problem."""
     if text is None:
-        return None
+        return {}
     source = "DATA"
     if text == "-":
         source = "DATA from stdin"

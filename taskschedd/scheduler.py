@@ -50,6 +50,22 @@ FALLBACK_POLL = 0.5
 StatusArg = JobStatus | int | str | Iterable[JobStatus | int | str] | None
 
 
+class _NoData:
+    """The default of ``data``: a job added without data gets ``{}`` (as ``taskschedctl
+    add CLASS`` does), so that add_job_once matches it with a job given ``{}``; an
+    explicit ``None`` stores null."""
+
+    def __repr__(self) -> str:
+        return "{}"
+
+
+NO_DATA: Any = _NoData()
+
+
+def _data(data: Any) -> Any:
+    return {} if data is NO_DATA else data
+
+
 def new_id() -> str:
     """A UUIDv7 as 32 hex digits: Unix milliseconds, then 74 random bits.
 
@@ -84,7 +100,7 @@ class JobSpec:
     """One job for :meth:`Scheduler.add_jobs`."""
 
     cls: str | type
-    data: Any = None
+    data: Any = NO_DATA  # {}; an explicit None stores null
     options: Mapping[str, Any] | None = None
 
 
@@ -275,8 +291,12 @@ class Scheduler:
         )
 
     # -- adding -------------------------------------------------------------------
-    def add_job(self, cls: str | type, data: Any = None, **options: Any) -> Process:
-        """Queue a job; returns its handle. OptionError/JobDataError before anything is written."""
+    def add_job(self, cls: str | type, data: Any = NO_DATA, **options: Any) -> Process:
+        """Queue a job; returns its handle. OptionError/JobDataError before anything is written.
+
+        ``data``: JSON-serialisable, dict keys strings at any depth; without it the job's
+        data is ``{}`` (``None`` stores null)."""
+        data = _data(data)
         job, _, _ = self._prepare(cls, data, options, time.time())
         try:
             self.store.insert((job,))
@@ -293,6 +313,7 @@ class Scheduler:
         last: tuple[Any, tuple[JobOptions, set[str]]] | None = None
         for index, spec in enumerate(jobs):
             cls, data, options = self._spec(spec, index)
+            data = _data(data)
             try:
                 # Jobs given the same options share one resolution (and stored JSON).
                 key = _options_key(options)
@@ -320,22 +341,23 @@ class Scheduler:
             return spec.cls, spec.data, spec.options or {}
         if isinstance(spec, tuple) and 1 <= len(spec) <= 3:
             cls = spec[0]
-            data = spec[1] if len(spec) > 1 else None
+            data = spec[1] if len(spec) > 1 else NO_DATA
             options = spec[2] if len(spec) > 2 else {}
             return cls, data, options
         if isinstance(spec, Mapping) and "cls" in spec:
             rest = dict(spec)
-            return rest.pop("cls"), rest.pop("data", None), rest.pop("options", None) or rest
+            return rest.pop("cls"), rest.pop("data", NO_DATA), rest.pop("options", None) or rest
         raise OptionError(
             f"job #{index}: expected JobSpec, (cls, data, options) or "
             f"{{'cls': ..., 'data': ..., **options}}, got {spec!r}"
         )
 
-    def add_job_once(self, cls: str | type, data: Any = None, **options: Any) -> Process:
+    def add_job_once(self, cls: str | type, data: Any = NO_DATA, **options: Any) -> Process:
         """Queue a job unless the same one (class and data, or class with ``ignore_data``) is
         already waiting or running; if its explicit options changed, the old one is replaced.
-        Safe for overlapping callers (cron): they get the same job."""
-        job, opts, explicit = self._prepare(cls, data, options, time.time())
+        Safe for overlapping callers (cron): they get the same job. Without ``data`` the
+        job's data is ``{}``, as for add_job: null (``None``) is other data."""
+        job, opts, explicit = self._prepare(cls, _data(data), options, time.time())
         key = rules.once_key(job.cls, job.data_json, opts.ignore_data)
         job = NewJob(
             id=job.id,

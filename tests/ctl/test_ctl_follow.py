@@ -31,7 +31,7 @@ def test_wait_exits_0_when_all_done(ctl: CtlHarness) -> None:
     with ctl.worker():
         res = ctl.proc("wait", *ids, "--timeout", "20s")
     assert res.code == 0, res
-    assert res.out.splitlines() == [f"{i} DONE" for i in ids]
+    assert res.out.splitlines() == [f'{i} DONE result={{"n":{n}}}' for n, i in enumerate(ids)]
 
 
 def test_wait_exits_1_when_any_failed(ctl: CtlHarness) -> None:

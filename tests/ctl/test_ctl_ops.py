@@ -93,7 +93,7 @@ def test_check_ok_with_a_config(ctl: CtlHarness) -> None:
     res = ctl.proc("-c", str(config), "check", store=False)
     assert res.code == 0, res
     assert res.out.splitlines() == [
-        f"config {config}: ok",
+        f"config {config} (from -c): ok",
         f"store {ctl.url}: reachable (1 active jobs, 0 live nodes)",
     ]
 
@@ -102,7 +102,7 @@ def test_check_with_store_only(ctl: CtlHarness) -> None:
     ctl.add(ECHO)
     res = ctl.run("check")
     assert res.code == 0, res
-    assert res.out.startswith("config: none (--store given)\n")
+    assert res.out.startswith("config: none (the store is given by --store)\n")
 
 
 def test_check_invalid_config_exits_78(ctl: CtlHarness) -> None:
