@@ -25,7 +25,7 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor, Wrapped
 from taskschedd.errors import ConfigError
 from taskschedd.redact import redact_text
 
-__all__ = ["LEVELS", "configure", "get_logger", "redact_processor", "reopen"]
+__all__ = ["LEVELS", "configure", "get_logger", "redact_processor", "reopen", "settings"]
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -190,6 +190,11 @@ def configure(format: str = "console", level: str = "info", file: str | None = N
         cache_logger_on_first_use=False,  # module-level loggers must follow a reconfigure
     )
     _STATE.update(format=fmt, level=lvl, file=file)
+
+
+def settings() -> dict[str, Any]:
+    """The current format, level and file, as keyword arguments for configure()."""
+    return {"format": "console", "level": "info", "file": None, **_STATE}
 
 
 def reopen() -> None:

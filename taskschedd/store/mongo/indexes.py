@@ -7,9 +7,9 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
-from taskschedd.redact import redact_text
 from taskschedd.store.mongo.common import _is_transient, _log
 from taskschedd.store.mongo.documents import Doc
+from taskschedd.store.mongo.errors import reason
 
 _OPTIONS_CONFLICT = frozenset({85, 86})
 
@@ -63,7 +63,7 @@ def create_indexes(
         if _is_transient(exc):
             raise
         # E.g. a user without the createIndex privilege: indexes made by an admin work.
-        _log().warning("could not create MongoDB indexes", error=redact_text(str(exc)))
+        _log().warning("could not create MongoDB indexes", error=reason(exc))
     if retention is not None:
         for coll in (jobs, events):
             ttl_index(db, coll, retention)
@@ -86,7 +86,7 @@ def ttl_index(db: Database[Doc], coll: Collection[Doc], retention: float) -> Non
         if exc.code not in _OPTIONS_CONFLICT:
             if _is_transient(exc):
                 raise
-            _log().warning("could not create a TTL index", error=redact_text(str(exc)))
+            _log().warning("could not create a TTL index", error=reason(exc))
             return
         # The retention changed since the index was made: change it in place.
         try:
@@ -99,5 +99,5 @@ def ttl_index(db: Database[Doc], coll: Collection[Doc], retention: float) -> Non
             _log().warning(
                 "could not change the TTL of an existing index",
                 collection=coll.name,
-                error=redact_text(str(again)),
+                error=reason(again),
             )

@@ -22,6 +22,7 @@ from pymongo.errors import PyMongoError
 from taskschedd.errors import StoreError
 from taskschedd.log import get_logger
 from taskschedd.store.base import Waker
+from taskschedd.store.mongo.errors import reason
 
 #: How long a try_next() that returned at once makes the thread sleep. nx-27017 answers
 #: getMore immediately (it ignores maxAwaitTimeMS); a real server blocks for up to
@@ -80,7 +81,8 @@ class MongoWaker(Waker):
                 self._open_stream = None  # the store decided: no change streams here
             return stream
         except (StoreError, PyMongoError) as exc:
-            _log().info("change stream unavailable; polling for wake-ups", error=str(exc))
+            why = str(exc) if isinstance(exc, StoreError) else reason(exc)
+            _log().info("change stream unavailable; polling for wake-ups", error=why)
             self._stream_retry = time.monotonic() + STREAM_RETRY_AFTER
             return None
 
@@ -132,7 +134,7 @@ class MongoWaker(Waker):
                     self._stop.wait(STREAM_IDLE_PAUSE)
         except PyMongoError as exc:
             if not self._stop.is_set():
-                _log().info("change stream failed; polling for wake-ups", error=str(exc))
+                _log().info("change stream failed; polling for wake-ups", error=reason(exc))
             self._close_stream()
             self._stream_retry = time.monotonic() + STREAM_RETRY_AFTER
             self._last = None  # the next successful poll wakes (changes may be missed)
