@@ -31,6 +31,7 @@ class KillReason(enum.StrEnum):
 
     TIMEOUT = "timeout"
     CANCEL = "cancel"
+    MEMORY = "memory"  # the job's process group used more than its memory limit
     RELEASE = "release"  # stopping now: the job goes back to the queue
 
 
@@ -39,6 +40,7 @@ class OwedOutcome(enum.StrEnum):
 
     TIMEOUT = "timeout"
     CANCEL = "cancel"
+    MEMORY = "memory"
     RELEASE = "release"
     ABANDONED = "abandoned"
 
@@ -61,6 +63,9 @@ class RunningJob:
     started: float  # wall clock
     progress: float = 0.0
     state: HeldState = HeldState.RUNNING
+    max_memory: int = 0  # MiB, the job's own limit; 0: the node's max_job_memory
+    memory_used: int = 0  # bytes its process group used when it was killed for memory...
+    memory_limit: int = 0  # ...and the limit it had then (bytes)
 
 
 @dataclass

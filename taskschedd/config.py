@@ -50,6 +50,7 @@ from taskschedd.options import (
     DEFAULT_MAX_DATA_SIZE,
     MAX_DATA_SIZE_RANGE,
     Defaults,
+    size_bytes,
 )
 from taskschedd.pool import DEFAULT_MAX_EXTRA_CHILDREN
 from taskschedd.redact import redact_url, remember_secret, url_password
@@ -89,8 +90,6 @@ _QUEUE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DOTTED_RE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _HOOK_RE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
-_MEMORY_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*", re.I)
-_MEMORY_UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _LISTEN_RE = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?")
 _BAD_DB_CHARS = set('/\\. "$\0')
@@ -826,14 +825,7 @@ class _Validator:
         unit_of_range = 2**20 if key in ("max_worker_memory", "max_job_memory") else 1
         low_b, high_b = low * unit_of_range, high * unit_of_range
         accepted = f"accepted: {_format_size(low_b)} to {_format_size(high_b)}"
-        size: float | None = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            size = float(max(value, -1)) * 2**20 if value < 2**900 else math.inf
-        elif isinstance(value, str):
-            match = _MEMORY_RE.fullmatch(value)
-            if match:
-                unit = (match.group(2) or "m")[0].lower()
-                size = float(match.group(1)) * _MEMORY_UNITS[unit]
+        size = size_bytes(value) if not isinstance(value, float) else None
         if size is None:
             self.fail(
                 key,

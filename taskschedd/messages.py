@@ -6,7 +6,7 @@ Worker -> master, on the report pipe: one JSON object per line, its kind in ``ev
 
     {"ev": "ready"}                                        boot done (hook ran, store opened)
     {"ev": "stored", "settled": [[token, status, settled, started, runtime], ...],
-     "claimed": [[id, token, cls, attempt, queue, timeout], ...]}
+     "claimed": [[id, token, cls, attempt, queue, timeout, max_memory], ...]}
         one store write: outcomes stored (``settled`` false: fenced off; ``started``
         false: a job claimed ahead given back unstarted) and jobs claimed, not started
     {"ev": "unstored", "tokens": [token, ...], "why", "error"}
@@ -155,21 +155,26 @@ class ClaimedJob:
     attempt: int
     queue: str
     timeout: float = 0.0  # seconds; 0: none
+    max_memory: int = 0  # MiB (the job option); 0: the node's max_job_memory
 
     def to_wire(self) -> list[Any]:
-        return [self.id, self.token, self.cls, self.attempt, self.queue, self.timeout]
+        return [self.id, self.token, self.cls, self.attempt, self.queue, self.timeout,
+                self.max_memory]  # fmt: skip
 
     @classmethod
     def from_wire(cls, item: Any) -> ClaimedJob:
-        if not isinstance(item, list) or len(item) != 6:
-            raise MalformedMessage(f"a claim must be a list of 6, got {item!r}")
-        job_id, token, name, attempt, queue, timeout = item
+        if not isinstance(item, list) or len(item) not in (6, 7):
+            raise MalformedMessage(f"a claim must be a list of 7, got {item!r}")
+        job_id, token, name, attempt, queue, timeout = item[:6]
         if not all(isinstance(v, str) for v in (job_id, token, name, queue)):
             raise MalformedMessage(f"a claim's id, token, class and queue are strings: {item!r}")
         if isinstance(attempt, bool) or not isinstance(attempt, int):
             raise MalformedMessage(f"a claim's attempt must be an integer, got {attempt!r}")
         seconds = 0.0 if timeout is None else _number(timeout, "a claim's timeout")
-        return cls(job_id, token, name, attempt, queue, seconds)
+        memory = item[6] if len(item) == 7 else 0
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+            raise MalformedMessage(f"a claim's max_memory must be an integer >= 0: {item!r}")
+        return cls(job_id, token, name, attempt, queue, seconds, memory)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ STATUS_OUTCOMES = {
 OWED_OUTCOMES = {
     OwedOutcome.TIMEOUT: "timeout",
     OwedOutcome.CANCEL: "canceled",
+    OwedOutcome.MEMORY: "memory",
     OwedOutcome.ABANDONED: "abandoned",
     OwedOutcome.RELEASE: "released",
 }

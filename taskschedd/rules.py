@@ -10,6 +10,7 @@ import hashlib
 import random
 from collections.abc import Callable
 
+from taskschedd.memwatch import size_text
 from taskschedd.model import ErrorInfo, JobRecord, JobStatus, NewJob
 from taskschedd.options import ONCE_COMPARED, JobOptions
 from taskschedd.transitions import Change, Transition, settle, settle_change
@@ -101,6 +102,36 @@ def on_timeout(job: JobRecord, now: float, rand: Rand = random.random) -> Transi
     if retries_left(job):
         return _requeue(job, error, now, rand)
     return _failed(job, JobStatus.TIMEOUT, error, now)
+
+
+#: A job with endless retries (-1) ends FAILED after this many memory kills in a row: one
+#: that outgrows its limit on every attempt must not be re-run forever.
+MEMORY_KILLS_MAX = 3
+
+
+def on_memory(
+    job: JobRecord, now: float, *, limit: int, used: int, rand: Rand = random.random
+) -> Transition:
+    """The job's process group used more resident memory (``used`` bytes) than its limit
+    (``limit`` bytes) and was killed: a failed attempt, retried as after an error; with
+    endless retries, the MEMORY_KILLS_MAX-th memory kill in a row ends it FAILED."""
+    error = ErrorInfo(
+        attempt=job.attempt,
+        type="MemoryLimit",
+        message=f"the job used {size_text(used)} of memory ({used} bytes resident, its "
+        f"process group), more than its limit of {size_text(limit)}, and was killed",
+        time=now,
+        reason="memory",
+    )
+    earlier = job.errors[-(MEMORY_KILLS_MAX - 1) :]
+    endless_loop = (
+        job.options.retry == -1
+        and len(earlier) == MEMORY_KILLS_MAX - 1
+        and all(e.reason == "memory" for e in earlier)
+    )
+    if retries_left(job) and not endless_loop:
+        return _requeue(job, error, now, rand)
+    return _failed(job, JobStatus.FAILED, error, now)
 
 
 def on_abandoned(

@@ -2,8 +2,9 @@
 
 The :class:`Supervisor` follows each worker's claims from its reports (jobs claimed
 ahead, the job that starts, progress, outcomes stored), renews the leases of every held
-claim every lease/3, enforces timeouts and cancel requests (SIGTERM to the worker's
-process group, SIGKILL at a deadline: kills escalate by deadline, never by sleeping; a
+claim every lease/3, enforces timeouts, memory limits (the running job's process group
+sampled every MEMORY_POLL, :mod:`taskschedd.memwatch`) and cancel requests (SIGTERM to
+the worker's process group, SIGKILL at a deadline: kills escalate by deadline, never by sleeping; a
 claimed-ahead job whose cancel is requested is dropped by its worker, not killed), and
 settles, through :mod:`taskschedd.rules`, the jobs whose worker is gone. What a worker
 holds moves AHEAD -> RUNNING -> RAN (outcome not stored yet) and, when the store refuses
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from taskschedd import rules
+from taskschedd import memwatch, rules
 from taskschedd.children import (
     HeldState,
     Kill,
@@ -75,6 +76,7 @@ class Supervisor:
         self.owed: list[Owed] = []
         self.renew_timer = Every()
         self.cancel_timer = Every()
+        self.memory_next = 0.0  # monotonic: when to sample the running jobs' memory next
         self.unstored_why = ""  # the workers' last word on why the store refuses writes
         self.unstored_error = ""
 
@@ -104,6 +106,7 @@ class Supervisor:
             w.held[c.token] = RunningJob(
                 id=c.id, token=c.token, cls=c.cls, attempt=c.attempt, queue=c.queue,
                 timeout=c.timeout, started=0.0, state=HeldState.AHEAD,
+                max_memory=c.max_memory,
             )  # fmt: skip
 
     def claimed(self, w: WorkerHandle, msg: Claim) -> None:
@@ -294,6 +297,35 @@ class Supervisor:
             if job and w.kill is None and job.timeout > 0 and wall >= job.started + job.timeout:
                 self.kill(w, KillReason.TIMEOUT)
 
+    def memory_limit(self, job: RunningJob) -> int:
+        """Bytes the job's process group may use: its own max_memory, else the node's
+        max_job_memory; 0: no limit."""
+        return (job.max_memory or self.config.max_job_memory) * 2**20
+
+    def enforce_memory(self, now: float) -> None:
+        """Every MEMORY_POLL, kill the running jobs whose process group uses more resident
+        memory than their limit (then settled as "memory", see settlement)."""
+        if now < self.memory_next:
+            return
+        self.memory_next = now + memwatch.MEMORY_POLL
+        limits = {
+            w.pid: limit
+            for w in self.workers.values()
+            if w.job is not None and w.kill is None and w.kill_wanted is None
+            if (limit := self.memory_limit(w.job))
+        }
+        if not limits:
+            return
+        for pid, used in memwatch.group_rss(limits).items():
+            w = self.workers[pid]
+            if used > limits[pid] and w.job is not None:
+                w.job.memory_used, w.job.memory_limit = used, limits[pid]
+                self.job_log(w.job, w.name).warning(
+                    "job over its memory limit", used=used, limit=limits[pid],
+                    detail=f"{memwatch.size_text(used)} > {memwatch.size_text(limits[pid])}",
+                )  # fmt: skip
+                self.kill(w, KillReason.MEMORY)
+
     def poll_cancels(self, now: float) -> None:
         if now < self.cancel_timer.next:
             return
@@ -397,6 +429,9 @@ class Supervisor:
             return rules.on_timeout(record, now)
         if owed.reason is OwedOutcome.CANCEL:
             return rules.on_cancel_running(record, now)
+        if owed.reason is OwedOutcome.MEMORY:
+            job = owed.job
+            return rules.on_memory(record, now, limit=job.memory_limit, used=job.memory_used)
         if owed.reason is OwedOutcome.RELEASE:
             return rules.release(record)
         return rules.on_abandoned(record, now, detail=owed.detail)
@@ -447,6 +482,8 @@ class Supervisor:
             for w in self.workers.values():
                 if w.job and w.kill is None and w.job.timeout > 0:
                     times.append(now + (w.job.started + w.job.timeout - time.time()))
+                if w.job and w.kill is None and self.memory_limit(w.job):
+                    times.append(self.memory_next)
         for w in self.workers.values():
             if w.kill is not None and not w.kill.hard:
                 times.append(w.kill.deadline)

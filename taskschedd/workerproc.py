@@ -296,7 +296,7 @@ class _Loop:
         self.watch.claimed(jobs)
         self.claimed = [
             ClaimedJob(j.id, j.claim_token or "", j.cls, j.attempt, j.queue,
-                       float(j.options.timeout or 0.0))
+                       float(j.options.timeout or 0.0), j.options.max_memory)
             for j in jobs
         ]  # fmt: skip
 

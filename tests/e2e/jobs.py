@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -66,3 +67,41 @@ def setup_fail() -> None:
     with open(os.environ["TASKSCHEDD_TEST_HOOK_LOG"], "a") as f:
         f.write(f"{time.monotonic()}\n")
     raise RuntimeError("setup hook failed on purpose")
+
+
+def _grow(step_mb: int, every: float, max_mb: int, hold: float) -> int:
+    """Allocate (and touch) step_mb MiB every ``every`` s up to max_mb, hold it ``hold`` s."""
+    held: list[bytearray] = []
+    while len(held) * step_mb < max_mb:
+        held.append(bytearray(b"\x01") * (step_mb << 20))  # written: resident at once
+        time.sleep(every)
+    time.sleep(hold)
+    return len(held) * step_mb
+
+
+class GrowMemory(Job):
+    """Grows by data["step_mb"] MiB every data["every"] s to data["max_mb"], holds it for
+    data["hold"] s, returns the MiB it held (a runaway job, when max_mb is large)."""
+
+    def start(self) -> Any:
+        d = self.data
+        return {"mb": _grow(int(d["step_mb"]), float(d["every"]), int(d["max_mb"]),
+                            float(d.get("hold", 0)))}  # fmt: skip
+
+
+class ForkGrowMemory(Job):
+    """Starts a child process (in the job's process group) that grows like GrowMemory and
+    writes its pid to data["pidfile"]; waits for it. The job itself stays small."""
+
+    def start(self) -> Any:
+        d = self.data
+        code = (
+            f"import os, sys; sys.path[:0] = {sys.path!r}; "
+            f"open({d['pidfile']!r} + '.tmp', 'w').write(str(os.getpid())); "
+            f"os.replace({d['pidfile']!r} + '.tmp', {d['pidfile']!r}); "
+            "from tests.e2e.jobs import _grow; "
+            f"_grow({int(d['step_mb'])}, {float(d['every'])}, {int(d['max_mb'])}, "
+            f"{float(d.get('hold', 0))})"
+        )
+        child = subprocess.run([sys.executable, "-c", code], check=True)
+        return {"code": child.returncode}

@@ -24,6 +24,7 @@ SAMPLES: dict[str, Any] = {
     "retry_backoff": "exponential",
     "retry_backoff_max": "2h",
     "timeout": "1m",
+    "max_memory": "512MB",
     "ignore_max_children": True,
     "ignore_data": True,
     "id": "job-1",

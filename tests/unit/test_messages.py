@@ -50,6 +50,7 @@ REPORTS: list[Report] = [
         claimed=(
             ClaimedJob("id-1", TOKEN, "pkg.jobs.Add", 1, "default", 0.0),
             ClaimedJob("id-2", "t2", "pkg.jobs.Sleep", 3, "q é", 2.5),
+            ClaimedJob("id-3", "t3", "pkg.jobs.Grow", 1, "default", 0.0, 2048),
         ),
     ),
     Unstored(("a", "b"), why="disk full", error="database or disk is full"),
@@ -75,11 +76,11 @@ def test_the_wire_format_is_the_one_both_sides_always_spoke() -> None:
     """Mixed versions never meet (the master forks its workers), but the format is what
     the module docstring documents."""
     stored = Stored((StoredOutcome("t", "DONE", runtime=1.23456789),),
-                    (ClaimedJob("i", "t", "m.C", 2, "q", 5.0),))  # fmt: skip
+                    (ClaimedJob("i", "t", "m.C", 2, "q", 5.0, 512),))  # fmt: skip
     assert json.loads(stored.encode()) == {
         "ev": "stored",
         "settled": [["t", "DONE", True, True, 1.234568]],
-        "claimed": [["i", "t", "m.C", 2, "q", 5.0]],
+        "claimed": [["i", "t", "m.C", 2, "q", 5.0, 512]],
     }
     assert Ready().encode() == b'{"ev":"ready"}\n'
     assert json.loads(Claim("t", 5.0).encode()) == {"ev": "claim", "token": "t", "started": 5.0}

@@ -191,9 +191,50 @@ def test_abandoned_with_and_without_retries() -> None:
     assert (s.status, s.reason) == (JobStatus.FAILED, "abandoned")
 
 
+MIB = 1 << 20
+
+
+def memory_error(**kw: Any) -> ErrorInfo:
+    return ErrorInfo(attempt=1, type="MemoryLimit", message="m", time=NOW, reason="memory", **kw)
+
+
+def test_memory_kill_fails_the_attempt_naming_the_limit_and_the_size() -> None:
+    used = 300 * MIB + 12345
+    s = rules.on_memory(job(retry=1, retry_interval=0), NOW, limit=200 * MIB, used=used)
+    assert (s.status, s.reason) == (JobStatus.WAITING, "retrying")  # retried like an error
+    s = rules.on_memory(job(retry=1, attempt=2), NOW, limit=200 * MIB, used=used)
+    assert (s.status, s.reason) == (JobStatus.FAILED, "memory")
+    error = s.intended.change.error
+    assert error is not None and (error.type, error.reason, error.attempt) == (
+        "MemoryLimit", "memory", 2,
+    )  # fmt: skip
+    assert "limit of 200 MiB" in error.message and "300.0 MiB" in error.message
+    assert str(used) in error.message
+    # a series goes on after a failed occurrence, as after an error
+    assert rules.on_memory(job(interval=60), NOW, limit=MIB, used=2 * MIB).next_job is not None
+
+
+def test_endless_retries_end_after_three_memory_kills_in_a_row() -> None:
+    def outcome(errors: list[ErrorInfo]) -> Any:
+        record = job(retry=-1, retry_interval=0, attempt=len(errors) + 1)
+        record.errors = errors
+        return rules.on_memory(record, NOW, limit=MIB, used=2 * MIB).status
+
+    other = ErrorInfo(attempt=1, type="ValueError", message="boom", time=NOW)
+    assert outcome([]) == JobStatus.WAITING
+    assert outcome([memory_error()]) == JobStatus.WAITING
+    assert outcome([memory_error(), memory_error()]) == JobStatus.FAILED
+    assert outcome([memory_error(), other, memory_error()]) == JobStatus.WAITING  # not in a row
+    # a finite retry budget is the budget, memory kills or not
+    record = job(retry=5, retry_interval=0, attempt=3)
+    record.errors = [memory_error(), memory_error()]
+    assert rules.on_memory(record, NOW, limit=MIB, used=2 * MIB).status == JobStatus.WAITING
+
+
 @pytest.mark.parametrize(
     "outcome",
     [
+        lambda j: rules.on_memory(j, NOW, limit=MIB, used=2 * MIB),
         lambda j: rules.on_timeout(j, NOW),
         lambda j: rules.on_abandoned(j, NOW),
         lambda j: rules.on_cancel_running(j, NOW),
