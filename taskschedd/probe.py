@@ -317,8 +317,12 @@ class Probe:
                 os.killpg(self.pid, signal.SIGKILL)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        """Close the pipe (once: the descriptor's number may be reused afterwards)."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+            self._eof = True
 
     def wait(self) -> list[Problem]:
         """Block until the result (for a caller without a loop: ``--check-config``)."""

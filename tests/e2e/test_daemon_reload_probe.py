@@ -23,8 +23,8 @@ from tests.helpers import wait_for
 
 PROBE_TIMEOUT = 2.0
 REFUSED_IMPORT = (
-    "reload refused: the workers could not import what it names; keeping the old "
-    "configuration and workers"
+    "reload refused: the workers cannot import what the new configuration names; keeping "
+    "the old configuration and workers"
 )
 REFUSED_START = (
     "reload refused: a worker with the new configuration failed to start; keeping the old "
@@ -94,6 +94,17 @@ def check_config(config: Path, tmp_path: Path) -> subprocess.CompletedProcess[st
     )  # fmt: skip
 
 
+def wait_replaced(d: Daemon, old: list[int], count: int) -> list[int]:
+    """The pids of ``count`` workers, none of them one of ``old`` (retired ones take a
+    moment to exit)."""
+
+    def check() -> list[int] | None:
+        pids = d.workers()
+        return pids if len(pids) == count and not set(pids) & set(old) else None
+
+    return wait_for(check, 10, message=lambda: f"{count} workers not in {old}: {d.workers()}")
+
+
 def assert_jobs_run(scheduler: Scheduler) -> None:
     assert scheduler.add_job(f"{JOBS}.WhoAmI").wait(10).status == JobStatus.DONE
 
@@ -117,7 +128,7 @@ def test_a_reload_to_a_hook_that_does_not_import_keeps_the_old_workers(
     no_traceback(d)
     assert d.notify is not None
     status = [line for line in d.notify.lines() if line.startswith("STATUS=")][-1]
-    assert "last reload refused: the workers could not import" in status, status
+    assert "last reload refused: the workers cannot import" in status, status
     assert "myapp.hooks" in status
     d.signal(signal.SIGUSR1)
     (dump,) = wait_for(lambda: d.logged("status"), 5)
@@ -127,8 +138,7 @@ def test_a_reload_to_a_hook_that_does_not_import_keeps_the_old_workers(
     d.write_config(setup_hook="goodhooks:setup")
     sighup(d)
     wait_for(lambda: d.logged("configuration reloaded"), 5)
-    new = d.wait_workers(3, timeout=10)
-    assert not set(new) & set(pids)
+    wait_replaced(d, pids, 3)
     assert (
         "last reload refused"
         not in [line for line in d.notify.lines() if line.startswith("STATUS=")][-1]
@@ -180,8 +190,7 @@ def test_a_good_reload_starts_a_new_worker_before_retiring_the_old_ones(
     sighup(d)
     (reloaded,) = wait_for(lambda: d.logged("configuration reloaded"), 5)
     assert {"min_children", "setup_hook", "queues"} <= set(reloaded["changed"])
-    new = d.wait_workers(3, timeout=10)
-    assert old not in new
+    wait_replaced(d, [old], 3)
     events = d.events()
     canary = next(i for i, e in enumerate(events) if e.get("event") == CANARY)
     retired = next(
