@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from taskschedd import __version__, rules
+from taskschedd import __version__, registry, rules
 from taskschedd.children import WorkerHandle
 from taskschedd.config import Config
 from taskschedd.errors import StoreError
@@ -46,6 +46,8 @@ class Housekeeping:
         self.unaddressable: set[str] = set()  # malformed records told of once
         self.heartbeat_soon = False  # the registry should see a change in the pool soon
         self.heartbeat_last = 0.0
+        self.instance = registry.new_instance()  # this master start's registry entry
+        self.taken_over = False  # another node took our name's entry (we froze)
 
     def start(self, now: float) -> None:
         self.purge_timer.next = now + min(5.0, self.purge_interval())
@@ -84,9 +86,45 @@ class Housekeeping:
         )
         if now < self.heartbeat_timer.next and not soon:
             return
+        try:
+            written = self.store.heartbeat(self._record())
+        except StoreError as exc:
+            store_trouble(self.log, "heartbeat", self.heartbeat_timer, now, exc)
+            return
+        if not written and not self.taken_over:
+            self.taken_over = True
+            holder = next((n for n in self._nodes() if n.name == self.config.node), None)
+            self.log.error(
+                "another node took over this node's name in the registry (this node "
+                "was frozen or cut off from the store for longer than its liveness "
+                "window): stopping this node, exit 78",
+                node=self.config.node, window=registry.live_window(self.config),
+                other_host=holder.host if holder else None,
+                other_pid=holder.pid if holder else None,
+            )  # fmt: skip
+        self.heartbeat_soon = False
+        self.heartbeat_last = now
+        self.heartbeat_timer.done(now, self.config.heartbeat_interval)
+
+    def register(self) -> None:
+        """Take this node's name in the registry (before any worker starts); raises
+        NodeNameInUse while another live node has it."""
+        registry.register(self.store, self._record(), self.config)
+
+    def unregister(self) -> None:
+        """Remove this node's entry, if it still is this master's."""
+        self.store.remove_node(self.config.node, self.instance)
+
+    def _nodes(self) -> list[NodeRecord]:
+        try:
+            return self.store.nodes()
+        except StoreError:
+            return []
+
+    def _record(self) -> NodeRecord:
         busy = [w for w in self.workers.values() if w.job is not None]
         idle = [w for w in self.workers.values() if w.job is None and not w.retiring]
-        record = NodeRecord(
+        return NodeRecord(
             name=self.config.node,
             host=self.host,
             pid=os.getpid(),
@@ -97,15 +135,8 @@ class Housekeeping:
             running=tuple(w.job.id for w in busy if w.job is not None),
             queues=tuple(self.config.queues),
             version=__version__,
+            instance=self.instance,
         )
-        try:
-            self.store.heartbeat(record)
-        except StoreError as exc:
-            store_trouble(self.log, "heartbeat", self.heartbeat_timer, now, exc)
-            return
-        self.heartbeat_soon = False
-        self.heartbeat_last = now
-        self.heartbeat_timer.done(now, self.config.heartbeat_interval)
 
     def reap_expired(self, now: float, mine: set[str]) -> int:
         """Settle the jobs of other nodes whose lease expired (``mine``: our own claims);

@@ -257,6 +257,9 @@ class NodeRecord:
     running: tuple[str, ...] = ()
     queues: tuple[str, ...] = ()
     version: str = ""
+    #: A random token per master start: heartbeats and removal touch only the entry of
+    #: this instance, so a node never updates or removes another node's entry of its name.
+    instance: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -270,6 +273,7 @@ class NodeRecord:
             "running": list(self.running),
             "queues": list(self.queues),
             "version": self.version,
+            "instance": self.instance,
         }
 
 

@@ -263,14 +263,31 @@ class Store(abc.ABC):
     def flush(self) -> None:
         """Delete every job and event (the original's flush())."""
 
+    # -- the node registry: one entry per node name, owned by one instance --------------
     @abc.abstractmethod
-    def heartbeat(self, node: NodeRecord) -> None: ...
+    def register_node(
+        self, node: NodeRecord, *, stale_before: float, replace: str | None = None
+    ) -> NodeRecord | None:
+        """Take the registry entry of ``node.name`` for ``node.instance``, atomically:
+        written (None returned) when there is no entry of that name, or its heartbeat is
+        older than ``stale_before``, or it does not decode, or its instance is
+        ``node.instance`` or ``replace`` (a holder the caller found dead). Otherwise the
+        live holder's entry is returned and nothing is written: of two nodes registering
+        one name at once, at most one gets it."""
+
+    @abc.abstractmethod
+    def heartbeat(self, node: NodeRecord) -> bool:
+        """Update the entry of ``node.name`` whose instance is ``node.instance`` (every
+        field), or insert it when the name has no entry. False, and nothing written, when
+        the name's entry belongs to another instance: this node was taken over."""
 
     @abc.abstractmethod
     def nodes(self, *, alive_after: float | None = None) -> list[NodeRecord]: ...
 
     @abc.abstractmethod
-    def remove_node(self, name: str) -> None: ...
+    def remove_node(self, name: str, instance: str | None = None) -> None:
+        """Delete the entry of ``name``; given ``instance``, only if it is that instance's
+        (a node's exit never removes the entry of another node of its name)."""
 
     def verify(self) -> None:
         """StoreReplaced when what this object has open is no longer the store its URL

@@ -333,10 +333,12 @@ def _names(value: Any) -> tuple[str, ...]:
 
 def decode_node(values: Sequence[Any]) -> NodeRecord | None:
     """A node registry entry's raw values (name, host, pid, started, heartbeat,
-    workers_busy, workers_idle, running, queues, version) as a NodeRecord; None for one
-    that does not decode (another client's): the registry is advisory, so it is left out
-    rather than shown with made-up values."""
-    name, host, pid, started, heartbeat, busy, idle, running, queues, version = values
+    workers_busy, workers_idle, running, queues, version[, instance]) as a NodeRecord;
+    None for one that does not decode (another client's): the registry is advisory, so it
+    is left out rather than shown with made-up values. An entry written without an
+    instance (by taskschedd before 0.5) has instance ""."""
+    name, host, pid, started, heartbeat, busy, idle, running, queues, version = values[:10]
+    instance = values[10] if len(values) > 10 and values[10] is not None else ""
     try:
         return NodeRecord(
             name=_text("name", name, limit=512),
@@ -349,6 +351,7 @@ def decode_node(values: Sequence[Any]) -> NodeRecord | None:
             running=_names(running),
             queues=_names(queues),
             version=_text("version", version, limit=64),
+            instance=_text("instance", instance, limit=64),
         )
     except _Bad:
         return None

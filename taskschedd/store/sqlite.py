@@ -136,6 +136,13 @@ CREATE TABLE IF NOT EXISTS nodes (
     version TEXT NOT NULL
 );
 """
+#: The instance (a random token per master start) owning each node's entry; created by
+#: the first registry write (not part of the schema: no upgrade, no new schema version).
+_NODE_INSTANCES_TABLE = """
+CREATE TABLE IF NOT EXISTS node_instances (
+    name TEXT PRIMARY KEY,
+    instance TEXT NOT NULL
+)"""
 #: The jobs a claim may take (their statuses: transitions.CLAIMABLE), in the words of
 #: the jobs_claim index's WHERE so that every query on them can use it.
 _CLAIMABLE = "status IN (%s)" % ", ".join(
@@ -277,6 +284,7 @@ class SQLiteStore(Store):
         self._replaced: str | None = None  # why this store may no longer be used
         self._conn_obj: sqlite3.Connection | None = None
         self._lock_wait = 0.0
+        self._node_table_ready = False  # node_instances known to exist
         self._pid = -1
         self._lock = threading.RLock()
         self._notify = NotifyDir(self.path + "-notify")
@@ -1102,43 +1110,107 @@ class SQLiteStore(Store):
 
         self._guard(run)
 
-    def heartbeat(self, node: NodeRecord) -> None:
-        def run() -> None:
-            with self._write() as conn:
-                conn.execute(
-                    "INSERT OR REPLACE INTO nodes (name, host, pid, started, heartbeat, "
-                    "workers_busy, workers_idle, running, queues, version) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        node.name,
-                        node.host,
-                        node.pid,
-                        node.started,
-                        node.heartbeat,
-                        node.workers_busy,
-                        node.workers_idle,
-                        json.dumps(list(node.running)),
-                        json.dumps(list(node.queues)),
-                        node.version,
-                    ),
-                )
+    # The instance of each entry lives in a table of its own: a column added to ``nodes``
+    # would break the ``SELECT *`` of taskschedd 0.4 clients reading the same store.
+    _INSTANCE_OF = (
+        "SELECT COALESCE(i.instance, '') FROM nodes n "
+        "LEFT JOIN node_instances i ON i.name = n.name WHERE n.name = ?"
+    )
 
-        self._guard(run)
+    @staticmethod
+    def _put_node(conn: sqlite3.Connection, node: NodeRecord) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO nodes (name, host, pid, started, heartbeat, "
+            "workers_busy, workers_idle, running, queues, version) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                node.name,
+                node.host,
+                node.pid,
+                node.started,
+                node.heartbeat,
+                node.workers_busy,
+                node.workers_idle,
+                json.dumps(list(node.running)),
+                json.dumps(list(node.queues)),
+                node.version,
+            ),
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO node_instances (name, instance) VALUES (?, ?)",
+            (node.name, node.instance),
+        )
+
+    def register_node(
+        self, node: NodeRecord, *, stale_before: float, replace: str | None = None
+    ) -> NodeRecord | None:
+        def run() -> NodeRecord | None:
+            with self._write() as conn:  # BEGIN IMMEDIATE: one registration at a time
+                conn.execute(_NODE_INSTANCES_TABLE)  # a store created before 0.5
+                row = conn.execute(
+                    "SELECT n.*, COALESCE(i.instance, '') FROM nodes n "
+                    "LEFT JOIN node_instances i ON i.name = n.name WHERE n.name = ?",
+                    (node.name,),
+                ).fetchone()
+                holder = decode_node(tuple(row)) if row is not None else None
+                if (
+                    holder is not None
+                    and holder.heartbeat >= stale_before
+                    and holder.instance not in (node.instance, replace)
+                ):
+                    return holder
+                self._put_node(conn, node)
+                return None
+
+        return self._guard(run)
+
+    def heartbeat(self, node: NodeRecord) -> bool:
+        def run() -> bool:
+            with self._write() as conn:
+                if not self._node_table_ready:
+                    conn.execute(_NODE_INSTANCES_TABLE)
+                row = conn.execute(self._INSTANCE_OF, (node.name,)).fetchone()
+                if row is not None and row[0] != node.instance:
+                    return False
+                self._put_node(conn, node)
+                return True
+
+        written = self._guard(run)
+        self._node_table_ready = True
+        return written
 
     def nodes(self, *, alive_after: float | None = None) -> list[NodeRecord]:
-        sql = "SELECT * FROM nodes"
-        args: list[Any] = []
-        if alive_after is not None:
-            sql += " WHERE heartbeat >= ?"
-            args.append(alive_after)
-        rows = self._read(lambda c: c.execute(sql + " ORDER BY name", args).fetchall())
-        nodes = (decode_node(r) for r in rows)
+        where, args = (
+            ("", []) if alive_after is None else (" WHERE n.heartbeat >= ?", [alive_after])
+        )
+        joined = (
+            "SELECT n.*, i.instance FROM nodes n LEFT JOIN node_instances i ON i.name = n.name"
+            f"{where} ORDER BY n.name"
+        )
+
+        def read(conn: sqlite3.Connection) -> list[Any]:
+            try:
+                return conn.execute(joined, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table: node_instances" not in str(exc):
+                    raise
+            # No registry write since the store was created: no instances yet.
+            return conn.execute(f"SELECT n.* FROM nodes n{where} ORDER BY n.name", args).fetchall()
+
+        rows = self._read(read)
+        nodes = (decode_node(tuple(r)) for r in rows)
         return [n for n in nodes if n is not None]
 
-    def remove_node(self, name: str) -> None:
+    def remove_node(self, name: str, instance: str | None = None) -> None:
         def run() -> None:
             with self._write() as conn:
+                conn.execute(_NODE_INSTANCES_TABLE)
+                if instance is not None:
+                    row = conn.execute(self._INSTANCE_OF, (name,)).fetchone()
+                    if row is None or row[0] != instance:
+                        return
                 conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
+                conn.execute("DELETE FROM node_instances WHERE name = ?", (name,))
 
         self._guard(run)
 

@@ -1,0 +1,109 @@
+"""A node's entry in the store's node registry: one live node per name.
+
+A node takes its entry at start (:func:`register`, atomic in the store), and refuses to
+start while another live node holds the name: its heartbeat is fresher than
+:func:`live_window` (what ``taskschedctl nodes`` calls live), unless that node ran on this
+host and its process is gone (a master killed with SIGKILL and restarted at once). Every
+master start has a random ``instance``: heartbeats and the removal at exit touch only the
+entry of that instance, so one node's exit never removes another node's entry.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+
+from taskschedd.config import Config, ConfigError
+from taskschedd.model import NodeRecord
+from taskschedd.store import Store
+
+#: A node's entry is live for this many heartbeat intervals after its last heartbeat.
+LIVE_HEARTBEATS = 3
+
+
+def new_instance() -> str:
+    return secrets.token_hex(8)
+
+
+def live_window(config: Config) -> float:
+    return LIVE_HEARTBEATS * config.heartbeat_interval
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _started_at(pid: int) -> float | None:
+    """When process ``pid`` started (wall clock), from /proc; None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def is_dead(holder: NodeRecord) -> bool:
+    """A holder known to be gone though its heartbeat is recent: its master on this host
+    no longer exists, or its pid now names a process started after that master (a pid
+    on another host cannot be checked)."""
+    if holder.host != socket.gethostname():
+        return False
+    if holder.pid == os.getpid() or not _pid_alive(holder.pid):
+        return True
+    started = _started_at(holder.pid)
+    return started is not None and started > holder.started + 2.0  # btime is whole seconds
+
+
+class NodeNameInUse(ConfigError):
+    """Another live node has this node's name (exit 78: two configurations name the same
+    node; taskschedd.service does not restart after it)."""
+
+    def __init__(self, holder: NodeRecord, config: Config, now: float) -> None:
+        window = live_window(config)
+        super().__init__(
+            f"node name {holder.name!r} is in use by a live node (host {holder.host}, "
+            f"pid {holder.pid}, last heartbeat {max(0.0, now - holder.heartbeat):.1f}s ago); "
+            "give this node another name (the 'node' key), or wait for that node to stop "
+            f"(its entry counts as live for {window:g}s after its last heartbeat)",
+            key="node",
+        )
+        self.holder = holder
+
+
+def check(store: Store, config: Config) -> None:
+    """Refuse (NodeNameInUse) if a live node holds the name; writes nothing. Run before
+    ``--daemon`` detaches, so that its caller sees the refusal; the master's
+    :func:`register` decides atomically."""
+    now = time.time()
+    for holder in store.nodes(alive_after=now - live_window(config)):
+        if holder.name == config.node and not is_dead(holder):
+            raise NodeNameInUse(holder, config, now)
+
+
+def register(store: Store, record: NodeRecord, config: Config) -> None:
+    """Take the name's entry for ``record.instance``, or raise NodeNameInUse."""
+    replace: str | None = None
+    while True:
+        now = time.time()
+        holder = store.register_node(
+            record, stale_before=now - live_window(config), replace=replace
+        )
+        if holder is None:
+            return
+        if not is_dead(holder) or holder.instance == replace:
+            raise NodeNameInUse(holder, config, now)
+        replace = holder.instance  # its process is gone: take its entry, if still its
+
+
+__all__ = ["LIVE_HEARTBEATS", "NodeNameInUse", "check", "live_window", "new_instance", "register"]
