@@ -160,7 +160,9 @@ def test_daemon_refuses_a_pidfile_held_by_a_running_node_before_detaching(
                               f"(pid {first.pid})")  # fmt: skip
     assert file_state(attempt.pidfile) == before  # not rewritten, not replaced
     assert first.running() and started_from(attempt.config) == []
-    assert "taskschedd starting" not in (attempt.log.read_text() if attempt.log.exists() else "")
+    log = attempt.log.read_text()
+    assert "taskschedd starting" not in log, log
+    assert "names a running process" in log, log  # the reason, in the log file too
 
 
 def test_daemon_refuses_a_pidfile_naming_another_live_process(
