@@ -70,9 +70,16 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
     help="The store: sqlite:///PATH, a file path, or mongodb://HOST/DB; overrides the "
     "configuration's store. [env: TASKSCHED_STORE]",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also log what the store says about itself (MongoDB topology, durability "
+    "warnings) to stderr; without it only errors are logged.",
+)
 @click.version_option(None, "-V", "--version", package_name="taskschedd")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, store: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, store: str | None, verbose: bool) -> None:
     """Add, list, watch, cancel and clean up taskschedd jobs.
 
     Works against the store directly, so it needs no daemon on this host.
@@ -81,15 +88,18 @@ def cli(ctx: click.Context, config_path: str | None, store: str | None) -> None:
 
     ctl = ctx.ensure_object(Ctl)
     ctl.config_path = config_path
+    ctl.verbose = verbose
     ctl.config_from_cli = ctx.get_parameter_source("config_path") == ParameterSource.COMMANDLINE
     ctl.store_url = check_store_url(store) if store else None
     ctl.store_from_env = ctx.get_parameter_source("store") == ParameterSource.ENVIRONMENT
+    ctl.store_origin = "TASKSCHED_STORE" if ctl.store_from_env else "--store"
     if store is None and os.environ.get("TASKSCHED_STORE_FILE"):
         from taskschedd.scheduler import env_store_url
 
         from_file = env_store_url(plain=False)
         if from_file is not None:
             ctl.store_url, ctl.store_from_env = check_store_url(from_file), True
+            ctl.store_origin = f"TASKSCHED_STORE_FILE ({os.environ['TASKSCHED_STORE_FILE']})"
     ctx.call_on_close(ctl.close)
 
 

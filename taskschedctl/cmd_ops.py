@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
 import click
 
-from taskschedctl.common import EXIT_CODES, ctl_options
+from taskschedctl.common import EXIT_CODES, ctl_options, fail, stale_after, warn
 from taskschedctl.context import Ctl
 from taskschedctl.params import Duration
-
-DEFAULT_STALE_AFTER = 15.0
 
 
 @click.command(epilog=EXIT_CODES)
@@ -40,10 +37,7 @@ def stats(ctl: Ctl, window: float, as_json: bool) -> None:
 
 
 def _stale_after(ctl: Ctl, given: float | None) -> float:
-    if given is not None:
-        return given
-    config = ctl.config
-    return 3 * config.heartbeat_interval if config is not None else DEFAULT_STALE_AFTER
+    return stale_after(ctl, given)
 
 
 @click.command(epilog=EXIT_CODES)
@@ -57,7 +51,10 @@ def _stale_after(ctl: Ctl, given: float | None) -> float:
 @click.option("--json", "as_json", is_flag=True, help="The nodes as a JSON array.")
 @ctl_options
 def nodes(ctl: Ctl, all_: bool, stale_after: float | None, as_json: bool) -> None:
-    """Live nodes: host, pid, workers busy/idle, running jobs, last heartbeat."""
+    """Live nodes: host, pid, workers busy/idle, running jobs, last heartbeat.
+
+    Without any, one line says so (and how many stale ones --all would show).
+    """
     from taskschedctl.output import echo_json, node_rows
 
     limit = _stale_after(ctl, stale_after)
@@ -68,8 +65,12 @@ def nodes(ctl: Ctl, all_: bool, stale_after: float | None, as_json: bool) -> Non
         echo_json([{**n.to_dict(), "stale": now - n.heartbeat > limit} for n in found])
     elif found:
         click.echo(node_rows(found, limit, now))
-    elif sys.stdout.isatty():
-        click.echo(f"no live nodes (no heartbeat within {limit:g}s; --all shows stale ones)")
+    elif all_:
+        click.echo("no node (none has ever sent a heartbeat to this store)")
+    else:
+        stale = len(sched.store.nodes(alive_after=None))
+        more = f"; {stale} stale: --all shows them" if stale else ""
+        click.echo(f"no live node (none has sent a heartbeat in the last {limit:g}s{more})")
 
 
 @click.command(epilog=EXIT_CODES)
@@ -80,15 +81,25 @@ def nodes(ctl: Ctl, all_: bool, stale_after: float | None, as_json: bool) -> Non
     show_default=True,
     help="Give up on a store that does not answer in time.",
 )
+@click.option(
+    "--min-nodes",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Exit 69 when fewer than N nodes are live (a heartbeat within 3 x the "
+    "configuration's heartbeat_interval, else 15s).",
+)
 @ctl_options
-def check(ctl: Ctl, timeout: float) -> None:
+def check(ctl: Ctl, timeout: float, min_nodes: int) -> None:
     """Check that the configuration is valid and the store reachable (for monitoring).
 
     Exit 0 when both are fine, 65 when the store holds job records that do not decode
     and wait to be quarantined, 78 when the configuration is invalid or a SQLite store's
     files are writable by other users, 69 when the store cannot be reached, does not
     exist, was deleted or replaced under processes that still use the old file, or
-    cannot take writes (a SQLite store's disk is full or read-only).
+    cannot take writes (a SQLite store's disk is full or read-only), or when fewer than
+    --min-nodes nodes are live. Names where the configuration and the store came from.
     """
     import threading
 
@@ -96,17 +107,15 @@ def check(ctl: Ctl, timeout: float) -> None:
     from taskschedd.redact import redact_url
 
     source = ctl.config_source()
-    config = ctl.config
-    if config is not None:
-        click.echo(f"config {source}: ok")
-    else:
-        click.echo("config: none (--store given)")
+    config = ctl.config  # ConfigError (exit 78) when invalid
+    click.echo(_config_line(ctl, source if config is not None else None))
     url = redact_url(ctl.url)
     answer: dict[str, Any] = {}
+    _preload(ctl.url)  # the store's clock starts when the thread does, not after imports
 
     def probe() -> None:
         try:
-            sched = ctl.scheduler()
+            sched = ctl.scheduler(wait=timeout)  # MongoDB: its own error, with the reason
             now = time.time()
             answer["stats"] = sched.store.stats(now=now, window=60.0)
             answer["nodes"] = len(sched.store.nodes(alive_after=now - _stale_after(ctl, None)))
@@ -118,7 +127,7 @@ def check(ctl: Ctl, timeout: float) -> None:
 
     thread = threading.Thread(target=probe, name="store-probe", daemon=True)
     thread.start()
-    thread.join(timeout)
+    thread.join(timeout + 1.0)  # time for the store's own error (with its reason) to arrive
     if thread.is_alive():
         raise StoreError(f"store {url}: no answer within {timeout:g}s")
     stale = _stale_holders(ctl.url)
@@ -145,18 +154,54 @@ def check(ctl: Ctl, timeout: float) -> None:
             "claim nothing and store them once there is room",
             full.split(":", 1)[0],
         )
+    live = answer["nodes"]
+    if not live and not min_nodes:
+        warn(
+            f"no live node (none has sent a heartbeat in the last {_stale_after(ctl, None):g}s): "
+            "jobs wait until one starts; --min-nodes 1 makes this an error"
+        )
     malformed = answer["malformed"]
     if malformed:
+        from taskschedctl.output import printable
         from taskschedd.errors import CorruptRecords
 
-        for record in malformed:
-            click.echo(f"corrupt job {record.id}: {record.corrupt}", err=True)
+        for record in malformed:  # written by another client: shown, never obeyed
+            click.echo(printable(f"corrupt job {record.id}: {record.corrupt}"), err=True)
         more = "at least " if len(malformed) == 20 else ""
         raise CorruptRecords(
             f"store {url}: {more}{len(malformed)} job records that claims cannot handle "
             "(written by another client); a running node quarantines them (FAILED, "
             "reason corrupt) within a minute"
         )
+    if live < min_nodes:
+        fail(
+            f"{live} live node{'s' if live != 1 else ''}, fewer than --min-nodes {min_nodes} "
+            f"(a node is live after a heartbeat in the last {_stale_after(ctl, None):g}s; "
+            "taskschedctl nodes --all lists the stale ones)"
+        )
+        click.get_current_context().exit(69)
+
+
+def _config_line(ctl: Ctl, source: str | None) -> str:
+    """Where the configuration (and, without one, the store) came from."""
+    if source is None:
+        return f"config: none (the store is given by {ctl.store_origin})"
+    if ctl.config_path is None:
+        how = "the default path"
+    else:
+        how = "-c" if ctl.config_from_cli else "TASKSCHED_CONFIG"
+    line = f"config {source} (from {how}): ok"
+    if ctl.store_url is not None and not (ctl.store_from_env and ctl.config_from_cli):
+        line += f"; its store is overridden by {ctl.store_origin}"
+    return line
+
+
+def _preload(url: str) -> None:
+    from taskschedd.storeurl import is_mongodb
+
+    if is_mongodb(url):
+        import taskschedd.scheduler
+        import taskschedd.store.mongo  # noqa: F401
 
 
 def _stale_holders(url: str) -> str:

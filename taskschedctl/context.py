@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -42,6 +42,12 @@ class Ctl:
     #: Where they came from: a -c on the command line wins over $TASKSCHED_STORE.
     store_from_env: bool = False
     config_from_cli: bool = False
+    #: What named store_url, for messages: --store, TASKSCHED_STORE, TASKSCHED_STORE_FILE.
+    store_origin: str = "--store"
+    #: -v: the store's informational log lines and warnings (topology, a standalone
+    #: server's durability) on stderr; without it only errors are logged.
+    verbose: bool = False
+    _log_before: dict[str, Any] | None = None
     _config: Config | None = None
     _config_loaded: bool = False
     _schedulers: list[Scheduler] = field(default_factory=list)
@@ -54,6 +60,7 @@ class Ctl:
         if store_url is not None:
             self.store_url = check_store_url(store_url)
             self.store_from_env = False
+            self.store_origin = "--store"
 
     def config_source(self) -> str | None:
         """The configuration file to read, or None when --store alone names the store.
@@ -97,9 +104,11 @@ class Ctl:
         assert config is not None  # config_source() raised otherwise
         return config.store
 
-    def scheduler(self, *, create: bool = False) -> Scheduler:
+    def scheduler(self, *, create: bool = False, wait: float | None = None) -> Scheduler:
         """A Scheduler on the chosen store. A SQLite file is only created when ``create``
-        (add --create): a mistyped path must fail, not queue into or leave a new file."""
+        (add --create): a mistyped path must fail, not queue into or leave a new file.
+        ``wait``: how long a MongoDB store waits for a server and for each operation
+        (check --timeout), instead of its 5 s server selection."""
         from taskschedd.scheduler import Scheduler
         from taskschedd.storeurl import is_sqlite
 
@@ -109,6 +118,17 @@ class Ctl:
             from taskschedd.store.sqlite import SQLiteStore
 
             sched = Scheduler(SQLiteStore(url, create=create), config=config)
+            self._schedulers.append(sched)
+            return sched  # it logs nothing: a cron line's add never loads logging
+        self._quiet_logs()
+        if wait is not None:
+            from taskschedd.store import open_store
+
+            options = config.store_options() if config is not None and url == config.store else {}
+            store = open_store(
+                url, **options, server_selection_timeout=wait, operation_timeout=wait
+            )
+            sched = Scheduler(store, config=config)
         else:
             sched = Scheduler(self.store_url, config=config)
         self._schedulers.append(sched)
@@ -118,3 +138,18 @@ class Ctl:
         for sched in self._schedulers:
             sched.close()
         self._schedulers.clear()
+        if self._log_before is not None:  # run() in-process (tests): leave logging as it was
+            from taskschedd import log
+
+            log.configure(**self._log_before)
+            self._log_before = None
+
+    def _quiet_logs(self) -> None:
+        """The store's log lines are for a daemon's log: a CLI user sees errors only,
+        unless -v. Logging is loaded only now: --help and usage errors never import it."""
+        if self._log_before is not None:
+            return
+        from taskschedd import log
+
+        self._log_before = log.settings()
+        log.configure(format=self._log_before["format"], level="info" if self.verbose else "error")

@@ -29,7 +29,7 @@ from pymongo.errors import (
 from pymongo.write_concern import WriteConcern
 
 from taskschedd import transitions
-from taskschedd.errors import JobNotFound, StoreError, StoreNotWritable, StoreUnavailable
+from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
 from taskschedd.model import (
     FINAL,
     RUNNABLE,
@@ -62,14 +62,13 @@ from taskschedd.store.mongo.documents import (
     _to_event,
     _to_job,
 )
+from taskschedd.store.mongo.errors import hosts_of, reason, translate
 from taskschedd.store.mongo.events import FLOOR_ID, EventLog
 from taskschedd.store.mongo.indexes import create_indexes
 from taskschedd.store.mongo.waker import STREAM_AWAIT_MS, MongoWaker
 from taskschedd.transitions import Attempt, Branch, ClaimFields, Transition
 
 DEFAULT_DATABASE = "taskscheduler"
-#: MongoDB's OutOfDiskSpace: the server's volume is full.
-_OUT_OF_DISK_SPACE = 14031
 
 _MAINTENANCE_EVERY = 30.0
 _IN_CHUNK = 500
@@ -213,7 +212,11 @@ class MongoStore(Store):
     as they are, so that opening a store without the node's configuration (a script, a
     CLI without config) never changes the cluster's retention. ``poll_interval``: how often a
     polling waker checks for new events. ``server_selection_timeout`` bounds how long an
-    operation waits for a reachable server before StoreUnavailable, so callers back off.
+    operation waits for a reachable server before StoreUnavailable, so callers back off;
+    a new connection's TCP and TLS handshake waits as long (at most 10 s).
+    ``operation_timeout`` (None: unbounded but for the socket timeout) bounds each
+    operation as a whole, retries included (MongoDB's timeoutMS): taskschedctl check uses
+    it so that its --timeout holds against a server that accepts but never answers.
     ``client_options`` are passed to MongoClient (tests use it for command monitoring).
     """
 
@@ -230,6 +233,7 @@ class MongoStore(Store):
         poll_interval: float = 1.0,
         retention: float | None = None,
         server_selection_timeout: float = 5.0,
+        operation_timeout: float | None = None,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
         if change_streams not in ("auto", "on", "off"):
@@ -247,6 +251,7 @@ class MongoStore(Store):
         self.poll_interval = float(poll_interval)
         self.retention = None if retention is None else float(retention)
         self.server_selection_timeout = float(server_selection_timeout)
+        self.operation_timeout = operation_timeout
         self._client_options = dict(client_options or {})
         self._client_obj: pymongo.MongoClient[Doc] | None = None
         self._db_obj: Database[Doc] | None = None
@@ -277,10 +282,14 @@ class MongoStore(Store):
         options: dict[str, Any] = {"appname": "taskschedd"}
         defaults = {
             "serverSelectionTimeoutMS": int(self.server_selection_timeout * 1000),
-            "connectTimeoutMS": min(10_000, max(1000, int(self.server_selection_timeout * 1000))),
+            # No longer than the wait for a server: a blackholed address must not make a
+            # short server selection wait for a 10 s connect.
+            "connectTimeoutMS": min(10_000, max(100, int(self.server_selection_timeout * 1000))),
             # Bounded, but longer than a change stream's server-side wait.
             "socketTimeoutMS": max(30_000, STREAM_AWAIT_MS * 5),
         }
+        if self.operation_timeout is not None:
+            defaults["timeoutMS"] = max(1, int(self.operation_timeout * 1000))
         for key, value in defaults.items():
             if key.lower() not in given:
                 options[key] = value
@@ -391,17 +400,7 @@ class MongoStore(Store):
             raise self._translate(doing, exc) from None
 
     def _translate(self, doing: str, exc: PyMongoError) -> StoreError:
-        text = redact_text(str(exc))
-        if isinstance(exc, OperationFailure) and (
-            exc.code == _OUT_OF_DISK_SPACE or "No space left on device" in text
-        ):  # transient like any outage: space may be freed; writers keep what they hold
-            return StoreNotWritable(
-                f"MongoDB store {self.url} cannot write ({doing}): disk full: {text}",
-                "disk full",
-            )
-        if _is_transient(exc):
-            return StoreUnavailable(f"MongoDB store {self.url} is unavailable ({doing}): {text}")
-        return StoreError(f"MongoDB store {self.url}: {doing} failed: {text}")
+        return translate(exc, doing, hosts_of(self.url))
 
     # -- documents and events -----------------------------------------------------------
     def _next_seq(self) -> int:
@@ -717,7 +716,7 @@ class MongoStore(Store):
                     raise  # never sent
                 except ConnectionFailure as exc:
                     # The claim may have been applied: never re-issue it, look the token up.
-                    lost = redact_text(str(exc))
+                    lost = reason(exc)
                     found = self._jobs.find_one({"claim_token": token})
         except StoreUnavailable as exc:
             raise StoreUnavailable(
@@ -750,7 +749,7 @@ class MongoStore(Store):
                 if doc is not None and doc.get("claim_token") == token:
                     raise StoreUnavailable(
                         f"MongoDB store {self.url}: a settle's reply was lost, not applied: "
-                        f"{redact_text(str(exc))}"
+                        f"{reason(exc)}"
                     ) from None
                 if doc is not None and doc.get("settled_by") != token:
                     doc = None  # fenced off: another claim took the job meanwhile
@@ -865,7 +864,7 @@ class MongoStore(Store):
                 raise  # never sent
             except ConnectionFailure as exc:
                 applied = self._settled_by(op, [doc["_id"] for _, doc, _ in todo])
-                lost = redact_text(str(exc))
+                lost = reason(exc)
             else:
                 if matched != len(ops):
                     # Another writer (the lease reaper) settled some between the two
@@ -1366,25 +1365,67 @@ class MongoStore(Store):
             self._events.delete_many({"seq": {"$lte": top}, "_id": {"$ne": FLOOR_ID}})
             self._jobs.delete_many({})
 
-    def heartbeat(self, node: NodeRecord) -> None:
+    @staticmethod
+    def _node_doc(node: NodeRecord) -> Doc:
+        return {
+            "_id": node.name,
+            "host": node.host,
+            "pid": int(node.pid),
+            "started": float(node.started),
+            "heartbeat": float(node.heartbeat),
+            "workers_busy": int(node.workers_busy),
+            "workers_idle": int(node.workers_idle),
+            "running": list(node.running),
+            "queues": list(node.queues),
+            "version": node.version,
+            "instance": node.instance,
+        }
+
+    def register_node(
+        self, node: NodeRecord, *, stale_before: float, replace: str | None = None
+    ) -> NodeRecord | None:
+        # One upsert whose filter matches only an entry we may take: a live entry of
+        # another instance makes the upsert insert a second _id, which the unique _id
+        # index refuses, so of two nodes registering one name at once one gets it.
+        takeable: Doc = {
+            "_id": node.name,
+            "$or": [
+                {"heartbeat": {"$lt": float(stale_before)}},
+                {"instance": {"$in": [node.instance, *([replace] if replace else [])]}},
+            ],
+        }
+        with self._errors("register the node"):
+            for _ in range(3):  # the holder may leave between the upsert and the read
+                try:
+                    self._nodes.replace_one(takeable, self._node_doc(node), upsert=True)
+                    return None
+                except DuplicateKeyError:
+                    pass
+                doc = self._nodes.find_one({"_id": node.name})
+                if doc is None:
+                    continue
+                holder = self._decode_node(doc)
+                if holder is not None:
+                    return holder
+                # Another client's entry that does not decode: taken, if still as read.
+                if self._nodes.replace_one(doc, self._node_doc(node)).matched_count:
+                    return None
+            raise StoreUnavailable(f"node {node.name!r}: its registry entry keeps changing")
+
+    def heartbeat(self, node: NodeRecord) -> bool:
         with self._errors("heartbeat"):
-            self._nodes.replace_one(
-                {"_id": node.name},
-                {
-                    "_id": node.name,
-                    "host": node.host,
-                    "pid": int(node.pid),
-                    "started": float(node.started),
-                    "heartbeat": float(node.heartbeat),
-                    "workers_busy": int(node.workers_busy),
-                    "workers_idle": int(node.workers_idle),
-                    "running": list(node.running),
-                    "queues": list(node.queues),
-                    "version": node.version,
-                },
-                upsert=True,
-            )
+            doc = self._node_doc(node)
+            mine: Any = node.instance or {"$in": ["", None]}  # "": also an entry of 0.4
+            if self._nodes.replace_one({"_id": node.name, "instance": mine}, doc).matched_count:
+                written = True
+            else:
+                try:
+                    self._nodes.insert_one(doc)
+                    written = True
+                except DuplicateKeyError:
+                    written = False  # another instance's entry: taken over
         self._maintain()
+        return written
 
     def _maintain(self) -> None:
         """Runs on heartbeats and idle claims, at most every 30 s: keep the seq floor close
@@ -1410,19 +1451,23 @@ class MongoStore(Store):
         where: Doc = {} if alive_after is None else {"heartbeat": {"$gte": alive_after}}
         with self._errors("list nodes"):
             docs = list(self._nodes.find(where).sort("_id", 1))
-        out = []
-        fields = ("_id", "host", "pid", "started", "heartbeat")
-        for d in docs:
-            node = decode_node([*(d.get(f) for f in fields), d.get("workers_busy", 0),
-                                d.get("workers_idle", 0), d.get("running") or [],
-                                d.get("queues") or [], d.get("version", "")])  # fmt: skip
-            if node is not None:  # another client's entry: the registry is advisory
-                out.append(node)
-        return out
+        nodes = (self._decode_node(d) for d in docs)
+        return [n for n in nodes if n is not None]  # another client's entry: left out
 
-    def remove_node(self, name: str) -> None:
+    @staticmethod
+    def _decode_node(d: Doc) -> NodeRecord | None:
+        fields = ("_id", "host", "pid", "started", "heartbeat")
+        return decode_node([*(d.get(f) for f in fields), d.get("workers_busy", 0),
+                            d.get("workers_idle", 0), d.get("running") or [],
+                            d.get("queues") or [], d.get("version", ""),
+                            d.get("instance", "")])  # fmt: skip
+
+    def remove_node(self, name: str, instance: str | None = None) -> None:
+        where: Doc = {"_id": name}
+        if instance is not None:
+            where["instance"] = instance or {"$in": ["", None]}
         with self._errors("remove a node"):
-            self._nodes.delete_one({"_id": name})
+            self._nodes.delete_one(where)
 
     def close(self) -> None:
         for waker in list(self._wakers):
