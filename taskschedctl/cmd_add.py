@@ -6,7 +6,15 @@ import time
 
 import click
 
-from taskschedctl.common import EXIT_CODES, ctl_options, exit_for, print_jobs
+from taskschedctl.common import (
+    EXIT_CODES,
+    ctl_options,
+    exit_for,
+    print_jobs,
+    print_outcomes,
+    warn,
+    warn_unserved,
+)
 from taskschedctl.context import Ctl
 from taskschedctl.params import Duration, Time, load_data
 
@@ -59,6 +67,12 @@ class _AddCommand(click.Command):
 )
 @click.option("--backoff-max", type=Duration(), help="The longest exponential retry delay.")
 @click.option("--timeout", type=Duration(), help="Stop a run after this long (0: never).")
+@click.option(
+    "--max-memory",
+    metavar="SIZE",
+    help="Stop a run whose processes use more memory than this (512M, 2G; default: the "
+    "node's max_job_memory).",
+)
 @click.option("--priority", type=int, help="Higher runs first within a queue (default 0).")
 @click.option("--queue", metavar="NAME", help="The queue (default: default).")
 @click.option("--id", "job_id", metavar="ID", help="The job id (default: a random one).")
@@ -82,8 +96,8 @@ class _AddCommand(click.Command):
     "wait_",
     cls=_OptionalValue,
     metavar="TIMEOUT",
-    help="Then wait until the job is final and exit like 'wait' (0 DONE, 1 not DONE, "
-    "124 timeout). Give a timeout as --wait=10m.",
+    help="Then wait until the job is final, print its outcome as 'wait' does and exit "
+    "like it (0 DONE, 1 not DONE, 124 timeout). Give a timeout as --wait=10m.",
 )
 @click.option(
     "--create",
@@ -107,6 +121,7 @@ def add(
     backoff: str | None,
     backoff_max: float | None,
     timeout: float | None,
+    max_memory: str | None,
     priority: int | None,
     queue: str | None,
     job_id: str | None,
@@ -121,7 +136,8 @@ def add(
     """Queue a job of CLASS with DATA and print its id.
 
     CLASS is a dotted path (myapp.jobs.SendMail) in a module the configuration allows;
-    it is not imported here. DATA is JSON text, @FILE, or - for stdin (default: null).
+    it is not imported here (without a configuration it cannot be checked: a warning
+    says so). Warns when no live node serves the job's queue. DATA is JSON text, @FILE, or - for stdin (default: {}).
     Durations: 90, 30s, 10m, 2h, 7d, 1h30m. Times: 2026-01-31T08:00:00Z or unix seconds.
     """
     from taskschedd.loader import check_allowed, split_path
@@ -138,6 +154,12 @@ def add(
     config = ctl.config
     if config is not None:  # before the store is opened; Scheduler checks it again
         check_allowed(cls_path, config.allowed_modules, ctl.config_source())
+    else:
+        warn(
+            f"{cls_path} was not checked against allowed_modules: no configuration was given "
+            "(name it with -c FILE or TASKSCHED_CONFIG); the job is added, and a node fails "
+            "it if its allowed_modules do not include the class"
+        )
     given = {
         "at": time.time() + in_ if in_ is not None else at,
         "interval": interval,
@@ -148,6 +170,7 @@ def add(
         "retry_backoff": backoff,
         "retry_backoff_max": backoff_max,
         "timeout": timeout,
+        "max_memory": max_memory,
         "priority": priority,
         "queue": queue,
         "id": job_id,
@@ -159,16 +182,21 @@ def add(
     sched = ctl.scheduler(create=create)
     adder = sched.add_job_once if once else sched.add_job
     job = adder(cls_path, payload, **options)
+    warn_unserved(ctl, sched, [job.record])
     if wait_ is None:
         print_jobs([job.record], as_json, single=True)
         return
     if not as_json:
-        click.echo(job.id)
-    from taskschedctl.follow import wait_jobs
+        click.echo(job.id)  # at once: the job can be looked at while we wait
+    from taskschedctl.follow import Unfinished, wait_jobs
 
-    (final,) = wait_jobs(sched, [job.id], wait_timeout)
-    if as_json:
-        print_jobs([final], True, single=True)
+    try:
+        (final,) = wait_jobs(sched, [job.id], wait_timeout)
+    except Unfinished as exc:
+        if exc.jobs:
+            print_outcomes(exc.jobs, as_json, single=True)
+        raise
+    print_outcomes([final], as_json, single=True)
     exit_for([final])
 
 

@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any
 
-from taskschedd import __version__, log, pool, systemd, workerproc
+from taskschedd import __version__, log, pool, probe, systemd, workerproc
 from taskschedd.children import KillReason, WorkerHandle, describe_status
 from taskschedd.config import Config, ConfigError
 from taskschedd.config import load as load_config
@@ -93,6 +93,20 @@ class Retire(enum.StrEnum):
     RELOAD = "reload"  # replaced by a worker with the new settings
 
 
+@dataclasses.dataclass
+class PendingReload:
+    """A SIGHUP's configuration on its way in (see Master._reload): the import check runs
+    in a child (``check``); then, if the workers must be replaced, one worker started with
+    it (``canary``, a pid) has to report ready before the old workers are retired."""
+
+    config: Config
+    replace_workers: bool
+    timeout: float  # for the import check, then for the canary to be ready
+    check: probe.Probe | None = None
+    canary: int | None = None
+    canary_deadline: float = 0.0
+
+
 class Master:
     """Runs the node until it is told to stop; :meth:`run` returns the exit code."""
 
@@ -133,6 +147,7 @@ class Master:
         self.pool_next = 0.0
         self.pool_last = 0.0
         self.pool_timer = Every()
+        self.extras_capped = False  # logged once each time max_extra_children is reached
         self.watchdog_every = systemd.watchdog_interval()
         self.watchdog_next = 0.0
         self.status_text = ""
@@ -142,6 +157,9 @@ class Master:
         self.unwritable: tuple[str, int] | None = None
         self.unwritable_logged = 0.0
         self.store_lost = False  # the store file was deleted or replaced under us
+        self.reload: PendingReload | None = None
+        self.reload_refused: str | None = None  # why the last reload was refused (status)
+        self.checks: dict[int, probe.Probe] = {}  # import-check children not reaped yet
         self.exit_code = 0
 
     # -- life cycle -------------------------------------------------------------------
@@ -175,6 +193,7 @@ class Master:
         self.jobs = Supervisor(self.config, self.workers, self.log, self.store)
         self.house = Housekeeping(self.config, self.workers, self.log, self.store)
         self._wait_for_store()
+        self.house.register()  # NodeNameInUse (78) while a live node has our name
         self.metrics.start(self.config.metrics)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.signals.install(), selectors.EVENT_READ, "signal")
@@ -265,11 +284,16 @@ class Master:
         return self.state is not State.RUNNING and not self.workers and not self.jobs.owed
 
     def _close(self) -> None:
+        for check in self.checks.values():
+            check.kill()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(check.pid, 0)
+            check.close()
         self.signals.restore()
         self.metrics.close()
         if self.store is not None:
             try:
-                self.store.remove_node(self.config.node)
+                self.house.unregister()  # only our own entry, never a successor's
             except StoreError as exc:
                 self.log.warning("could not remove this node from the registry", error=str(exc))
         if self.waker is not None:
@@ -292,6 +316,8 @@ class Master:
                 self.waker.drain()
                 self.pool_dirty = True
                 self._mute_waker()
+            elif key.data == "check":
+                pass  # the import check's report: read by _reload_step
             else:
                 self._read_worker(key.data)
         for signum in self.signals.pending():
@@ -301,6 +327,7 @@ class Master:
         self._unmute_waker(now)
         self._reap()
         self.jobs.enforce_timeouts(now)
+        self.jobs.enforce_memory(now)
         self.jobs.poll_cancels(now)
         self._escalate(now)
         for owed in self.jobs.settle_owed(now):
@@ -309,9 +336,11 @@ class Master:
         self.metrics.lease_reaped(self.house.reap_expired(now, set(self.jobs.held_tokens())))
         self.house.quarantine(now)
         self._shutdown_step(now)
+        self._reload_step(now)
         if self.state is State.RUNNING:
             self._manage_pool(now)
         self.house.heartbeat(now)
+        self._taken_over()
         self.house.purge(now)
         self._store_health(now)
         self._watchdog(now)
@@ -338,6 +367,14 @@ class Master:
                            exit_code=self.exit_code)  # fmt: skip
             systemd.status(f"stopping: {exc}")
             self._begin_stop("store file deleted or replaced")
+
+    def _taken_over(self) -> None:
+        """Another node took this node's name while it was frozen or cut off (Housekeeping
+        logged who): two nodes must not share a name, so this one drains and exits 78."""
+        if self.house.taken_over and self.state is State.RUNNING:
+            self.exit_code = 78
+            systemd.status("stopping: another node took over this node's name")
+            self._begin_drain("node name taken over")
 
     def _mute_waker(self) -> None:
         """Wake-ups faster than the waker's rate are coalesced: stop watching it for the
@@ -370,6 +407,9 @@ class Master:
             times.append(self.stop_deadline)
         if self.watchdog_every:
             times.append(self.watchdog_next)
+        if self.reload is not None:
+            check = self.reload.check
+            times.append(check.deadline if check else self.reload.canary_deadline)
         return min(times)
 
     def _escalate(self, now: float) -> None:
@@ -411,7 +451,7 @@ class Master:
         """Nothing to do here: every pass of the loop reaps."""
 
     # -- workers ----------------------------------------------------------------------
-    def _spawn(self, *, extra: bool = False) -> WorkerHandle:
+    def _spawn(self, *, extra: bool = False, config: Config | None = None) -> WorkerHandle:
         assert self.selector is not None
         report_r, report_w = os.pipe()
         control_r, control_w = os.pipe()
@@ -429,7 +469,7 @@ class Master:
                 os.close(control_w)
                 self._forget_in_child()
                 spec = workerproc.WorkerSpec(
-                    config=self.config,
+                    config=config or self.config,
                     name=f"{self.config.node}/{os.getpid()}",
                     master_pid=master_pid,
                     report_fd=report_w,
@@ -549,6 +589,8 @@ class Master:
             if w is not None:
                 worker_died = True
                 self._worker_gone(w, status)
+            elif pid in self.checks:
+                self.checks.pop(pid).reaped(status)
             # else: an orphaned grandchild of a job (we are its subreaper): reaped, done.
         now = time.monotonic()
         if worker_died or now >= self._strays_next:
@@ -559,7 +601,7 @@ class Master:
         """What a job started outside its process group (setsid) comes to us when its
         worker dies: killed, since the job it served has ended (timed out, canceled,
         killed or done) and nothing else may act for it."""
-        for pid in kill_strays(self.workers):
+        for pid in kill_strays([*self.workers, *self.checks]):
             self.log.warning("killed a process a job left running outside its group", pid=pid)
 
     def _worker_gone(self, w: WorkerHandle, status: int) -> None:
@@ -573,7 +615,12 @@ class Master:
         self.pool_dirty = True
         self.house.pool_changed()
         self.jobs.worker_died(w, status, how, now, shutting_down=self.state is not State.RUNNING)
-        if not w.ready and w.kill is None and not w.retiring:
+        if self.reload is not None and self.reload.canary == w.pid:
+            # Not a start-up failure of the running configuration: the new one is refused.
+            self._refuse_reload(
+                "a worker with the new configuration failed to start", how, worker=w.name
+            )
+        elif not w.ready and w.kill is None and not w.retiring:
             self.boot_failures += 1
             delay = pool.backoff_delay(self.boot_failures)
             self.spawn_not_before = now + delay
@@ -620,12 +667,15 @@ class Master:
         due_at: float | None = None
         try:
             wall = time.time()
-            # The plan never needs more than max_children of either: a capped count stays
-            # cheap behind a backlog of millions (a full one costs ~0.1 s per million).
+            # The plan never needs more than max_children regular and max_extra_children
+            # extra workers: a capped count stays cheap behind a backlog of millions (a
+            # full one costs ~0.1 s per million).
             cap = self.settings.max_children + 1
+            most = self.settings.max_extra_children  # 0: no cap, count them all
+            cap_extra = most + 1 + sum(w.extra for w in self.workers.values()) if most else None
             demand = pool.Demand(
                 due=self.store.count_due(queues, now=wall, force_spawn=False, limit=cap),
-                due_extra=self.store.count_due(queues, now=wall, force_spawn=True, limit=cap),
+                due_extra=self.store.count_due(queues, now=wall, force_spawn=True, limit=cap_extra),
             )
             if not demand.due and not demand.due_extra:
                 due_at = self.store.next_due(queues)
@@ -639,12 +689,24 @@ class Master:
             pool.WorkerView(pid=w.pid, busy=w.job is not None, idle_since=w.idle_since,
                             extra=w.extra)
             for w in self.workers.values()
-            if not w.retiring
+            if not w.retiring and (self.reload is None or w.pid != self.reload.canary)
         ]  # fmt: skip
         plan = pool.plan(self.settings, views, demand, now)
         for pid in plan.retire:
             self._retire(self.workers[pid], Retire.IDLE)
         self._spawn_planned(plan, now)
+        if plan.extra_capped and not self.extras_capped:
+            self.log.warning(
+                "max_extra_children reached: ignore_max_children jobs wait for an extra "
+                "worker to end", max_extra_children=self.settings.max_extra_children,
+                waiting=plan.extra_capped,
+            )  # fmt: skip
+        # Said again only once the extras fell below the cap (not when a claim the master
+        # has not heard of yet makes one plan look uncapped).
+        extras = sum(1 for w in self.workers.values() if w.extra)
+        self.extras_capped = bool(plan.extra_capped) or (
+            self.extras_capped and extras >= self.settings.max_extra_children
+        )
         nxt = now + self.config.poll_interval
         if plan.recheck_at is not None:
             nxt = min(nxt, plan.recheck_at)
@@ -683,6 +745,8 @@ class Master:
             text += f"; {self.state.value}"
         if self.boot_failures:
             text += f"; workers fail to start ({self.boot_failures}x), backing off"
+        if self.reload_refused is not None:
+            text += f"; last reload refused: {self.reload_refused}"
         if self.unwritable is not None:
             why, waiting = self.unwritable
             text += f"; store not writable ({why}): {waiting} outcomes waiting to be stored"
@@ -749,21 +813,27 @@ class Master:
             )  # fmt: skip
 
     def _reload(self) -> None:
+        """SIGHUP: log files are reopened at once. The file is validated, then checked in
+        a child (:mod:`taskschedd.probe`: the setup hook and the allowed modules import)
+        and, when the workers must be replaced, by one worker started with it, which has
+        to report ready before the old workers are retired (_reload_step). Until then the
+        old configuration and workers stay; any failure keeps them, with one error line
+        that says why (also in STATUS= and the SIGUSR1 dump)."""
         systemd.reloading()
+        log.reopen()
+        self._command_all(Reopen())
+        if self.reload is not None:
+            self.log.info("reload: a newer SIGHUP replaces the one still being checked")
+            self._drop_reload()
         old = self.config
         try:
             if self.config_path is None:
                 raise ConfigError("no configuration file to reload")
             loaded = load_config(self.config_path, allow_empty=False)
             new = dataclasses.replace(loaded, **self.overrides)
+            timeout = probe.probe_timeout()
         except ConfigError as exc:
-            self.log.error(
-                "reload refused: the new configuration is invalid; keeping the old one",
-                error=str(exc),
-            )
-            log.reopen()
-            self._command_all(Reopen())
-            systemd.ready(status=self._status_line())
+            self._refuse_reload("the new configuration is invalid", str(exc), keeping="old one")
             return
         kept = [k for k in RESTART_KEYS if getattr(new, k) != getattr(old, k)]
         if kept:
@@ -771,12 +841,107 @@ class Master:
                 "these settings change only at restart; keeping their running values", keys=kept
             )
             new = dataclasses.replace(new, **{k: getattr(old, k) for k in kept})
+        changed = {
+            f.name
+            for f in dataclasses.fields(Config)
+            if getattr(new, f.name) != getattr(old, f.name)
+        }
+        replace = bool(changed & {*WORKER_KEYS, "logging"})
+        self.reload = PendingReload(new, replace_workers=replace, timeout=timeout)
+        if probe.targets(new):
+            check = probe.Probe.start(new, timeout)
+            self.checks[check.pid] = check
+            self.reload.check = check
+            assert self.selector is not None
+            self.selector.register(check.fileno(), selectors.EVENT_READ, "check")
+            self.log.debug("reload: checking that the workers can import what it names",
+                           pid=check.pid, timeout=timeout)  # fmt: skip
+        self._reload_step(time.monotonic())
+
+    def _reload_step(self, now: float) -> None:
+        """The reload in progress, one step further: the import check's result, then the
+        new worker's start (see _reload)."""
+        r = self.reload
+        if r is None:
+            return
+        if self.state is not State.RUNNING:
+            self.log.info("reload abandoned: shutting down")
+            self._drop_reload()
+            return
+        if r.check is not None:
+            problems = r.check.poll(now)
+            if problems is None:
+                if r.check.eof:  # the child is gone; wait for _reap, without spinning
+                    self._unwatch_check(r.check)
+                return
+            self._unwatch_check(r.check)
+            r.check.close()
+            r.check = None
+            if problems:
+                self._refuse_reload(
+                    "the workers cannot import what the new configuration names",
+                    probe.summary(problems),
+                )
+                return
+        if r.replace_workers and r.canary is None:
+            w = self._spawn(config=r.config)
+            r.canary, r.canary_deadline = w.pid, now + r.timeout
+            self.log.info(
+                "reload: a worker with the new configuration starts; the old workers are "
+                "retired once it is ready", worker=w.name,
+            )  # fmt: skip
+            return
+        canary = self.workers.get(r.canary) if r.canary is not None else None
+        if canary is not None and not canary.ready:
+            if now >= r.canary_deadline:
+                self.jobs.kill(canary, KillReason.RELEASE)
+                self._refuse_reload(
+                    "a worker with the new configuration did not report ready in time",
+                    f"not ready within {r.timeout:g}s (${probe.TIMEOUT_ENV})", worker=canary.name,
+                )  # fmt: skip
+            return
+        self.reload = None
+        self._apply_reload(r.config, canary)
+
+    def _unwatch_check(self, check: probe.Probe) -> None:
+        if self.selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(check.fileno())
+
+    def _drop_reload(self) -> None:
+        """Forget the reload in progress: its import check is killed, its worker stopped."""
+        r, self.reload = self.reload, None
+        if r is None:
+            return
+        if r.check is not None:
+            self._unwatch_check(r.check)
+            r.check.kill()  # reaped by _reap
+            r.check.close()
+        canary = self.workers.get(r.canary) if r.canary is not None else None
+        if canary is not None and not canary.ready:
+            self.jobs.kill(canary, KillReason.RELEASE)
+        elif canary is not None:
+            self._retire(canary, Retire.RELOAD)
+
+    def _refuse_reload(self, why: str, error: str, keeping: str = "old configuration and "
+                       "workers", **fields: Any) -> None:  # fmt: skip
+        """One error line; the running configuration and workers stay."""
+        self._drop_reload()
+        self.reload_refused = f"{why}: {error}"
+        self.log.error(f"reload refused: {why}; keeping the {keeping}", error=error, **fields)
+        systemd.ready(status=self._status_line())
+
+    def _apply_reload(self, new: Config, canary: WorkerHandle | None) -> None:
+        """Make ``new`` the running configuration; ``canary``, started with it, stays."""
+        old = self.config
         try:
             log.configure(new.logging.format, new.logging.level, new.logging.file)
         except ConfigError as exc:
             log.configure(old.logging.format, old.logging.level, old.logging.file)
-            self.log.error("reload refused; keeping the old configuration", error=str(exc))
-            systemd.ready(status=self._status_line())
+            if canary is not None:
+                self._retire(canary, Retire.RELOAD)
+            self._refuse_reload("the new log settings do not work", str(exc),
+                                keeping="old configuration")  # fmt: skip
             return
         if new.metrics != old.metrics and not self.metrics.move(new.metrics):
             new = dataclasses.replace(new, metrics=old.metrics)
@@ -793,13 +958,13 @@ class Master:
         self.metrics.reconfigure(self.log, new.allowed_modules)
         if any(k in changed for k in WORKER_KEYS) or "logging" in changed:
             for w in self.workers.values():
-                self._retire(w, Retire.RELOAD)  # replacements start with the new settings
-        else:
-            self._command_all(Reopen())
+                if w is not canary:
+                    self._retire(w, Retire.RELOAD)  # replacements start with the new settings
         if self.boot_failures:
             # Workers fail to start; a reload is how the operator says "fixed": probe now
             # instead of at the end of a backoff of up to 30 s (one probe, as before).
             self.spawn_not_before = 0.0
+        self.reload_refused = None
         self.pool_dirty = True
         self.house.pool_changed()
         self.log.info("configuration reloaded", changed=changed, config=new.redacted())
@@ -837,6 +1002,8 @@ class Master:
             owed_settlements=len(self.jobs.owed),
             outcomes_waiting=self.jobs.outcomes_waiting(),
             start_failures=self.boot_failures,
+            last_reload_refused=self.reload_refused,
+            reload_pending=self.reload is not None,
             jobs=counts,
         )
 

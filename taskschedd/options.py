@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -36,6 +37,7 @@ ONCE_COMPARED = (
     "retry_backoff",
     "retry_backoff_max",
     "timeout",
+    "max_memory",
     "ignore_max_children",
     "priority",
     "queue",
@@ -56,6 +58,7 @@ class JobOptions:
     retry_backoff: str = "fixed"
     retry_backoff_max: float = 3600.0
     timeout: float = 0.0
+    max_memory: int = 0  # MiB a running job may use; 0: the node's max_job_memory
     ignore_max_children: bool = False
     ignore_data: bool = False
     id: str | None = None
@@ -136,6 +139,38 @@ def _duration(name: str, value: Any, *, allow_minus_one: bool = False) -> float:
     return seconds
 
 
+#: A size: megabytes as an integer, or a number with a binary unit (512MB, 2G, 1.5GiB).
+SIZE_HELP = "megabytes as an integer or a size like 512MB, 2G or 1.5GiB (binary units)"
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*", re.I)
+_SIZE_UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+#: The largest max_memory: 16 TiB, in MiB (as the configuration's max_job_memory).
+MAX_MEMORY_MB = 16 << 20
+
+
+def size_bytes(value: Any) -> float | None:
+    """Bytes from megabytes as an integer or a size like 512MB / 2G / 1.5GiB (binary
+    units), or None when ``value`` is neither; may be negative, inf or too large: the
+    caller checks the range."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(max(value, -1)) * 2**20 if value < 2**900 else math.inf
+    if isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value)
+        if match:
+            return float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "m")[0].lower()]
+    return None
+
+
+def _memory(name: str, value: Any) -> int:
+    """Whole MiB (rounded up) from a size; 0 means none."""
+    accepted = f"{SIZE_HELP}, from 0 to 16TiB (0: the node's max_job_memory)"
+    size = size_bytes(value)
+    if size is None or not 0 <= size <= MAX_MEMORY_MB * 2**20:
+        raise _fail(name, accepted, value)
+    return math.ceil(size / 2**20)
+
+
 def _bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -163,6 +198,8 @@ def _check_value(name: str, value: Any) -> Any:
         return _duration(name, value, allow_minus_one=True)
     if name in ("retry_interval", "timeout", "retry_backoff_max"):
         return _duration(name, value)
+    if name == "max_memory":
+        return _memory(name, value)
     if name == "retry":
         return _int(
             name, value, minimum=-1, maximum=2**31, accepted="an integer >= -1 (-1 = endless)"
@@ -356,9 +393,49 @@ def _check_size(what: str, text: str, limit: int | None) -> None:
         )
 
 
+def _has_bad_key(value: Any) -> bool:
+    """Whether a dict at any depth has a key that is not a string (iterative; scalars are
+    skipped first, by class, so that the walk costs less than the encoding)."""
+    stack = [value]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        cls = item.__class__
+        if cls is str or cls is int or cls is float or cls is bool or item is None:
+            continue
+        if isinstance(item, dict):
+            if set(map(type, item)) - {str} and not all(isinstance(k, str) for k in item):
+                return True
+            push(item.values())
+        elif isinstance(item, list | tuple):
+            push(item)
+    return False
+
+
+def _bad_key_error(value: Any) -> JobDataError | None:
+    """JobDataError naming the first key (depth first) that is not a string, and where."""
+    stack: list[tuple[Any, str]] = [(value, "data")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    return JobDataError(
+                        f"job data: the key {key!r} ({type(key).__name__}) in {path} is not "
+                        "a string; keys of JSON objects must be strings (JSON would read it "
+                        "back as a string, and cannot sort keys of mixed types): give such "
+                        "keys as strings"
+                    )
+            stack.extend((v, f"{path}[{k!r}]") for k, v in reversed(item.items()))
+        elif isinstance(item, list | tuple):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None
+
+
 def dump_data(data: Any, max_size: int | None = None) -> str:
-    """Job data as canonical JSON text; JobDataError says what is not JSON, DataTooLarge
-    when the text is longer than ``max_size`` bytes."""
+    """Job data as canonical JSON text; JobDataError says what is not JSON (a dict key that
+    is not a string included, at any depth), DataTooLarge when the text is longer than
+    ``max_size`` bytes."""
     try:
         text = _CANONICAL.encode(data)
     except ValueError as exc:
@@ -368,8 +445,14 @@ def dump_data(data: Any, max_size: int | None = None) -> str:
                 "give such numbers as strings"
             ) from None
         raise _not_json(exc) from None
-    except (TypeError, RecursionError) as exc:
+    except TypeError as exc:
+        raise (_bad_key_error(data) or _not_json(exc)) from None
+    except RecursionError as exc:
         raise _not_json(exc) from None
+    # The encoder turns int, float, bool and None keys into strings silently: the job
+    # would read back other keys than it was given.
+    if "{" in text and _has_bad_key(data):
+        raise _bad_key_error(data) or JobDataError("job data: a dict key is not a string")
     _check_size("job data", text, max_size)
     # Nesting deeper than the limit needs more brackets than that in the text.
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(data):
