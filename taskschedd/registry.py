@@ -42,14 +42,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _started_at(pid: int) -> float | None:
-    """When process ``pid`` started (wall clock), from /proc; None when unknown."""
+    """When process ``pid`` started (wall clock), from /proc/PID/stat; None when unknown.
+
+    The boot time comes from CLOCK_BOOTTIME, not /proc/stat: the unit's ProcSubset=pid
+    hides /proc/stat, and a reused pid would then go unnoticed."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        with open("/proc/stat", "rb") as f:
-            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime "))
+        boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
         return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -62,7 +64,7 @@ def is_dead(holder: NodeRecord) -> bool:
     if holder.pid == os.getpid() or not _pid_alive(holder.pid):
         return True
     started = _started_at(holder.pid)
-    return started is not None and started > holder.started + 2.0  # btime is whole seconds
+    return started is not None and started > holder.started + 2.0  # clock ticks, clock skew
 
 
 class NodeNameInUse(ConfigError):
