@@ -106,7 +106,8 @@ def command(
     store_url: str | None,
     pidfile: str | None,
 ) -> int:
-    path = config_path or config_mod.default_config_path()
+    # Absolute now: --daemon changes to / before the master (and its reloads) reads it.
+    path = os.path.abspath(config_path or config_mod.default_config_path())
     overrides: dict[str, Any] = {}
     if store_url is not None:
         try:
@@ -375,7 +376,7 @@ class PidFile:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # a number no pid can be: garbage
         return False
     except PermissionError:
         return True

@@ -45,9 +45,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from taskschedd.config import Config, ConfigError
-from taskschedd.osproc import set_parent_death_signal, set_title
+from taskschedd.osproc import (
+    kill_strays,
+    set_child_subreaper,
+    set_parent_death_signal,
+    set_title,
+)
 
 #: Seconds the import check may take unless $TASKSCHED_PROBE_TIMEOUT says otherwise.
 DEFAULT_TIMEOUT = 15.0
@@ -147,6 +153,7 @@ def _isolate(report_fd: int, parent: int) -> int:
     report pipe's new descriptor (3)."""
     os.setpgid(0, 0)
     set_parent_death_signal(signal.SIGKILL)
+    set_child_subreaper()  # what an import starts and leaves (setsid) comes back to us
     if os.getppid() != parent:  # the parent died before the death signal was set
         os._exit(1)
     with contextlib.suppress(ValueError):
@@ -193,10 +200,25 @@ def _child(config: Config, report_fd: int, parent: int, before: Callable[[], Non
         say(done=True)
         out.flush()
     except BaseException:
-        os._exit(1)
+        _end(1)
+    _end(0)
+
+
+def _end(code: int) -> NoReturn:
+    """Kill whatever the imports started, also what left our process group (setsid, which
+    comes back to us, the subreaper, as its parent exits), then exit."""
     with contextlib.suppress(BaseException):
-        os.killpg(0, signal.SIGKILL)  # this process and whatever the imports started
-    os._exit(0)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if not kill_strays(()):
+                break
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            time.sleep(0.01)
+    with contextlib.suppress(BaseException):
+        os.killpg(0, signal.SIGKILL)  # this process and what stayed in its group
+    os._exit(code)
 
 
 # -- the parent -----------------------------------------------------------------------------

@@ -40,6 +40,17 @@ HOOKS = {
     "failhooks.py": "def setup():\n    raise RuntimeError('database down')\n",
     "hanghooks.py": "import time\ntime.sleep(3600)\n\ndef setup():\n    pass\n",
     "slowhooks.py": "import time\n\ndef setup():\n    time.sleep(3600)\n",
+    # Starts a process of its own session at import (setsid: out of the check's group).
+    "forkhooks.py": (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    os.write(1, f'forked {os.getpid()}\\n'.encode())\n"
+        "    time.sleep(300)\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.2)\n\n"
+        "def setup():\n    pass\n"
+    ),
 }
 
 
@@ -282,3 +293,24 @@ def test_check_config_with_a_hook_that_hangs_on_import_is_bounded(tmp_path: Path
         "($TASKSCHED_PROBE_TIMEOUT); the check was killed"
     ]
     assert not check_processes()
+
+
+def test_check_config_leaves_nothing_an_import_started(tmp_path: Path) -> None:
+    """What the hook's module started in a session of its own dies with the check."""
+    forks = write(tmp_path, "forks.yaml", setup_hook="forkhooks:setup")
+    result = check_config(forks, tmp_path)
+    assert result.returncode == 0, result.stderr
+    forked = [int(line.split()[1]) for line in result.stderr.splitlines()
+              if line.startswith("forked ")]  # fmt: skip
+    assert len(forked) == 1, result.stderr
+    wait_for(lambda: not os.path.exists(f"/proc/{forked[0]}") or "Z" in _state(forked[0]), 10,
+             message=lambda: f"process {forked[0]} the import started still runs")  # fmt: skip
+    assert not check_processes()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

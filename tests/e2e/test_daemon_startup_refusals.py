@@ -206,6 +206,48 @@ def test_a_stale_pidfile_is_taken_and_written_with_the_daemon_s_pid(
     wait_for(lambda: not sqlite_attempt.pidfile.exists(), 15)
 
 
+@pytest.mark.parametrize("content", ["2147483648", "99999999999999999999", "-5", "12 34"])
+def test_a_pidfile_holding_a_number_no_pid_can_be_is_taken_over(
+    sqlite_attempt: Attempt, content: str
+) -> None:
+    sqlite_attempt.pidfile.write_text(f"{content}\n")
+    result = sqlite_attempt.daemon()
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result
+    pid = int(wait_for(lambda: sqlite_attempt.pidfile.read_text().strip() != content
+                       and sqlite_attempt.pidfile.read_text().strip(), 10))  # fmt: skip
+    try:
+        wait_for(lambda: "taskschedd ready" in sqlite_attempt.log.read_text(), 20)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not sqlite_attempt.pidfile.exists(), 15)
+
+
+def test_a_daemon_started_with_a_relative_config_path_reloads_it(
+    sqlite_attempt: Attempt,
+) -> None:
+    """--daemon changes to /: the configuration's path is made absolute before, so that
+    a reload (SIGHUP) reads the same file."""
+    sqlite_attempt.write()
+    result = run("-c", "taskschedd.yaml", "--daemon", "--pidfile", "taskschedd.pid",
+                 cwd=sqlite_attempt.dir)  # fmt: skip
+    assert result.returncode == 0, result
+    pid = int(wait_for(lambda: sqlite_attempt.pidfile.exists()
+                       and sqlite_attempt.pidfile.read_text().strip(), 10))  # fmt: skip
+    try:
+        wait_for(lambda: "taskschedd ready" in sqlite_attempt.log.read_text(), 20)
+        sqlite_attempt.write(max_children=2)
+        os.kill(pid, signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in sqlite_attempt.log.read_text()
+                 or "reload refused" in sqlite_attempt.log.read_text(), 20,
+                 message=lambda: sqlite_attempt.log.read_text()[-2000:])  # fmt: skip
+        log = sqlite_attempt.log.read_text()
+        assert "reload refused" not in log and "cannot read" not in log, log[-2000:]
+        assert str(sqlite_attempt.config) in log
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not sqlite_attempt.pidfile.exists(), 15)
+
+
 # -- the store, the log file, the configuration, the user ------------------------------------
 def test_daemon_refuses_a_file_that_is_not_a_store_with_69(sqlite_attempt: Attempt) -> None:
     garbage = sqlite_attempt.dir / "garbage.db"

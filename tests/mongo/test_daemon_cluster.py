@@ -358,12 +358,12 @@ def test_taskschedctl_wait_survives_a_server_restart(own_cluster: Cluster) -> No
     errors = c.tmp_path / "ctl-stderr.txt"
     with open(errors, "w") as err:
         waiter = subprocess.Popen(
-            [str(TASKSCHEDCTL), "-c", str(config), "wait", job.id, "--timeout", "60"],
+            [str(TASKSCHEDCTL), "-v", "-c", str(config), "wait", job.id, "--timeout", "60"],
             stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO, env=ctl_env(),
             start_new_session=True,
         )  # fmt: skip
     try:
-        # taskschedctl is connected (its store logs a start-up line), so it is waiting.
+        # taskschedctl is connected (with -v its store logs a start-up line), so it is waiting.
         wait_for(lambda: "MongoDB store" in errors.read_text(), 20, message="taskschedctl")
         c.server.stop()
         wait_for(lambda: "store unavailable, retrying" in errors.read_text(), 20,
