@@ -64,13 +64,15 @@ class RunningJob:
     progress: float = 0.0
     state: HeldState = HeldState.RUNNING
     max_memory: int = 0  # MiB, the job's own limit; 0: the node's max_job_memory
-    memory_used: int = 0  # bytes its process group used when it was killed for memory...
+    memory_base: int = 0  # bytes: its worker's own resident memory when it started
+    memory_used: int = 0  # bytes it added to its process group, the most measured...
     memory_limit: int = 0  # ...and the limit it had then (bytes)
 
 
 @dataclass
 class Kill:
-    """A kill in progress: SIGTERM was sent to the group; SIGKILL at ``deadline``."""
+    """A kill in progress: SIGTERM was sent to the group; SIGKILL at ``deadline`` (a
+    memory kill sends SIGKILL at once: ``hard`` from the start)."""
 
     reason: KillReason
     deadline: float  # monotonic

@@ -197,7 +197,8 @@ class Config:
     max_jobs_per_worker: int = 0
     claim_ahead: int = 64  # jobs a worker may claim in one store write (1: one at a time)
     max_worker_memory: int = 0  # MB, 0 = no limit
-    #: MB a running job's process group may use (resident), 0 = no limit; the job option
+    #: MB a running job may add to its worker's process group (resident, beyond the
+    #: worker's own at the job's start; SIGKILL above it), 0 = no limit; the job option
     #: max_memory overrides it (see taskschedd.memwatch).
     max_job_memory: int = 0
     #: Extra workers for ignore_max_children jobs at once (0: no cap; see taskschedd.pool).

@@ -1,14 +1,25 @@
-"""How much memory a running job uses: the resident memory of its process group.
+"""How much memory a running job uses: what it added to its worker's process group.
 
 A worker runs its job in its own process group (pgid == the worker's pid), together with
-every child the job starts there, so the group is what the job costs. The master samples
-it every MEMORY_POLL seconds while a job with a memory limit (``max_job_memory``, the job
-option ``max_memory``) runs, with one pass over ``/proc`` for all groups: the RSS field of
-``/proc/<pid>/stat`` of each process of the group, summed (pages shared between processes
-count once per process, so forked children that share their parent's pages overstate a
-little; a process that left the group with ``setsid`` is not counted). An address-space
-rlimit would break many programs (runtimes reserve far more than they use), and a cgroup
-is not there on every host: sampling works everywhere ``/proc`` does.
+every child the job starts there. The master samples the group every MEMORY_POLL seconds
+while a job with a memory limit (``max_job_memory``, the job option ``max_memory``) runs,
+with one pass over ``/proc`` for all groups: the RSS field of ``/proc/<pid>/stat`` of each
+process of the group, summed (pages shared between processes count once per process, so
+forked children that share their parent's pages overstate a little; a process that left
+the group with ``setsid`` is not counted). An address-space rlimit would break many
+programs (runtimes reserve far more than they use), and a cgroup is not there on every
+host: sampling works everywhere ``/proc`` does.
+
+A job is charged only what it adds (:func:`charged`): the group's resident memory minus
+the worker's own when the job started (:func:`own_rss`, read by the worker from
+``/proc/self/statm`` right before the job's code runs, and sent with the job's ``claim``
+report, so every job claimed ahead gets its own baseline at its own start). What earlier
+jobs left in the worker (a module-level cache, the interpreter's heap) is not the new
+job's: a worker that grows between jobs is recycled by ``max_worker_memory``.
+
+A job over its limit is killed with SIGKILL at once, as the kernel's OOM killer and
+cgroups do: a SIGTERM grace would let a job that ignores it grow for ``kill_grace``
+more, unmeasured.
 
 Cost: one read of ``/proc/<pid>/stat`` per process on the host per pass, 20-25 µs each
 (measured: 2-3 ms for 110 processes on a busy 2-core host, so ~0.5% of a core at one
@@ -60,6 +71,23 @@ def group_rss(pgids: Collection[int], proc: str = "/proc") -> dict[int, int]:
     return totals
 
 
+def own_rss(statm: str = "/proc/self/statm") -> int:
+    """Resident bytes of this process (the same count as the RSS field of
+    ``/proc/<pid>/stat`` that :func:`group_rss` sums); 0 when unknown."""
+    try:
+        with open(statm, "rb") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def charged(group: int, baseline: int) -> int:
+    """Bytes a job is charged: its process group's resident bytes (``group``) beyond its
+    worker's own when the job started (``baseline``); never below 0 (the worker may have
+    given memory back since)."""
+    return max(0, group - baseline)
+
+
 def size_text(size: int) -> str:
     """Bytes for a message: '512 MiB', '1.5 GiB', '700.2 MiB'."""
     for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -69,4 +97,4 @@ def size_text(size: int) -> str:
     return f"{size} bytes"
 
 
-__all__ = ["MEMORY_POLL", "group_rss", "size_text"]
+__all__ = ["MEMORY_POLL", "charged", "group_rss", "own_rss", "size_text"]

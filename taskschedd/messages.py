@@ -13,7 +13,8 @@ Worker -> master, on the report pipe: one JSON object per line, its kind in ``ev
         a store write failed (``why``: "disk full", "I/O error", "read-only",
         "unavailable"): the worker keeps these outcomes and retries with backoff until
         the store takes them (a "stored" line follows)
-    {"ev": "claim", "token", "started"}                    a claimed job starts
+    {"ev": "claim", "token", "started", "rss"}             a claimed job starts (rss: the
+                                                           worker's resident bytes then)
     {"ev": "progress", "id", "token", "percent"}
     {"ev": "exit", "reason"}                               leaving on purpose (stop, recycle...)
 
@@ -238,19 +239,25 @@ class Unstored(_Report):
 
 @dataclass(frozen=True, slots=True)
 class Claim(_Report):
-    """A claimed job starts (``started``: wall clock; None when not told)."""
+    """A claimed job starts (``started``: wall clock; None when not told). ``rss``: the
+    worker's own resident bytes right before the job's code runs, the baseline its memory
+    limit is counted from (0: not told, the job is charged its whole process group)."""
 
     EV: ClassVar[str] = "claim"
 
     token: str
     started: float | None = None
+    rss: int = 0
 
     def fields(self) -> dict[str, Any]:
-        return {"token": self.token, "started": self.started}
+        return {"token": self.token, "started": self.started, "rss": self.rss}
 
     @classmethod
     def from_fields(cls, obj: dict[str, Any]) -> Claim:
-        return cls(_text(obj, "token"), _maybe_number(obj.get("started")))
+        rss = obj.get("rss", 0)
+        if isinstance(rss, bool) or not isinstance(rss, int) or rss < 0:
+            rss = 0  # a baseline the master can do without
+        return cls(_text(obj, "token"), _maybe_number(obj.get("started")), rss)
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ class JobOptions:
     retry_backoff: str = "fixed"
     retry_backoff_max: float = 3600.0
     timeout: float = 0.0
-    max_memory: int = 0  # MiB a running job may use; 0: the node's max_job_memory
+    max_memory: int = 0  # MiB a running job may add to its worker; 0: max_job_memory
     ignore_max_children: bool = False
     ignore_data: bool = False
     id: str | None = None

@@ -110,16 +110,24 @@ MEMORY_KILLS_MAX = 3
 
 
 def on_memory(
-    job: JobRecord, now: float, *, limit: int, used: int, rand: Rand = random.random
+    job: JobRecord,
+    now: float,
+    *,
+    limit: int,
+    used: int,
+    base: int = 0,
+    rand: Rand = random.random,
 ) -> Transition:
-    """The job's process group used more resident memory (``used`` bytes) than its limit
+    """The job added more resident memory to its process group (``used`` bytes, the most
+    measured, beyond its worker's own ``base`` bytes at the job's start) than its limit
     (``limit`` bytes) and was killed: a failed attempt, retried as after an error; with
     endless retries, the MEMORY_KILLS_MAX-th memory kill in a row ends it FAILED."""
+    beyond = f" beyond its worker's {size_text(base)} at the job's start" if base else ""
     error = ErrorInfo(
         attempt=job.attempt,
         type="MemoryLimit",
-        message=f"the job used {size_text(used)} of memory ({used} bytes resident, its "
-        f"process group), more than its limit of {size_text(limit)}, and was killed",
+        message=f"the job used {size_text(used)} of memory ({used} bytes resident in its "
+        f"process group{beyond}), more than its limit of {size_text(limit)}, and was killed",
         time=now,
         reason="memory",
     )

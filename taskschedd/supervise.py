@@ -2,10 +2,11 @@
 
 The :class:`Supervisor` follows each worker's claims from its reports (jobs claimed
 ahead, the job that starts, progress, outcomes stored), renews the leases of every held
-claim every lease/3, enforces timeouts, memory limits (the running job's process group
-sampled every MEMORY_POLL, :mod:`taskschedd.memwatch`) and cancel requests (SIGTERM to
-the worker's process group, SIGKILL at a deadline: kills escalate by deadline, never by sleeping; a
-claimed-ahead job whose cancel is requested is dropped by its worker, not killed), and
+claim every lease/3, enforces timeouts and cancel requests (SIGTERM to the worker's
+process group, SIGKILL at a deadline: kills escalate by deadline, never by sleeping; a
+claimed-ahead job whose cancel is requested is dropped by its worker, not killed) and
+memory limits (what the running job added to its process group, sampled every
+MEMORY_POLL, :mod:`taskschedd.memwatch`; SIGKILL at once, no grace to grow in), and
 settles, through :mod:`taskschedd.rules`, the jobs whose worker is gone. What a worker
 holds moves AHEAD -> RUNNING -> RAN (outcome not stored yet) and, when the store refuses
 that outcome, UNSTORED (:class:`~taskschedd.children.HeldState`).
@@ -122,6 +123,7 @@ class Supervisor:
                              started=0.0)  # fmt: skip
         job.state = HeldState.RUNNING  # AHEAD -> RUNNING
         job.started = msg.started if msg.started is not None else time.time()
+        job.memory_base = msg.rss
         w.job = job
 
     def unstored(self, w: WorkerHandle, msg: Unstored) -> None:
@@ -254,7 +256,9 @@ class Supervisor:
 
     # -- kills ----------------------------------------------------------------------------
     def kill(self, w: WorkerHandle, reason: KillReason) -> None:
-        """SIGTERM the worker's process group (its job and the job's children).
+        """SIGTERM the worker's process group (its job and the job's children); for a job
+        over its memory limit SIGKILL at once, as the kernel's OOM killer does: a grace
+        would let a job that ignores SIGTERM grow for kill_grace more.
 
         A worker that holds outcomes of jobs it ran and has not stored yet stores them
         within HOLD_LIMIT (taskschedd.worker): the kill waits for that, at most
@@ -263,6 +267,7 @@ class Supervisor:
             return
         now = time.monotonic()
         wanted = w.kill_wanted
+        waited = wanted is not None
         if wanted is None:
             # A timeout or cancel is meant for the job running now; stopping, for all.
             release = reason is KillReason.RELEASE
@@ -277,16 +282,23 @@ class Supervisor:
         if any(j.state is HeldState.RAN for j in w.held.values()) and now < wanted.until:
             return
         w.kill_wanted = None
-        grace = self.config.kill_grace
         reason = wanted.reason
+        if reason is KillReason.MEMORY and waited and w.job is not None:
+            self._measure(w, w.job)  # it grew while the kill waited: the most measured
+        grace = self.config.kill_grace
+        at_once = reason is KillReason.MEMORY
+        # The deadline also bounds how long the job's settlement waits for its group to
+        # be empty (Owed): a SIGKILLed group empties at once, unless a process is stuck.
         w.kill = Kill(reason=reason, deadline=time.monotonic() + grace, token=wanted.token)
         w.retiring = True
         if w.job is not None:
             self.job_log(w.job, w.name).warning(
-                "stopping a running job", why=reason, kill_grace=grace
-            )
-        killpg(w.pid, signal.SIGTERM)
-        if grace <= 0:
+                "stopping a running job", why=reason,
+                signal="SIGKILL" if at_once else "SIGTERM", kill_grace=0.0 if at_once else grace,
+            )  # fmt: skip
+        if not at_once:
+            killpg(w.pid, signal.SIGTERM)
+        if at_once or grace <= 0:
             killpg(w.pid, signal.SIGKILL)
             w.kill.hard = True
 
@@ -298,13 +310,13 @@ class Supervisor:
                 self.kill(w, KillReason.TIMEOUT)
 
     def memory_limit(self, job: RunningJob) -> int:
-        """Bytes the job's process group may use: its own max_memory, else the node's
-        max_job_memory; 0: no limit."""
+        """Bytes the job may add to its process group: its own max_memory, else the
+        node's max_job_memory; 0: no limit."""
         return (job.max_memory or self.config.max_job_memory) * 2**20
 
     def enforce_memory(self, now: float) -> None:
-        """Every MEMORY_POLL, kill the running jobs whose process group uses more resident
-        memory than their limit (then settled as "memory", see settlement)."""
+        """Every MEMORY_POLL, kill the running jobs that added more resident memory to
+        their process group than their limit (then settled as "memory", see settlement)."""
         if now < self.memory_next:
             return
         self.memory_next = now + memwatch.MEMORY_POLL
@@ -316,15 +328,25 @@ class Supervisor:
         }
         if not limits:
             return
-        for pid, used in memwatch.group_rss(limits).items():
+        for pid, group in memwatch.group_rss(limits).items():
             w = self.workers[pid]
-            if used > limits[pid] and w.job is not None:
-                w.job.memory_used, w.job.memory_limit = used, limits[pid]
-                self.job_log(w.job, w.name).warning(
+            job = w.job
+            if job is None:
+                continue
+            used = memwatch.charged(group, job.memory_base)
+            if used > limits[pid]:
+                job.memory_used, job.memory_limit = max(job.memory_used, used), limits[pid]
+                self.job_log(job, w.name).warning(
                     "job over its memory limit", used=used, limit=limits[pid],
+                    worker_at_start=job.memory_base,
                     detail=f"{memwatch.size_text(used)} > {memwatch.size_text(limits[pid])}",
                 )  # fmt: skip
                 self.kill(w, KillReason.MEMORY)
+
+    def _measure(self, w: WorkerHandle, job: RunningJob) -> None:
+        """Sample one job again (a memory kill that waited): keep the most it used."""
+        group = memwatch.group_rss([w.pid])[w.pid]
+        job.memory_used = max(job.memory_used, memwatch.charged(group, job.memory_base))
 
     def poll_cancels(self, now: float) -> None:
         if now < self.cancel_timer.next:
@@ -431,7 +453,9 @@ class Supervisor:
             return rules.on_cancel_running(record, now)
         if owed.reason is OwedOutcome.MEMORY:
             job = owed.job
-            return rules.on_memory(record, now, limit=job.memory_limit, used=job.memory_used)
+            return rules.on_memory(
+                record, now, limit=job.memory_limit, used=job.memory_used, base=job.memory_base
+            )
         if owed.reason is OwedOutcome.RELEASE:
             return rules.release(record)
         return rules.on_abandoned(record, now, detail=owed.detail)

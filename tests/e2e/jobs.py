@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -87,6 +88,35 @@ class GrowMemory(Job):
         d = self.data
         return {"mb": _grow(int(d["step_mb"]), float(d["every"]), int(d["max_mb"]),
                             float(d.get("hold", 0)))}  # fmt: skip
+
+
+class StubbornGrowMemory(Job):
+    """Ignores SIGTERM and grows like GrowMemory, writing the MiB it holds after each step
+    to data["peakfile"] (what it reached before it was killed)."""
+
+    def start(self) -> Any:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        d = self.data
+        step_mb, held = int(d["step_mb"]), []
+        while len(held) * step_mb < int(d["max_mb"]):
+            held.append(bytearray(b"\x01") * (step_mb << 20))
+            with open(d["peakfile"], "w") as f:
+                f.write(str(len(held) * step_mb))
+            time.sleep(float(d["every"]))
+        time.sleep(float(d.get("hold", 0)))
+        return {"mb": len(held) * step_mb}
+
+
+#: What CacheMemory jobs keep in their worker after they end (a module-level cache).
+_CACHE: list[bytearray] = []
+
+
+class CacheMemory(Job):
+    """Keeps data["mb"] MiB in a module-level cache, which outlives the job in its worker."""
+
+    def start(self) -> Any:
+        _CACHE.append(bytearray(b"\x01") * (int(self.data["mb"]) << 20))
+        return {"cached_mb": sum(len(b) for b in _CACHE) >> 20, "pid": os.getpid()}
 
 
 class ForkGrowMemory(Job):

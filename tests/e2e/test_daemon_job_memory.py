@@ -124,3 +124,66 @@ def test_the_job_option_overrides_the_node_limit_both_ways(
     assert bad.returncode == 2, bad
     assert "max_memory" in bad.stderr and "512MB" in bad.stderr and "'lots'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def used_bytes(error: Any) -> int:
+    """The size the memory error names, in bytes."""
+    return int(error.message.split(" bytes resident")[0].rsplit("(", 1)[1])
+
+
+#: Ignores SIGTERM and grows by 20 MiB every 50 ms (~400 MiB/s, 200 MiB per MEMORY_POLL)
+#: to 2 GiB, then holds it: a SIGTERM and kill_grace (5 s) would let it reach 2 GiB.
+STUBBORN = {"step_mb": 20, "every": 0.05, "max_mb": 2048, "hold": 10}
+#: The most a stubborn job may reach over a 200 MiB limit: the limit plus three times its
+#: growth between two samples (generous for a loaded 2-core machine).
+STUBBORN_PEAK = (200 + 3 * 200) << 20
+
+
+def test_a_job_that_ignores_sigterm_is_killed_at_once_near_its_limit(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler, tmp_path: Path
+) -> None:
+    d = daemon_factory(pm="static", min_children=1, max_children=1, max_job_memory="200MB",
+                       kill_grace="5s")  # fmt: skip
+    d.start()
+    (victim,) = d.wait_workers(1)
+    peakfile = tmp_path / "peak"
+    job = scheduler.add_job(f"{JOBS}.StubbornGrowMemory", {**STUBBORN, "peakfile": str(peakfile)})
+    job.wait(20)
+    error = memory_error(job)
+    used = used_bytes(error)
+    reached = int(peakfile.read_text()) << 20
+    # SIGKILL at once: it had no grace in which to grow, and the error names the most
+    # measured, over the limit and near what the job had allocated.
+    assert 200 << 20 < used < STUBBORN_PEAK, used
+    assert reached < STUBBORN_PEAK, reached
+    started, ended = job.record.started, job.record.ended
+    assert started is not None and ended is not None and ended - started < KILLED_WITHIN
+    (stopping,) = d.logged("stopping a running job")
+    assert (stopping["why"], stopping["signal"], stopping["kill_grace"]) == ("memory", "SIGKILL", 0)
+    wait_for(lambda: pid_gone(victim), 5, message="the killed worker to be gone")
+    assert victim not in d.wait_workers(1, timeout=5)
+
+
+def test_a_job_is_charged_only_the_memory_it_adds_to_its_worker(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    d = daemon_factory(pm="static", min_children=1, max_children=1)
+    d.start()
+    (pid,) = d.wait_workers(1)
+    # No limit: it leaves 200 MiB in its worker's module-level cache.
+    cache = scheduler.add_job(f"{JOBS}.CacheMemory", {"mb": 200})
+    cache.wait(15)
+    assert cache.status == JobStatus.DONE and cache.result == {"cached_mb": 200, "pid": pid}
+    # The same worker (~225 MiB resident now) runs a job that adds nothing, under 150 MiB.
+    sleeper = scheduler.add_job(f"{JOBS}.Sleep", {"seconds": 1.5}, max_memory="150M")
+    sleeper.wait(15)
+    assert sleeper.status == JobStatus.DONE and sleeper.result["pid"] == pid
+    # A job that adds more than its limit there is charged what it added, not the cache.
+    grower = scheduler.add_job(
+        f"{JOBS}.GrowMemory", {**RUNAWAY, "max_mb": 400, "hold": 5}, max_memory="150M"
+    )
+    grower.wait(15)
+    error = memory_error(grower)
+    assert "beyond its worker's" in error.message and "limit of 150 MiB" in error.message
+    assert 150 << 20 < used_bytes(error) < (400 + 64) << 20  # at most what it allocated
+    assert worker_pid(grower.record.worker) == pid

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from taskschedd.memwatch import PAGE_SIZE, group_rss, size_text
+from taskschedd.memwatch import PAGE_SIZE, charged, group_rss, own_rss, size_text
 
 
 def stat_line(pid: int, comm: str, pgrp: int, rss_pages: int) -> str:
@@ -58,3 +58,27 @@ def test_size_text() -> None:
     assert size_text((300 << 20) + 12345) == "300.0 MiB"
     assert size_text(2048) == "2 KiB"
     assert size_text(100) == "100 bytes"
+
+
+def test_a_job_is_charged_what_its_group_holds_beyond_its_worker_at_its_start() -> None:
+    mib = 1 << 20
+    # A worker of 225 MiB (an earlier job's cache) runs a job that adds nothing.
+    assert charged(225 * mib, 225 * mib) == 0
+    # The job adds 100 MiB, itself or in a child of its group.
+    assert charged(325 * mib, 225 * mib) == 100 * mib
+    # The worker gave memory back meanwhile (the cache was freed): never below 0.
+    assert charged(30 * mib, 225 * mib) == 0
+    # No baseline told: the whole group.
+    assert charged(325 * mib, 0) == 325 * mib
+
+
+def test_own_rss_is_the_resident_count_group_rss_sums(tmp_path: Path) -> None:
+    (tmp_path / "statm").write_text("5000 1234 300 10 0 900 0\n")
+    assert own_rss(str(tmp_path / "statm")) == 1234 * PAGE_SIZE
+    (tmp_path / "bad").write_text("5000\n")
+    assert own_rss(str(tmp_path / "bad")) == 0
+    assert own_rss(str(tmp_path / "missing")) == 0
+    stat = Path("/proc/self/stat").read_bytes()
+    rss = int(stat[stat.rfind(b")") + 2 :].split()[21]) * PAGE_SIZE  # what group_rss reads
+    mine = own_rss()
+    assert mine > 0 and abs(mine - rss) < 8 << 20  # the same count, moments apart

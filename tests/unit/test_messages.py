@@ -55,7 +55,7 @@ REPORTS: list[Report] = [
     ),
     Unstored(("a", "b"), why="disk full", error="database or disk is full"),
     Unstored((), why="unavailable", error=""),
-    Claim(TOKEN, 1764638400.25),
+    Claim(TOKEN, 1764638400.25, 26_230_784),
     Claim(TOKEN, None),
     Progress("id-1", TOKEN, 42.5),
     Exit("recycled after 100 jobs"),
@@ -83,7 +83,12 @@ def test_the_wire_format_is_the_one_both_sides_always_spoke() -> None:
         "claimed": [["i", "t", "m.C", 2, "q", 5.0, 512]],
     }
     assert Ready().encode() == b'{"ev":"ready"}\n'
-    assert json.loads(Claim("t", 5.0).encode()) == {"ev": "claim", "token": "t", "started": 5.0}
+    assert json.loads(Claim("t", 5.0, 1 << 25).encode()) == {
+        "ev": "claim", "token": "t", "started": 5.0, "rss": 1 << 25,
+    }  # fmt: skip
+    # A claim without the worker's memory (or a bad one): no baseline, the whole group.
+    assert decode_report(b'{"ev":"claim","token":"t","started":5}') == Claim("t", 5.0, 0)
+    assert decode_report(b'{"ev":"claim","token":"t","rss":-1}') == Claim("t", None, 0)
 
 
 COMMANDS: list[Command] = [

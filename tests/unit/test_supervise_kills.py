@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from taskschedd.supervise import Supervisor
 from tests.helpers import wait_for
 
 NO_STORE: Any = None  # a kill never reaches the store
+MIB = 1 << 20
 
 
 def job(token: str, state: HeldState = HeldState.RUNNING) -> RunningJob:
@@ -125,3 +127,67 @@ def test_stopping_outranks_a_pending_cancel(
     assert worker.kill is not None and worker.kill.reason is KillReason.RELEASE
     assert worker.kill.token is None
     assert group.wait(5) == -signal.SIGTERM
+
+
+@pytest.fixture
+def stubborn() -> Iterator[subprocess.Popen[bytes]]:
+    """A process in its own group that ignores SIGTERM, standing in for a worker whose job
+    does."""
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_job_over_its_memory_limit_gets_sigkill_at_once_for_what_it_added(
+    stubborn: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.monotonic()
+    w = WorkerHandle(
+        pid=stubborn.pid, name=f"n/{stubborn.pid}", report_fd=-1, control_fd=-1, extra=False,
+        spawned=now, idle_since=now, ready=True,
+    )  # fmt: skip
+    time.sleep(0.2)  # let it install its SIGTERM handler
+    sup = Supervisor(Config(kill_grace=5.0), {w.pid: w}, structlog.get_logger("test"),
+                     store=NO_STORE)  # fmt: skip
+    w.job = job("b")
+    w.job.max_memory, w.job.memory_base = 150, 225 * MIB  # an earlier job's cache in it
+    group = {w.pid: 300 * MIB}
+    monkeypatch.setattr(supervise.memwatch, "group_rss", lambda pgids: group)
+    sup.enforce_memory(0.0)  # 75 MiB added: under its 150 MiB
+    assert w.kill is None and stubborn.poll() is None
+    group[w.pid] = 400 * MIB
+    sup.enforce_memory(0.1)  # within MEMORY_POLL of the last sample: not sampled
+    assert w.kill is None
+    sup.enforce_memory(1.0)  # 175 MiB added
+    assert w.kill is not None and w.kill.reason is KillReason.MEMORY and w.kill.hard
+    assert stubborn.wait(2) == -signal.SIGKILL  # no SIGTERM grace to grow in
+    assert (w.job.memory_used, w.job.memory_limit) == (175 * MIB, 150 * MIB)
+
+
+def test_a_memory_kill_that_waited_for_stored_outcomes_names_the_most_measured(
+    stubborn: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervise, "KILL_HOLD", 0.3)
+    now = time.monotonic()
+    w = WorkerHandle(
+        pid=stubborn.pid, name=f"n/{stubborn.pid}", report_fd=-1, control_fd=-1, extra=False,
+        spawned=now, idle_since=now, ready=True,
+    )  # fmt: skip
+    sup = Supervisor(Config(max_job_memory=100), {w.pid: w}, structlog.get_logger("test"),
+                     store=NO_STORE)  # fmt: skip
+    w.job = job("b")
+    w.held["a"] = job("a", state=HeldState.RAN)
+    group = {w.pid: 120 * MIB}
+    monkeypatch.setattr(supervise.memwatch, "group_rss", lambda pgids: group)
+    sup.enforce_memory(0.0)
+    assert w.kill is None and w.kill_wanted is not None  # waits for "a" to be stored
+    group[w.pid] = 180 * MIB  # it grew meanwhile
+    wait_for(lambda: time.monotonic() >= w.kill_wanted.until if w.kill_wanted else True, 5)
+    sup.escalate(time.monotonic())
+    assert w.kill is not None and w.kill.hard
+    assert stubborn.wait(2) == -signal.SIGKILL
+    assert w.job.memory_used == 180 * MIB
