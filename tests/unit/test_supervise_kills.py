@@ -2,8 +2,9 @@
 
 A kill waits (at most KILL_HOLD) while the worker holds outcomes of jobs it ran and has
 not stored yet; a timeout or cancel is meant for one job and is dropped if that job ended
-meanwhile; stopping outranks both. The worker is a real process group (a sleeping child)
-so the SIGTERM is real.
+meanwhile; stopping outranks both. A memory kill is SIGKILL at once, for what the job
+added beyond its worker's memory at its start. The worker is a real process group (a
+sleeping child) so the signals are real.
 """
 
 from __future__ import annotations
