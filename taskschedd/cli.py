@@ -127,8 +127,11 @@ def command(
     pidfile = os.path.abspath(pidfile) if pidfile else cfg.pidfile
     # Everything that can refuse a start is checked before --daemon detaches, while the
     # caller still sees the message and the exit code: the user and group (78), the
-    # pidfile (1), the store (69), the node name (78) and the metrics address (1).
+    # pidfile (1), the store (69), the node name (78) and the metrics address (1); and
+    # what the workers import (78), as a reload would refuse it: a node whose workers
+    # cannot start must not start and count as live.
     check_privileges(cfg.user, cfg.group)
+    _check_imports(cfg, path)
     with PidFile(pidfile) as held:
         if daemonize:
             _check_store(cfg)

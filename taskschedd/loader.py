@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import site
+import sys
+import time
 from collections.abc import Sequence
 
 from taskschedd.errors import JobClassError
 from taskschedd.job import Job
+
+#: When this interpreter read its .pth files (about when taskschedd was first imported).
+_STARTED = time.time()
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 # Used with fullmatch: a `$` anchor with match() would accept a trailing newline.
@@ -113,3 +120,35 @@ def load_class(path: str, allowed: Sequence[str]) -> type[Job]:
     if not (isinstance(obj, type) and issubclass(obj, Job)):
         raise JobClassError(f"job class {path!r} is not a subclass of taskschedd.Job")
     return obj
+
+
+def refresh_site_paths() -> list[str]:
+    """Read the site-packages ``.pth`` files written since this interpreter started, as
+    the interpreter reads them at start; returns the directories added to ``sys.path``.
+
+    A package installed while a node runs is importable by a new worker without this,
+    except one installed in editable mode (``pip install -e``): its path is in a new
+    ``.pth`` file, which Python reads only at start. Workers (and the reload's import
+    check, which predicts them) call this before they import, so that a reload after
+    ``pip install -e ./myapp`` works as after ``pip install ./myapp``."""
+    before = list(sys.path)
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    known = set(sys.path)
+    for sitedir in dirs:
+        try:
+            names = sorted(os.listdir(sitedir))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(".pth") or name.startswith("."):
+                continue
+            try:
+                if os.stat(os.path.join(sitedir, name)).st_mtime < _STARTED - 1.0:
+                    continue  # read at start
+            except OSError:
+                continue
+            site.addpackage(sitedir, name, known)
+    importlib.invalidate_caches()
+    return [p for p in sys.path if p not in before]

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from taskschedd.config import Config, ConfigError
+from taskschedd.loader import refresh_site_paths
 from taskschedd.osproc import (
     kill_strays,
     set_child_subreaper,
@@ -191,7 +192,7 @@ def _child(config: Config, report_fd: int, parent: int, before: Callable[[], Non
                 say(key="user", fail=f"cannot switch user for the check: {_one_line(exc)}",
                     module="")  # fmt: skip
                 before = None
-        importlib.invalidate_caches()  # files written since the parent last looked
+        refresh_site_paths()  # as a worker does: .pth files written since the start too
         for target in targets(config):
             say(key=target.key, trying=target.module)
             error = _import(target)
@@ -346,6 +347,20 @@ class Probe:
             self.fd = -1
             self._eof = True
 
+    def _let_it_end(self) -> None:
+        """Give a child that reported its result a moment to kill what its imports
+        started (see _end) and exit; then kill its group and reap it."""
+        deadline = time.monotonic() + 3.0
+        while self.status is None and time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+                return
+            time.sleep(0.005)
+        if self.status is None:
+            self.kill()
+            self.status = os.waitpid(self.pid, 0)[1]
+
     def wait(self) -> list[Problem]:
         """Block until the result (for a caller without a loop: ``--check-config``)."""
         try:
@@ -356,9 +371,7 @@ class Probe:
                         self.status = status
                 result = self.poll()
                 if result is not None:
-                    if self.status is None:
-                        self.kill()
-                        self.status = os.waitpid(self.pid, 0)[1]
+                    self._let_it_end()
                     return result
                 left = max(0.0, self.deadline - time.monotonic())
                 with contextlib.suppress(InterruptedError):

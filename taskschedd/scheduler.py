@@ -14,6 +14,7 @@ from taskschedd.errors import (
     JobNotFound,
     OptionError,
     StoreError,
+    StoreMissing,
     StoreUnavailable,
     TaskSchedError,
     WaitTimeout,
@@ -39,7 +40,7 @@ from taskschedd.options import (
 )
 from taskschedd.store import open_store
 from taskschedd.store.base import DuplicateJobId, Store, Waker
-from taskschedd.storeurl import DEFAULT_URL
+from taskschedd.storeurl import DEFAULT_PATH, DEFAULT_URL
 
 if TYPE_CHECKING:
     from taskschedd.config import Config
@@ -162,7 +163,9 @@ class Scheduler:
 
     ``store`` is a URL (``sqlite:///path``, ``mongodb://host/db``) or a Store; without
     one, the store of ``config`` (a path or Config), ``$TASKSCHED_STORE``, the file
-    named by ``$TASKSCHED_CONFIG``, or the default SQLite path is used. Keyword
+    named by ``$TASKSCHED_CONFIG``, /etc/taskschedd/taskschedd.yaml, or the default
+    SQLite path is used (StoreMissing at once when none of them names a store that
+    exists). Keyword
     arguments are the scheduler-wide ``default_*`` job options. ``max_data_size``: the
     largest job data accepted, in bytes of JSON (default: the configuration's
     ``max_data_size``, else 1 MiB); larger data raises DataTooLarge before any write.
@@ -209,7 +212,7 @@ class Scheduler:
         return load(config)
 
     def _open(self, url: str | None) -> Store:
-        from taskschedd.config import open_configured
+        from taskschedd.config import DEFAULT_CONFIG_PATH, open_configured
 
         create = self._create
         if url is None and self.config is not None:
@@ -219,6 +222,18 @@ class Scheduler:
         if url is None and os.environ.get("TASKSCHED_CONFIG"):
             self.config = self._load_config(os.environ["TASKSCHED_CONFIG"])
             return open_configured(self.config, create=create)
+        if url is None and os.path.isfile(DEFAULT_CONFIG_PATH):  # as taskschedctl reads it
+            self.config = self._load_config(DEFAULT_CONFIG_PATH)
+            return open_configured(self.config, create=create)
+        if url is None and not create and not os.path.exists(DEFAULT_PATH):
+            # Nothing named a store: say what would have, not only "no store at PATH".
+            raise StoreMissing(
+                f"no store given: no store argument, $TASKSCHED_STORE, $TASKSCHED_CONFIG or "
+                f"{DEFAULT_CONFIG_PATH}, and no store at the default "
+                f"{DEFAULT_PATH}; name the node's configuration "
+                "(Scheduler(config=PATH) or $TASKSCHED_CONFIG) or its store "
+                "(Scheduler('sqlite:///PATH') or 'mongodb://HOST/DB')"
+            )
         return open_store(url or DEFAULT_URL, create=create)
 
     # -- options ------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 #: The store of a node, and of a client, that names none.
 DEFAULT_URL = "sqlite:///var/lib/taskschedd/taskschedd.db"
+DEFAULT_PATH = "/var/lib/taskschedd/taskschedd.db"
 SQLITE_SCHEME = "sqlite://"
 MONGODB_SCHEMES = ("mongodb://", "mongodb+srv://")
 #: Every URL prefix a store understands (a bare file path is a SQLite store too).

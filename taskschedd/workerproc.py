@@ -28,7 +28,8 @@ Signals in a worker (the master's are in ``taskschedd --help``):
 
 - SIGTERM: default action, the worker ends at once. The master sends it to the worker's
   process group (the job's, grandchildren included) on timeout, cancel and stop; it
-  then settles the job itself, SIGKILL follows after ``kill_grace``.
+  then settles the job itself, SIGKILL follows after ``kill_grace``. A job over its
+  memory limit gets SIGKILL at once instead (no grace in which to grow).
 - SIGINT: the running job is given back to the queue (no attempt used), the outcomes not
   stored yet are stored, the jobs claimed ahead given back, and the worker exits.
 - SIGUSR2 (PR_SET_PDEATHSIG), when the master is gone: the running job is interrupted
@@ -63,6 +64,8 @@ from taskschedd import log
 from taskschedd.config import Config, open_configured
 from taskschedd.errors import StoreError, StoreNotWritable, StoreReplaced, StoreUnavailable
 from taskschedd.leasewatch import LeaseWatch
+from taskschedd.loader import refresh_site_paths
+from taskschedd.memwatch import own_rss
 from taskschedd.messages import (
     EXIT_OK,
     EXIT_SETUP,
@@ -227,6 +230,7 @@ def main(spec: WorkerSpec) -> int:
     set_title(f"{title} starting")
     chan = _Channel(spec.report_fd, spec.control_fd)
 
+    refresh_site_paths()  # a package installed (pip install -e) since the master started
     context: Any = None
     if config.setup_hook:
         try:
@@ -323,7 +327,9 @@ class _Loop:
 
     def _on_claim(self, job: JobRecord) -> None:
         self.current = job
-        self.chan.send(Claim(job.claim_token or "", time.time()))
+        # The worker's own memory now, before the job's code runs: the job's memory limit
+        # counts only what the job adds to it (taskschedd.memwatch).
+        self.chan.send(Claim(job.claim_token or "", time.time(), own_rss()))
         set_title(f"{self.title} running {job.id} {job.cls}")
 
     def _on_progress(self, job: JobRecord, percent: float) -> None:

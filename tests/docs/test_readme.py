@@ -105,7 +105,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
     if not (VENV / "bin" / "taskschedd").exists():
         pytest.skip(f"taskschedd is not installed in {VENV}")
     path = tmp_path_factory.mktemp("clone")
-    (path / "Makefile").symlink_to(ROOT / "Makefile")
+    for name in ("Makefile", "pyproject.toml"):
+        (path / name).symlink_to(ROOT / name)
     (path / "etc").symlink_to(ROOT / "etc")
     (path / ".venv").symlink_to(VENV)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSCHED_")}

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -314,3 +315,35 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_a_reload_after_an_editable_install_imports_the_new_package(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler, tmp_path: Path
+) -> None:
+    """`pip install -e ./myapp` while the node runs writes a .pth file, which Python reads
+    only at start: the reload's check and its new workers read it too, so the reload
+    applies as after `pip install ./myapp` (the README's step 1 for `make run`)."""
+    package = f"tsd_editable_{os.getpid()}_{time.monotonic_ns()}"
+    source = tmp_path / "editable-src"
+    (source / package).mkdir(parents=True)
+    (source / package / "__init__.py").write_text("")
+    (source / package / "jobs.py").write_text(
+        "from taskschedd import Job\n\n"
+        "def setup():\n    return {'from': 'editable'}\n\n"
+        "class Hello(Job):\n    def start(self):\n        return self.context\n"
+    )
+    d = start(daemon_factory, tmp_path)
+    pids = d.wait_workers(2)
+    pth = Path(sysconfig.get_paths()["purelib"]) / f"__editable__.{package}.pth"
+    pth.write_text(f"{source}\n")  # what pip install -e writes
+    try:
+        d.write_config(setup_hook=f"{package}.jobs:setup",
+                       allowed_modules=[JOBS, "taskschedd.examples", package])  # fmt: skip
+        sighup(d)
+        wait_for(lambda: d.logged("configuration reloaded") or d.logged(REFUSED_IMPORT), 10)
+        assert not d.logged(REFUSED_IMPORT), d.logged(REFUSED_IMPORT)
+        wait_replaced(d, pids, 2)
+        job = scheduler.add_job(f"{package}.jobs.Hello").wait(10)
+        assert (job.status, job.result) == (JobStatus.DONE, {"from": "editable"})
+    finally:
+        pth.unlink()
