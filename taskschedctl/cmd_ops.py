@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from taskschedctl.common import EXIT_CODES, ctl_options, fail, stale_after, warn
+from taskschedctl.common import (
+    EXIT_CODES,
+    LIVE_RULE,
+    ctl_options,
+    fail,
+    live_nodes,
+    warn,
+)
 from taskschedctl.context import Ctl
 from taskschedctl.params import Duration
 
@@ -36,17 +43,13 @@ def stats(ctl: Ctl, window: float, as_json: bool) -> None:
         click.echo(stats_text(numbers))
 
 
-def _stale_after(ctl: Ctl, given: float | None) -> float:
-    return stale_after(ctl, given)
-
-
 @click.command(epilog=EXIT_CODES)
 @click.option("--all", "all_", is_flag=True, help="Include nodes whose heartbeat is stale.")
 @click.option(
     "--stale-after",
     type=Duration(),
-    help="A node is stale after this long without a heartbeat "
-    "(default: 3 x the configuration's heartbeat_interval, else 15s).",
+    help="Judge every node by this window: stale after this long without a heartbeat "
+    "(default: each node after 3 x its own heartbeat_interval).",
 )
 @click.option("--json", "as_json", is_flag=True, help="The nodes as a JSON array.")
 @ctl_options
@@ -57,20 +60,25 @@ def nodes(ctl: Ctl, all_: bool, stale_after: float | None, as_json: bool) -> Non
     """
     from taskschedctl.output import echo_json, node_rows
 
-    limit = _stale_after(ctl, stale_after)
     sched = ctl.scheduler()
     now = time.time()
-    found = sched.store.nodes(alive_after=None if all_ else now - limit)
+    every, live = live_nodes(ctl, sched.store, now, stale_after)
+    found = every if all_ else live
     if as_json:
-        echo_json([{**n.to_dict(), "stale": now - n.heartbeat > limit} for n in found])
+        echo_json([{**n.to_dict(), "stale": n not in live} for n in found])
     elif found:
-        click.echo(node_rows(found, limit, now))
+        click.echo(node_rows(found, live, now))
     elif all_:
         click.echo("no node (none has ever sent a heartbeat to this store)")
     else:
-        stale = len(sched.store.nodes(alive_after=None))
+        stale = len(every)
         more = f"; {stale} stale: --all shows them" if stale else ""
-        click.echo(f"no live node (none has sent a heartbeat in the last {limit:g}s{more})")
+        rule = (
+            LIVE_RULE
+            if stale_after is None
+            else f"none has sent a heartbeat in the last {stale_after:g}s"
+        )
+        click.echo(f"no live node ({rule}{more})")
 
 
 @click.command(epilog=EXIT_CODES)
@@ -88,7 +96,7 @@ def nodes(ctl: Ctl, all_: bool, stale_after: float | None, as_json: bool) -> Non
     show_default=True,
     metavar="N",
     help="Exit 69 when fewer than N nodes are live (a heartbeat within 3 x the "
-    "configuration's heartbeat_interval, else 15s).",
+    "node's own heartbeat_interval).",
 )
 @ctl_options
 def check(ctl: Ctl, timeout: float, min_nodes: int) -> None:
@@ -118,7 +126,7 @@ def check(ctl: Ctl, timeout: float, min_nodes: int) -> None:
             sched = ctl.scheduler(wait=timeout)  # MongoDB: its own error, with the reason
             now = time.time()
             answer["stats"] = sched.store.stats(now=now, window=60.0)
-            answer["nodes"] = len(sched.store.nodes(alive_after=now - _stale_after(ctl, None)))
+            answer["nodes"] = len(live_nodes(ctl, sched.store, now)[1])
             answer["malformed"] = sched.store.malformed(limit=20)
         except TaskSchedError as exc:
             answer["error"] = exc
@@ -157,8 +165,8 @@ def check(ctl: Ctl, timeout: float, min_nodes: int) -> None:
     live = answer["nodes"]
     if not live and not min_nodes:
         warn(
-            f"no live node (none has sent a heartbeat in the last {_stale_after(ctl, None):g}s): "
-            "jobs wait until one starts; --min-nodes 1 makes this an error"
+            f"no live node ({LIVE_RULE}): jobs wait until one starts; --min-nodes 1 makes "
+            "this an error"
         )
     malformed = answer["malformed"]
     if malformed:
@@ -176,8 +184,7 @@ def check(ctl: Ctl, timeout: float, min_nodes: int) -> None:
     if live < min_nodes:
         fail(
             f"{live} live node{'s' if live != 1 else ''}, fewer than --min-nodes {min_nodes} "
-            f"(a node is live after a heartbeat in the last {_stale_after(ctl, None):g}s; "
-            "taskschedctl nodes --all lists the stale ones)"
+            f"({LIVE_RULE}; taskschedctl nodes --all lists the stale ones)"
         )
         click.get_current_context().exit(69)
 

@@ -14,8 +14,9 @@ from taskschedctl.context import Ctl
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
-    from taskschedd.model import JobRecord
+    from taskschedd.model import JobRecord, NodeRecord
     from taskschedd.scheduler import Scheduler
+    from taskschedd.store import Store
 
 EXIT_CODES = """\b
 Exit codes:
@@ -30,9 +31,13 @@ Exit codes:
   141  the reader of the output went away (| head)"""
 
 
-#: A node is stale after this long without a heartbeat, without a configuration (with
-#: one: 3 x its heartbeat_interval).
+#: A node is stale after this long without a heartbeat, when its entry does not say how
+#: long it is live (written by taskschedd 0.4) and there is no configuration (with one:
+#: 3 x its heartbeat_interval).
 DEFAULT_STALE_AFTER = 15.0
+
+#: How a node counts as live, for messages (without --stale-after).
+LIVE_RULE = "a node is live for 3 x its own heartbeat_interval after its heartbeat"
 
 
 def fail(message: str) -> None:
@@ -52,11 +57,25 @@ def warn(message: str) -> None:
 
 
 def stale_after(ctl: Ctl, given: float | None = None) -> float:
-    """Seconds without a heartbeat after which a node no longer counts as live."""
+    """Seconds without a heartbeat after which a node whose entry does not say how long
+    it is live (taskschedd 0.4) no longer counts as live; ``given``: every node."""
     if given is not None:
         return given
     config = ctl.config
     return 3 * config.heartbeat_interval if config is not None else DEFAULT_STALE_AFTER
+
+
+def live_nodes(
+    ctl: Ctl, store: Store, now: float, given: float | None = None
+) -> tuple[list[NodeRecord], list[NodeRecord]]:
+    """Every entry, and those live at ``now``: each by its own ``live_until`` (the node's
+    own heartbeat_interval, not this configuration's), or with ``given`` (--stale-after)
+    by a heartbeat within it."""
+    found = store.nodes()
+    window = stale_after(ctl, given)
+    if given is not None:
+        return found, [n for n in found if now - n.heartbeat <= given]
+    return found, [n for n in found if n.live(now, window)]
 
 
 def warn_unserved(ctl: Ctl, sched: Scheduler, jobs: Sequence[JobRecord]) -> None:
@@ -69,9 +88,8 @@ def warn_unserved(ctl: Ctl, sched: Scheduler, jobs: Sequence[JobRecord]) -> None
     queues = sorted({j.queue for j in jobs if j.status in (JobStatus.WAITING, JobStatus.POSTPONED)})
     if not queues:
         return
-    limit = stale_after(ctl)
     try:
-        live = sched.store.nodes(alive_after=time.time() - limit)
+        _, live = live_nodes(ctl, sched.store, time.time())
     except StoreError:
         return
     served = {q for n in live for q in n.queues}
@@ -80,8 +98,8 @@ def warn_unserved(ctl: Ctl, sched: Scheduler, jobs: Sequence[JobRecord]) -> None
             continue
         others = f"; the live nodes serve {', '.join(sorted(served))}" if served else ""
         warn(
-            f"no live node serves queue {queue} (none that does has sent a heartbeat in "
-            f"the last {limit:g}s{others}): the job waits until a node serving {queue} runs"
+            f"no live node serves queue {queue} (none that does is live: {LIVE_RULE}"
+            f"{others}): the job waits until a node serving {queue} runs"
         )
 
 

@@ -323,13 +323,13 @@ def outcome_dict(job: JobRecord) -> dict[str, Any]:
     return {**job.to_dict(), "error": job.errors[-1].to_dict() if job.errors else None}
 
 
-def node_rows(nodes: Sequence[NodeRecord], stale_after: float, now: float) -> str:
+def node_rows(nodes: Sequence[NodeRecord], live: Sequence[NodeRecord], now: float) -> str:
     rows = [
         [
             n.name,
             n.host,
             str(n.pid),
-            "live" if now - n.heartbeat <= stale_after else "STALE",
+            "live" if n in live else "STALE",
             str(n.workers_busy),
             str(n.workers_idle),
             str(len(n.running)),

@@ -124,18 +124,22 @@ class Housekeeping:
     def _record(self) -> NodeRecord:
         busy = [w for w in self.workers.values() if w.job is not None]
         idle = [w for w in self.workers.values() if w.job is None and not w.retiring]
+        now = time.time()
         return NodeRecord(
             name=self.config.node,
             host=self.host,
             pid=os.getpid(),
             started=self.started_wall,
-            heartbeat=time.time(),
+            heartbeat=now,
             workers_busy=len(busy),
             workers_idle=len(idle),
             running=tuple(w.job.id for w in busy if w.job is not None),
             queues=tuple(self.config.queues),
             version=__version__,
             instance=self.instance,
+            live_until=now + registry.live_window(self.config),
+            pid_ns=registry.pid_namespace(),
+            boot=registry.boot_time(),
         )
 
     def reap_expired(self, now: float, mine: set[str]) -> int:

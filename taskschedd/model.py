@@ -260,6 +260,20 @@ class NodeRecord:
     #: A random token per master start: heartbeats and removal touch only the entry of
     #: this instance, so a node never updates or removes another node's entry of its name.
     instance: str = ""
+    #: Until when this entry counts as live (its heartbeat + 3 x its own
+    #: heartbeat_interval): every observer judges it by this, not by its own interval.
+    #: 0.0 in an entry of taskschedd 0.4, judged by the observer's window.
+    live_until: float = 0.0
+    #: The master's pid namespace (``pid:[INODE]``) and its host's boot time: another
+    #: process may judge the entry dead by its pid only when both are its own. "" and
+    #: 0.0 when unknown (an entry of 0.4): judged by the liveness window only.
+    pid_ns: str = ""
+    boot: float = 0.0
+
+    def live(self, now: float, window: float) -> bool:
+        """Live at ``now``: until its own ``live_until``, or (an entry without one) for
+        ``window`` seconds after its heartbeat."""
+        return now <= (self.live_until or self.heartbeat + window)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -274,6 +288,7 @@ class NodeRecord:
             "queues": list(self.queues),
             "version": self.version,
             "instance": self.instance,
+            "live_until": self.live_until or None,
         }
 
 

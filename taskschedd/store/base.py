@@ -266,11 +266,12 @@ class Store(abc.ABC):
     # -- the node registry: one entry per node name, owned by one instance --------------
     @abc.abstractmethod
     def register_node(
-        self, node: NodeRecord, *, stale_before: float, replace: str | None = None
+        self, node: NodeRecord, *, now: float, window: float, replace: str | None = None
     ) -> NodeRecord | None:
         """Take the registry entry of ``node.name`` for ``node.instance``, atomically:
-        written (None returned) when there is no entry of that name, or its heartbeat is
-        older than ``stale_before``, or it does not decode, or its instance is
+        written (None returned) when there is no entry of that name, or it is not live at
+        ``now`` (NodeRecord.live: past its own ``live_until``; an entry without one, for
+        ``window`` seconds after its heartbeat), or it does not decode, or its instance is
         ``node.instance`` or ``replace`` (a holder the caller found dead). Otherwise the
         live holder's entry is returned and nothing is written: of two nodes registering
         one name at once, at most one gets it."""
@@ -282,7 +283,9 @@ class Store(abc.ABC):
         the name's entry belongs to another instance: this node was taken over."""
 
     @abc.abstractmethod
-    def nodes(self, *, alive_after: float | None = None) -> list[NodeRecord]: ...
+    def nodes(self, *, alive_after: float | None = None) -> list[NodeRecord]:
+        """The registry's entries by name; given ``alive_after``, those whose heartbeat is
+        not older (whether an entry is live is NodeRecord.live: its own live_until)."""
 
     @abc.abstractmethod
     def remove_node(self, name: str, instance: str | None = None) -> None:

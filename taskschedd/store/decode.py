@@ -333,12 +333,16 @@ def _names(value: Any) -> tuple[str, ...]:
 
 def decode_node(values: Sequence[Any]) -> NodeRecord | None:
     """A node registry entry's raw values (name, host, pid, started, heartbeat,
-    workers_busy, workers_idle, running, queues, version[, instance]) as a NodeRecord;
-    None for one that does not decode (another client's): the registry is advisory, so it
-    is left out rather than shown with made-up values. An entry written without an
-    instance (by taskschedd before 0.5) has instance ""."""
+    workers_busy, workers_idle, running, queues, version[, instance[, live_until, pid_ns,
+    boot]]) as a NodeRecord; None for one that does not decode (another client's): the
+    registry is advisory, so it is left out rather than shown with made-up values. An
+    entry written by taskschedd 0.4 has instance "", live_until 0.0, pid_ns "" and boot
+    0.0 (None reads the same)."""
     name, host, pid, started, heartbeat, busy, idle, running, queues, version = values[:10]
-    instance = values[10] if len(values) > 10 and values[10] is not None else ""
+    extra = [*values[10:14], None, None, None, None][:4]
+    instance, live_until, pid_ns, boot = (
+        v if v is not None else empty for v, empty in zip(extra, ("", 0.0, "", 0.0), strict=True)
+    )
     try:
         return NodeRecord(
             name=_text("name", name, limit=512),
@@ -352,6 +356,9 @@ def decode_node(values: Sequence[Any]) -> NodeRecord | None:
             queues=_names(queues),
             version=_text("version", version, limit=64),
             instance=_text("instance", instance, limit=64),
+            live_until=_time("live_until", live_until),
+            pid_ns=_text("pid_ns", pid_ns, limit=64),
+            boot=_time("boot", boot),
         )
     except _Bad:
         return None

@@ -143,6 +143,17 @@ CREATE TABLE IF NOT EXISTS node_instances (
     name TEXT PRIMARY KEY,
     instance TEXT NOT NULL
 )"""
+#: How long each entry counts as live (its own live_until) and where its master runs
+#: (pid namespace, boot time); created with node_instances. A row counts only while its
+#: heartbeat is the entry's: one written by taskschedd 0.4 after it has none.
+_NODE_LIVENESS_TABLE = """
+CREATE TABLE IF NOT EXISTS node_liveness (
+    name TEXT PRIMARY KEY,
+    heartbeat REAL NOT NULL,
+    live_until REAL NOT NULL,
+    pid_ns TEXT NOT NULL,
+    boot REAL NOT NULL
+)"""
 #: The jobs a claim may take (their statuses: transitions.CLAIMABLE), in the words of
 #: the jobs_claim index's WHERE so that every query on them can use it.
 _CLAIMABLE = "status IN (%s)" % ", ".join(
@@ -284,7 +295,7 @@ class SQLiteStore(Store):
         self._replaced: str | None = None  # why this store may no longer be used
         self._conn_obj: sqlite3.Connection | None = None
         self._lock_wait = 0.0
-        self._node_table_ready = False  # node_instances known to exist
+        self._node_table_ready = False  # node_instances and node_liveness known to exist
         self._pid = -1
         self._lock = threading.RLock()
         self._notify = NotifyDir(self.path + "-notify")
@@ -1110,12 +1121,24 @@ class SQLiteStore(Store):
 
         self._guard(run)
 
-    # The instance of each entry lives in a table of its own: a column added to ``nodes``
-    # would break the ``SELECT *`` of taskschedd 0.4 clients reading the same store.
+    # The instance and the liveness of each entry live in tables of their own: a column
+    # added to ``nodes`` would break the ``SELECT *`` of taskschedd 0.4 clients reading the
+    # same store.
+    _ENTRIES = (
+        "SELECT n.*, COALESCE(i.instance, ''), l.live_until, l.pid_ns, l.boot FROM nodes n "
+        "LEFT JOIN node_instances i ON i.name = n.name "
+        "LEFT JOIN node_liveness l ON l.name = n.name AND l.heartbeat = n.heartbeat"
+    )
     _INSTANCE_OF = (
         "SELECT COALESCE(i.instance, '') FROM nodes n "
         "LEFT JOIN node_instances i ON i.name = n.name WHERE n.name = ?"
     )
+
+    @staticmethod
+    def _node_tables(conn: sqlite3.Connection) -> None:
+        """Create the registry's own tables (a store created before 0.5 has neither)."""
+        conn.execute(_NODE_INSTANCES_TABLE)
+        conn.execute(_NODE_LIVENESS_TABLE)
 
     @staticmethod
     def _put_node(conn: sqlite3.Connection, node: NodeRecord) -> None:
@@ -1140,22 +1163,23 @@ class SQLiteStore(Store):
             "INSERT OR REPLACE INTO node_instances (name, instance) VALUES (?, ?)",
             (node.name, node.instance),
         )
+        conn.execute(
+            "INSERT OR REPLACE INTO node_liveness (name, heartbeat, live_until, pid_ns, boot) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (node.name, node.heartbeat, node.live_until, node.pid_ns, node.boot),
+        )
 
     def register_node(
-        self, node: NodeRecord, *, stale_before: float, replace: str | None = None
+        self, node: NodeRecord, *, now: float, window: float, replace: str | None = None
     ) -> NodeRecord | None:
         def run() -> NodeRecord | None:
             with self._write() as conn:  # BEGIN IMMEDIATE: one registration at a time
-                conn.execute(_NODE_INSTANCES_TABLE)  # a store created before 0.5
-                row = conn.execute(
-                    "SELECT n.*, COALESCE(i.instance, '') FROM nodes n "
-                    "LEFT JOIN node_instances i ON i.name = n.name WHERE n.name = ?",
-                    (node.name,),
-                ).fetchone()
+                self._node_tables(conn)
+                row = conn.execute(f"{self._ENTRIES} WHERE n.name = ?", (node.name,)).fetchone()
                 holder = decode_node(tuple(row)) if row is not None else None
                 if (
                     holder is not None
-                    and holder.heartbeat >= stale_before
+                    and holder.live(now, window)
                     and holder.instance not in (node.instance, replace)
                 ):
                     return holder
@@ -1168,7 +1192,7 @@ class SQLiteStore(Store):
         def run() -> bool:
             with self._write() as conn:
                 if not self._node_table_ready:
-                    conn.execute(_NODE_INSTANCES_TABLE)
+                    self._node_tables(conn)
                 row = conn.execute(self._INSTANCE_OF, (node.name,)).fetchone()
                 if row is not None and row[0] != node.instance:
                     return False
@@ -1183,16 +1207,13 @@ class SQLiteStore(Store):
         where, args = (
             ("", []) if alive_after is None else (" WHERE n.heartbeat >= ?", [alive_after])
         )
-        joined = (
-            "SELECT n.*, i.instance FROM nodes n LEFT JOIN node_instances i ON i.name = n.name"
-            f"{where} ORDER BY n.name"
-        )
+        joined = f"{self._ENTRIES}{where} ORDER BY n.name"
 
         def read(conn: sqlite3.Connection) -> list[Any]:
             try:
                 return conn.execute(joined, args).fetchall()
             except sqlite3.OperationalError as exc:
-                if "no such table: node_instances" not in str(exc):
+                if "no such table: node_" not in str(exc):
                     raise
             # No registry write since the store was created: no instances yet.
             return conn.execute(f"SELECT n.* FROM nodes n{where} ORDER BY n.name", args).fetchall()
@@ -1204,13 +1225,14 @@ class SQLiteStore(Store):
     def remove_node(self, name: str, instance: str | None = None) -> None:
         def run() -> None:
             with self._write() as conn:
-                conn.execute(_NODE_INSTANCES_TABLE)
+                self._node_tables(conn)
                 if instance is not None:
                     row = conn.execute(self._INSTANCE_OF, (name,)).fetchone()
                     if row is None or row[0] != instance:
                         return
                 conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
                 conn.execute("DELETE FROM node_instances WHERE name = ?", (name,))
+                conn.execute("DELETE FROM node_liveness WHERE name = ?", (name,))
 
         self._guard(run)
 

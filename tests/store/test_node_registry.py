@@ -5,12 +5,15 @@ removal touch only the caller's own entry."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.synchronize
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from taskschedd import registry
 from taskschedd.model import NodeRecord
 from taskschedd.store.base import Store
 from tests.store.conftest import StoreSpec
@@ -27,8 +30,10 @@ def node(
                       queues=("default",), version="0.5.0", instance=instance)  # fmt: skip
 
 
-def register(store: Store, record: NodeRecord, replace_: str | None = None) -> NodeRecord | None:
-    return store.register_node(record, stale_before=time.time() - WINDOW, replace=replace_)
+def register(
+    store: Store, record: NodeRecord, replace_: str | None = None, window: float = WINDOW
+) -> NodeRecord | None:
+    return store.register_node(record, now=time.time(), window=window, replace=replace_)
 
 
 def test_a_free_name_is_registered_with_its_instance(store: Store) -> None:
@@ -52,6 +57,41 @@ def test_a_stale_entry_is_taken_over(store: Store) -> None:
     b = node("bbb")
     assert register(store, b) is None
     assert store.nodes() == [b]
+
+
+def test_an_entry_is_live_until_its_own_live_until_whatever_the_observer_s_window(
+    store: Store,
+) -> None:
+    """A node with a 20s heartbeat_interval is live for 60s after its heartbeat, also for
+    an observer whose own interval is 1s (a window of 3s)."""
+    now = time.time()
+    slow = replace(node("aaa", beat=now - 20), live_until=now + 40, pid_ns="pid:[1]", boot=1.0)
+    assert register(store, slow) is None
+    assert store.nodes() == [slow]  # every field back as written
+    assert register(store, node("bbb"), window=3.0) == slow  # refused: live by its own
+    assert registry.live_nodes(store, time.time(), 3.0) == [slow]
+    assert store.nodes() == [slow]
+
+
+def test_an_entry_past_its_own_live_until_is_stale_whatever_the_observer_s_window(
+    store: Store,
+) -> None:
+    now = time.time()
+    fast = replace(node("aaa", beat=now - 4), live_until=now - 1)  # a 1s interval
+    assert register(store, fast) is None
+    assert registry.live_nodes(store, time.time(), 3600.0) == []
+    b = node("bbb")
+    assert register(store, b, window=3600.0) is None  # taken: its own time is up
+    assert store.nodes() == [b]
+
+
+def test_an_entry_without_live_until_is_judged_by_the_observer_s_window(store: Store) -> None:
+    old = node("aaa", beat=time.time() - 20)  # taskschedd 0.4: live_until 0.0
+    assert register(store, old) is None
+    assert registry.live_nodes(store, time.time(), 60.0) == [old]
+    assert register(store, node("bbb"), window=60.0) == old
+    assert registry.live_nodes(store, time.time(), 3.0) == []
+    assert register(store, node("bbb"), window=3.0) is None
 
 
 def test_a_live_entry_is_taken_only_when_the_caller_names_it_dead(store: Store) -> None:
@@ -131,3 +171,27 @@ def test_of_nodes_registering_one_name_at_once_exactly_one_wins(
         winner = f"i{results.index('won')}"
         assert entry.instance == winner
         assert all(r == "won" or r == f"lost to {winner}" for r in results), results
+
+
+def test_a_heartbeat_of_taskschedd_0_4_over_an_entry_is_judged_by_the_window(
+    store: Store, store_spec: StoreSpec
+) -> None:
+    """0.4 rewrites the entry without live_until (SQLite: the nodes row only, leaving the
+    liveness row of the node before it; MongoDB: a document without the field)."""
+    now = time.time()
+    slow = replace(node("aaa", beat=now - 30), live_until=now + 30)
+    assert register(store, slow) is None
+    beat = now - 20
+    if store_spec.kind == "sqlite":
+        path = store_spec.url.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("UPDATE nodes SET heartbeat = ? WHERE name = 'web-1'", (beat,))
+    else:
+        nodes = store._nodes  # type: ignore[attr-defined]
+        nodes.update_one({"_id": "web-1"}, {"$set": {"heartbeat": beat},
+                                            "$unset": {"live_until": ""}})  # fmt: skip
+    (entry,) = store.nodes()
+    assert abs(entry.heartbeat - beat) < 0.01 and entry.live_until == 0.0
+    assert registry.live_nodes(store, time.time(), 3.0) == []
+    assert register(store, node("bbb"), window=60.0) == entry
+    assert register(store, node("bbb"), window=3.0) is None

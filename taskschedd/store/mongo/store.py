@@ -1379,18 +1379,27 @@ class MongoStore(Store):
             "queues": list(node.queues),
             "version": node.version,
             "instance": node.instance,
+            "live_until": float(node.live_until),
+            "pid_ns": node.pid_ns,
+            "boot": float(node.boot),
         }
 
     def register_node(
-        self, node: NodeRecord, *, stale_before: float, replace: str | None = None
+        self, node: NodeRecord, *, now: float, window: float, replace: str | None = None
     ) -> NodeRecord | None:
         # One upsert whose filter matches only an entry we may take: a live entry of
         # another instance makes the upsert insert a second _id, which the unique _id
-        # index refuses, so of two nodes registering one name at once one gets it.
+        # index refuses, so of two nodes registering one name at once one gets it. An
+        # entry is live until its own live_until; one of 0.4 (none, or 0) for ``window``
+        # after its heartbeat.
         takeable: Doc = {
             "_id": node.name,
             "$or": [
-                {"heartbeat": {"$lt": float(stale_before)}},
+                {"live_until": {"$lt": float(now), "$gt": 0}},
+                {
+                    "live_until": {"$in": [None, 0]},
+                    "heartbeat": {"$lt": float(now) - float(window)},
+                },
                 {"instance": {"$in": [node.instance, *([replace] if replace else [])]}},
             ],
         }
@@ -1460,7 +1469,8 @@ class MongoStore(Store):
         return decode_node([*(d.get(f) for f in fields), d.get("workers_busy", 0),
                             d.get("workers_idle", 0), d.get("running") or [],
                             d.get("queues") or [], d.get("version", ""),
-                            d.get("instance", "")])  # fmt: skip
+                            d.get("instance", ""), d.get("live_until"), d.get("pid_ns"),
+                            d.get("boot")])  # fmt: skip
 
     def remove_node(self, name: str, instance: str | None = None) -> None:
         where: Doc = {"_id": name}
