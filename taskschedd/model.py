@@ -243,6 +243,12 @@ class EventRecord:
         }
 
 
+#: No registry entry is live longer than this after its heartbeat (3 x the largest
+#: heartbeat_interval): a live_until far ahead (a wrong clock, another client) cannot hold
+#: a node name for ever.
+LIVE_AT_MOST = 3 * 3600.0
+
+
 @dataclass(frozen=True)
 class NodeRecord:
     """A node's heartbeat: who it is and what it runs."""
@@ -272,8 +278,9 @@ class NodeRecord:
 
     def live(self, now: float, window: float) -> bool:
         """Live at ``now``: until its own ``live_until``, or (an entry without one) for
-        ``window`` seconds after its heartbeat."""
-        return now <= (self.live_until or self.heartbeat + window)
+        ``window`` seconds after its heartbeat; never past LIVE_AT_MOST after it."""
+        until = self.live_until or self.heartbeat + window
+        return now <= min(until, self.heartbeat + LIVE_AT_MOST)
 
     def to_dict(self) -> dict[str, Any]:
         return {

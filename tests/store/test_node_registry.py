@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from taskschedd import registry
-from taskschedd.model import NodeRecord
+from taskschedd.model import LIVE_AT_MOST, NodeRecord
 from taskschedd.store.base import Store
 from tests.store.conftest import StoreSpec
 
@@ -195,3 +195,14 @@ def test_a_heartbeat_of_taskschedd_0_4_over_an_entry_is_judged_by_the_window(
     assert registry.live_nodes(store, time.time(), 3.0) == []
     assert register(store, node("bbb"), window=60.0) == entry
     assert register(store, node("bbb"), window=3.0) is None
+
+
+def test_no_live_until_holds_a_name_past_three_of_the_longest_intervals(store: Store) -> None:
+    """A live_until far ahead (a wrong clock, another client) lapses all the same."""
+    now = time.time()
+    odd = replace(node("aaa", beat=now - LIVE_AT_MOST - 1), live_until=now + 10**6)
+    assert register(store, odd) is None
+    assert registry.live_nodes(store, time.time(), 3.0) == []
+    b = node("bbb")
+    assert register(store, b) is None
+    assert store.nodes() == [b]

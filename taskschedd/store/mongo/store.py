@@ -32,6 +32,7 @@ from taskschedd import transitions
 from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
 from taskschedd.model import (
     FINAL,
+    LIVE_AT_MOST,
     RUNNABLE,
     ClaimRequest,
     EventRecord,
@@ -1400,6 +1401,7 @@ class MongoStore(Store):
                     "live_until": {"$in": [None, 0]},
                     "heartbeat": {"$lt": float(now) - float(window)},
                 },
+                {"heartbeat": {"$lt": float(now) - LIVE_AT_MOST}},
                 {"instance": {"$in": [node.instance, *([replace] if replace else [])]}},
             ],
         }
