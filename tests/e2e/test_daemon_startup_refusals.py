@@ -248,6 +248,18 @@ def test_a_daemon_started_with_a_relative_config_path_reloads_it(
     wait_for(lambda: not sqlite_attempt.pidfile.exists(), 15)
 
 
+@pytest.mark.parametrize("detach", [True, False], ids=["daemon", "foreground"])
+def test_a_node_whose_workers_cannot_import_their_hook_is_refused_with_78(
+    sqlite_attempt: Attempt, detach: bool
+) -> None:
+    """Not started, then counted live with 0 workers in a back-off loop: refused as a
+    reload to the same file would be."""
+    change = {"setup_hook": "myapp.hookz:setup"}
+    result = sqlite_attempt.daemon(**change) if detach else sqlite_attempt.foreground(**change)
+    one_line_error(result, 78, "setup_hook: cannot import 'myapp.hookz': ModuleNotFoundError")
+    sqlite_attempt.nothing_started()
+
+
 # -- the store, the log file, the configuration, the user ------------------------------------
 def test_daemon_refuses_a_file_that_is_not_a_store_with_69(sqlite_attempt: Attempt) -> None:
     garbage = sqlite_attempt.dir / "garbage.db"
@@ -423,7 +435,7 @@ def test_the_name_of_a_node_killed_with_sigkill_can_be_reused(
         now = time.time()
         forged = NodeRecord(name="web-1", host="elsewhere.example", pid=4242, started=now,
                             heartbeat=now, instance="forged")  # fmt: skip
-        assert store.register_node(forged, stale_before=now - WINDOW) is None
+        assert store.register_node(forged, now=now, window=WINDOW) is None
     result = attempt.daemon(node="web-1")
     one_line_error(result, 78, "host elsewhere.example", "pid 4242")
     attempt.nothing_started()
@@ -460,6 +472,73 @@ def test_a_frozen_node_whose_name_was_taken_over_stops_with_78_and_leaves_the_en
     # Its exit removed nothing of the node that has the name now.
     assert [n["pid"] for n in ctl_nodes(second.config_path)] == [second.pid]
     assert second.running()
+
+
+def _heartbeat_age(config: Path) -> float:
+    (entry,) = ctl_nodes(config)
+    return time.time() - float(entry["heartbeat"])
+
+
+@BOTH_STORES
+def test_a_node_is_live_by_its_own_heartbeat_interval_not_the_observer_s(
+    daemon_factory: Callable[..., Daemon], attempt: Attempt
+) -> None:
+    """A node beating every 20s stays live for a node and a taskschedctl whose own
+    interval is 1s (their window: 3s): the second start is refused, nodes lists it."""
+    first = daemon_factory("first", node="web-1", heartbeat_interval="20s").start()
+    short = attempt.write(node="web-1")  # heartbeat_interval 1s
+    wait_for(lambda: _heartbeat_age(first.config_path) > WINDOW + 1, 30)  # past 3s
+    listed = ctl_nodes(short)
+    assert [(n["pid"], n["stale"]) for n in listed] == [(first.pid, False)], listed
+    assert listed[0]["live_until"] >= listed[0]["heartbeat"] + 60 - 0.5
+    text = subprocess.run(
+        [str(TASKSCHEDCTL), "-c", str(short), "nodes"], env=clean_env(), capture_output=True,
+        text=True, timeout=30,
+    )  # fmt: skip
+    assert text.returncode == 0 and text.stdout.splitlines()[1].split()[:4] == [
+        "web-1", socket.gethostname(), str(first.pid), "live"
+    ], text  # fmt: skip
+    check = subprocess.run(
+        [str(TASKSCHEDCTL), "-c", str(short), "check", "--min-nodes", "1"], env=clean_env(),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert check.returncode == 0 and "no live node" not in check.stderr, check
+    result = attempt.daemon(node="web-1")
+    _refused_for_name(result, first)
+    assert "counts as live for 60s after its last heartbeat" in result.stderr, result.stderr
+    attempt.nothing_started()
+    assert first.running()
+    assert [n["pid"] for n in ctl_nodes(short)] == [first.pid]
+
+
+def _unshare_works() -> bool:
+    try:
+        cp = subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"],
+                            capture_output=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return cp.returncode == 0
+
+
+def test_a_node_in_another_pid_namespace_does_not_take_a_live_node_s_name(
+    daemon_factory: Callable[..., Daemon], attempt: Attempt
+) -> None:
+    """A container sharing the hostname (unshare -p; Kubernetes hostNetwork pods): the
+    first node's pid names nothing there, which must not make it look dead."""
+    if not _unshare_works():
+        pytest.skip("unshare -p -f --mount-proc does not work here (needs root or user "
+                    "namespaces)")  # fmt: skip
+    first = daemon_factory("first", node="web-1", **BEAT).start()
+    config = attempt.write(node="web-1")
+    result = subprocess.run(
+        ["unshare", "-p", "-f", "--mount-proc", "--kill-child", str(TASKSCHEDD), "-c",
+         str(config), "--pidfile", str(attempt.pidfile)],
+        cwd=attempt.dir, env=clean_env(), capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    _refused_for_name(result, first)
+    assert first.running()
+    assert [n["pid"] for n in ctl_nodes(first.config_path)] == [first.pid]
 
 
 def test_of_two_daemons_started_at_once_with_one_name_one_runs(
