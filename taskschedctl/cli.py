@@ -7,10 +7,12 @@ click's usage errors exit 2, taskschedd's errors exit with their ``exit_code``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
 import click
 
@@ -53,7 +55,35 @@ Shell completion: taskschedctl completion bash > /etc/bash_completion.d/tasksche
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT, epilog=EPILOG)
+class ReaderGone(Exception):
+    """The reader of our output went away (``| head``): exit 141, silently."""
+
+
+class CtlGroup(click.Group):
+    """The command group, with a broken pipe taken out of click's hands: its ``main()``
+    catches one (even with ``standalone_mode=False``) and exits 1, where :func:`run`
+    exits 141 as documented."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _reader_gone():  # --help printed while parsing
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _reader_gone():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _reader_gone() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        raise ReaderGone from exc
+
+
+@click.group(cls=CtlGroup, context_settings=CONTEXT, epilog=EPILOG)
 @click.option(
     "-c",
     "--config",
@@ -137,16 +167,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     except TaskSchedError as exc:
         fail(str(exc))
         return exc.exit_code
-    except BrokenPipeError:
+    except ReaderGone:
         _silence_stdout()
         return 141
     return rv if isinstance(rv, int) else 0
 
 
 def _silence_stdout() -> None:
-    """After the reader of our output went away (| head), do not fail again at exit."""
-    import os
-
+    """After the reader of our output went away (| head), do not fail again at exit:
+    what is left in stdout's buffer is flushed into /dev/null (as the Python docs on
+    SIGPIPE advise), not into the broken pipe ("Exception ignored ...")."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

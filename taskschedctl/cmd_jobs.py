@@ -56,7 +56,7 @@ def list_(
 
     With a limit, the newest jobs are shown.
     """
-    from taskschedctl.output import echo_json, echo_jsonl, job_dict, job_rows
+    from taskschedctl.output import echo, echo_json, echo_jsonl, job_dict, job_rows
 
     if all_ and statuses:
         raise click.UsageError("--all and --status exclude each other")
@@ -79,7 +79,7 @@ def list_(
     elif jsonl:
         echo_jsonl(job_dict(j, active) for j in jobs)
     elif jobs:
-        click.echo(job_rows(jobs, active))
+        echo(job_rows(jobs, active))
         if limit and len(jobs) == limit:
             click.echo(f"(the newest {limit} jobs; --limit 0 shows all)", err=True)
     elif sys.stdout.isatty():
@@ -92,7 +92,7 @@ def list_(
 @ctl_options
 def show(ctl: Ctl, job_id: str, as_json: bool) -> None:
     """Every field of a job: each attempt with its error, the result, the events."""
-    from taskschedctl.output import echo_json, job_dict, job_text
+    from taskschedctl.output import echo, echo_json, job_dict, job_text
 
     sched = ctl.scheduler()
     job = sched.get_job(job_id).record
@@ -106,7 +106,7 @@ def show(ctl: Ctl, job_id: str, as_json: bool) -> None:
     if as_json:
         echo_json({**job_dict(job, active), "events": [e.to_dict() for e in events]})
     else:
-        click.echo(job_text(job, events, next(iter(active.values()), None)))
+        echo(job_text(job, events, next(iter(active.values()), None)))
 
 
 def series_after_cancel(sched: Scheduler, job: JobRecord) -> str:

@@ -90,7 +90,7 @@ def events(
 ) -> None:
     """The event stream (every status change of every job), like tail [-f]."""
     from taskschedctl.follow import follow_events, recent_events
-    from taskschedctl.output import echo_jsonl, event_line
+    from taskschedctl.output import echo, echo_jsonl, event_line
     from taskschedd.scheduler import event_matcher
 
     match = event_matcher(
@@ -102,7 +102,7 @@ def events(
         if jsonl:
             echo_jsonl([event.to_dict()])
         else:
-            click.echo(event_line(event))
+            echo(event_line(event))
 
     sched = ctl.scheduler()
     past, top = recent_events(sched.store, lines=count, job_ids=job_ids, since=since, match=match)

@@ -54,7 +54,8 @@ Signals to a worker (its process group is its job's):
   Workers exit when their master dies (PR_SET_PDEATHSIG and a parent check).
 
 \b
-Exit codes: 0 stopped cleanly, 1 error, 69 store unavailable, 78 bad configuration.
+Exit codes: 0 stopped cleanly, 1 error, 2 usage error, 69 store unavailable,
+78 bad configuration, 130 interrupted (Ctrl-C) before the master ran.
 """
 
 
