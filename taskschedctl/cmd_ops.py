@@ -69,7 +69,7 @@ def nodes(ctl: Ctl, all_: bool, stale_after: float | None, as_json: bool) -> Non
     elif found:
         click.echo(node_rows(found, live, now))
     elif all_:
-        click.echo("no node (none has ever sent a heartbeat to this store)")
+        click.echo("no node registered (a node removes its entry when it stops)")
     else:
         stale = len(every)
         more = f"; {stale} stale: --all shows them" if stale else ""

@@ -83,15 +83,33 @@ def dumps(value: Any, **kwargs: Any) -> str:
     return _UNSAFE_JSON.sub(_json_escape, text)
 
 
+#: The most characters :func:`echo` writes at once: 4 KiB of UTF-8 at most, within the
+#: buffer Python gives stdout on a pipe.
+_CHUNK = 1024
+
+
+def echo(text: str) -> None:
+    """``text`` and a newline on stdout, flushed, written in pieces smaller than stdout's
+    buffer: CPython's buffered writer loses the broken pipe error of a single larger
+    write once part of it was written (``| head`` exits after the first line), and the
+    command would end with 0 instead of 141 (the error reaches taskschedctl.cli.run)."""
+    if len(text) <= _CHUNK:
+        click.echo(text)
+        return
+    for start in range(0, len(text), _CHUNK):
+        click.echo(text[start : start + _CHUNK], nl=False)
+    click.echo()
+
+
 def echo_json(value: Any) -> None:
     """One JSON document, indented for people who look at it anyway."""
-    click.echo(dumps(value, indent=2, sort_keys=False))
+    echo(dumps(value, indent=2, sort_keys=False))
 
 
 def echo_jsonl(values: Iterable[Any]) -> None:
     """One compact JSON document per line (flushed, so pipes see each at once)."""
     for value in values:
-        click.echo(dumps(value, separators=(",", ":")))
+        echo(dumps(value, separators=(",", ":")))
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[int] = ()) -> str:
@@ -253,7 +271,7 @@ def job_text(
     for err in job.errors:
         lines.append(
             f"    attempt {err.attempt} at {when(err.time or None)} [{printable(err.reason)}]: "
-            f"{printable(err.type)}: {printable(err.message, lines=True)}"
+            f"{printable(err.type)}: {printable(err.message)}"
         )
         if err.traceback:
             lines.append(_indent(printable(err.traceback, lines=True), "        "))
@@ -279,9 +297,17 @@ def event_line(event: EventRecord, *, with_job: bool = True) -> str:
     if event.reason:
         parts.append(f"reason={event.reason}")
     if event.error is not None:
-        first = event.error.message.splitlines()[0] if event.error.message else ""
-        parts.append(f"error={event.error.type}: {first}")
+        parts.append(f"error={event.error.type}: {_bounded(event.error.message)}")
     return printable(" ".join(parts))
+
+
+#: The most characters of an error message a one-line output shows (show and --json
+#: have all of it).
+MESSAGE_LIMIT = 500
+
+
+def _bounded(message: str) -> str:
+    return message[:MESSAGE_LIMIT] + "..." if len(message) > MESSAGE_LIMIT else message
 
 
 def last_error(job: JobRecord) -> str:
@@ -293,8 +319,7 @@ def last_error(job: JobRecord) -> str:
     message = err.message
     if not message.strip() and err.traceback.strip():
         message = err.traceback.strip().splitlines()[-1]
-    if len(message) > 500:  # one line: show and --json have all of it
-        message = message[:500] + "..."
+    message = _bounded(message)
     return printable(f"{err.type}: {message}" if err.type else message)
 
 
