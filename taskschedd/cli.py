@@ -404,7 +404,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns a Ctrl-C into Abort: 130 as documented, as a shell reports SIGINT.
+        if isinstance(exc.__context__ or exc.__cause__, KeyboardInterrupt):
+            _fail("interrupted", 130)
         _fail("aborted", 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)

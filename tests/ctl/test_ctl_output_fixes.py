@@ -186,11 +186,6 @@ def test_taskschedd_usage_error_exits_2() -> None:
     assert "No such option" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="taskschedd.cli.main turns click's Abort (a KeyboardInterrupt) into 'aborted', "
-    "exit 1; the man page and --help say 130 (fix in main(), outside this task)",
-)
 def test_taskschedd_ctrl_c_before_the_master_runs_exits_130(tmp_path: Path) -> None:
     config = tmp_path / "taskschedd.yaml"
     config.write_text('store: "mongodb://127.0.0.1:1/db"\n')  # refused: waited for
