@@ -141,7 +141,10 @@ def _duration(name: str, value: Any, *, allow_minus_one: bool = False) -> float:
 
 #: A size: megabytes as an integer, or a number with a binary unit (512MB, 2G, 1.5GiB).
 SIZE_HELP = "megabytes as an integer or a size like 512MB, 2G or 1.5GiB (binary units)"
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*", re.I)
+# ASCII digits only: str.isdigit() and \d also take other scripts' digits ("١٢٣").
+_SIZE_RE = re.compile(
+    r"\s*([0-9]+(?:\.[0-9]+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*", re.I | re.A
+)
 _SIZE_UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 #: The largest max_memory: 16 TiB, in MiB (as the configuration's max_job_memory).
 MAX_MEMORY_MB = 16 << 20
@@ -153,6 +156,8 @@ def size_bytes(value: Any) -> float | None:
     caller checks the range."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return value * 2**20  # megabytes, as "1.5" is
     if isinstance(value, int) and not isinstance(value, bool):
         return float(max(value, -1)) * 2**20 if value < 2**900 else math.inf
     if isinstance(value, str):
