@@ -107,7 +107,7 @@ BAD: list[tuple[str, Any, tuple[str, ...]]] = [
     ("max_memory", "lots", ("megabytes", "512MB", "16TiB")),
     ("max_memory", -1, ("megabytes",)),
     ("max_memory", "17TiB", ("16TiB",)),
-    ("max_memory", 1.5, ("megabytes",)),
+    ("max_memory", -1.5, ("megabytes",)),
     ("max_memory", True, ("megabytes",)),
     ("ignore_max_children", "maybe", ("true or false",)),
     ("ignore_max_children", 2, ("true or false",)),
