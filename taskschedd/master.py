@@ -746,7 +746,10 @@ class Master:
         if self.boot_failures:
             text += f"; workers fail to start ({self.boot_failures}x), backing off"
         if self.reload_refused is not None:
-            text += f"; last reload refused: {self.reload_refused}"
+            # The title and STATUS= are one line of ps and systemctl status: the log line
+            # has the whole reason (an unknown key's message lists every accepted key).
+            why = self.reload_refused
+            text += f"; last reload refused: {why if len(why) <= 160 else why[:157] + '...'}"
         if self.unwritable is not None:
             why, waiting = self.unwritable
             text += f"; store not writable ({why}): {waiting} outcomes waiting to be stored"

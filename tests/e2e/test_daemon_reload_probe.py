@@ -347,3 +347,21 @@ def test_a_reload_after_an_editable_install_imports_the_new_package(
         assert (job.status, job.result) == (JobStatus.DONE, {"from": "editable"})
     finally:
         pth.unlink()
+
+
+def test_a_refused_reload_s_reason_is_clipped_in_status_and_whole_in_the_log(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """An unknown key's message lists every accepted key (~600 characters): one line of
+    ps and systemctl status gets the start of it, the log line all of it."""
+    d = start(daemon_factory, tmp_path)
+    d.wait_workers(2)
+    d.write_config(no_such_key=1)
+    sighup(d)
+    (refused,) = wait_for(lambda: d.logged("reload refused: the new configuration is invalid; "
+                                           "keeping the old one"), 5)  # fmt: skip
+    assert "no_such_key" in refused["error"] and len(refused["error"]) > 300, refused
+    assert d.notify is not None
+    status = [line for line in d.notify.lines() if line.startswith("STATUS=")][-1]
+    assert "last reload refused:" in status and status.endswith("..."), status
+    assert len(status) < 260, status
