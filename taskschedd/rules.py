@@ -193,10 +193,17 @@ def on_expired(job: JobRecord, now: float) -> Transition:
     return _settle(job, "expired", change, next_occurrence(job, now), _canceled())
 
 
+#: The reason of a job its node gave back when stopping (events and ``show`` say why it
+#: is waiting again; its next settle replaces it).
+RELEASED = "released"
+
+
 def release(job: JobRecord) -> Transition:
     """Node shutdown: give the job back without using up an attempt (unless its cancel
     was requested meanwhile: then it ends CANCELED, never having run)."""
-    change = settle_change(JobStatus.WAITING, at=job.at, give_back=True, progress=0.0)
+    change = settle_change(
+        JobStatus.WAITING, at=job.at, give_back=True, progress=0.0, reason=RELEASED
+    )
     return _settle(job, "release", change, None, _canceled(give_back=True))
 
 

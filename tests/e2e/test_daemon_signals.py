@@ -66,6 +66,10 @@ def test_a_second_sigterm_stops_at_once(
     d.signal(signal.SIGTERM)
     assert d.wait_exit(5) == 0
     assert job.refresh().status == JobStatus.WAITING and job.attempt == 0
+    # It says why it waits again, in the store and in its event.
+    assert job.reason == "released"
+    (event,) = [e for e in scheduler.events(job_ids=[job.id]) if e.status == JobStatus.WAITING][-1:]
+    assert event.reason == "released", event
 
 
 def test_sigquit_stops_at_once(daemon_factory: Callable[..., Daemon], scheduler: Scheduler) -> None:

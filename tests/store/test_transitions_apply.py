@@ -104,7 +104,7 @@ def test_claim_and_every_settle_outcome(stores: dict[str, Store]) -> None:
     status = {r["id"]: (r["status"], r["attempt"], r["reason"]) for r in records}
     assert status["j0"] == ("DONE", 1, "done")
     assert status["j1"] == ("POSTPONED", 1, "retrying")
-    assert status["j4"] == ("WAITING", 0, None)
+    assert status["j4"] == ("WAITING", 0, "released")
     assert status["j5"] == ("CANCELED", 0, "canceled")
 
 
