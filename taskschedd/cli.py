@@ -128,11 +128,11 @@ def command(
     pidfile = os.path.abspath(pidfile) if pidfile else cfg.pidfile
     # Everything that can refuse a start is checked before --daemon detaches, while the
     # caller still sees the message and the exit code: the user and group (78), the
-    # pidfile (1), the store (69), the node name (78) and the metrics address (1); and
-    # what the workers import (78), as a reload would refuse it: a node whose workers
-    # cannot start must not start and count as live.
+    # pidfile (1), the store (69), the node name (78) and the metrics address (1). What
+    # the workers import is not (--check-config checks it): an import that fails at boot
+    # (a mount or a package not there yet) must not leave a node that systemd will not
+    # restart (78); its workers back off and a SIGHUP or the fix brings them up.
     check_privileges(cfg.user, cfg.group)
-    _check_imports(cfg, path)
     with PidFile(pidfile) as held:
         if daemonize:
             _check_store(cfg)

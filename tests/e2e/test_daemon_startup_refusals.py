@@ -248,18 +248,6 @@ def test_a_daemon_started_with_a_relative_config_path_reloads_it(
     wait_for(lambda: not sqlite_attempt.pidfile.exists(), 15)
 
 
-@pytest.mark.parametrize("detach", [True, False], ids=["daemon", "foreground"])
-def test_a_node_whose_workers_cannot_import_their_hook_is_refused_with_78(
-    sqlite_attempt: Attempt, detach: bool
-) -> None:
-    """Not started, then counted live with 0 workers in a back-off loop: refused as a
-    reload to the same file would be."""
-    change = {"setup_hook": "myapp.hookz:setup"}
-    result = sqlite_attempt.daemon(**change) if detach else sqlite_attempt.foreground(**change)
-    one_line_error(result, 78, "setup_hook: cannot import 'myapp.hookz': ModuleNotFoundError")
-    sqlite_attempt.nothing_started()
-
-
 # -- the store, the log file, the configuration, the user ------------------------------------
 def test_daemon_refuses_a_file_that_is_not_a_store_with_69(sqlite_attempt: Attempt) -> None:
     garbage = sqlite_attempt.dir / "garbage.db"
