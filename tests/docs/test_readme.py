@@ -109,12 +109,25 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clone]:
         (path / name).symlink_to(ROOT / name)
     (path / "etc").symlink_to(ROOT / "etc")
     (path / ".venv").symlink_to(VENV)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSCHED_")}
+    # A newcomer's shell: no test settings, and not inside `make test` (a make run by a
+    # make prints "Entering/Leaving directory" lines around its plan).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TASKSCHED_") and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    }
     # `make run` = install (pip, skipped here: the suite runs installed), the local
     # configuration (made for real), then the node: run that command as make prints it.
-    subprocess.run(["make", "-s", "var/taskschedd.yaml"], cwd=path, env=env, check=True)
+    subprocess.run(
+        ["make", "--no-print-directory", "-s", "var/taskschedd.yaml"], cwd=path, env=env, check=True
+    )
     plan = subprocess.run(
-        ["make", "-n", "run"], cwd=path, env=env, check=True, capture_output=True, text=True
+        ["make", "--no-print-directory", "-n", "run"],
+        cwd=path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.splitlines()
     command = plan[-1]
     assert command.startswith(".venv/bin/taskschedd "), plan
