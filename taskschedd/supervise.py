@@ -47,6 +47,11 @@ from taskschedd.transitions import Transition
 
 CANCEL_POLL = 0.5  # seconds between looks for cancel requests of running jobs
 KILL_HOLD = 0.25  # longest a kill waits for a worker to store the outcomes it holds
+# Stopping gives back what a worker holds: a job that ran but whose outcome is not stored
+# yet would run again. A loaded store (nx-27017 on a busy CI machine) can take longer
+# than KILL_HOLD to store a batch, so stopping waits longer; a timeout or cancel does
+# not, as it delays the kill of the job it is for.
+KILL_HOLD_STOPPING = 2.0
 
 
 @dataclass
@@ -272,9 +277,12 @@ class Supervisor:
             # A timeout or cancel is meant for the job running now; stopping, for all.
             release = reason is KillReason.RELEASE
             target = w.job.token if w.job is not None and not release else None
-            wanted = KillWanted(reason, now + KILL_HOLD, target)
+            hold = KILL_HOLD_STOPPING if release else KILL_HOLD
+            wanted = KillWanted(reason, now + hold, target)
         elif reason is KillReason.RELEASE and wanted.reason is not KillReason.RELEASE:
-            wanted = KillWanted(KillReason.RELEASE, wanted.until, None)  # stopping outranks
+            # Stopping outranks, and waits as long as stopping does.
+            until = max(wanted.until, now + KILL_HOLD_STOPPING)
+            wanted = KillWanted(KillReason.RELEASE, until, None)
         w.kill_wanted = wanted
         if wanted.token is not None and (w.job is None or w.job.token != wanted.token):
             w.kill_wanted = None  # that job ended meanwhile: nothing to kill
