@@ -20,6 +20,7 @@ import click
 from taskschedd import __version__, log
 from taskschedd import config as config_mod
 from taskschedd.errors import StoreError, TaskSchedError
+from taskschedd.osproc import pid_alive
 from taskschedd.privileges import check_privileges
 
 HELP = """Run a taskschedd node: a master process that forks workers which claim jobs from
@@ -302,7 +303,7 @@ class PidFile:
                 os.close(fd)
                 continue
             other = self._pid_in(fd)
-            if other > 0 and other != os.getpid() and _alive(other):
+            if other > 0 and other != os.getpid() and pid_alive(other):
                 os.close(fd)  # not created by us: it exists and names a process
                 raise TaskSchedError(
                     f"pidfile {path} names a running process (pid {other}): is "
@@ -375,16 +376,6 @@ class PidFile:
             self.fd = None
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # a number no pid can be: garbage
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> None:

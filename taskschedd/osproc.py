@@ -57,6 +57,18 @@ def lead_own_group(pid: int = 0) -> None:
         os.setpgid(pid, pid)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts). A number no pid can be,
+    from a pidfile or a store record, is not a live process, not an error."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process is left in the group."""
     try:
@@ -131,6 +143,7 @@ __all__ = [
     "kill_strays",
     "killpg",
     "lead_own_group",
+    "pid_alive",
     "prctl",
     "rss_mb",
     "set_child_subreaper",

@@ -21,6 +21,7 @@ import time
 
 from taskschedd.config import Config, ConfigError
 from taskschedd.model import NodeRecord
+from taskschedd.osproc import pid_alive
 from taskschedd.store import Store
 
 #: A node's entry is live for this many heartbeat intervals after its last heartbeat.
@@ -62,16 +63,6 @@ def live_nodes(store: Store, now: float, window: float) -> list[NodeRecord]:
     return [n for n in store.nodes() if n.live(now, window)]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _started_at(pid: int) -> float | None:
     """When process ``pid`` started (wall clock), from /proc/PID/stat; None when unknown.
 
@@ -98,7 +89,7 @@ def is_dead(holder: NodeRecord) -> bool:
         return False
     if not holder.boot or abs(holder.boot - boot_time()) > SAME_BOOT:
         return False
-    if holder.pid == os.getpid() or not _pid_alive(holder.pid):
+    if holder.pid == os.getpid() or not pid_alive(holder.pid):
         return True
     started = _started_at(holder.pid)
     return started is not None and started > holder.started + 2.0  # clock ticks, clock skew

@@ -70,3 +70,9 @@ def test_a_node_of_another_host_is_never_known_dead() -> None:
     with subprocess.Popen(["true"]) as proc:
         proc.wait()
     assert not is_dead(entry(proc.pid, time.time() - 10, host="elsewhere.example"))
+
+
+def test_a_holder_whose_pid_no_process_can_have_is_dead_not_an_error() -> None:
+    """Another client's record may hold any integer: os.kill raised OverflowError."""
+    for pid in (2**31, 10**20):
+        assert is_dead(entry(pid, time.time() - 10))
