@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from taskschedd.model import ACTIVE, FINAL, RUNNABLE, JobStatus
+from taskschedd.model import ACTIVE, FINAL, RUNNABLE, Dependency, JobStatus
 
-__all__ = ["ACTIVE", "FINAL", "RUNNABLE", "Job", "JobStatus"]
+__all__ = ["ACTIVE", "FINAL", "RUNNABLE", "Dependency", "Job", "JobStatus"]
 
 
 class Job:
     """Base class of application jobs: override :meth:`start`.
 
     Instances are built by a worker with no arguments, so ``__init__`` may build what
-    the job needs; ``id``, ``data``, ``attempt``, ``queue`` and ``context`` (what the
-    node's setup hook returned) are set before :meth:`start` runs. What ``start``
+    the job needs; ``id``, ``data``, ``attempt``, ``queue``, ``context`` (what the
+    node's setup hook returned) and ``dependencies`` (for a job added with depends_on:
+    each dependency's id -> ``Dependency(status, result)``, read when the job was
+    claimed) are set before :meth:`start` runs. What ``start``
     returns must be JSON-serialisable: it is stored as the job's result.
     """
 
@@ -28,6 +30,7 @@ class Job:
     attempt: int
     queue: str
     context: Any
+    dependencies: Mapping[str, Dependency] = {}
     _progress_last: float | None = None
 
     def start(self) -> Any:
@@ -54,11 +57,13 @@ class Job:
         queue: str,
         context: Any,
         reporter: Callable[[float], None] | None,
+        dependencies: Mapping[str, Dependency] | None = None,
     ) -> None:
         self.id = job_id
         self.data = data
         self.attempt = attempt
         self.queue = queue
         self.context = context
+        self.dependencies = dict(dependencies or {})
         self._progress_reporter = reporter
         self._progress_last = None

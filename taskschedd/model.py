@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from taskschedd.options import JobOptions
 
@@ -21,10 +21,14 @@ class JobStatus(IntEnum):
     FAILED = 4
     CANCELED = 5
     TIMEOUT = 6
+    #: Waiting on its dependencies (depends_on): never claimed, not final; released
+    #: (WAITING/POSTPONED) or ended (CANCELED) once they are final. A number of its own,
+    #: past the original's, so that stores and clients that do not know it refuse it.
+    BLOCKED = 7
 
     @property
     def is_final(self) -> bool:
-        return self >= JobStatus.DONE
+        return JobStatus.DONE <= self <= JobStatus.TIMEOUT
 
     @classmethod
     def parse(cls, value: str | int) -> JobStatus:
@@ -43,13 +47,14 @@ class JobStatus(IntEnum):
             if text in cls.__members__:
                 return cls[text]
         names = ", ".join(s.name.lower() for s in cls)
-        raise ValueError(f"unknown status {value!r}; accepted: {names} (or 0-6)")
+        raise ValueError(f"unknown status {value!r}; accepted: {names} (or 0-7)")
 
 
 #: Statuses a job can be claimed from.
 RUNNABLE = (JobStatus.WAITING, JobStatus.POSTPONED)
-#: Statuses listed by default (as in the original) and matched by add_job_once.
-ACTIVE = (JobStatus.WAITING, JobStatus.POSTPONED, JobStatus.PROCESSING)
+#: Statuses listed by default (as in the original, and a job blocked on its
+#: dependencies: it is not done either) and matched by add_job_once.
+ACTIVE = (JobStatus.WAITING, JobStatus.POSTPONED, JobStatus.PROCESSING, JobStatus.BLOCKED)
 FINAL = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.TIMEOUT)
 
 
@@ -110,6 +115,15 @@ class ErrorInfo:
             time=float(d.get("time", 0.0)),
             reason=str(d.get("reason", "exception")),
         )
+
+
+class Dependency(NamedTuple):
+    """What a job sees of one of its dependencies (``Job.dependencies``), read once when
+    the job is claimed: a tuple, so ``status, result = self.dependencies[id]`` works.
+    ``status`` is None when the dependency's record is gone (flushed or deleted)."""
+
+    status: JobStatus | None
+    result: Any
 
 
 @dataclass(frozen=True)

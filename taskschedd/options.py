@@ -22,6 +22,10 @@ from taskschedd.timeutil import DURATION_HELP, TIME_HELP, parse_duration, parse_
 ALIASES = {"force_spawn": "ignore_max_children"}
 INTERVAL_REFERENCES = ("end", "start")
 BACKOFFS = ("fixed", "exponential")
+DEPENDENCY_FAILURES = ("cancel", "run")
+#: Most dependencies one job may have: each is a row to write at add time and a status
+#: to read at release; a fan-in wider than this is a group of groups.
+MAX_DEPENDENCIES = 1000
 # Used with fullmatch: a `$` anchor with match() would accept a trailing newline.
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _JOB_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
@@ -65,13 +69,20 @@ class JobOptions:
     priority: int = 0
     queue: str = "default"
     expires: float | None = None
+    #: Ids of the jobs that must end before this one runs (see taskschedd.dependencies).
+    depends_on: tuple[str, ...] = ()
+    #: When a dependency ends FAILED, CANCELED or TIMEOUT: "cancel" this job, or "run" it
+    #: anyway once every dependency is final.
+    on_dependency_failure: str = "cancel"
 
     def stored(self) -> dict[str, Any]:
         """The options kept with the job (for rules and display); id and at live in columns.
 
         Not dataclasses.asdict: its deep copy was half the cost of add_jobs, and every
         option is a scalar."""
-        return {name: getattr(self, name) for name in _STORED_NAMES}
+        stored = {name: getattr(self, name) for name in _STORED_NAMES}
+        stored["depends_on"] = list(self.depends_on)  # as JSON reads it back
+        return stored
 
     @cached_property
     def stored_json(self) -> str:
@@ -85,8 +96,8 @@ _STORED_NAMES = tuple(n for n in OPTION_NAMES if n not in ("id", "at"))
 #: Options that take no scheduler-wide default: an id names one job (a default would make
 #: every add after the first a duplicate), and ignore_data only says how one
 #: add_job_once call compares. Every other option may have a default, a time (at,
-#: expires) included, as it always could.
-NO_DEFAULT = ("id", "ignore_data")
+#: expires) included, as it always could; depends_on names jobs, as an id does.
+NO_DEFAULT = ("id", "ignore_data", "depends_on")
 #: The options that take a default: the keys of the configuration's ``job_defaults`` and
 #: of ``Scheduler(**defaults)`` (which also takes them as ``default_<name>``). Aliases
 #: (ALIASES) are accepted wherever their option is.
@@ -232,6 +243,12 @@ def _check_value(name: str, value: Any) -> Any:
         if not isinstance(value, str) or not _JOB_ID.fullmatch(value):
             raise _fail(name, "1-128 letters, digits or . _ : @ -", value)
         return value
+    if name == "depends_on":
+        return _job_ids(name, value)
+    if name == "on_dependency_failure":
+        if value not in DEPENDENCY_FAILURES:
+            raise _fail(name, " or ".join(DEPENDENCY_FAILURES), value)
+        return value
     if name == "cron":
         if value is None:
             return None
@@ -242,6 +259,30 @@ def _check_value(name: str, value: Any) -> Any:
         CronExpr.parse(value)
         return value.strip()
     raise unknown_option(name, OPTION_NAMES)  # pragma: no cover - callers check names first
+
+
+def _job_ids(name: str, value: Any) -> tuple[str, ...]:
+    """A list of distinct job ids (a single id is a list of one)."""
+    accepted = f"a list of at most {MAX_DEPENDENCIES} distinct job ids"
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise _fail(name, accepted, value)
+    ids = tuple(value)
+    if len(ids) > MAX_DEPENDENCIES:
+        raise OptionError(
+            f"option {name!r}: {len(ids)} job ids, more than {MAX_DEPENDENCIES}; "
+            "chain a fan-in through intermediate jobs"
+        )
+    for job_id in ids:
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            raise _fail(name, f"{accepted} (1-128 letters, digits or . _ : @ -)", job_id)
+    if len(set(ids)) != len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise OptionError(f"option {name!r}: job id {twice!r} is given more than once")
+    return ids
 
 
 @dataclass
@@ -310,6 +351,14 @@ def resolve(
 
 
 def _check_combination(opts: JobOptions) -> None:
+    if opts.depends_on and (opts.interval or opts.cron):
+        raise OptionError(
+            "option 'depends_on' cannot be given with 'interval' or 'cron': an occurrence "
+            "of a series would wait on jobs that ended long before it; add the series "
+            "from a job that depends on them instead"
+        )
+    if opts.id is not None and opts.id in opts.depends_on:
+        raise OptionError(f"option 'depends_on': job {opts.id!r} cannot depend on itself")
     if opts.cron and opts.interval:
         raise OptionError(
             "options 'cron' and 'interval' exclude each other: give one recurrence, not both"
@@ -326,10 +375,11 @@ def stored_options(data: Mapping[str, Any]) -> JobOptions:
     """Options read back from a store, checked like given ones (OptionError): another
     client may have written them. Names this version does not know are left out."""
     try:
-        key: Any = tuple(sorted(data.items()))
+        # depends_on is stored as a JSON list: a tuple is hashable, and as valid.
+        key: Any = tuple(sorted((k, tuple(v) if type(v) is list else v) for k, v in data.items()))
         hash(key)
     except TypeError:  # an unhashable value: not ours; check it uncached
-        return _check_stored(tuple(data.items()))
+        return _check_stored.__wrapped__(tuple(data.items()))
     return _check_stored(key)
 
 

@@ -39,7 +39,7 @@ from taskschedd.options import (
     resolve,
 )
 from taskschedd.store import open_store
-from taskschedd.store.base import DuplicateJobId, Store, Waker
+from taskschedd.store.base import DuplicateJobId, Store, UnknownDependency, Waker
 from taskschedd.storeurl import DEFAULT_PATH, DEFAULT_URL
 
 if TYPE_CHECKING:
@@ -279,6 +279,11 @@ class Scheduler:
         path = self._path(cls)
         data_json = dump_data(data, self.max_data_size)
         opts, explicit = resolved or self._resolve(options)
+        if opts.depends_on and not self.store.supports_dependencies:
+            raise OptionError(
+                f"option 'depends_on': the store {type(self.store).__name__} does not "
+                "support job dependencies yet"
+            )
         at = rules.first_run_at(opts, now)
         job = NewJob(
             id=opts.id or new_id(),
@@ -287,7 +292,8 @@ class Scheduler:
             options=opts,
             at=at,
             created=now,
-            status=rules.initial_status(at, now),
+            # BLOCKED until its dependencies are final: the store decides it at insert.
+            status=JobStatus.BLOCKED if opts.depends_on else rules.initial_status(at, now),
         )
         return job, opts, explicit
 
@@ -310,14 +316,26 @@ class Scheduler:
         """Queue a job; returns its handle. OptionError/JobDataError before anything is written.
 
         ``data``: JSON-serialisable, dict keys strings at any depth; without it the job's
-        data is ``{}`` (``None`` stores null)."""
+        data is ``{}`` (``None`` stores null). ``depends_on=[id, ...]``: the job stays
+        BLOCKED until those jobs end; it runs once all ended DONE, and is canceled when
+        one ends otherwise unless ``on_dependency_failure="run"`` (then it runs once all
+        are final). Its ``start()`` reads their results as ``self.dependencies``."""
         data = _data(data)
         job, _, _ = self._prepare(cls, data, options, time.time())
+        self._insert([job])
+        if job.options.depends_on:  # decided at insert: dependencies may be final already
+            return Process(self, self.store.get(job.id))
+        return Process(self, self._local_record(job, data))
+
+    def _insert(self, jobs: list[NewJob]) -> None:
         try:
-            self.store.insert((job,))
+            self.store.insert(jobs)
         except DuplicateJobId as exc:
             raise OptionError(f"option 'id': a job with id {exc.job_id!r} already exists") from None
-        return Process(self, self._local_record(job, data))
+        except UnknownDependency as exc:
+            raise OptionError(
+                f"option 'depends_on': {exc}; a job can depend only on jobs that exist"
+            ) from None
 
     def add_jobs(
         self, jobs: Iterable[JobSpec | tuple[Any, ...] | Mapping[str, Any]]
@@ -344,10 +362,10 @@ class Scheduler:
         ids = [j.id for j, _ in prepared]
         if len(set(ids)) != len(ids):
             raise OptionError("option 'id': the same id is given to more than one job in the batch")
-        try:
-            self.store.insert([j for j, _ in prepared])
-        except DuplicateJobId as exc:
-            raise OptionError(f"option 'id': a job with id {exc.job_id!r} already exists") from None
+        self._insert([j for j, _ in prepared])
+        if any(j.options.depends_on for j, _ in prepared):
+            found = {r.id: r for r in self.store.find(JobQuery(ids=tuple(ids)))}
+            return [Process(self, found.get(j.id) or self._local_record(j, d)) for j, d in prepared]
         return [Process(self, self._local_record(j, d)) for j, d in prepared]
 
     @staticmethod
@@ -373,6 +391,11 @@ class Scheduler:
         Safe for overlapping callers (cron): they get the same job. Without ``data`` the
         job's data is ``{}``, as for add_job: null (``None``) is other data."""
         job, opts, explicit = self._prepare(cls, _data(data), options, time.time())
+        if opts.depends_on:
+            raise OptionError(
+                "option 'depends_on' cannot be given to add_job_once: which waiting job "
+                "is 'the same' one is not defined for jobs waiting on other jobs"
+            )
         key = rules.once_key(job.cls, job.data_json, opts.ignore_data)
         job = NewJob(
             id=job.id,

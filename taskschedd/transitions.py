@@ -160,6 +160,8 @@ class Transition:
 
 
 _RUNNABLE = frozenset(RUNNABLE)
+#: What a cancel ends at once: a job not running yet, a BLOCKED one included.
+_NOT_STARTED = _RUNNABLE | {JobStatus.BLOCKED}
 _PROCESSING = frozenset({JobStatus.PROCESSING})
 #: What a retry (requeue) takes a job from: any final status but DONE.
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELED, JobStatus.TIMEOUT})
@@ -237,14 +239,15 @@ def claim(owner: ClaimFields) -> Branch:
 
 
 def _stop(name: str, reason: str, *, free_once_while_running: bool) -> Transition:
-    """A runnable job ends CANCELED now with ``reason`` (its once key freed); a running
-    one is asked to stop (its node kills it; its settle then ends it CANCELED)."""
+    """A job not started (runnable or BLOCKED) ends CANCELED now with ``reason`` (its once
+    key freed); a running one is asked to stop (its node kills it; its settle then ends
+    it CANCELED)."""
     return Transition(
         name,
         (
             Branch(
                 reason,
-                Guard(_RUNNABLE),
+                Guard(_NOT_STARTED),
                 Change(
                     status=JobStatus.CANCELED, reason=reason, ended=Ended.NOW, release_once=True
                 ),

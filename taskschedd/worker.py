@@ -29,7 +29,7 @@ from taskschedd.errors import JobClassError, JobDataError, StoreError, StoreUnav
 from taskschedd.job import Job
 from taskschedd.leasewatch import lease_margin
 from taskschedd.loader import load_class
-from taskschedd.model import ClaimRequest, ErrorInfo, JobRecord, clip
+from taskschedd.model import ClaimRequest, Dependency, ErrorInfo, JobQuery, JobRecord, clip
 from taskschedd.options import DEFAULT_MAX_DATA_SIZE, dump_result
 from taskschedd.store.base import Store
 from taskschedd.transitions import Branch, Transition
@@ -599,6 +599,20 @@ class Worker:
             self._classes[path] = cls
         return cls
 
+    def _dependencies(self, job: JobRecord) -> dict[str, Dependency]:
+        """The status and result of each of the job's dependencies: one store read per
+        claimed job, however many it has (None status: its record is gone)."""
+        ids = job.options.depends_on
+        if not ids:
+            return {}
+        found = {r.id: r for r in self.store.find(JobQuery(ids=ids))}
+        return {
+            i: Dependency(found[i].status, found[i].result)
+            if i in found
+            else Dependency(None, None)
+            for i in ids
+        }
+
     def _run(self, job: JobRecord, bound: Any) -> Transition:
         now = time.time()
         if job.corrupt is not None:
@@ -625,6 +639,12 @@ class Worker:
             return rules.on_error(job, info, now, permanent=True)
         token = job.claim_token
         assert token is not None
+        try:
+            deps = self._dependencies(job)
+        except StoreUnavailable as exc:
+            # Not the job's fault: given back without using an attempt.
+            bound.warning("cannot read the job's dependencies; giving it back", error=str(exc))
+            return rules.release(job)
 
         def report(percent: float) -> None:
             with contextlib.suppress(StoreUnavailable):  # progress is best effort
@@ -647,7 +667,7 @@ class Worker:
             instance = cls()
             instance._bind(
                 job_id=job.id, data=job.data, attempt=job.attempt, queue=job.queue,
-                context=self.context, reporter=report,
+                context=self.context, reporter=report, dependencies=deps,
             )  # fmt: skip
             if alarm:
                 restore.append(_arm(job.options.timeout, on_alarm))

@@ -61,6 +61,21 @@ class BadResult(Job):
         return object()
 
 
+class Add(Job):
+    """Returns ``data["n"]`` plus the results of its dependencies that ended DONE, and
+    records what it saw of each (a chain that passes results)."""
+
+    def start(self) -> Any:
+        seen = {
+            i: [d.status.name if d.status else None, d.result] for i, d in self.dependencies.items()
+        }
+        total = int((self.data or {}).get("n", 0))
+        for dep in self.dependencies.values():
+            if dep.status is not None and dep.status.name == "DONE":
+                total += int(dep.result.get("total", 0))
+        return {"total": total, "seen": seen}
+
+
 class NotAJob:
     """A class that is not a Job subclass (loader tests)."""
 

@@ -58,15 +58,31 @@ class DuplicateJobId(Exception):
         self.job_id = job_id
 
 
+class UnknownDependency(LookupError):
+    """Insert found that a job's depends_on names jobs that do not exist (nothing written)."""
+
+    def __init__(self, job_id: str, missing: Sequence[str]) -> None:
+        super().__init__(f"job {job_id}: no job with id {', '.join(missing)}")
+        self.job_id = job_id
+        self.missing = list(missing)
+
+
 class Store(abc.ABC):
     """What every store does. All times are unix seconds (float)."""
 
     url: str
+    #: Whether insert() takes jobs with depends_on (BLOCKED until their dependencies are
+    #: final; see taskschedd.dependencies): the Scheduler refuses them otherwise.
+    supports_dependencies: bool = False
 
     # -- writing jobs ------------------------------------------------------------
     @abc.abstractmethod
     def insert(self, jobs: Sequence[NewJob]) -> None:
-        """Insert all jobs atomically; DuplicateJobId if an id exists (nothing written)."""
+        """Insert all jobs atomically; DuplicateJobId if an id exists (nothing written).
+
+        A job with depends_on is inserted BLOCKED, after the jobs before it in ``jobs``
+        (it may depend on them), and decided at once against dependencies already final;
+        UnknownDependency (nothing written) when one of them does not exist."""
 
     @abc.abstractmethod
     def insert_once(self, job: NewJob, same: Any, replace: Transition) -> tuple[JobRecord, bool]:
@@ -197,6 +213,11 @@ class Store(abc.ABC):
         return self.get(job_id), applied is not None
 
     # -- reading -----------------------------------------------------------------
+    def dependents(self, job_id: str) -> list[JobRecord]:
+        """The jobs added with ``job_id`` in their depends_on, oldest first (a store
+        without dependencies has none)."""
+        return []
+
     @abc.abstractmethod
     def get(self, job_id: str) -> JobRecord:
         """JobNotFound if there is no such job."""

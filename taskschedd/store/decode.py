@@ -128,7 +128,7 @@ def _status(value: Any) -> JobStatus:
         value = int(value)
     status = _STATUSES.get(value) if type(value) is int else None
     if status is None:
-        raise _Bad(f"status is {_show(value)}, not a job status (0-6)")
+        raise _Bad(f"status is {_show(value)}, not a job status (0-7)")
     return status
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from taskschedd import transitions
+from taskschedd import dependencies, transitions
 from taskschedd.errors import (
     JobNotFound,
     StoreError,
@@ -41,13 +41,13 @@ from taskschedd.model import (
 )
 from taskschedd.stats import StatRows
 from taskschedd.store import diskspace, sqlitefiles
-from taskschedd.store.base import DuplicateJobId, Store, Waker
+from taskschedd.store.base import DuplicateJobId, Store, UnknownDependency, Waker
 from taskschedd.store.decode import decode_event, decode_job, decode_node
 from taskschedd.store.notify import NotifyDir
 from taskschedd.store.sqlitecompile import change_sql, guard_sql
 from taskschedd.transitions import Branch, ClaimFields, Transition
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: A claim that waited longer than this for the write lock counts its lease from the end
 #: of the wait (shorter waits are noise, and keep the caller's `now` exact).
 LOCK_WAIT_SHIFT = 0.5
@@ -160,7 +160,19 @@ _CLAIMABLE = "status IN (%s)" % ", ".join(
     str(int(s)) for s in sorted(transitions.CLAIMABLE.statuses)
 )
 assert _CLAIMABLE in _JOBS_TABLES
-_SCHEMA = _JOBS_TABLES + _V2_INDEXES + _EVENTS_TABLE + _EVENTS_INDEX + _NODES_TABLE
+#: Schema 3: which jobs wait on which (depends_on), keyed by the dependency so that the
+#: write that makes a job final finds its dependents by index; by the dependent for the
+#: purge of its rows. A job's own list, in its order, is its options' depends_on.
+_DEPS_TABLE = """
+CREATE TABLE IF NOT EXISTS job_deps (
+    dependency TEXT NOT NULL,
+    dependent TEXT NOT NULL,
+    PRIMARY KEY (dependency, dependent)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS job_deps_dependent ON job_deps(dependent);
+"""
+_SCHEMA = _JOBS_TABLES + _V2_INDEXES + _EVENTS_TABLE + _EVENTS_INDEX + _NODES_TABLE + _DEPS_TABLE
+_BLOCKED = int(JobStatus.BLOCKED)
 
 _COLUMNS = (
     "id, cls, data, status, queue, priority, at, created, started, ended, attempt, options, "
@@ -219,7 +231,7 @@ _TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
 #: statements compare has the wrong type: quarantined by the nodes' sweep.
 #: (Times beyond +-1e11, the decoding boundary's bound, would never come due or expire.)
 _MALFORMED = (
-    "(typeof(status) != 'integer' OR status NOT IN (0, 1, 2, 3, 4, 5, 6) "
+    "(typeof(status) != 'integer' OR status NOT IN (0, 1, 2, 3, 4, 5, 6, 7) "
     "OR (status IN (0, 1, 2) AND typeof(id) != 'text') "
     "OR (status IN (0, 1) AND (typeof(at) NOT IN ('integer', 'real') OR abs(at) > 1e11 "
     "OR typeof(spawn) != 'integer' OR spawn NOT IN (0, 1) OR typeof(queue) != 'text')) "
@@ -244,6 +256,15 @@ def _upgrade_v1(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE events_v1")  # and its indexes, events_time among them
     conn.execute(_EVENTS_INDEX)
     _hold_event_floor(conn, issued)  # deleted events' seqs stay used
+
+
+def _upgrade_v2(conn: sqlite3.Connection) -> None:
+    """Schema 2 -> 3: the dependency table (no job has dependencies yet). A store of
+    schema 3 is refused by taskschedd 0.5 and older, which would quarantine a BLOCKED
+    job (a status they do not know) as corrupt."""
+    for stmt in _DEPS_TABLE.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
 
 
 def _hold_event_floor(conn: sqlite3.Connection, top: int | None) -> None:
@@ -271,6 +292,8 @@ def _hold_event_floor(conn: sqlite3.Connection, top: int | None) -> None:
 
 class SQLiteStore(Store):
     """See the module docstring. ``busy_timeout`` bounds how long a write waits for a lock."""
+
+    supports_dependencies = True
 
     def __init__(
         self,
@@ -429,7 +452,9 @@ class SQLiteStore(Store):
                     (SCHEMA_VERSION,),
                 )
             elif version < SCHEMA_VERSION:
-                _upgrade_v1(conn)
+                if version < 2:
+                    _upgrade_v1(conn)
+                _upgrade_v2(conn)
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
@@ -607,7 +632,12 @@ class SQLiteStore(Store):
             return
         try:
             with self._write() as conn:
-                if len(jobs) == 1:
+                if any(j.options.depends_on for j in jobs):
+                    for job in jobs:  # in order: a job may depend on an earlier one
+                        self._insert_row(conn, job)
+                        if job.options.depends_on:
+                            self._add_dependencies(conn, job)
+                elif len(jobs) == 1:
                     self._insert_row(conn, jobs[0])
                 else:  # one statement per table, not two per job
                     conn.executemany("INSERT " + self._INSERT_SQL, map(self._job_row, jobs))
@@ -624,6 +654,101 @@ class SQLiteStore(Store):
             raise self._error(exc) from None
         except sqlite3.Error as exc:
             raise self._error(exc) from None
+
+    def _add_dependencies(self, conn: sqlite3.Connection, job: NewJob) -> None:
+        """Record what ``job`` (just inserted BLOCKED) waits on, and decide it at once
+        against dependencies already final; UnknownDependency (the caller's transaction
+        rolls back: nothing written) when one does not exist."""
+        deps = job.options.depends_on
+        found = dict(self._statuses(conn, deps))
+        missing = [d for d in deps if d not in found]
+        if missing:
+            raise UnknownDependency(job.id, missing)
+        conn.executemany(
+            "INSERT INTO job_deps (dependency, dependent) VALUES (?, ?)",
+            [(d, job.id) for d in deps],
+        )
+        decision = dependencies.decide(
+            [(d, found[d]) for d in deps],
+            on_failure=job.options.on_dependency_failure, at=job.at, now=job.created,
+        )  # fmt: skip
+        if decision is not None:
+            self._apply_in(conn, "id = ?", [job.id], decision, None, job.created)
+
+    @staticmethod
+    def _statuses(
+        conn: sqlite3.Connection, ids: Sequence[str]
+    ) -> list[tuple[str, JobStatus | None]]:
+        """(id, status) of the jobs of ``ids`` that exist (a status no JobStatus names,
+        written by another client, reads as None: it cannot end DONE)."""
+        out: list[tuple[str, JobStatus | None]] = []
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            rows = conn.execute(
+                "SELECT id, status FROM jobs WHERE id IN (%s)" % ",".join("?" * len(chunk)),
+                chunk,
+            ).fetchall()
+            for job_id, status in rows:
+                try:
+                    out.append((job_id, JobStatus(status)))
+                except ValueError:
+                    out.append((job_id, None))
+        return out
+
+    def _release_dependents(self, conn: sqlite3.Connection, finals: list[str], now: float) -> None:
+        """Re-decide the BLOCKED dependents of jobs that just became final, inside the
+        write that made them final; each that ends final in turn has its own dependents
+        decided (a worklist, not recursion: a chain may be long)."""
+        work = list(finals)
+        while work:
+            chunk, work = work[:500], work[500:]
+            dependents = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT d.dependent FROM job_deps d JOIN jobs j "
+                    f"ON j.id = d.dependent AND j.status = {_BLOCKED} "
+                    "WHERE d.dependency IN (%s)" % ",".join("?" * len(chunk)),
+                    chunk,
+                )
+            ]
+            for job_id in dependents:
+                branch = self._decide_blocked(conn, job_id, now)
+                if branch is not None and branch.status is not None and branch.status.is_final:
+                    work.append(job_id)
+
+    def _decide_blocked(self, conn: sqlite3.Connection, job_id: str, now: float) -> Branch | None:
+        """Decide one BLOCKED job against its dependencies' statuses as stored now."""
+        row = conn.execute(
+            f"SELECT options, at FROM jobs WHERE id = ? AND status = {_BLOCKED}", (job_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            options = json.loads(row[0])
+            deps = [str(d) for d in options.get("depends_on") or ()]
+            on_failure = str(options.get("on_dependency_failure", "cancel"))
+            at = float(row[1])
+        except (ValueError, TypeError, AttributeError):
+            return None  # not decodable: the quarantine sweep's to report
+        found = dict(self._statuses(conn, deps))
+        decision = dependencies.decide(
+            [(d, found.get(d)) for d in deps], on_failure=on_failure, at=at, now=now
+        )
+        if decision is None:
+            return None
+        applied = self._apply_branches(conn, "id = ?", [job_id], decision, None, now)
+        return applied[0][1] if applied else None
+
+    def dependents(self, job_id: str) -> list[JobRecord]:
+        rows = self._read(
+            lambda c: c.execute(
+                f"SELECT {', '.join('j.' + n.strip() for n in _COLUMNS.split(','))} "
+                "FROM job_deps d JOIN jobs j ON j.id = d.dependent WHERE d.dependency = ? "
+                "ORDER BY j.seq",
+                (job_id,),
+            ).fetchall()
+        )
+        return [_row_to_job(r) for r in rows]
 
     def insert_once(self, job: NewJob, same: Any, replace: Transition) -> tuple[JobRecord, bool]:
         try:
@@ -646,6 +771,24 @@ class SQLiteStore(Store):
         return self.get(job.id), True
 
     def _apply_in(
+        self,
+        conn: sqlite3.Connection,
+        where: str,
+        wargs: list[Any],
+        transition: Transition,
+        token: str | None,
+        now: float,
+    ) -> list[tuple[str, Branch]]:
+        """:meth:`_apply_branches`, then, in the same transaction, the release or cancel
+        of the BLOCKED dependents of every job it made final: exactly once, with the
+        write that made their dependency final (settle, cancel, expire, reap...)."""
+        applied = self._apply_branches(conn, where, wargs, transition, token, now)
+        finals = [i for i, b in applied if b.status is not None and b.status.is_final]
+        if finals:
+            self._release_dependents(conn, finals, now)
+        return applied
+
+    def _apply_branches(
         self,
         conn: sqlite3.Connection,
         where: str,
@@ -922,6 +1065,9 @@ class SQLiteStore(Store):
                     record.queue, record.node, record.worker, error,
                     transition.intended.reason,
                 )  # fmt: skip
+                status = transition.intended.status
+                if status is not None and status.is_final and isinstance(record.id, str):
+                    self._release_dependents(conn, [record.id], now)
                 return True
 
         return self._guard(run)
@@ -1086,10 +1232,15 @@ class SQLiteStore(Store):
         while True:
             # Small batches keep the write lock short while workers claim.
             def batch(conn: sqlite3.Connection) -> int:
+                # A job whose dependent has not ended yet stays: the dependent reads its
+                # result when claimed (and again on each retry).
                 ids = [
                     r[0]
                     for r in conn.execute(
-                        f"SELECT id FROM jobs WHERE status IN ({marks}) AND ended < ? LIMIT 500",
+                        f"SELECT id FROM jobs WHERE status IN ({marks}) AND ended < ? "
+                        "AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs b "
+                        "ON b.id = d.dependent AND b.status NOT IN "
+                        f"({_FINAL_SQL}) WHERE d.dependency = jobs.id) LIMIT 500",
                         [*finals, ended_before],
                     )
                 ]
@@ -1099,6 +1250,7 @@ class SQLiteStore(Store):
                 (top,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
                 conn.execute(f"DELETE FROM events WHERE job_id IN ({q})", ids)
                 conn.execute(f"DELETE FROM jobs WHERE id IN ({q})", ids)
+                conn.execute(f"DELETE FROM job_deps WHERE dependent IN ({q})", ids)
                 _hold_event_floor(conn, top)
                 return len(ids)
 
@@ -1117,6 +1269,7 @@ class SQLiteStore(Store):
                 (top,) = conn.execute("SELECT MAX(seq) FROM events").fetchone()
                 conn.execute("DELETE FROM events")
                 conn.execute("DELETE FROM jobs")
+                conn.execute("DELETE FROM job_deps")
                 _hold_event_floor(conn, top)
 
         self._guard(run)

@@ -96,8 +96,9 @@ def schema_of(store: SQLiteStore) -> dict[str, str]:
 
 
 def check_v2(store: SQLiteStore) -> None:
+    """The schema is the current one (3: version 2's, and the dependency table)."""
     conn = store._conn
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
     ddl = schema_of(store)
     assert "AUTOINCREMENT" not in ddl["events"]
     assert "events_time" not in ddl and "jobs_status_ended" not in ddl
@@ -105,10 +106,12 @@ def check_v2(store: SQLiteStore) -> None:
     assert "WHERE series IS NOT NULL" in ddl["jobs_series"]
     assert {"jobs_claim", "jobs_token", "jobs_lease", "jobs_once", "jobs_created"} <= set(ddl)
     assert "events_job" in ddl
+    assert "PRIMARY KEY (dependency, dependent)" in ddl["job_deps"]
+    assert "job_deps_dependent" in ddl
 
 
-def test_a_new_store_has_schema_2(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 2
+def test_a_new_store_has_schema_3(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 3
     store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
     try:
         store.insert([new_job("a")])
@@ -150,6 +153,25 @@ def test_a_v1_store_is_upgraded_in_place_and_keeps_its_jobs_and_events(tmp_path:
         store.close()
 
 
+def test_a_v2_store_gets_the_dependency_table_and_keeps_its_jobs(tmp_path: Path) -> None:
+    """Schema 2 (taskschedd 0.5) -> 3: the version says so, so that 0.5 refuses the store
+    instead of quarantining its BLOCKED jobs as corrupt."""
+    db = tmp_path / "jobs.db"
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
+    store.insert([new_job("a")])
+    store._conn.execute("DROP TABLE job_deps")
+    store._conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    store.close()
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
+    try:
+        check_v2(store)
+        store.insert([new_job("b", depends_on=("a",), status=JobStatus.BLOCKED)])
+        assert [j.id for j in store.dependents("a")] == ["b"]
+        assert store.get("a").status is JobStatus.WAITING
+    finally:
+        store.close()
+
+
 def _open_and_report(url: str, start: float) -> None:
     while time.time() < start:  # open together, not one after the other
         time.sleep(0.001)
@@ -187,9 +209,9 @@ def test_a_newer_schema_is_refused_with_the_version(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     store = SQLiteStore(f"sqlite:///{db}", create=True)
     store.insert([new_job("a")])
-    store._conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    store._conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
     store.close()
-    with pytest.raises(StoreError, match="has schema 3, newer than this taskschedd understands"):
+    with pytest.raises(StoreError, match="has schema 4, newer than this taskschedd understands"):
         SQLiteStore(f"sqlite:///{db}", create=True).get("a")
 
 

@@ -76,7 +76,7 @@ def test_fold_labels_garbled_values_once() -> None:
 def test_status_name_and_label() -> None:
     assert [status_name(int(s)) for s in JobStatus] == [s.name for s in JobStatus]
     assert status_name(4.0) == "FAILED"
-    for bad in (4.5, -1, 7, "3", None, True, [3], math.nan):
+    for bad in (4.5, -1, 8, "3", None, True, [3], math.nan):
         assert status_name(bad) == UNKNOWN_STATUS, bad
     assert label("mail") == "mail"
     assert label(3) == "<int>"

@@ -31,6 +31,8 @@ SAMPLES: dict[str, Any] = {
     "priority": 3,
     "queue": "bulk",
     "expires": "2031-01-01T00:00:00Z",
+    "depends_on": ["a"],
+    "on_dependency_failure": "run",
     "force_spawn": True,
 }
 

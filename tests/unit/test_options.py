@@ -32,6 +32,10 @@ ISO_TS = datetime(2026, 1, 31, 8, 0, tzinfo=UTC).timestamp()
 
 # (option, given value, resolved value)
 GOOD: list[tuple[str, Any, Any]] = [
+    ("depends_on", ["a", "b"], ("a", "b")),
+    ("depends_on", "a", ("a",)),
+    ("depends_on", None, ()),
+    ("on_dependency_failure", "run", "run"),
     ("at", 1700000000, 1700000000.0),
     ("at", "1700000000.5", 1700000000.5),
     ("at", ISO, ISO_TS),
@@ -124,6 +128,11 @@ BAD: list[tuple[str, Any, tuple[str, ...]]] = [
     ("queue", 5, ("queue name",)),
     ("queue", "x" * 65, ("1-64",)),
     ("expires", "never", ("ISO 8601",)),
+    ("depends_on", {"a": 1}, ("list of at most 1000 distinct job ids",)),
+    ("depends_on", ["a b"], ("1-128 letters",)),
+    ("depends_on", ["a", "a"], ("given more than once",)),
+    ("depends_on", ["x"] * 1001, ("more than 1000",)),
+    ("on_dependency_failure", "skip", ("cancel or run",)),
 ]
 
 

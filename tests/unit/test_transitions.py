@@ -129,7 +129,7 @@ def test_corrupt_replaces_the_errors_and_ends_failed_without_next() -> None:
 def test_cancel_ends_a_runnable_job_and_asks_a_running_one_to_stop() -> None:
     t = transitions.cancel()
     first, second = t.branches
-    assert first.guard == transitions.Guard(RUNNABLE)
+    assert first.guard == transitions.Guard(RUNNABLE | {JobStatus.BLOCKED})
     assert (first.status, first.reason, first.change.release_once) == (
         JobStatus.CANCELED, "canceled", True,
     )  # fmt: skip

@@ -1,0 +1,270 @@
+"""Job dependencies (depends_on) on every store that supports them: chains, fan-in,
+failure and cancel propagation, decisions at add time, results flow, retention.
+
+Jobs run through a real in-process Worker; every outcome is read back from the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from taskschedd import rules
+from taskschedd.errors import OptionError
+from taskschedd.model import JobQuery, JobRecord, JobStatus
+from taskschedd.options import MAX_DEPENDENCIES
+from taskschedd.scheduler import JobSpec, Scheduler
+from taskschedd.store.base import Store
+from taskschedd.worker import Worker
+from tests.api_jobs import MODULE
+from tests.store.test_contract import must_claim
+
+ADD = f"{MODULE}.Add"
+FAIL = f"{MODULE}.Fail"
+FAIL_TIMES = f"{MODULE}.FailTimes"
+B = JobStatus.BLOCKED
+
+
+@pytest.fixture
+def sched(store: Store) -> Iterator[Scheduler]:
+    if not store.supports_dependencies:
+        pytest.skip(f"{type(store).__name__}: job dependencies not built yet (issue 14)")
+    yield Scheduler(store)
+
+
+def drain(store: Store, max_jobs: int | None = None) -> int:
+    """Run every runnable job (and those it releases) to the end; how many ran."""
+    worker = Worker(store, allowed_modules=[MODULE], poll_interval=0.02)
+    return worker.run(idle_exit=0, max_jobs=max_jobs)
+
+
+def get(store: Store, job_id: str) -> JobRecord:
+    return store.get(job_id)
+
+
+def events(store: Store, job_id: str) -> list[tuple[JobStatus, str | None]]:
+    return [(e.status, e.reason) for e in store.events(job_ids=[job_id])]
+
+
+def test_a_chain_of_three_runs_in_order_and_passes_results(sched: Scheduler) -> None:
+    store = sched.store
+    a = sched.add_job(ADD, {"n": 1})
+    b = sched.add_job(ADD, {"n": 2}, depends_on=[a.id])
+    c = sched.add_job(ADD, {"n": 3}, depends_on=b.id)  # one id as a list of one
+    assert (a.status, b.status, c.status) == (JobStatus.WAITING, B, B)
+    assert store.count_due(["default"], now=time.time(), force_spawn=False) == 1
+    assert drain(store) == 3
+    ra, rb, rc = (get(store, p.id) for p in (a, b, c))
+    assert [r.status for r in (ra, rb, rc)] == [JobStatus.DONE] * 3
+    assert rc.result["total"] == 6
+    assert rc.result["seen"] == {b.id: ["DONE", rb.result]}
+    assert rb.result["seen"] == {a.id: ["DONE", {"total": 1, "seen": {}}]}
+    assert ra.ended is not None and rb.started is not None and ra.ended <= rb.started
+    assert rb.ended is not None and rc.started is not None and rb.ended <= rc.started
+    # Released exactly once, with the write that ended its dependency.
+    assert events(store, c.id) == [
+        (B, "added"), (JobStatus.WAITING, "dependencies done"),
+        (JobStatus.PROCESSING, None), (JobStatus.DONE, "done"),
+    ]  # fmt: skip
+
+
+def test_a_diamond_runs_its_fan_in_once_after_both_branches(sched: Scheduler) -> None:
+    store = sched.store
+    a = sched.add_job(ADD, {"n": 1})
+    b = sched.add_job(ADD, {"n": 10}, depends_on=[a.id])
+    c = sched.add_job(ADD, {"n": 100}, depends_on=[a.id])
+    d = sched.add_job(ADD, {"n": 1000}, depends_on=[b.id, c.id])
+    assert drain(store) == 4
+    rb, rc, rd = (get(store, p.id) for p in (b, c, d))
+    assert rd.status is JobStatus.DONE and rd.attempt == 1
+    assert rd.result["total"] == 1000 + 11 + 101
+    assert set(rd.result["seen"]) == {b.id, c.id}
+    assert rd.started is not None and rb.ended is not None and rc.ended is not None
+    assert rd.started >= max(rb.ended, rc.ended)
+    assert [s for s, _ in events(store, d.id)].count(JobStatus.WAITING) == 1
+
+
+def test_a_failed_dependency_cancels_its_dependents_not_its_siblings(sched: Scheduler) -> None:
+    store = sched.store
+    a = sched.add_job(ADD, {"n": 1})
+    b = sched.add_job(FAIL, {"message": "no"}, depends_on=[a.id])
+    c = sched.add_job(ADD, {"n": 2}, depends_on=[a.id])
+    d = sched.add_job(ADD, depends_on=[b.id, c.id])
+    e = sched.add_job(ADD, depends_on=[d.id])  # and so on down the graph
+    drain(store)
+    rb, rc, rd, re_ = (get(store, p.id) for p in (b, c, d, e))
+    assert (rb.status, rc.status) == (JobStatus.FAILED, JobStatus.DONE)
+    assert (rd.status, rd.reason) == (JobStatus.CANCELED, f"dependency {b.id} ended FAILED")
+    assert (rd.attempt, rd.started) == (0, None)  # never ran
+    assert (re_.status, re_.reason) == (JobStatus.CANCELED, f"dependency {d.id} ended CANCELED")
+    assert rd.ended is not None and re_.ended is not None
+
+
+def test_on_dependency_failure_run_runs_and_sees_the_failure(sched: Scheduler) -> None:
+    store = sched.store
+    bad = sched.add_job(FAIL)
+    good = sched.add_job(ADD, {"n": 5})
+    after = sched.add_job(ADD, {"n": 1}, depends_on=[bad.id, good.id], on_dependency_failure="run")
+    drain(store)
+    done = get(store, after.id)
+    assert (done.status, done.reason) == (JobStatus.DONE, "done")
+    assert done.result["total"] == 6
+    assert done.result["seen"][bad.id][0] == "FAILED"
+    assert (JobStatus.WAITING, "dependencies final") in events(store, after.id)
+
+
+def test_cancel_cascades_through_the_graph(sched: Scheduler) -> None:
+    store = sched.store
+    later = time.time() + 3600
+    a = sched.add_job(ADD, at=later)
+    b = sched.add_job(ADD, depends_on=[a.id])
+    c = sched.add_job(ADD, depends_on=[b.id])
+    other = sched.add_job(ADD, at=later)
+    d = sched.add_job(ADD, depends_on=[c.id, other.id])
+    assert sched.cancel_job(a.id).status is JobStatus.CANCELED
+    reasons = {p.id: (get(store, p.id).status, get(store, p.id).reason) for p in (b, c, d)}
+    assert reasons == {
+        b.id: (JobStatus.CANCELED, f"dependency {a.id} ended CANCELED"),
+        c.id: (JobStatus.CANCELED, f"dependency {b.id} ended CANCELED"),
+        d.id: (JobStatus.CANCELED, f"dependency {c.id} ended CANCELED"),
+    }
+    assert get(store, other.id).status is JobStatus.POSTPONED  # not a dependent
+
+
+def test_canceling_a_blocked_job_ends_it_and_its_dependents(sched: Scheduler) -> None:
+    store = sched.store
+    a = sched.add_job(ADD, at=time.time() + 3600)
+    b = sched.add_job(ADD, depends_on=[a.id])
+    c = sched.add_job(ADD, depends_on=[b.id])
+    assert sched.cancel_job(b.id).status is JobStatus.CANCELED
+    assert (get(store, b.id).reason, get(store, c.id).status) == ("canceled", JobStatus.CANCELED)
+    assert get(store, a.id).status is JobStatus.POSTPONED
+
+
+def test_a_dependency_done_at_add_time_releases_at_once(sched: Scheduler) -> None:
+    store = sched.store
+    a = sched.add_job(ADD, {"n": 4})
+    drain(store)
+    b = sched.add_job(ADD, {"n": 1}, depends_on=[a.id])
+    assert (b.status, b.reason) == (JobStatus.WAITING, "dependencies done")
+    postponed = sched.add_job(ADD, depends_on=[a.id], at=time.time() + 3600)
+    assert postponed.status is JobStatus.POSTPONED  # released to its own time
+    assert drain(store) == 1
+    assert get(store, b.id).result["total"] == 5
+
+
+def test_a_dependency_failed_at_add_time_cancels_at_once(sched: Scheduler) -> None:
+    store = sched.store
+    a = sched.add_job(FAIL)
+    drain(store)
+    b = sched.add_job(ADD, depends_on=[a.id])
+    assert (b.status, b.reason) == (JobStatus.CANCELED, f"dependency {a.id} ended FAILED")
+    assert drain(store) == 0
+    assert events(store, b.id) == [(B, "added"), (JobStatus.CANCELED, b.reason)]
+
+
+def test_retries_of_a_dependency_delay_the_dependent(sched: Scheduler) -> None:
+    store = sched.store
+    a = sched.add_job(FAIL_TIMES, {"fail": 1}, retry=1, retry_interval=0)
+    b = sched.add_job(ADD, depends_on=[a.id])
+    assert drain(store, max_jobs=1) == 1
+    assert (get(store, a.id).status, get(store, a.id).reason) == (JobStatus.WAITING, "retrying")
+    assert get(store, b.id).status is B
+    assert drain(store) == 2
+    assert get(store, b.id).result["seen"] == {a.id: ["DONE", {"attempt": 2}]}
+
+
+def test_a_reaped_or_expired_dependency_decides_its_dependents(sched: Scheduler) -> None:
+    """Every write that ends a job releases its dependents, not only a worker's settle."""
+    store = sched.store
+    a = sched.add_job(ADD)
+    b = sched.add_job(ADD, depends_on=[a.id])
+    now = time.time()
+    held = must_claim(store, now=now)
+    store.apply(a.id, rules.on_abandoned(held, now), now=now, token=held.claim_token)
+    assert get(store, a.id).status is JobStatus.FAILED
+    assert (get(store, b.id).status, get(store, b.id).reason) == (
+        JobStatus.CANCELED, f"dependency {a.id} ended FAILED",
+    )  # fmt: skip
+
+
+def test_blocked_jobs_are_listed_counted_and_never_claimed(sched: Scheduler) -> None:
+    store = sched.store
+    a = sched.add_job(ADD, at=time.time() + 3600)
+    b = sched.add_job(ADD, depends_on=[a.id])
+    now = time.time()
+    assert store.claim(["default"], node="n", worker="w", token="t", lease=30, now=now) is None
+    assert store.claim(["default"], node="n", worker="w", token="t", lease=30, now=now,
+                       job_id=b.id) is None  # fmt: skip
+    assert [p.id for p in sched.get_jobs()] == [a.id, b.id]  # listed by default
+    assert [p.id for p in sched.get_jobs(status="blocked")] == [b.id]
+    stats = store.stats(now=now)
+    assert stats["by_status"]["BLOCKED"] == 1
+    assert [r.id for r in store.dependents(a.id)] == [b.id]
+
+
+def test_a_workflow_added_in_one_batch_may_name_its_own_jobs(sched: Scheduler) -> None:
+    store = sched.store
+    added = sched.add_jobs(
+        [
+            JobSpec(ADD, {"n": 1}, {"id": "w1"}),
+            JobSpec(ADD, {"n": 2}, {"id": "w2", "depends_on": ["w1"]}),
+            JobSpec(ADD, {"n": 3}, {"id": "w3", "depends_on": ["w2"]}),
+        ]
+    )
+    assert [p.status for p in added] == [JobStatus.WAITING, B, B]
+    drain(store)
+    assert get(store, "w3").result["total"] == 6
+
+
+def _snapshot(store: Store) -> tuple[list[str], int]:
+    return [j.id for j in store.find(JobQuery(limit=None))], store.last_event_seq()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"depends_on": ["nope"]}, "no job with id nope"),
+        ({"depends_on": ["me"], "id": "me"}, "cannot depend on itself"),
+        ({"depends_on": ["A", "A"]}, "'A' is given more than once"),
+        ({"depends_on": ["A"], "interval": 60}, "cannot be given with 'interval' or 'cron'"),
+        ({"depends_on": ["A"], "cron": "@hourly"}, "cannot be given with 'interval' or 'cron'"),
+        ({"depends_on": [f"j{i}" for i in range(MAX_DEPENDENCIES + 1)]}, "more than 1000"),
+        ({"depends_on": [3]}, "expected a list of at most"),
+        ({"depends_on": ["A"], "on_dependency_failure": "ignore"}, "expected cancel or run"),
+    ],
+)
+def test_bad_dependencies_are_refused_and_nothing_is_written(
+    sched: Scheduler, options: dict[str, Any], message: str
+) -> None:
+    store = sched.store
+    sched.add_job(ADD, id="A")
+    before = _snapshot(store)
+    with pytest.raises(OptionError, match=message):
+        sched.add_job(ADD, **options)
+    with pytest.raises(OptionError, match=message):  # a batch: none of it
+        sched.add_jobs([JobSpec(ADD, {}, {"id": "first"}), JobSpec(ADD, {}, options)])
+    assert _snapshot(store) == before
+
+
+def test_add_job_once_refuses_dependencies(sched: Scheduler) -> None:
+    a = sched.add_job(ADD)
+    with pytest.raises(OptionError, match="add_job_once"):
+        sched.add_job_once(ADD, depends_on=[a.id])
+
+
+def test_retention_keeps_a_dependency_until_its_dependents_end(sched: Scheduler) -> None:
+    store = sched.store
+    a = sched.add_job(ADD, {"n": 7})
+    b = sched.add_job(ADD, depends_on=[a.id], at=time.time() + 0.5)
+    drain(store)
+    assert get(store, b.id).status is JobStatus.POSTPONED  # released, not yet run
+    assert store.purge(statuses=[JobStatus.DONE], ended_before=time.time() + 60) == 0
+    time.sleep(0.5)
+    drain(store)
+    assert get(store, b.id).result["seen"] == {a.id: ["DONE", {"total": 7, "seen": {}}]}
+    assert store.purge(statuses=[JobStatus.DONE], ended_before=time.time() + 60) == 2
+    assert store.dependents(a.id) == []
