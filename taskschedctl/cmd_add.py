@@ -77,6 +77,20 @@ class _AddCommand(click.Command):
 @click.option("--queue", metavar="NAME", help="The queue (default: default).")
 @click.option("--id", "job_id", metavar="ID", help="The job id (default: a random one).")
 @click.option(
+    "--after",
+    "after",
+    multiple=True,
+    metavar="ID",
+    help="Run only after this job ended DONE (repeatable: after all of them); the job "
+    "is BLOCKED until then.",
+)
+@click.option(
+    "--on-dependency-failure",
+    type=click.Choice(["cancel", "run"]),
+    help="When a job of --after ends FAILED, CANCELED or TIMEOUT: cancel this job "
+    "(default), or run it anyway once all of them ended.",
+)
+@click.option(
     "--expires",
     type=Time(relative=1),
     help="Cancel the job if it has not started by then (a time, or a duration from now).",
@@ -125,6 +139,8 @@ def add(
     priority: int | None,
     queue: str | None,
     job_id: str | None,
+    after: tuple[str, ...],
+    on_dependency_failure: str | None,
     expires: float | None,
     ignore_max_children: bool,
     once: bool,
@@ -174,6 +190,8 @@ def add(
         "priority": priority,
         "queue": queue,
         "id": job_id,
+        "depends_on": list(after) or None,
+        "on_dependency_failure": on_dependency_failure,
         "expires": expires,
         "ignore_max_children": ignore_max_children or None,
         "ignore_data": ignore_data or None,

@@ -25,9 +25,12 @@ if TYPE_CHECKING:
     type=Statuses(),
     multiple=True,
     help="Only these statuses (repeatable or comma list; 'all'). "
-    "Default: waiting, postponed, processing.",
+    "Default: waiting, postponed, processing, blocked.",
 )
 @click.option("--all", "all_", is_flag=True, help="Jobs of every status.")
+@click.option(
+    "--blocked", is_flag=True, help="Only jobs waiting on their dependencies (--status blocked)."
+)
 @click.option("--class", "classes", multiple=True, metavar="CLASS", help="Only this class.")
 @click.option("--queue", "queues", multiple=True, metavar="NAME", help="Only this queue.")
 @click.option(
@@ -45,6 +48,7 @@ def list_(
     ctl: Ctl,
     statuses: tuple[tuple[JobStatus, ...], ...],
     all_: bool,
+    blocked: bool,
     classes: tuple[str, ...],
     queues: tuple[str, ...],
     since: float | None,
@@ -60,6 +64,12 @@ def list_(
 
     if all_ and statuses:
         raise click.UsageError("--all and --status exclude each other")
+    if blocked and (all_ or statuses):
+        raise click.UsageError("--blocked excludes --all and --status")
+    if blocked:
+        from taskschedd.model import JobStatus
+
+        statuses = ((JobStatus.BLOCKED,),)
     if as_json and jsonl:
         raise click.UsageError("--json and --jsonl exclude each other")
     chosen = () if all_ else merge_statuses(statuses)
@@ -91,11 +101,13 @@ def list_(
 @click.option("--json", "as_json", is_flag=True, help="The job and its events as JSON.")
 @ctl_options
 def show(ctl: Ctl, job_id: str, as_json: bool) -> None:
-    """Every field of a job: each attempt with its error, the result, the events."""
+    """Every field of a job: each attempt with its error, the result, its dependencies
+    and dependents with their statuses, the events."""
     from taskschedctl.output import echo, echo_json, job_dict, job_text
 
     sched = ctl.scheduler()
     job = sched.get_job(job_id).record
+    deps, dependents = dependency_links(sched, job)
     active = series_states(sched, [job])
     events: list[EventRecord] = []
     while True:
@@ -104,9 +116,44 @@ def show(ctl: Ctl, job_id: str, as_json: bool) -> None:
         if len(batch) < 1000:
             break
     if as_json:
-        echo_json({**job_dict(job, active), "events": [e.to_dict() for e in events]})
+        links = {
+            "dependencies": [{"id": i, "status": s} for i, s in deps],
+            "dependents": [{"id": i, "status": s} for i, s in dependents],
+        }
+        echo_json({**job_dict(job, active), **links, "events": [e.to_dict() for e in events]})
     else:
-        echo(job_text(job, events, next(iter(active.values()), None)))
+        text = job_text(
+            job, events, next(iter(active.values()), None), dependencies=deps,
+            dependents=dependents,
+        )  # fmt: skip
+        echo(text)
+
+
+def dependency_links(
+    sched: Scheduler, job: JobRecord
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(id, status name) of the job's dependencies (PURGED: no record any more) and of
+    its dependents."""
+    from taskschedd.model import JobQuery
+
+    ids = job.options.depends_on
+    found = {r.id: r.status.name for r in sched.store.find(JobQuery(ids=ids))} if ids else {}
+    deps = [(i, found.get(i, "PURGED")) for i in ids]
+    return deps, [(r.id, r.status.name) for r in sched.store.dependents(job.id)]
+
+
+def blocked_below(sched: Scheduler, job_id: str) -> set[str]:
+    """Every BLOCKED job that waits on ``job_id``, directly or through others."""
+    from taskschedd.model import JobStatus
+
+    found: set[str] = set()
+    todo = [job_id]
+    while todo:
+        for dep in sched.store.dependents(todo.pop()):
+            if dep.status is JobStatus.BLOCKED and dep.id not in found:
+                found.add(dep.id)
+                todo.append(dep.id)
+    return found
 
 
 def series_after_cancel(sched: Scheduler, job: JobRecord) -> str:
@@ -151,7 +198,7 @@ def series_states(sched: Scheduler, jobs: Sequence[JobRecord]) -> dict[str, bool
     metavar="ID...",
     nargs=-1,
     required=True,
-    shell_complete=complete_ids("waiting", "postponed", "processing"),
+    shell_complete=complete_ids("waiting", "postponed", "processing", "blocked"),
 )
 @click.option("--json", "as_json", is_flag=True, help="The jobs as a JSON array.")
 @ctl_options
@@ -169,6 +216,7 @@ def cancel(ctl: Ctl, ids: tuple[str, ...], as_json: bool) -> None:
     for job_id in dict.fromkeys(ids):
         try:
             before = sched.get_job(job_id).record
+            waiting = blocked_below(sched, job_id)
             job = sched.cancel_job(job_id).record
         except JobNotFound as exc:
             fail(str(exc))
@@ -185,6 +233,10 @@ def cancel(ctl: Ctl, ids: tuple[str, ...], as_json: bool) -> None:
             text = f"{job.id} cancel requested: running on {job.node or '?'}, its node stops it"
         else:
             text = f"{job.id} {job.status.name}"
+        if waiting:
+            ended = [r for r in sched.get_jobs(ids=sorted(waiting)) if r.status.is_final]
+            if ended:
+                text += f", and {len(ended)} dependent(s) canceled"
         click.echo(text + series_after_cancel(sched, job))
     if as_json:
         print_jobs(changed, True)

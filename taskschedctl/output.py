@@ -223,10 +223,17 @@ def _json_block(value: Any) -> str:
 
 
 def job_text(
-    job: JobRecord, events: Sequence[EventRecord], series_active: bool | None = None
+    job: JobRecord,
+    events: Sequence[EventRecord],
+    series_active: bool | None = None,
+    *,
+    dependencies: Sequence[tuple[str, str]] = (),
+    dependents: Sequence[tuple[str, str]] = (),
 ) -> str:
     """Every field of a job, each attempt's error with its traceback, and its events;
-    ``series_active``: whether the job's series (if it has one) is still active."""
+    ``series_active``: whether the job's series (if it has one) is still active;
+    ``dependencies`` and ``dependents``: (id, status) of the jobs it waits on and of
+    those waiting on it."""
     from taskschedd.rules import series_of
 
     status = job.status.name
@@ -267,6 +274,10 @@ def job_text(
     lines.append("options:")
     for key, value in sorted(job.options.stored().items()):
         lines.append(f"    {key}: {dumps(value)}")
+    for title, links in (("dependencies", dependencies), ("dependents", dependents)):
+        if links:
+            lines.append(f"{title}:")
+            lines.extend(f"    {printable(i)} {s}" for i, s in links)
     lines.append(f"errors: {len(job.errors) or 'none'}")
     for err in job.errors:
         lines.append(

@@ -96,8 +96,9 @@ _STORED_NAMES = tuple(n for n in OPTION_NAMES if n not in ("id", "at"))
 #: Options that take no scheduler-wide default: an id names one job (a default would make
 #: every add after the first a duplicate), and ignore_data only says how one
 #: add_job_once call compares. Every other option may have a default, a time (at,
-#: expires) included, as it always could; depends_on names jobs, as an id does.
-NO_DEFAULT = ("id", "ignore_data", "depends_on")
+#: expires) included, as it always could; depends_on names jobs, as an id does, and
+#: on_dependency_failure means something only with it.
+NO_DEFAULT = ("id", "ignore_data", "depends_on", "on_dependency_failure")
 #: The options that take a default: the keys of the configuration's ``job_defaults`` and
 #: of ``Scheduler(**defaults)`` (which also takes them as ``default_<name>``). Aliases
 #: (ALIASES) are accepted wherever their option is.

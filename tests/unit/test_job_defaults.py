@@ -32,7 +32,7 @@ SAMPLES: dict[str, Any] = {
     "queue": "bulk",
     "expires": "2031-01-01T00:00:00Z",
     "depends_on": ["a"],
-    "on_dependency_failure": "run",
+    "on_dependency_failure": "run",  # refused as a default: only with depends_on
     "force_spawn": True,
 }
 
