@@ -22,6 +22,22 @@ class Sleep(Job):
         return {"pid": os.getpid()}
 
 
+class Pipe(Job):
+    """Returns ``data["n"]`` plus the ``total`` of each dependency that ended DONE, with
+    the dependencies' statuses as it saw them and its pid (a workflow step)."""
+
+    def start(self) -> Any:
+        deps = self.dependencies
+        total = int((self.data or {}).get("n", 0))
+        total += sum(
+            int(d.result.get("total", 0))
+            for d in deps.values()
+            if d.status is not None and d.status.name == "DONE" and isinstance(d.result, dict)
+        )
+        seen = {i: d.status.name if d.status else None for i, d in deps.items()}
+        return {"total": total, "seen": seen, "pid": os.getpid()}
+
+
 class WhoAmI(Job):
     """Where it ran: pid, process group, and the setup hook's context."""
 

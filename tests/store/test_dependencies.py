@@ -6,6 +6,7 @@ Jobs run through a real in-process Worker; every outcome is read back from the s
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from taskschedd.scheduler import JobSpec, Scheduler
 from taskschedd.store.base import Store
 from taskschedd.worker import Worker
 from tests.api_jobs import MODULE
+from tests.store.conftest import StoreSpec
 from tests.store.test_contract import must_claim
 
 ADD = f"{MODULE}.Add"
@@ -268,3 +270,39 @@ def test_retention_keeps_a_dependency_until_its_dependents_end(sched: Scheduler)
     assert get(store, b.id).result["seen"] == {a.id: ["DONE", {"total": 7, "seen": {}}]}
     assert store.purge(statuses=[JobStatus.DONE], ended_before=time.time() + 60) == 2
     assert store.dependents(a.id) == []
+
+
+def _drain_in_child(spec: StoreSpec, start: float) -> None:
+    while time.time() < start:  # settle together, not one after the other
+        time.sleep(0.001)
+    store = spec.open()
+    try:
+        Worker(store, allowed_modules=[MODULE], poll_interval=0.02, claim_ahead=4).run(
+            idle_exit=0.3
+        )
+    finally:
+        store.close()
+
+
+def test_three_processes_settling_a_fan_in_s_dependencies_release_it_once(
+    sched: Scheduler, store_spec: StoreSpec
+) -> None:
+    store = sched.store
+    deps = sched.add_jobs([JobSpec(ADD, {"n": 1}) for _ in range(100)])
+    fan_in = sched.add_job(ADD, depends_on=[p.id for p in deps])
+    ctx = multiprocessing.get_context("fork")
+    start = time.time() + 0.3
+    procs = [ctx.Process(target=_drain_in_child, args=(store_spec, start)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    done = get(store, fan_in.id)
+    assert (done.status, done.attempt, done.result["total"]) == (JobStatus.DONE, 1, 100)
+    assert events(store, fan_in.id) == [
+        (B, "added"), (JobStatus.WAITING, "dependencies done"),
+        (JobStatus.PROCESSING, None), (JobStatus.DONE, "done"),
+    ]  # fmt: skip
+    nodes = {e.worker for e in store.events(job_ids=[p.id for p in deps]) if e.worker}
+    assert len(nodes) >= 2  # the dependencies were settled by several processes

@@ -1,0 +1,68 @@
+"""Workflows on the real daemon: a chain passing results, a diamond whose failed branch
+cancels the fan-in, and a dependency whose worker is killed (-9) and retried."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+from taskschedd import JobStatus, Scheduler
+from tests.e2e.conftest import JOBS, Daemon
+from tests.helpers import wait_for
+
+PIPE = f"{JOBS}.Pipe"
+
+
+def test_a_chain_of_three_runs_in_order_and_passes_results(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    daemon_factory(max_children=2).start()
+    a = scheduler.add_job(PIPE, {"n": 1})
+    b = scheduler.add_job(PIPE, {"n": 10}, depends_on=[a.id])
+    c = scheduler.add_job(PIPE, {"n": 100}, depends_on=[b.id])
+    done = scheduler.wait([a.id, b.id, c.id], timeout=20)
+    assert [p.status for p in done] == [JobStatus.DONE] * 3
+    ra, rb, rc = (p.record for p in done)
+    assert rc.result["total"] == 111 and rc.result["seen"] == {b.id: "DONE"}
+    assert ra.ended is not None and rb.started is not None and ra.ended <= rb.started
+    assert rb.ended is not None and rc.started is not None and rb.ended <= rc.started
+
+
+def test_a_failed_branch_cancels_the_fan_in_and_the_other_branch_runs(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    daemon_factory(max_children=2).start()
+    a = scheduler.add_job(PIPE, {"n": 1})
+    b = scheduler.add_job(f"{JOBS}.Fail", {"message": "branch b"}, depends_on=[a.id])
+    c = scheduler.add_job(PIPE, {"n": 2}, depends_on=[a.id])
+    d = scheduler.add_job(PIPE, depends_on=[b.id, c.id])
+    e = scheduler.add_job(PIPE, depends_on=[b.id, c.id], on_dependency_failure="run")
+    done = {p.id: p.record for p in scheduler.wait([a.id, b.id, c.id, d.id, e.id], 20)}
+    assert done[b.id].status is JobStatus.FAILED
+    assert done[c.id].status is JobStatus.DONE and done[c.id].result["total"] == 3
+    assert (done[d.id].status, done[d.id].reason, done[d.id].attempt) == (
+        JobStatus.CANCELED, f"dependency {b.id} ended FAILED", 0,
+    )  # fmt: skip
+    assert done[e.id].status is JobStatus.DONE
+    assert done[e.id].result["seen"] == {b.id: "FAILED", c.id: "DONE"}
+
+
+def test_a_killed_dependency_is_retried_and_its_dependent_waits(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    daemon_factory(max_children=2).start()
+    a = scheduler.add_job(f"{JOBS}.Sleep", {"seconds": 30}, retry=1, retry_interval=0)
+    b = scheduler.add_job(PIPE, {"n": 5}, depends_on=[a.id])
+    running = wait_for(
+        lambda: (r := scheduler.get_job(a.id).record).status is JobStatus.PROCESSING and r,
+        10,
+        message="the dependency to start",
+    )
+    assert running.worker is not None
+    os.kill(int(running.worker.rsplit("/", 1)[1]), signal.SIGKILL)
+    wait_for(lambda: scheduler.get_job(a.id).attempt == 2, 10, message="the retry")
+    assert scheduler.get_job(b.id).status is JobStatus.BLOCKED  # delayed, not canceled
+    scheduler.cancel_job(a.id)  # the second attempt would sleep 30s: end it
+    (rb,) = scheduler.wait([b.id], timeout=10)
+    assert (rb.status, rb.reason) == (JobStatus.CANCELED, f"dependency {a.id} ended CANCELED")
