@@ -493,7 +493,10 @@ class Scheduler:
                 f"job {job_id} cannot be retried: its stored record does not decode "
                 f"({stored.corrupt}); fix the record or add the job again"
             )
-        record, changed = self.store.requeue(job_id, now=time.time())
+        # A job with dependencies waits on them again: it is decided against their
+        # statuses now (canceled again at once if one of them still failed).
+        blocked = bool(stored.options.depends_on)
+        record, changed = self.store.requeue(job_id, now=time.time(), blocked=blocked)
         if not changed:
             raise TaskSchedError(
                 f"job {job_id} is {record.status.name}; only FAILED, TIMEOUT or CANCELED jobs "

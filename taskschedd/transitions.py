@@ -274,8 +274,10 @@ def replace_once() -> Transition:
     return _stop("replace", "replaced", free_once_while_running=True)
 
 
-def requeue(now: float) -> Transition:
-    """Retry a FAILED, CANCELED or TIMEOUT job: WAITING now with a fresh retry budget."""
+def requeue(now: float, *, blocked: bool = False) -> Transition:
+    """Retry a FAILED, CANCELED or TIMEOUT job: WAITING now with a fresh retry budget;
+    ``blocked`` (a job with dependencies): BLOCKED, which the store decides at once
+    against its dependencies as they are now (it must not run past one that failed)."""
     return Transition(
         "retry",
         (
@@ -283,7 +285,7 @@ def requeue(now: float) -> Transition:
                 "retried",
                 Guard(RETRYABLE),
                 Change(
-                    status=JobStatus.WAITING,
+                    status=JobStatus.BLOCKED if blocked else JobStatus.WAITING,
                     at=now,
                     attempt=Attempt.RESET,
                     ended=Ended.CLEAR,

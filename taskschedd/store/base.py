@@ -204,12 +204,13 @@ class Store(abc.ABC):
         self.apply(job_id, transitions.cancel(), now=now)
         return self.get(job_id)
 
-    def requeue(self, job_id: str, *, now: float) -> tuple[JobRecord, bool]:
-        """Put a FAILED/TIMEOUT/CANCELED job back to WAITING with a fresh retry budget.
+    def requeue(self, job_id: str, *, now: float, blocked: bool = False) -> tuple[JobRecord, bool]:
+        """Put a FAILED/TIMEOUT/CANCELED job back to WAITING with a fresh retry budget
+        (``blocked``: BLOCKED on its dependencies, decided at once: see transitions.requeue).
 
         Returns the job and whether it was re-queued (False: it was not in such a status).
         """
-        applied = self.apply(job_id, transitions.requeue(now), now=now)
+        applied = self.apply(job_id, transitions.requeue(now, blocked=blocked), now=now)
         return self.get(job_id), applied is not None
 
     # -- reading -----------------------------------------------------------------

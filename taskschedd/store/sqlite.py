@@ -779,11 +779,17 @@ class SQLiteStore(Store):
         token: str | None,
         now: float,
     ) -> list[tuple[str, Branch]]:
-        """:meth:`_apply_branches`, then, in the same transaction, the release or cancel
+        """:meth:`_apply_branches`, then, in the same transaction: a job it made BLOCKED
+        (a retried dependent) decided against its dependencies, and the release or cancel
         of the BLOCKED dependents of every job it made final: exactly once, with the
         write that made their dependency final (settle, cancel, expire, reap...)."""
         applied = self._apply_branches(conn, where, wargs, transition, token, now)
         finals = [i for i, b in applied if b.status is not None and b.status.is_final]
+        for job_id, branch in applied:
+            if branch.status is JobStatus.BLOCKED:  # a retried dependent: decided at once
+                decided = self._decide_blocked(conn, job_id, now)
+                if decided is not None and decided.status is not None and decided.status.is_final:
+                    finals.append(job_id)
         if finals:
             self._release_dependents(conn, finals, now)
         return applied

@@ -306,3 +306,21 @@ def test_three_processes_settling_a_fan_in_s_dependencies_release_it_once(
     ]  # fmt: skip
     nodes = {e.worker for e in store.events(job_ids=[p.id for p in deps]) if e.worker}
     assert len(nodes) >= 2  # the dependencies were settled by several processes
+
+
+def test_a_retried_dependent_waits_on_its_dependencies_again(sched: Scheduler) -> None:
+    """retry_job of a job canceled by its dependency must not run it past that
+    dependency: it is BLOCKED again and decided against its dependencies as they are."""
+    store = sched.store
+    a = sched.add_job(ADD, {"n": 2}, at=time.time() + 3600)
+    b = sched.add_job(ADD, {"n": 1}, depends_on=[a.id])
+    sched.cancel_job(a.id)
+    assert get(store, b.id).status is JobStatus.CANCELED
+    again = sched.retry_job(b.id)  # a still CANCELED: canceled again at once, never run
+    assert (again.status, again.reason) == (JobStatus.CANCELED, f"dependency {a.id} ended CANCELED")
+    assert drain(store) == 0
+    sched.retry_job(a.id)  # WAITING again, due now
+    assert sched.retry_job(b.id).status is B  # waits for it
+    assert drain(store) == 2
+    done = get(store, b.id)
+    assert (done.status, done.attempt, done.result["total"]) == (JobStatus.DONE, 1, 3)
