@@ -368,6 +368,39 @@ class Scheduler:
             return [Process(self, found.get(j.id) or self._local_record(j, d)) for j, d in prepared]
         return [Process(self, self._local_record(j, d)) for j, d in prepared]
 
+    def chain(self, jobs: Iterable[JobSpec | tuple[Any, ...] | Mapping[str, Any]]) -> list[Process]:
+        """Queue jobs that run one after the other: each depends on the one before (and
+        reads its result in ``self.dependencies``); a failure cancels the rest unless a
+        step has ``on_dependency_failure="run"``. All or none is written."""
+        steps: list[JobSpec] = []
+        previous: list[str] = []
+        for index, spec in enumerate(jobs):
+            step, step_id = self._with_id(spec, index)
+            steps.append(_depending(step, previous))
+            previous = [step_id]
+        return self.add_jobs(steps)
+
+    def group(
+        self,
+        jobs: Iterable[JobSpec | tuple[Any, ...] | Mapping[str, Any]],
+        then: JobSpec | tuple[Any, ...] | Mapping[str, Any] | None = None,
+    ) -> list[Process]:
+        """Queue jobs that may run side by side and, with ``then``, a job that runs after
+        all of them (a fan-in, reading their results in ``self.dependencies``); the
+        handles of the group, then of ``then``. All or none is written."""
+        members = [self._with_id(spec, index) for index, spec in enumerate(jobs)]
+        specs = [m for m, _ in members]
+        if then is None:
+            return self.add_jobs(specs)
+        fan_in, _ = self._with_id(then, len(members))
+        return self.add_jobs([*specs, _depending(fan_in, [i for _, i in members])])
+
+    def _with_id(self, spec: Any, index: int) -> tuple[JobSpec, str]:
+        """``spec`` as a JobSpec with an id of its own (what later steps name), and it."""
+        cls, data, options = self._spec(spec, index)
+        job_id = options.get("id") or new_id()
+        return JobSpec(cls, data, {**options, "id": job_id}), str(job_id)
+
     @staticmethod
     def _spec(spec: Any, index: int) -> tuple[str | type, Any, Mapping[str, Any]]:
         if isinstance(spec, JobSpec):
@@ -666,6 +699,17 @@ def _data_size(given: int | None, config: Config | None) -> int:
             f"max_data_size: expected a number of bytes from {low} to {high}, got {given!r}"
         )
     return given
+
+
+def _depending(spec: JobSpec, after: Sequence[str]) -> JobSpec:
+    """``spec`` depending also on ``after`` (before the dependencies it names itself)."""
+    if not after:
+        return spec
+    options = dict(spec.options or {})
+    given = options.get("depends_on") or []
+    own = [given] if isinstance(given, str) else list(given)
+    options["depends_on"] = [*after, *own]
+    return JobSpec(spec.cls, spec.data, options)
 
 
 def _options_key(options: Mapping[str, Any]) -> tuple[Any, ...] | None:

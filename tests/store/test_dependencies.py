@@ -324,3 +324,34 @@ def test_a_retried_dependent_waits_on_its_dependencies_again(sched: Scheduler) -
     assert drain(store) == 2
     done = get(store, b.id)
     assert (done.status, done.attempt, done.result["total"]) == (JobStatus.DONE, 1, 3)
+
+
+def test_chain_runs_steps_in_order_passing_results(sched: Scheduler) -> None:
+    store = sched.store
+    steps = sched.chain([JobSpec(ADD, {"n": 1}), (ADD, {"n": 2}), {"cls": ADD, "data": {"n": 3}}])
+    assert [p.status for p in steps] == [JobStatus.WAITING, B, B]
+    assert get(store, steps[2].id).options.depends_on == (steps[1].id,)
+    assert drain(store) == 3
+    assert get(store, steps[2].id).result["total"] == 6
+
+
+def test_group_then_fans_in_after_all_members(sched: Scheduler) -> None:
+    store = sched.store
+    *members, fan_in = sched.group(
+        [JobSpec(ADD, {"n": n}) for n in (1, 2, 3)],
+        then=JobSpec(ADD, {"n": 100}, {"on_dependency_failure": "run"}),
+    )
+    assert fan_in.status is B
+    assert get(store, fan_in.id).options.depends_on == tuple(m.id for m in members)
+    assert drain(store) == 4
+    assert get(store, fan_in.id).result["total"] == 106
+
+
+def test_a_workflow_with_a_bad_step_writes_nothing(sched: Scheduler) -> None:
+    store = sched.store
+    before = _snapshot(store)
+    with pytest.raises(OptionError, match="no job with id nope"):
+        sched.chain([JobSpec(ADD), JobSpec(ADD, {}, {"depends_on": ["nope"]})])
+    with pytest.raises(OptionError, match="cannot be given with 'interval'"):
+        sched.group([JobSpec(ADD)], then=JobSpec(ADD, {}, {"interval": 60}))
+    assert _snapshot(store) == before
