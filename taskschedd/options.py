@@ -23,9 +23,10 @@ ALIASES = {"force_spawn": "ignore_max_children"}
 INTERVAL_REFERENCES = ("end", "start")
 BACKOFFS = ("fixed", "exponential")
 DEPENDENCY_FAILURES = ("cancel", "run")
-#: Most dependencies one job may have: each is a row to write at add time and a status
-#: to read at release; a fan-in wider than this is a group of groups.
-MAX_DEPENDENCIES = 1000
+#: Most dependencies one job may have: each is a row to write at add time, a status to
+#: read at its release and a result to load when it is claimed; a fan-in wider than
+#: this is a group of groups.
+MAX_DEPENDENCIES = 10_000
 # Used with fullmatch: a `$` anchor with match() would accept a trailing newline.
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _JOB_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
