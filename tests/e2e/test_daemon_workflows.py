@@ -8,8 +8,10 @@ import signal
 from collections.abc import Callable
 
 from taskschedd import JobStatus, Scheduler
-from tests.e2e.conftest import JOBS, Daemon
+from tests.e2e.conftest import BOTH_STORES, JOBS, Daemon
 from tests.helpers import wait_for
+
+pytestmark = BOTH_STORES
 
 PIPE = f"{JOBS}.Pipe"
 

@@ -15,13 +15,21 @@ Doc = dict[str, Any]
 READY, RUNNING, DONE = "ready", "running", "final"
 #: A next occurrence inserted but not released yet (never claimed; see _insert_next).
 HELD = "held"
+#: A job waiting on its dependencies (status BLOCKED): found by its ``deps`` array.
+BLOCKED = "blocked"
 
-_EVENT_FIELDS = {"attempt": 1, "cls": 1, "queue": 1, "node": 1, "worker": 1}
+#: (and whether a job was ever named in another's depends_on: only then does a settle
+#: look for BLOCKED dependents, so a plain settle costs no extra round trip)
+_EVENT_FIELDS = {
+    "attempt": 1, "cls": 1, "queue": 1, "node": 1, "worker": 1, "has_dependents": 1,
+}  # fmt: skip
 
 
 def _state(status: JobStatus) -> str:
     if status in RUNNABLE:
         return READY
+    if status is JobStatus.BLOCKED:
+        return BLOCKED
     return DONE if status.is_final else RUNNING
 
 
@@ -130,6 +138,8 @@ def _new_job_doc(job: NewJob, seq: int) -> Doc:
     }
     if final:
         doc["ended_at"] = _date(job.created)
+    if opts.depends_on:
+        doc["deps"] = list(opts.depends_on)  # what a settle looks its dependents up by
     return doc
 
 

@@ -49,6 +49,7 @@ def create_indexes(
                 IndexModel([("created", 1)]),
                 IndexModel([("series", 1), ("series_seq", 1)]),
                 IndexModel([("next_pending", 1)], sparse=True),
+                IndexModel([("deps", 1), ("state", 1)], sparse=True),  # dependents
             ]
         )
         events.create_indexes(

@@ -28,7 +28,7 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
-from taskschedd import transitions
+from taskschedd import dependencies, transitions
 from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
 from taskschedd.model import (
     FINAL,
@@ -44,12 +44,13 @@ from taskschedd.model import (
 )
 from taskschedd.redact import redact_text, redact_url
 from taskschedd.stats import StatRows
-from taskschedd.store.base import DuplicateJobId, Store, Waker
+from taskschedd.store.base import DuplicateJobId, Store, UnknownDependency, Waker
 from taskschedd.store.decode import MAX_ATTEMPT, MAX_TIME, decode_node
 from taskschedd.store.mongo.common import _is_transient, _log
 from taskschedd.store.mongo.compile import change_update, guard_filter
 from taskschedd.store.mongo.documents import (
     _EVENT_FIELDS,
+    BLOCKED,
     DONE,
     HELD,
     READY,
@@ -150,7 +151,8 @@ _TIME = {"$gte": -MAX_TIME, "$lte": MAX_TIME}  # beyond: never due, never expire
 _MALFORMED: Doc = {
     "$or": [
         {"status": {"$nin": [int(s) for s in JobStatus]}},
-        {"state": {"$nin": [READY, RUNNING, DONE, HELD]}},
+        {"state": {"$nin": [READY, RUNNING, DONE, HELD, BLOCKED]}},
+        {"state": BLOCKED, "status": {"$ne": int(JobStatus.BLOCKED)}},
         # state mirrors status; a record where they disagree is neither claimed, nor
         # reaped, nor listed for what it is
         {"state": {"$in": [READY, HELD]}, "status": {"$nin": _RUNNABLE_STATUSES}},
@@ -185,7 +187,7 @@ _MALFORMED: Doc = {
 def _malformed_why(doc: Doc) -> str:
     state, status = doc.get("state"), doc.get("status")
     expected = {READY: _RUNNABLE_STATUSES, HELD: _RUNNABLE_STATUSES, DONE: _FINAL_STATUSES,
-                RUNNING: [int(JobStatus.PROCESSING)]}.get(state if isinstance(state, str) else "")  # fmt: skip
+                RUNNING: [int(JobStatus.PROCESSING)], BLOCKED: [int(JobStatus.BLOCKED)]}.get(state if isinstance(state, str) else "")  # fmt: skip
     if expected is not None and status not in expected:
         return f"its state {state!r} does not match its status {status!r}"
     if state == READY:
@@ -219,7 +221,15 @@ class MongoStore(Store):
     operation as a whole, retries included (MongoDB's timeoutMS): taskschedctl check uses
     it so that its --timeout holds against a server that accepts but never answers.
     ``client_options`` are passed to MongoClient (tests use it for command monitoring).
+
+    Job dependencies without transactions: a job with dependencies is inserted BLOCKED
+    (its ``deps`` array indexed) and decided right after; after every write that makes a
+    job final its BLOCKED dependents are decided, each with a findAndModify guarded on
+    BLOCKED (so once, however many nodes decide it at the same moment); the
+    maintenance pass decides BLOCKED jobs a crash left between those writes.
     """
+
+    supports_dependencies = True
 
     def __init__(
         self,
@@ -266,6 +276,7 @@ class MongoStore(Store):
         self._seq_last = 0
         self._malformed_ids: dict[str, Any] = {}  # what malformed() found: record id -> _id
         self._maintained = 0.0
+        self._swept_after: str | None = None  # where the next sweep of BLOCKED jobs starts
         self._wakers: weakref.WeakSet[MongoWaker] = weakref.WeakSet()
         self._event_log = EventLog(lambda: self._events, self.url)
 
@@ -424,12 +435,146 @@ class MongoStore(Store):
 
     # -- writing jobs ---------------------------------------------------------------------
     def insert(self, jobs: Sequence[NewJob]) -> None:
+        """Without a transaction, a job with dependencies is inserted BLOCKED and decided
+        right after (a dependency that ended between the check and the insert is seen
+        then); a crash in between leaves it to the maintenance sweep."""
         if not jobs:
             return
+        waiting = [j for j in jobs if j.options.depends_on]
+        if waiting:
+            self._check_dependencies(jobs)
         docs = [_new_job_doc(j, self._next_seq()) for j in jobs]
         with self._errors("insert jobs"):
             self._insert_docs(docs)
         self._emit_after("insert", [_added_event(d) for d in docs])
+        if waiting:
+            # After the insert, before the decision: a settle that did not see the flag
+            # ran before it was set, so the decision below sees that settle's status.
+            named = list(dict.fromkeys(d for j in waiting for d in j.options.depends_on))
+            try:
+                with self._errors("mark dependencies"):
+                    for i in range(0, len(named), _IN_CHUNK):
+                        self._jobs.update_many(
+                            _among("_id", named[i : i + _IN_CHUNK]),
+                            {"$set": {"has_dependents": True}},
+                        )
+            except StoreError as exc:
+                _log().warning(
+                    "dependencies not marked yet; the maintenance sweep decides their "
+                    "dependents", error=str(exc),
+                )  # fmt: skip
+        for job in waiting:  # in order: a job may depend on an earlier one of the batch
+            self._decide_logged(job.id, job.created)
+
+    def _check_dependencies(self, jobs: Sequence[NewJob]) -> None:
+        """UnknownDependency (nothing written) when a dependency is neither stored nor an
+        earlier job of ``jobs``."""
+        named = list(dict.fromkeys(d for j in jobs for d in j.options.depends_on))
+        with self._errors("check dependencies"):
+            known = self._existing_ids(named)
+        for job in jobs:
+            missing = [d for d in job.options.depends_on if d not in known]
+            if missing:
+                raise UnknownDependency(job.id, missing)
+            known.add(job.id)
+
+    # -- dependencies: decided after the write that made a dependency final; the sweep
+    # in _maintain decides what a crash between the two left BLOCKED.
+    def _decide_blocked(self, job_id: str, now: float) -> Branch | None:
+        """Decide one BLOCKED job against its dependencies' statuses as stored now; the
+        transition's guard on BLOCKED makes it happen once, whoever decides it too."""
+        with self._errors("decide a blocked job"):
+            doc = self._jobs.find_one(
+                {"_id": job_id, "state": BLOCKED}, projection={"options": 1, "at": 1}
+            )
+        if doc is None:
+            return None
+        try:
+            options = doc.get("options") or {}
+            deps = [str(d) for d in options.get("depends_on") or ()]
+            on_failure = str(options.get("on_dependency_failure", "cancel"))
+            at = float(doc["at"])
+        except (TypeError, ValueError, KeyError, AttributeError):
+            return None  # not decodable: the quarantine sweep's to report
+        with self._errors("read dependencies"):
+            found = self._by_ids(deps, {"status": 1})
+        statuses: list[tuple[str, JobStatus | None]] = []
+        for dep in deps:
+            raw = (found.get(dep) or {}).get("status")
+            try:
+                statuses.append((dep, JobStatus(raw) if type(raw) is int else None))
+            except ValueError:
+                statuses.append((dep, None))
+        now = _t(now)  # as `at` is stored: a job due now is not POSTPONED by rounding
+        decision = dependencies.decide(statuses, on_failure=on_failure, at=at, now=now)
+        if decision is None:
+            return None
+        return self._apply_branches(job_id, decision, None, now, cascade=False)
+
+    def _release_dependents(self, finals: list[tuple[str, JobStatus]], now: float) -> None:
+        """Decide the BLOCKED dependents of jobs that just became final; each that ends
+        final in turn has its own decided (a worklist: a chain may be long)."""
+        work = list(finals)
+        while work:
+            dep_id, _ = work.pop()
+            with self._errors("find dependents"):
+                waiting = [
+                    d["_id"]
+                    for d in self._jobs.find(
+                        {"deps": dep_id, "state": BLOCKED}, projection={"_id": 1}
+                    )
+                ]
+            for job_id in waiting:
+                branch = self._decide_blocked(job_id, now)
+                if branch is not None and branch.status is not None and branch.status.is_final:
+                    work.append((job_id, branch.status))
+
+    def _release_logged(self, finals: list[tuple[str, JobStatus]], now: float) -> None:
+        """:meth:`_release_dependents` after a write that stands whatever happens here: a
+        failure is logged and left to the maintenance sweep."""
+        if not finals:
+            return
+        try:
+            self._release_dependents(finals, now)
+        except StoreError as exc:
+            _log().warning(
+                "dependents not decided yet; the maintenance sweep will",
+                jobs=[i for i, _ in finals][:10], error=str(exc),
+            )  # fmt: skip
+
+    def _decide_logged(self, job_id: str, now: float) -> None:
+        try:
+            branch = self._decide_blocked(job_id, now)
+        except StoreError as exc:
+            _log().warning(
+                "added job not decided yet; the maintenance sweep will",
+                job_id=job_id, error=str(exc),
+            )  # fmt: skip
+            return
+        if branch is not None and branch.status is not None and branch.status.is_final:
+            self._release_logged([(job_id, branch.status)], now)
+
+    def _sweep_blocked(self, now: float, limit: int = 200) -> None:
+        """Decide up to ``limit`` BLOCKED jobs, the next ones after the last pass's (a
+        crash between a dependency's settle and its dependents' release, or an add's
+        insert and its decision, leaves them BLOCKED with their dependencies final)."""
+        where: Doc = {"state": BLOCKED}
+        if self._swept_after is not None:
+            where["_id"] = {"$gt": self._swept_after}
+        with self._errors("sweep blocked jobs"):
+            ids = [
+                d["_id"]
+                for d in self._jobs.find(where, projection={"_id": 1}).sort("_id", 1).limit(limit)
+                if isinstance(d.get("_id"), str)
+            ]
+        self._swept_after = ids[-1] if len(ids) == limit else None
+        for job_id in ids:
+            self._decide_logged(job_id, now)
+
+    def dependents(self, job_id: str) -> list[JobRecord]:
+        with self._errors("find dependents"):
+            docs = list(self._jobs.find({"deps": job_id}).sort("seq", 1))
+        return [_to_job(d) for d in docs]
 
     def _insert_docs(self, docs: list[Doc]) -> None:
         """Insert all or nothing (as far as MongoDB allows without transactions)."""
@@ -540,15 +685,21 @@ class MongoStore(Store):
         extra: Doc | None = None,
         *,
         held_runnable: bool = False,
+        cascade: bool = True,
     ) -> Branch | None:
         """The first branch whose guard holds, applied (findAndModify per branch, the guard
         in its filter), its event recorded and its follow-up inserted; None if none held.
-        ``held_runnable``: a next occurrence not released yet counts as runnable."""
+        ``held_runnable``: a next occurrence not released yet counts as runnable.
+        ``cascade``: then decide what the change means to jobs depending on this one (a
+        final job's BLOCKED dependents; a job made BLOCKED itself, by a retry)."""
         now = _t(now)
         for branch in transition.branches:
             where = {"_id": job_id, **guard_filter(branch.guard, token, now), **(extra or {})}
-            if held_runnable and where.get("state") == READY:
+            state = where.get("state")
+            if held_runnable and state == READY:
                 where["state"] = {"$in": [READY, HELD]}
+            elif held_runnable and isinstance(state, dict) and READY in state.get("$in", ()):
+                where["state"] = {"$in": [*state["$in"], HELD]}
             update, next_doc = self._branch_update(job_id, branch, token, now)
             if token is not None and branch.guard.held and branch.change.release_claim:
                 doc = self._settle_one(job_id, token, where, update)
@@ -564,6 +715,15 @@ class MongoStore(Store):
                 self._emit_after(transition.name, [_branch_event(doc, branch, now)])
             if next_doc is not None:
                 self._insert_next_logged(job_id, next_doc)
+            if cascade and branch.status is JobStatus.BLOCKED:
+                self._decide_logged(job_id, now)
+            elif (
+                cascade
+                and branch.status is not None
+                and branch.status.is_final
+                and doc.get("has_dependents")  # named in a depends_on: look for dependents
+            ):
+                self._release_logged([(job_id, branch.status)], now)
             return branch
         return None
 
@@ -790,12 +950,13 @@ class MongoStore(Store):
         now = _t(now)
         events: list[Doc] = []
         nexts: list[tuple[str, Doc]] = []
+        finals: list[tuple[str, JobStatus]] = []
         done: list[Branch | None]
         if len(settles) == 1:
             job_id, token, tr = settles[0]
             done = [self._apply_branches(job_id, tr, token, now)]
         else:
-            done = self._settle_many(settles, now, events, nexts) if settles else []
+            done = self._settle_many(settles, now, events, nexts, finals) if settles else []
         docs: list[Doc] = []
         try:
             if claim is not None and claim.limit > 0:
@@ -816,6 +977,7 @@ class MongoStore(Store):
                 self._emit_after("settle batch", events)
         for job_id, next_doc in nexts:
             self._insert_next_logged(job_id, next_doc)
+        self._release_logged(finals, now)
         if claim is not None and not docs:
             self._maintain()  # idle: a good moment (rate limited) for housekeeping
         return done, [_to_job(d) for d in docs]
@@ -826,9 +988,11 @@ class MongoStore(Store):
         now: float,
         events: list[Doc],
         nexts: list[tuple[str, Doc]],
+        finals: list[tuple[str, JobStatus]],
     ) -> list[Branch | None]:
-        """Several fenced settles in two commands; appends their events and next
-        occurrences. A settle's event fields are read while its token is still held, so
+        """Several fenced settles in two commands; appends their events, next
+        occurrences and the jobs they made final (whose dependents the caller decides
+        once the events are written). A settle's event fields are read while its token is still held, so
         they are the claim's, whatever happens to the job afterwards."""
         op = secrets.token_hex(8)  # marks what this call applied
         done: list[Branch | None] = [None] * len(settles)
@@ -883,6 +1047,8 @@ class MongoStore(Store):
             events.append(_branch_event(doc, branch, now, attempt=attempt))
             if next_doc is not None:
                 nexts.append((doc["_id"], next_doc))
+            if branch.status is not None and branch.status.is_final and doc.get("has_dependents"):
+                finals.append((doc["_id"], branch.status))
         if lost is None:
             for i in missed:  # fenced off, or another branch's guard holds now
                 job_id, token, tr = settles[i]
@@ -893,6 +1059,7 @@ class MongoStore(Store):
             self._emit_after("settle batch", events)
             for job_id, next_doc in nexts:
                 self._insert_next_logged(job_id, next_doc)
+            self._release_logged(finals, now)
             raise StoreUnavailable(
                 f"MongoDB store {self.url}: a batch settle's reply was lost, "
                 f"{len(todo) - len(applied)} of {len(todo)} not applied: {lost}"
@@ -1121,6 +1288,9 @@ class MongoStore(Store):
             reason=branch.reason,
         )  # fmt: skip
         self._emit_after("quarantine", [event])
+        status = branch.status
+        if status is not None and status.is_final and isinstance(raw_id, str):
+            self._release_logged([(raw_id, status)], now)
         return True
 
     # -- reading ------------------------------------------------------------------------
@@ -1354,6 +1524,17 @@ class MongoStore(Store):
                 # job never becomes pending again: nothing to race; few are pending).
                 kept += [d["_id"] for d in found if d.get("next_pending")]
                 ids = [d["_id"] for d in found if not d.get("next_pending")]
+                # One with a dependent that has not ended is kept: the dependent reads its
+                # result when claimed (and on each retry).
+                needed = {
+                    dep
+                    for d in self._jobs.find(
+                        {"deps": {"$in": ids}, "state": {"$ne": DONE}}, projection={"deps": 1}
+                    )
+                    for dep in d.get("deps") or ()
+                } & set(ids)
+                kept += list(needed)
+                ids = [i for i in ids if i not in needed]
                 if not ids:
                     continue
                 # Events first: if we stop half-way, the next purge finds the jobs again.
@@ -1454,6 +1635,7 @@ class MongoStore(Store):
                 ).limit(100):
                     if isinstance(doc.get("next_job"), dict):
                         self._insert_next(doc["_id"], doc["next_job"])
+                self._sweep_blocked(time.time())
         except StoreError as exc:
             _log().warning("store maintenance failed; will retry", error=str(exc))
             self._maintained = 0.0
