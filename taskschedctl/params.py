@@ -79,7 +79,7 @@ class Time(click.ParamType[float]):
 
 
 class Statuses(click.ParamType["tuple[JobStatus, ...]"]):
-    """Status names (any case), numbers 0-6, comma lists, or 'all' (an empty tuple)."""
+    """Status names (any case), numbers 0-7, comma lists, or 'all' (an empty tuple)."""
 
     name = "status"
 
@@ -100,7 +100,7 @@ class Statuses(click.ParamType["tuple[JobStatus, ...]"]):
             except ValueError:
                 self.fail(
                     f"unknown status {part!r}; accepted: {', '.join(STATUS_NAMES)}, all "
-                    "(names in any case, numbers 0-6, or a comma list)",
+                    "(names in any case, numbers 0-7, or a comma list)",
                     param,
                     ctx,
                 )
