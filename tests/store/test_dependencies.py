@@ -435,3 +435,38 @@ def test_a_crash_between_settle_and_release_is_swept(
         other.close()
     assert events(store, b.id) == [(B, "added"), (JobStatus.WAITING, "dependencies done")]
     assert get(store, d.id).reason == f"dependency {c.id} ended CANCELED"
+
+
+def test_mongodb_retention_never_expires_a_result_a_dependent_waits_for(
+    sched: Scheduler, store_spec: StoreSpec
+) -> None:
+    """MongoDB expires final jobs by a TTL index on ended_at, which no purge guard
+    reaches: a dependency has none while a job depending on it has not ended."""
+    if store_spec.kind != "mongo":
+        pytest.skip("SQLite has no TTL: its purge keeps them (the retention test above)")
+    store: Any = sched.store
+    a = sched.add_job(ADD, {"n": 1})
+    drain(store)
+    a_done = sched.add_job(ADD, {"n": 2})  # final before its dependent is added
+    drain(store)
+    other = sched.add_job(ADD, at=time.time() + 3600)
+    b = sched.add_job(ADD, depends_on=[a_done.id, other.id])
+    late = sched.add_job(ADD, depends_on=[a.id, other.id], at=time.time() + 3600)
+    running = sched.add_job(ADD, {"n": 3})  # settled while its dependent waits
+    sched.add_job(ADD, depends_on=[running.id, other.id])
+    drain(store)
+
+    def ended_at(job_id: str) -> Any:
+        return store._jobs.find_one({"_id": job_id}).get("ended_at")
+
+    assert get(store, running.id).status is JobStatus.DONE
+    assert ended_at(a.id) is None and ended_at(a_done.id) is None
+    assert ended_at(running.id) is None
+    store._restore_retention()
+    assert ended_at(a_done.id) is None  # b still waits
+    sched.cancel_job(other.id)  # b and late end CANCELED: nothing waits any more
+    assert get(store, b.id).status is JobStatus.CANCELED
+    assert get(store, late.id).status is JobStatus.CANCELED
+    store._restore_retention()
+    assert ended_at(a.id) is not None and ended_at(a_done.id) is not None
+    assert ended_at(running.id) is not None

@@ -58,6 +58,7 @@ from taskschedd.store.mongo.documents import (
     Doc,
     _added_event,
     _among,
+    _date,
     _event,
     _new_job_doc,
     _t,
@@ -454,9 +455,11 @@ class MongoStore(Store):
             try:
                 with self._errors("mark dependencies"):
                     for i in range(0, len(named), _IN_CHUNK):
+                        # No ended_at while a dependent waits: the TTL index must not
+                        # expire a result it will read (_hold_for_dependents).
                         self._jobs.update_many(
                             _among("_id", named[i : i + _IN_CHUNK]),
-                            {"$set": {"has_dependents": True}},
+                            {"$set": {"has_dependents": True}, "$unset": {"ended_at": ""}},
                         )
             except StoreError as exc:
                 _log().warning(
@@ -536,6 +539,7 @@ class MongoStore(Store):
             return
         try:
             self._release_dependents(finals, now)
+            self._hold_for_dependents([i for i, _ in finals])
         except StoreError as exc:
             _log().warning(
                 "dependents not decided yet; the maintenance sweep will",
@@ -553,6 +557,52 @@ class MongoStore(Store):
             return
         if branch is not None and branch.status is not None and branch.status.is_final:
             self._release_logged([(job_id, branch.status)], now)
+
+    def _hold_for_dependents(self, ids: list[str]) -> None:
+        """Unset ``ended_at`` (what the TTL index expires by) of these final jobs while a
+        job depending on them has not ended: it reads their results when it is claimed,
+        and a dependency that expired would read as MISSING (failed). The maintenance
+        pass sets it back (:meth:`_restore_retention`)."""
+        with self._errors("hold results for dependents"):
+            waiting = {
+                dep
+                for d in self._jobs.find(
+                    {"deps": {"$in": ids}, "state": {"$ne": DONE}}, projection={"deps": 1}
+                )
+                for dep in d.get("deps") or ()
+            } & set(ids)
+            if waiting:
+                self._jobs.update_many(
+                    {"_id": {"$in": sorted(waiting)}, "state": DONE},
+                    {"$unset": {"ended_at": ""}},
+                )
+
+    def _restore_retention(self, limit: int = 200) -> None:
+        """Give final jobs held for their dependents their ``ended_at`` back once no job
+        depending on them is unfinished (retention runs from their end, as for others)."""
+        with self._errors("restore retention"):
+            held = {
+                d["_id"]: d.get("ended")
+                for d in self._jobs.find(
+                    {"state": DONE, "has_dependents": True, "ended_at": {"$exists": False}},
+                    projection={"ended": 1},
+                ).limit(limit)
+            }
+            if not held:
+                return
+            waiting = {
+                dep
+                for d in self._jobs.find(
+                    {"deps": {"$in": list(held)}, "state": {"$ne": DONE}}, projection={"deps": 1}
+                )
+                for dep in d.get("deps") or ()
+            }
+            for job_id, ended in held.items():
+                if job_id not in waiting and isinstance(ended, int | float):
+                    self._jobs.update_one(
+                        {"_id": job_id, "state": DONE, "ended_at": {"$exists": False}},
+                        {"$set": {"ended_at": _date(ended)}},
+                    )
 
     def _sweep_blocked(self, now: float, limit: int = 200) -> None:
         """Decide up to ``limit`` BLOCKED jobs, the next ones after the last pass's (a
@@ -1636,6 +1686,7 @@ class MongoStore(Store):
                     if isinstance(doc.get("next_job"), dict):
                         self._insert_next(doc["_id"], doc["next_job"])
                 self._sweep_blocked(time.time())
+                self._restore_retention()
         except StoreError as exc:
             _log().warning("store maintenance failed; will retry", error=str(exc))
             self._maintained = 0.0
