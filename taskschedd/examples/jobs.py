@@ -7,7 +7,9 @@ import subprocess
 import time
 from typing import Any
 
-from taskschedd.job import Job
+from taskschedd.job import Job, JobStatus
+
+DONE = JobStatus.DONE
 
 
 class Echo(Job):
@@ -41,6 +43,15 @@ class Add(Job):
 
     def start(self) -> Any:
         return self.data["a"] + self.data["b"]
+
+
+class Sum(Job):
+    """Adds ``data["n"]`` to the results of its dependencies that ended DONE: a workflow
+    step for Scheduler.chain and Scheduler.group(then=...) (see the README)."""
+
+    def start(self) -> Any:
+        done = [result for status, result in self.dependencies.values() if status is DONE]
+        return int((self.data or {}).get("n", 0)) + sum(done)
 
 
 class Shell(Job):

@@ -71,6 +71,7 @@ CLAIMS = [
     ("Two commands", "sh", "export TASKSCHED_CONFIG"),
     ("Writing jobs", "python", "class SendMail(Job)"),
     ("Writing jobs", "python", "scheduler = Scheduler()"),
+    ("Writing jobs", "python", "scheduler.chain("),
     ("From cron", "cron", "add --once"),
     ("Under systemd", "sh", "systemctl enable"),
     ("Development", "sh", "TASKSCHED_TEST_MONGODB_URI"),
@@ -253,6 +254,18 @@ def test_the_scheduler_block_runs_as_written(clone: Clone) -> None:
     with scheduler(clone) as sched:
         series = [p for p in sched.get_jobs("all") if p.record.options.cron]
         assert len({p.record.series for p in series}) == 1
+
+
+def test_the_workflow_block_runs_after_the_scheduler_block(clone: Clone) -> None:
+    """Typed in the same interpreter after the block before it (its ``scheduler``)."""
+    setup = "from taskschedd import Scheduler\nscheduler = Scheduler()\n"
+    block = claimed("Writing jobs", "python", "scheduler.chain(")
+    env = clone.env() | {"TASKSCHED_CONFIG": str(clone.config)}
+    run = subprocess.run([str(VENV / "bin" / "python"), "-c", setup + block.text],
+                         cwd=clone.path, env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["6 60"], run.stdout
 
 
 def test_the_cron_line_adds_one_job_however_often_it_runs(clone: Clone) -> None:
