@@ -266,7 +266,7 @@ def _upgrade_v1(conn: sqlite3.Connection) -> None:
 
 
 def _upgrade_v2(conn: sqlite3.Connection) -> None:
-    """Schema 2 -> 3: the dependency table (no job has dependencies yet). A store of
+    """Schema 2 -> 3: the dependency tables (no job has dependencies yet). A store of
     schema 3 is refused by taskschedd 0.5 and older, which would quarantine a BLOCKED
     job (a status they do not know) as corrupt."""
     for stmt in _DEPS_TABLE.split(";"):
