@@ -601,11 +601,16 @@ class Worker:
 
     def _dependencies(self, job: JobRecord) -> dict[str, Dependency]:
         """The status and result of each of the job's dependencies: one store read per
-        claimed job, however many it has (None status: its record is gone)."""
+        claimed job (per 500: SQLite before 3.32 binds at most 999 values), however many
+        it has (None status: its record is gone)."""
         ids = job.options.depends_on
         if not ids:
             return {}
-        found = {r.id: r for r in self.store.find(JobQuery(ids=ids))}
+        found = {
+            r.id: r
+            for i in range(0, len(ids), 500)
+            for r in self.store.find(JobQuery(ids=ids[i : i + 500]))
+        }
         return {
             i: Dependency(found[i].status, found[i].result)
             if i in found
