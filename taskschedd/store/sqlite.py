@@ -724,8 +724,9 @@ class SQLiteStore(Store):
         """Re-decide the BLOCKED dependents of jobs that just became final (id, status),
         inside the write that made them final; each that ends final in turn has its own
         dependents decided (a worklist, not recursion: a chain may be long). A dependency
-        that ended DONE decides only dependents it was the last one of."""
-        work = list(finals)
+        that ended DONE decides only dependents it was the last one of. Jobs nothing
+        depends on (all of a plain drain's) cost one statement per call, not two per job."""
+        work = self._with_dependents(conn, finals)
         while work:
             dep_id, status = work.pop()
             conn.execute(self._COUNT_DOWN, (-1, dep_id))
@@ -741,6 +742,25 @@ class SQLiteStore(Store):
                 branch = self._decide_blocked(conn, job_id, now)
                 if branch is not None and branch.status is not None and branch.status.is_final:
                     work.append((job_id, branch.status))
+
+    @staticmethod
+    def _with_dependents(
+        conn: sqlite3.Connection, finals: list[tuple[str, JobStatus]]
+    ) -> list[tuple[str, JobStatus]]:
+        """The (id, status) of ``finals`` that some job depends on (by job_deps' key)."""
+        ids = list(dict.fromkeys(i for i, _ in finals))
+        named: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            named.update(
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT dependency FROM job_deps WHERE dependency IN (%s)"
+                    % ",".join("?" * len(chunk)),
+                    chunk,
+                )
+            )
+        return [f for f in finals if f[0] in named]
 
     def _decide_blocked(self, conn: sqlite3.Connection, job_id: str, now: float) -> Branch | None:
         """Decide one BLOCKED job against its dependencies' statuses as stored now."""
@@ -805,11 +825,14 @@ class SQLiteStore(Store):
         transition: Transition,
         token: str | None,
         now: float,
+        finals_out: list[tuple[str, JobStatus]] | None = None,
     ) -> list[tuple[str, Branch]]:
         """:meth:`_apply_branches`, then, in the same transaction: a job it made BLOCKED
         (a retried dependent) decided against its dependencies, and the release or cancel
         of the BLOCKED dependents of every job it made final: exactly once, with the
-        write that made their dependency final (settle, cancel, expire, reap...)."""
+        write that made their dependency final (settle, cancel, expire, reap...). With
+        ``finals_out`` the jobs made final are appended there instead, for the caller to
+        release in the same transaction (a batch of settles: one look-up for all)."""
         applied = self._apply_branches(conn, where, wargs, transition, token, now)
         finals = [(i, b.status) for i, b in applied if b.status is not None and b.status.is_final]
         for job_id, branch in applied:
@@ -822,7 +845,9 @@ class SQLiteStore(Store):
                 decided = self._decide_blocked(conn, job_id, now)
                 if decided is not None and decided.status is not None and decided.status.is_final:
                     finals.append((job_id, decided.status))
-        if finals:
+        if finals_out is not None:
+            finals_out.extend(finals)
+        elif finals:
             self._release_dependents(conn, finals, now)
         return applied
 
@@ -1003,7 +1028,10 @@ class SQLiteStore(Store):
             return [], []  # idle polling never takes the write lock
         try:
             with self._write() as conn:
-                done = [self._settle_in(conn, j, t, tr, now) for j, t, tr in settles]
+                finals: list[tuple[str, JobStatus]] = []
+                done = [self._settle_in(conn, j, t, tr, now, finals) for j, t, tr in settles]
+                if finals:  # before the claims: a dependent released here may be claimed
+                    self._release_dependents(conn, finals, now)
                 jobs: list[JobRecord] = []
                 if claim is None:
                     return done, jobs
@@ -1023,9 +1051,15 @@ class SQLiteStore(Store):
             raise self._error(exc) from None
 
     def _settle_in(
-        self, conn: sqlite3.Connection, job_id: str, token: str, tr: Transition, now: float
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        token: str,
+        tr: Transition,
+        now: float,
+        finals: list[tuple[str, JobStatus]] | None = None,
     ) -> Branch | None:
-        done = self._apply_in(conn, "id = ?", [job_id], tr, token, now)
+        done = self._apply_in(conn, "id = ?", [job_id], tr, token, now, finals)
         return done[0][1] if done else None
 
     def renew_many(self, tokens: Iterable[str], branch: Branch, *, now: float) -> int:
