@@ -175,6 +175,9 @@ class Housekeeping:
                         queue=record.queue, owner_node=record.node, owner_worker=record.worker,
                         status=applied.status.name,
                     )  # fmt: skip
+            # A store that decides dependents after a settle's write (MongoDB) finishes
+            # what a crash between the two left: within one reap interval.
+            self.store.sweep_dependencies(time.time())
         except StoreError as exc:
             store_trouble(self.log, "reap expired leases", self.reap_timer, now, exc)
             return reaped

@@ -213,6 +213,13 @@ class Store(abc.ABC):
         applied = self.apply(job_id, transitions.requeue(now, blocked=blocked), now=now)
         return self.get(job_id), applied is not None
 
+    def sweep_dependencies(self, now: float) -> int:
+        """Decide the BLOCKED jobs a crash left between a dependency's settle and their
+        release (a store without transactions); how many it decided. Nodes call it
+        every reap interval. A store that releases in the settle's own transaction has
+        nothing to do."""
+        return 0
+
     # -- reading -----------------------------------------------------------------
     def dependents(self, job_id: str) -> list[JobRecord]:
         """The jobs added with ``job_id`` in their depends_on, oldest first (a store

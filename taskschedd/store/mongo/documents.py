@@ -140,6 +140,9 @@ def _new_job_doc(job: NewJob, seq: int) -> Doc:
         doc["ended_at"] = _date(job.created)
     if opts.depends_on:
         doc["deps"] = list(opts.depends_on)  # what a settle looks its dependents up by
+        # Dependencies not final yet, as far as settles have counted down: only a job
+        # counted to 0 is read in full, so a fan-in of n costs n reads, not n^2.
+        doc["pending"] = len(opts.depends_on)
     return doc
 
 

@@ -50,6 +50,7 @@ def create_indexes(
                 IndexModel([("series", 1), ("series_seq", 1)]),
                 IndexModel([("next_pending", 1)], sparse=True),
                 IndexModel([("deps", 1), ("state", 1)], sparse=True),  # dependents
+                IndexModel([("hold_until", 1)], sparse=True),  # workflows being added
             ]
         )
         events.create_indexes(

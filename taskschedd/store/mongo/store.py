@@ -28,7 +28,7 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
-from taskschedd import dependencies, transitions
+from taskschedd import dependencies, failpoints, transitions
 from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
 from taskschedd.model import (
     FINAL,
@@ -74,6 +74,12 @@ from taskschedd.transitions import Attempt, Branch, ClaimFields, Transition
 DEFAULT_DATABASE = "taskscheduler"
 
 _MAINTENANCE_EVERY = 30.0
+#: A dependency sweep reads at most this many BLOCKED jobs, and their dependencies up to
+#: about this many, per pass (the next pass goes on from there).
+_SWEEP_JOBS = 5000
+_SWEEP_DEPS = 50_000
+#: How long commit records of workflow adds are kept (a wait long past any add).
+_ADD_RECORDS_KEPT = 86400.0
 _IN_CHUNK = 500
 # The claim's order: priority, due time, FIFO (after the queues, in the order given).
 _CLAIM_SORT = [("priority", -1), ("at", 1), ("seq", 1)]
@@ -185,6 +191,37 @@ _MALFORMED: Doc = {
 }
 
 
+def _blocked_fields(doc: Doc) -> tuple[list[str], str, float] | None:
+    """(depends_on, on_dependency_failure, at) of a BLOCKED job's document; None when
+    another client wrote them wrong (the quarantine sweep reports it)."""
+    try:
+        options = doc.get("options") or {}
+        deps = options.get("depends_on") or ()
+        if not isinstance(deps, list | tuple):
+            return None
+        return (
+            [str(d) for d in deps],
+            str(options.get("on_dependency_failure", "cancel")),
+            float(doc["at"]),
+        )
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def _dependency_statuses(
+    deps: Sequence[str], found: Mapping[str, Doc]
+) -> list[tuple[str, JobStatus | None]]:
+    """Each dependency's status as read (None: no record, or one no status can be)."""
+    statuses: list[tuple[str, JobStatus | None]] = []
+    for dep in deps:
+        raw = (found.get(dep) or {}).get("status")
+        try:
+            statuses.append((dep, JobStatus(raw) if type(raw) is int else None))
+        except ValueError:
+            statuses.append((dep, None))
+    return statuses
+
+
 def _malformed_why(doc: Doc) -> str:
     state, status = doc.get("state"), doc.get("status")
     expected = {READY: _RUNNABLE_STATUSES, HELD: _RUNNABLE_STATUSES, DONE: _FINAL_STATUSES,
@@ -247,6 +284,7 @@ class MongoStore(Store):
         server_selection_timeout: float = 5.0,
         operation_timeout: float | None = None,
         client_options: Mapping[str, Any] | None = None,
+        workflow_hold: float = 300.0,
     ) -> None:
         if change_streams not in ("auto", "on", "off"):
             raise StoreError(f"change_streams must be one of auto, on, off; got {change_streams!r}")
@@ -265,6 +303,8 @@ class MongoStore(Store):
         self.server_selection_timeout = float(server_selection_timeout)
         self.operation_timeout = operation_timeout
         self._client_options = dict(client_options or {})
+        #: How long a workflow's add may take before a dependency sweep abandons it.
+        self.workflow_hold = float(workflow_hold)
         self._client_obj: pymongo.MongoClient[Doc] | None = None
         self._db_obj: Database[Doc] | None = None
         self._pid = -1
@@ -356,6 +396,11 @@ class MongoStore(Store):
     def _nodes(self) -> Collection[Doc]:
         return self._coll(self.nodes_collection)
 
+    @property
+    def _adds(self) -> Collection[Doc]:
+        """Commit records of workflow adds (see _insert_workflow)."""
+        return self._coll(f"{self.jobs_collection}_adds")
+
     def _setup(self, db: Database[Doc]) -> None:
         """Learn the topology, log how wake-ups and durability work, create indexes."""
         hello = db.client.admin.command("hello")
@@ -438,36 +483,94 @@ class MongoStore(Store):
     def insert(self, jobs: Sequence[NewJob]) -> None:
         """Without a transaction, a job with dependencies is inserted BLOCKED and decided
         right after (a dependency that ended between the check and the insert is seen
-        then); a crash in between leaves it to the maintenance sweep."""
+        then); a crash in between leaves it to the dependency sweep. A batch with
+        dependencies (a workflow) is inserted held and released once whole: see
+        :meth:`_insert_workflow`."""
         if not jobs:
             return
         waiting = [j for j in jobs if j.options.depends_on]
         if waiting:
             self._check_dependencies(jobs)
         docs = [_new_job_doc(j, self._next_seq()) for j in jobs]
+        named = list(dict.fromkeys(d for j in waiting for d in j.options.depends_on))
+        if waiting and len(docs) > 1:
+            self._insert_workflow(docs, named)
+        else:
+            with self._errors("insert jobs"):
+                self._insert_docs(docs)
+            self._emit_after("insert", [_added_event(d) for d in docs])
+            if named:
+                self._mark_dependencies(named)
+        for doc in docs:  # in order: a job may depend on an earlier one of the batch
+            if doc["state"] == BLOCKED:
+                self._decide_logged(doc["_id"], float(doc["created"]), inserted=True)
+
+    def _mark_dependencies(self, named: list[str]) -> None:
+        """Flag jobs named in a depends_on, after their dependents' insert and before their
+        decision: a settle that did not see the flag ran before it was set, so the
+        decision sees that settle's status."""
+        try:
+            with self._errors("mark dependencies"):
+                for i in range(0, len(named), _IN_CHUNK):
+                    # No ended_at while a dependent waits: the TTL index must not
+                    # expire a result it will read (_hold_for_dependents).
+                    self._jobs.update_many(
+                        _among("_id", named[i : i + _IN_CHUNK]),
+                        {"$set": {"has_dependents": True}, "$unset": {"ended_at": ""}},
+                    )
+        except StoreError as exc:
+            _log().warning(
+                "dependencies not marked yet; the dependency sweep decides their "
+                "dependents", error=str(exc),
+            )  # fmt: skip
+
+    def _insert_workflow(self, docs: list[Doc], named: list[str]) -> None:
+        """All or nothing for a workflow without transactions: its jobs are inserted
+        BLOCKED and held (``hold``: never decided, claimed or swept), then one commit
+        record is inserted, then the hold is lifted. The commit record is the one atomic
+        write that decides: a dependency sweep that finds a hold past its ``hold_until``
+        inserts an "aborted" record under the same key instead and deletes the held
+        jobs; whichever of the two records exists first wins. So after a crash either
+        no job of the workflow ever runs (no commit: the sweep deletes them) or all of
+        it does (committed: the sweep lifts the hold the adder could not)."""
+        batch = secrets.token_hex(8)
+        now = time.time()
+        for doc in docs:
+            if JobStatus(doc["status"]).is_final:
+                continue  # inserted as it is: never runs
+            doc.update(
+                status=int(JobStatus.BLOCKED), state=BLOCKED, hold=batch,
+                hold_until=_t(now + self.workflow_hold), reason="held: its workflow is being added",
+            )  # fmt: skip
+        failpoints.hit("mongo.workflow.before_insert")
         with self._errors("insert jobs"):
             self._insert_docs(docs)
-        self._emit_after("insert", [_added_event(d) for d in docs])
-        if waiting:
-            # After the insert, before the decision: a settle that did not see the flag
-            # ran before it was set, so the decision below sees that settle's status.
-            named = list(dict.fromkeys(d for j in waiting for d in j.options.depends_on))
+        # Before the commit: whoever lifts the hold (we, or a sweep) finds them flagged.
+        self._mark_dependencies(named)
+        failpoints.hit("mongo.workflow.before_commit")
+        with self._errors("commit the workflow's add"):
             try:
-                with self._errors("mark dependencies"):
-                    for i in range(0, len(named), _IN_CHUNK):
-                        # No ended_at while a dependent waits: the TTL index must not
-                        # expire a result it will read (_hold_for_dependents).
-                        self._jobs.update_many(
-                            _among("_id", named[i : i + _IN_CHUNK]),
-                            {"$set": {"has_dependents": True}, "$unset": {"ended_at": ""}},
-                        )
-            except StoreError as exc:
-                _log().warning(
-                    "dependencies not marked yet; the maintenance sweep decides their "
-                    "dependents", error=str(exc),
-                )  # fmt: skip
-        for job in waiting:  # in order: a job may depend on an earlier one of the batch
-            self._decide_logged(job.id, job.created)
+                self._adds.insert_one({"_id": batch, "state": "committed", "at": _t(now)})
+            except DuplicateKeyError:
+                # The sweep gave up on us (we took longer than workflow_hold): its delete
+                # stands; make sure of it, and say so.
+                self._jobs.delete_many({"hold": batch})
+                raise StoreUnavailable(
+                    f"MongoDB store {self.url}: adding the workflow took longer than "
+                    f"{self.workflow_hold:g} s and was abandoned; none of its jobs was kept: "
+                    "add it again"
+                ) from None
+        self._emit_after("insert", [_added_event(d) for d in docs])
+        failpoints.hit("mongo.workflow.before_release")
+        try:
+            with self._errors("release the workflow"):
+                self._jobs.update_many({"hold": batch}, {"$unset": {"hold": "", "hold_until": ""}})
+                self._adds.delete_one({"_id": batch})
+        except StoreError as exc:
+            _log().warning(
+                "workflow added but not released yet; the dependency sweep will",
+                error=str(exc),
+            )  # fmt: skip
 
     def _check_dependencies(self, jobs: Sequence[NewJob]) -> None:
         """UnknownDependency (nothing written) when a dependency is neither stored nor an
@@ -482,51 +585,57 @@ class MongoStore(Store):
             known.add(job.id)
 
     # -- dependencies: decided after the write that made a dependency final; the sweep
-    # in _maintain decides what a crash between the two left BLOCKED.
-    def _decide_blocked(self, job_id: str, now: float) -> Branch | None:
+    # (sweep_dependencies, every reap interval) decides what a crash between the two left
+    # BLOCKED.
+    def _decide_blocked(self, job_id: str, now: float, *, inserted: bool = False) -> Branch | None:
         """Decide one BLOCKED job against its dependencies' statuses as stored now; the
-        transition's guard on BLOCKED makes it happen once, whoever decides it too."""
+        transition's guard on BLOCKED makes it happen once, whoever decides it too.
+        ``inserted``: its first decision, which also counts down its ``pending`` by the
+        dependencies it found final (settles count down those that end after its insert;
+        one counted twice makes it too low, which costs one more full read, never a
+        wrong decision)."""
         with self._errors("decide a blocked job"):
             doc = self._jobs.find_one(
-                {"_id": job_id, "state": BLOCKED}, projection={"options": 1, "at": 1}
+                {"_id": job_id, "state": BLOCKED, "hold": {"$exists": False}},
+                projection={"options": 1, "at": 1},
             )
         if doc is None:
             return None
-        try:
-            options = doc.get("options") or {}
-            deps = [str(d) for d in options.get("depends_on") or ()]
-            on_failure = str(options.get("on_dependency_failure", "cancel"))
-            at = float(doc["at"])
-        except (TypeError, ValueError, KeyError, AttributeError):
+        parsed = _blocked_fields(doc)
+        if parsed is None:
             return None  # not decodable: the quarantine sweep's to report
+        deps, on_failure, at = parsed
         with self._errors("read dependencies"):
             found = self._by_ids(deps, {"status": 1})
-        statuses: list[tuple[str, JobStatus | None]] = []
-        for dep in deps:
-            raw = (found.get(dep) or {}).get("status")
-            try:
-                statuses.append((dep, JobStatus(raw) if type(raw) is int else None))
-            except ValueError:
-                statuses.append((dep, None))
-        now = _t(now)  # as `at` is stored: a job due now is not POSTPONED by rounding
+        statuses = _dependency_statuses(deps, found)
+        # As `at` is stored: a job due now is not POSTPONED by rounding; and no earlier
+        # than the clock (a settle's time may precede this job's add).
+        now = _t(max(now, time.time()))
         decision = dependencies.decide(statuses, on_failure=on_failure, at=at, now=now)
         if decision is None:
+            final = sum(1 for _, st in statuses if st is None or st.is_final)
+            if inserted and final:
+                with self._errors("count dependencies"):
+                    self._jobs.update_one(
+                        {"_id": job_id, "state": BLOCKED}, {"$inc": {"pending": -final}}
+                    )
             return None
         return self._apply_branches(job_id, decision, None, now, cascade=False)
 
     def _release_dependents(self, finals: list[tuple[str, JobStatus]], now: float) -> None:
-        """Decide the BLOCKED dependents of jobs that just became final; each that ends
-        final in turn has its own decided (a worklist: a chain may be long)."""
+        """Count down the BLOCKED dependents of jobs that just became final and decide
+        those counted to 0 (all of them when one ended other than DONE: it may cancel
+        them); each that ends final in turn has its own decided (a worklist: a chain
+        may be long)."""
         work = list(finals)
         while work:
-            dep_id, _ = work.pop()
+            dep_id, status = work.pop()
+            where: Doc = {"deps": dep_id, "state": BLOCKED}
             with self._errors("find dependents"):
-                waiting = [
-                    d["_id"]
-                    for d in self._jobs.find(
-                        {"deps": dep_id, "state": BLOCKED}, projection={"_id": 1}
-                    )
-                ]
+                self._jobs.update_many(where, {"$inc": {"pending": -1}})
+                if status is JobStatus.DONE:
+                    where = {**where, "pending": {"$lte": 0}}
+                waiting = [d["_id"] for d in self._jobs.find(where, projection={"_id": 1})]
             for job_id in waiting:
                 branch = self._decide_blocked(job_id, now)
                 if branch is not None and branch.status is not None and branch.status.is_final:
@@ -534,29 +643,151 @@ class MongoStore(Store):
 
     def _release_logged(self, finals: list[tuple[str, JobStatus]], now: float) -> None:
         """:meth:`_release_dependents` after a write that stands whatever happens here: a
-        failure is logged and left to the maintenance sweep."""
+        failure is logged and left to the dependency sweep."""
         if not finals:
             return
+        failpoints.hit("mongo.before_release")
         try:
             self._release_dependents(finals, now)
             self._hold_for_dependents([i for i, _ in finals])
         except StoreError as exc:
             _log().warning(
-                "dependents not decided yet; the maintenance sweep will",
+                "dependents not decided yet; the dependency sweep will",
                 jobs=[i for i, _ in finals][:10], error=str(exc),
             )  # fmt: skip
 
-    def _decide_logged(self, job_id: str, now: float) -> None:
+    def _decide_logged(self, job_id: str, now: float, *, inserted: bool = False) -> None:
         try:
-            branch = self._decide_blocked(job_id, now)
+            branch = self._decide_blocked(job_id, now, inserted=inserted)
         except StoreError as exc:
             _log().warning(
-                "added job not decided yet; the maintenance sweep will",
+                "added job not decided yet; the dependency sweep will",
                 job_id=job_id, error=str(exc),
             )  # fmt: skip
             return
         if branch is not None and branch.status is not None and branch.status.is_final:
             self._release_logged([(job_id, branch.status)], now)
+
+    def _recount_logged(self, job_id: str) -> None:
+        try:
+            with self._errors("count dependencies"):
+                self._jobs.update_many({"deps": job_id, "state": BLOCKED}, {"$inc": {"pending": 1}})
+        except StoreError as exc:
+            _log().warning("dependents not counted again", job_id=job_id, error=str(exc))
+
+    def sweep_dependencies(self, now: float) -> int:
+        """What a crash left between two writes, found and finished; how many jobs it
+        decided. A node calls it every reap interval.
+
+        - BLOCKED jobs whose dependencies all ended (a crash between a settle and the
+          release of its dependents, or between an add and its decision): read a page at
+          a time (at most ``_SWEEP_JOBS`` jobs and ``_SWEEP_DEPS`` dependencies a pass,
+          going on from where the last pass stopped), decided in memory, applied guarded.
+          A count left too high by such a crash is lowered to what was read.
+        - Held workflow adds past their ``hold_until``: committed ones released, the
+          others deleted (see :meth:`_insert_workflow`).
+        """
+        decided = self._sweep_holds(now)
+        where: Doc = {"state": BLOCKED, "hold": {"$exists": False}}
+        if self._swept_after is not None:
+            where["_id"] = {"$gt": self._swept_after}
+        page: list[tuple[str, list[str], str, float, Any]] = []
+        total = 0
+        last: str | None = None
+        with self._errors("sweep blocked jobs"):
+            cursor = (
+                self._jobs.find(where, projection={"options": 1, "at": 1, "pending": 1})
+                .sort("_id", 1)
+                .limit(_SWEEP_JOBS)
+            )
+            for doc in cursor:
+                if not isinstance(doc.get("_id"), str):
+                    continue
+                last = doc["_id"]
+                parsed = _blocked_fields(doc)
+                if parsed is not None:
+                    page.append((doc["_id"], *parsed, doc.get("pending")))
+                    total += len(parsed[0])
+                if total >= _SWEEP_DEPS:
+                    break
+        full = len(page) >= _SWEEP_JOBS or total >= _SWEEP_DEPS
+        self._swept_after = last if full else None
+        with self._errors("sweep blocked jobs"):
+            found = self._by_ids(
+                list(dict.fromkeys(d for _, deps, *_ in page for d in deps)), {"status": 1}
+            )
+        for job_id, deps, on_failure, at, pending in page:
+            statuses = _dependency_statuses(deps, found)
+            decision = dependencies.decide(statuses, on_failure=on_failure, at=at, now=_t(now))
+            if decision is None:
+                left = sum(1 for _, st in statuses if st is not None and not st.is_final)
+                if type(pending) is not int or pending > left:
+                    with self._errors("count dependencies"):
+                        self._jobs.update_one(
+                            {"_id": job_id, "state": BLOCKED}, {"$min": {"pending": left}}
+                        )
+                continue
+            try:
+                branch = self._apply_branches(job_id, decision, None, _t(now), cascade=False)
+            except StoreError as exc:
+                _log().warning("dependency sweep: job not decided", job_id=job_id, error=str(exc))
+                continue
+            if branch is not None:
+                decided += 1
+                _log().info(
+                    "dependency sweep decided a job a crash had left blocked",
+                    job_id=job_id, status=branch.status.name if branch.status else None,
+                )  # fmt: skip
+                if branch.status is not None and branch.status.is_final:
+                    self._release_logged([(job_id, branch.status)], now)
+        return decided
+
+    def _sweep_holds(self, now: float) -> int:
+        """Finish workflow adds whose adder stopped past their ``hold_until``: release a
+        committed one, delete the jobs of one that never committed (and is now aborted:
+        its adder, if it wakes, finds the aborted record and says so)."""
+        with self._errors("sweep held workflows"):
+            batches = list(
+                dict.fromkeys(
+                    d["hold"]
+                    for d in self._jobs.find(
+                        {"hold_until": {"$lt": _t(now)}}, projection={"hold": 1}
+                    ).limit(1000)
+                    if isinstance(d.get("hold"), str)
+                )
+            )
+            self._adds.delete_many({"at": {"$lt": _t(now - _ADD_RECORDS_KEPT)}})
+        released = 0
+        for batch in batches:
+            with self._errors("sweep held workflows"):
+                try:
+                    self._adds.insert_one({"_id": batch, "state": "aborted", "at": _t(now)})
+                    state = "aborted"
+                except DuplicateKeyError:
+                    record = self._adds.find_one({"_id": batch}) or {}
+                    state = str(record.get("state"))
+                ids = [d["_id"] for d in self._jobs.find({"hold": batch}, projection={"_id": 1})]
+                if state == "committed":
+                    self._jobs.update_many(
+                        {"hold": batch}, {"$unset": {"hold": "", "hold_until": ""}}
+                    )
+                    self._adds.delete_one({"_id": batch})
+                else:
+                    self._jobs.delete_many({"hold": batch})
+            if state == "committed":
+                _log().warning(
+                    "released a workflow whose adder stopped after committing it",
+                    jobs=len(ids),
+                )  # fmt: skip
+                for job_id in ids:
+                    self._decide_logged(job_id, now)
+                released += len(ids)
+            else:
+                _log().warning(
+                    "deleted a workflow whose add was interrupted before it was whole; "
+                    "none of its jobs ran", jobs=len(ids),
+                )  # fmt: skip
+        return released
 
     def _hold_for_dependents(self, ids: list[str]) -> None:
         """Unset ``ended_at`` (what the TTL index expires by) of these final jobs while a
@@ -603,23 +834,6 @@ class MongoStore(Store):
                         {"_id": job_id, "state": DONE, "ended_at": {"$exists": False}},
                         {"$set": {"ended_at": _date(ended)}},
                     )
-
-    def _sweep_blocked(self, now: float, limit: int = 200) -> None:
-        """Decide up to ``limit`` BLOCKED jobs, the next ones after the last pass's (a
-        crash between a dependency's settle and its dependents' release, or an add's
-        insert and its decision, leaves them BLOCKED with their dependencies final)."""
-        where: Doc = {"state": BLOCKED}
-        if self._swept_after is not None:
-            where["_id"] = {"$gt": self._swept_after}
-        with self._errors("sweep blocked jobs"):
-            ids = [
-                d["_id"]
-                for d in self._jobs.find(where, projection={"_id": 1}).sort("_id", 1).limit(limit)
-                if isinstance(d.get("_id"), str)
-            ]
-        self._swept_after = ids[-1] if len(ids) == limit else None
-        for job_id in ids:
-            self._decide_logged(job_id, now)
 
     def dependents(self, job_id: str) -> list[JobRecord]:
         with self._errors("find dependents"):
@@ -765,6 +979,10 @@ class MongoStore(Store):
                 self._emit_after(transition.name, [_branch_event(doc, branch, now)])
             if next_doc is not None:
                 self._insert_next_logged(job_id, next_doc)
+            if doc.get("has_dependents") and branch.guard.statuses <= transitions.RETRYABLE:
+                # A final job made runnable again (a retry): its dependents count it again
+                # (lost if we crash here: the count is then too low, which is safe).
+                self._recount_logged(job_id)
             if cascade and branch.status is JobStatus.BLOCKED:
                 self._decide_logged(job_id, now)
             elif (
@@ -1066,7 +1284,12 @@ class MongoStore(Store):
             branch = tr.intended
             update, next_doc = self._branch_update(job_id, branch, token, now)
             update["$set"]["settle_op"] = op
-            ops.append(UpdateOne({"_id": job_id, **guard_filter(branch.guard, token, now)}, update))
+            where = {"_id": job_id, **guard_filter(branch.guard, token, now)}
+            if not doc.get("has_dependents"):
+                # A dependent added since our read flagged it: then this misses, and the
+                # settle is applied on its own below, which sees the flag.
+                where["has_dependents"] = {"$exists": False}
+            ops.append(UpdateOne(where, update))
             todo.append((i, doc, next_doc))
         if not ops:
             return done
@@ -1596,6 +1819,7 @@ class MongoStore(Store):
             top = self._event_log.raise_floor()
             self._events.delete_many({"seq": {"$lte": top}, "_id": {"$ne": FLOOR_ID}})
             self._jobs.delete_many({})
+            self._adds.delete_many({})
 
     @staticmethod
     def _node_doc(node: NodeRecord) -> Doc:
@@ -1685,7 +1909,6 @@ class MongoStore(Store):
                 ).limit(100):
                     if isinstance(doc.get("next_job"), dict):
                         self._insert_next(doc["_id"], doc["next_job"])
-                self._sweep_blocked(time.time())
                 self._restore_retention()
         except StoreError as exc:
             _log().warning("store maintenance failed; will retry", error=str(exc))
