@@ -16,6 +16,8 @@ import signal
 #: The points: (store, where).
 POINTS = frozenset(
     {
+        "sqlite.before_release",  # a settle's transaction, its dependents not decided yet
+        "sqlite.workflow.before_commit",  # a workflow's rows written, not committed
         "mongo.before_release",  # a dependency's settle written, its dependents not decided
         "mongo.workflow.before_insert",  # a workflow add: nothing written yet
         "mongo.workflow.before_commit",  # a workflow's jobs inserted held, not committed

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from taskschedd import dependencies, transitions
+from taskschedd import dependencies, failpoints, transitions
 from taskschedd.errors import (
     JobNotFound,
     StoreError,
@@ -644,6 +644,7 @@ class SQLiteStore(Store):
                         self._insert_row(conn, job)
                         if job.options.depends_on:
                             self._add_dependencies(conn, job)
+                    failpoints.hit("sqlite.workflow.before_commit")
                 elif len(jobs) == 1:
                     self._insert_row(conn, jobs[0])
                 else:  # one statement per table, not two per job
@@ -726,6 +727,7 @@ class SQLiteStore(Store):
         dependents decided (a worklist, not recursion: a chain may be long). A dependency
         that ended DONE decides only dependents it was the last one of. Jobs nothing
         depends on (all of a plain drain's) cost one statement per call, not two per job."""
+        failpoints.hit("sqlite.before_release")  # inside the transaction: rolled back
         work = self._with_dependents(conn, finals)
         while work:
             dep_id, status = work.pop()
