@@ -18,7 +18,8 @@ class Job:
     the job needs; ``id``, ``data``, ``attempt``, ``queue``, ``context`` (what the
     node's setup hook returned) and ``dependencies`` (for a job added with depends_on:
     each dependency's id -> ``Dependency(status, result)``, read when the job was
-    claimed) are set before :meth:`start` runs. What ``start``
+    claimed; past 64 MiB of results, the rest are read again when asked for, a page of
+    500 at a time) are set before :meth:`start` runs. What ``start``
     returns must be JSON-serialisable: it is stored as the job's result.
     """
 
@@ -64,6 +65,6 @@ class Job:
         self.attempt = attempt
         self.queue = queue
         self.context = context
-        self.dependencies = dict(dependencies or {})
+        self.dependencies = dependencies if dependencies is not None else {}
         self._progress_reporter = reporter
         self._progress_last = None

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import structlog
 
 from taskschedd import rules
+from taskschedd.dependency_results import DependencyResults
 from taskschedd.errors import JobClassError, JobDataError, StoreError, StoreUnavailable
 from taskschedd.job import Job
 from taskschedd.leasewatch import lease_margin
@@ -599,24 +600,20 @@ class Worker:
             self._classes[path] = cls
         return cls
 
-    def _dependencies(self, job: JobRecord) -> dict[str, Dependency]:
-        """The status and result of each of the job's dependencies: one store read per
-        claimed job (per 500: SQLite before 3.32 binds at most 999 values), however many
-        it has (None status: its record is gone)."""
+    def _dependencies(self, job: JobRecord) -> Mapping[str, Dependency]:
+        """The status and result of each of the job's dependencies, read now, a page per
+        store read, with the results kept bounded (see dependency_results)."""
         ids = job.options.depends_on
         if not ids:
             return {}
-        found = {
-            r.id: r
-            for i in range(0, len(ids), 500)
-            for r in self.store.find(JobQuery(ids=ids[i : i + 500]))
-        }
-        return {
-            i: Dependency(found[i].status, found[i].result)
-            if i in found
-            else Dependency(None, None)
-            for i in ids
-        }
+
+        def load(chunk: Sequence[str]) -> dict[str, Dependency]:
+            return {
+                r.id: Dependency(r.status, r.result)
+                for r in self.store.find(JobQuery(ids=tuple(chunk)))
+            }
+
+        return DependencyResults(ids, load)
 
     def _run(self, job: JobRecord, bound: Any) -> Transition:
         now = time.time()

@@ -603,3 +603,21 @@ def test_mongodb_a_dependent_added_while_a_batch_settles_is_released_by_it(
     )
     monkeypatch.undo()
     assert get(store, late[0]).status is JobStatus.WAITING
+
+
+def test_a_fan_in_past_the_results_budget_still_reads_every_result(
+    sched: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bytes of results a worker keeps from the claim on, the rest are read
+    again by page when the job asks for them: the job sees every result."""
+    from taskschedd import dependency_results
+
+    monkeypatch.setattr(dependency_results, "RESULTS_KEPT", 300)  # a few results
+    monkeypatch.setattr(dependency_results, "PAGE", 50)
+    store = sched.store
+    deps = sched.add_jobs([JobSpec(ADD, {"n": n}) for n in range(1, 121)])
+    fan_in = sched.add_job(ADD, depends_on=[p.id for p in deps])
+    assert drain(store) == 121
+    done = get(store, fan_in.id)
+    assert (done.status, done.result["total"]) == (JobStatus.DONE, 120 * 121 // 2)
+    assert len(done.result["seen"]) == 120
