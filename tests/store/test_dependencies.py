@@ -480,6 +480,15 @@ def test_mongodb_retention_never_expires_a_result_a_dependent_waits_for(
     store._restore_retention()
     assert ended_at(a.id) is not None and ended_at(a_done.id) is not None
     assert ended_at(running.id) is not None
+    # Canceled by a cascade, with a dependent that runs on failure still waiting: kept.
+    root = sched.add_job(ADD, at=time.time() + 3600)
+    mid = sched.add_job(ADD, depends_on=[root.id])
+    wait = sched.add_job(ADD, at=time.time() + 3600)
+    sched.add_job(ADD, depends_on=[mid.id, wait.id], on_dependency_failure="run")
+    sched.cancel_job(root.id)
+    assert get(store, mid.id).status is JobStatus.CANCELED
+    store._restore_retention()
+    assert ended_at(mid.id) is None
 
 
 class _Crash(BaseException):

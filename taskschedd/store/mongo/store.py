@@ -622,12 +622,13 @@ class MongoStore(Store):
             return None
         return self._apply_branches(job_id, decision, None, now, cascade=False)
 
-    def _release_dependents(self, finals: list[tuple[str, JobStatus]], now: float) -> None:
+    def _release_dependents(self, finals: list[tuple[str, JobStatus]], now: float) -> list[str]:
         """Count down the BLOCKED dependents of jobs that just became final and decide
         those counted to 0 (all of them when one ended other than DONE: it may cancel
         them); each that ends final in turn has its own decided (a worklist: a chain
-        may be long)."""
+        may be long); returns the ids of those that ended (canceled) here."""
         work = list(finals)
+        ended: list[str] = []
         while work:
             dep_id, status = work.pop()
             where: Doc = {"deps": dep_id, "state": BLOCKED}
@@ -640,6 +641,8 @@ class MongoStore(Store):
                 branch = self._decide_blocked(job_id, now)
                 if branch is not None and branch.status is not None and branch.status.is_final:
                     work.append((job_id, branch.status))
+                    ended.append(job_id)
+        return ended
 
     def _release_logged(self, finals: list[tuple[str, JobStatus]], now: float) -> None:
         """:meth:`_release_dependents` after a write that stands whatever happens here: a
@@ -648,8 +651,9 @@ class MongoStore(Store):
             return
         failpoints.hit("mongo.before_release")
         try:
-            self._release_dependents(finals, now)
-            self._hold_for_dependents([i for i, _ in finals])
+            ended = self._release_dependents(finals, now)
+            # Those the cascade canceled too: their own "run" dependents read them.
+            self._hold_for_dependents([i for i, _ in finals] + ended)
         except StoreError as exc:
             _log().warning(
                 "dependents not decided yet; the dependency sweep will",
