@@ -82,7 +82,13 @@ class JobOptions:
         Not dataclasses.asdict: its deep copy was half the cost of add_jobs, and every
         option is a scalar."""
         stored = {name: getattr(self, name) for name in _STORED_NAMES}
-        stored["depends_on"] = list(self.depends_on)  # as JSON reads it back
+        if self.depends_on:
+            stored["depends_on"] = list(self.depends_on)  # as JSON reads it back
+        else:
+            # Left out at their defaults: a node of 0.5 (a cluster being upgraded) reads
+            # a list it does not know as a corrupt record, and a job without
+            # dependencies must stay a job it can run.
+            del stored["depends_on"], stored["on_dependency_failure"]
         return stored
 
     @cached_property
@@ -348,16 +354,27 @@ def resolve(
     if "interval" in explicit and explicit["interval"] and "cron" not in explicit:
         merged["cron"] = None
     opts = JobOptions(**merged)
-    _check_combination(opts)
+    _check_combination(opts, set(explicit))
     return opts, set(explicit)
 
 
-def _check_combination(opts: JobOptions) -> None:
+def _check_combination(opts: JobOptions, explicit: set[str]) -> None:
     if opts.depends_on and (opts.interval or opts.cron):
+        which = "cron" if opts.cron else "interval"
+        source = (
+            ""
+            if which in explicit
+            else f" (its {which!r} comes from the defaults: job_defaults in the configuration, or the Scheduler's)"
+        )
         raise OptionError(
-            "option 'depends_on' cannot be given with 'interval' or 'cron': an occurrence "
-            "of a series would wait on jobs that ended long before it; add the series "
-            "from a job that depends on them instead"
+            f"option 'depends_on' cannot be given with 'interval' or 'cron'{source}: an "
+            "occurrence of a series would wait on jobs that ended long before it; add the "
+            "series from a job that depends on them instead"
+        )
+    if "on_dependency_failure" in explicit and not opts.depends_on:
+        raise OptionError(
+            "option 'on_dependency_failure' needs 'depends_on' (taskschedctl: --after ID): "
+            "it says what a job does when one of its dependencies fails"
         )
     if opts.id is not None and opts.id in opts.depends_on:
         raise OptionError(f"option 'depends_on': job {opts.id!r} cannot depend on itself")

@@ -138,9 +138,10 @@ BAD: list[tuple[str, Any, tuple[str, ...]]] = [
 
 @pytest.mark.parametrize(("name", "value", "expected"), GOOD)
 def test_good_values_are_normalised(name: str, value: Any, expected: Any) -> None:
-    opts, explicit = resolve({name: value})
+    given = {name: value, **({"depends_on": ["a"]} if name == "on_dependency_failure" else {})}
+    opts, explicit = resolve(given)
     assert getattr(opts, name) == expected
-    assert explicit == {name}
+    assert explicit == set(given)
 
 
 @pytest.mark.parametrize(("name", "value", "accepted"), BAD)
@@ -333,3 +334,32 @@ def test_add_job_writes_nothing_when_it_raises(
             assert scheduler.store.last_event_seq() == events
         else:
             assert len(scheduler.store.find(JobQuery())) == before + 1
+
+
+#: The stored option names of 0.5.0, which nodes of that version read (and quarantine a
+#: job as corrupt when a value does not check): a cluster is upgraded node by node.
+OPTIONS_OF_0_5 = {
+    "interval", "interval_reference", "retry", "retry_interval", "retry_backoff",
+    "retry_backoff_max", "timeout", "ignore_max_children", "ignore_data", "cron",
+    "max_memory", "priority", "queue", "expires",
+}  # fmt: skip
+
+
+def test_a_job_without_dependencies_stores_only_what_0_5_reads() -> None:
+    opts, _ = resolve({"retry": 2})
+    assert set(opts.stored()) == OPTIONS_OF_0_5
+    with_deps, _ = resolve({"depends_on": ["a"], "on_dependency_failure": "run"})
+    stored = with_deps.stored()
+    assert (stored["depends_on"], stored["on_dependency_failure"]) == (["a"], "run")
+    assert stored_options(json.loads(opts.stored_json)) == opts
+
+
+def test_on_dependency_failure_without_dependencies_is_refused() -> None:
+    with pytest.raises(OptionError, match="'on_dependency_failure' needs 'depends_on'"):
+        resolve({"on_dependency_failure": "run"})
+
+
+def test_a_default_recurrence_with_dependencies_names_where_it_comes_from() -> None:
+    defaults = Defaults.parse({"interval": 60})
+    with pytest.raises(OptionError, match="its 'interval' comes from the defaults"):
+        resolve({"depends_on": ["a"]}, defaults)
