@@ -257,14 +257,18 @@ def cancel(ctl: Ctl, ids: tuple[str, ...], as_json: bool) -> None:
 def retry(ctl: Ctl, ids: tuple[str, ...], as_json: bool) -> None:
     """Re-queue FAILED, TIMEOUT or CANCELED jobs with a fresh retry budget.
 
-    Exit 1 if an id is unknown or a job is in another status (it is left as it is).
+    Exit 1 if an id is unknown or a job is in another status (it is left as it is), or
+    if a job is canceled again at once because a job it depends on still failed (retry
+    that one first). Retrying a job does not retry the dependents its failure canceled.
     """
+    from taskschedd.dependencies import MISSING
     from taskschedd.errors import TaskSchedError
 
     sched = ctl.scheduler()
     done: list[JobRecord] = []
     bad = False
-    for job_id in dict.fromkeys(ids):
+    wanted = list(dict.fromkeys(ids))
+    for index, job_id in enumerate(wanted):
         try:
             job = sched.retry_job(job_id).record
         except TaskSchedError as exc:
@@ -272,12 +276,68 @@ def retry(ctl: Ctl, ids: tuple[str, ...], as_json: bool) -> None:
             bad = True
             continue
         done.append(job)
+        failed = failed_dependency_of(sched, job)
+        if failed is not None:
+            # Re-decided at once against a dependency that still failed: canceled again.
+            dep_id, status = failed
+            if status == MISSING:
+                fail(
+                    f"{job.id} {job.status.name} again: dependency {dep_id} no longer exists "
+                    "(purged or deleted), so it cannot run; add it again without that dependency"
+                )
+            else:
+                fail(
+                    f"{job.id} {job.status.name} again: dependency {dep_id} ended {status}; "
+                    f"retry {dep_id} first (then {job.id})"
+                )
+            bad = True
+            continue
         if not as_json:
-            click.echo(f"{job.id} {job.status.name} (re-queued)")
+            line = f"{job.id} {job.status.name} (re-queued)"
+            # Dependents retried later in this same call are not left behind.
+            left = canceled_by(sched, job.id) - set(wanted[index + 1 :])
+            if left:
+                line += (
+                    f"; {len(left)} dependent(s) it canceled stay CANCELED: "
+                    "retry them too (after it)"
+                )
+            click.echo(line)
     if as_json:
         print_jobs(done, True)
     if bad:
         click.get_current_context().exit(1)
+
+
+def failed_dependency_of(sched: Scheduler, job: JobRecord) -> tuple[str, str] | None:
+    """For a job retry_job left final with dependencies that cancel it (it was decided
+    again at once), the first dependency that still ended other than DONE (or is gone,
+    status MISSING), as (id, status name); None otherwise."""
+    from taskschedd.dependencies import failed_dependency
+    from taskschedd.model import JobQuery
+
+    ids = job.options.depends_on
+    if not job.is_final or not ids or job.options.on_dependency_failure == "run":
+        return None
+    found = {r.id: r.status for r in sched.store.find(JobQuery(ids=ids))}
+    return failed_dependency([(i, found.get(i)) for i in ids])
+
+
+def canceled_by(sched: Scheduler, job_id: str) -> set[str]:
+    """The jobs a failure of ``job_id`` canceled and that are still CANCELED: its
+    dependents canceled because of it, and the jobs canceled in turn below them."""
+    from taskschedd.model import JobStatus
+
+    found: set[str] = set()
+    todo = [job_id]
+    while todo:
+        dependency = todo.pop()
+        for dep in sched.store.dependents(dependency):
+            # The reason dependencies.decide gives a job it cancels.
+            cascaded = (dep.reason or "").startswith(f"dependency {dependency} ended ")
+            if dep.status is JobStatus.CANCELED and cascaded and dep.id not in found:
+                found.add(dep.id)
+                todo.append(dep.id)
+    return found
 
 
 @click.command(epilog=EXIT_CODES)

@@ -383,17 +383,21 @@ def node_rows(nodes: Sequence[NodeRecord], live: Sequence[NodeRecord], now: floa
     return table(headers, rows, right=(2, 4, 5, 6))
 
 
-STATUS_ORDER = ("WAITING", "POSTPONED", "PROCESSING", "DONE", "FAILED", "CANCELED", "TIMEOUT")
+#: The columns of stats, in status-number order: BLOCKED (7) last, so the columns before
+#: it stay where they were.
+STATUS_ORDER = (
+    "WAITING", "POSTPONED", "PROCESSING", "DONE", "FAILED", "CANCELED", "TIMEOUT", "BLOCKED"
+)  # fmt: skip
 
 
 def stats_text(stats: dict[str, Any]) -> str:
     by_status: dict[str, int] = stats.get("by_status", {})
     lines = ["jobs by status:"]
     total = sum(by_status.values())
+    # A status no column names (UNKNOWN: written by another client) still shows.
+    shown = [*STATUS_ORDER, *sorted(s for s in by_status if s not in STATUS_ORDER)]
     lines.append(
-        "    "
-        + "  ".join(f"{s} {by_status.get(s, 0)}" for s in STATUS_ORDER)
-        + f"  (total {total})"
+        "    " + "  ".join(f"{s} {by_status.get(s, 0)}" for s in shown) + f"  (total {total})"
     )
     oldest: dict[str, float] = stats.get("oldest_waiting_age", {})
     for title, key in (("queue", "by_queue"), ("class", "by_class")):
@@ -411,7 +415,8 @@ def stats_text(stats: dict[str, Any]) -> str:
             if key == "by_queue":
                 row.append(duration(oldest[name]) if name in oldest else "-")
             rows.append(row)
-        lines.append(_indent(table(headers, rows, right=range(1, 8)), "    "))
+        right = range(1, len(STATUS_ORDER) + 1)
+        lines.append(_indent(table(headers, rows, right=right), "    "))
     window = float(stats.get("window", 300.0))
     finished: dict[str, int] = stats.get("finished_in_window", {})
     count = sum(finished.values())

@@ -333,8 +333,16 @@ class Scheduler:
         except DuplicateJobId as exc:
             raise OptionError(f"option 'id': a job with id {exc.job_id!r} already exists") from None
         except UnknownDependency as exc:
+            # Which job, by its place in a batch: its id was often generated here, for a
+            # job that was never written.
+            where, earlier = "", ""
+            if len(jobs) > 1:
+                index = next((i for i, j in enumerate(jobs) if j.id == exc.job_id), None)
+                where = "" if index is None else f"job #{index}: "
+                earlier = " or come earlier in the same call"
             raise OptionError(
-                f"option 'depends_on': {exc}; a job can depend only on jobs that exist"
+                f"{where}option 'depends_on': {exc.what()}; a job can depend only on jobs "
+                f"that exist{earlier}"
             ) from None
 
     def add_jobs(
@@ -362,6 +370,7 @@ class Scheduler:
         ids = [j.id for j, _ in prepared]
         if len(set(ids)) != len(ids):
             raise OptionError("option 'id': the same id is given to more than one job in the batch")
+        _check_order([j for j, _ in prepared])
         self._insert([j for j, _ in prepared])
         if any(j.options.depends_on for j, _ in prepared):
             found = {r.id: r for r in self.store.find(JobQuery(ids=tuple(ids)))}
@@ -701,14 +710,36 @@ def _data_size(given: int | None, config: Config | None) -> int:
     return given
 
 
+def _check_order(jobs: Sequence[NewJob]) -> None:
+    """OptionError when a job of a batch depends on a job that comes later in it: stores
+    insert in order, and would say that job does not exist."""
+    if not any(j.options.depends_on for j in jobs):
+        return
+    position = {j.id: i for i, j in enumerate(jobs)}
+    for index, job in enumerate(jobs):
+        for dep in job.options.depends_on:
+            later = position.get(dep, -1)
+            if later > index:
+                raise OptionError(
+                    f"job #{index} of the batch depends on job #{later} (id {dep!r}), which "
+                    "comes later in it: a job may depend only on jobs added before it or "
+                    "earlier in the same call; reorder them"
+                )
+
+
 def _depending(spec: JobSpec, after: Sequence[str]) -> JobSpec:
-    """``spec`` depending also on ``after`` (before the dependencies it names itself)."""
+    """``spec`` depending also on ``after`` (before the dependencies it names itself; one
+    it names already keeps its place in its own list)."""
     if not after:
         return spec
     options = dict(spec.options or {})
     given = options.get("depends_on") or []
-    own = [given] if isinstance(given, str) else list(given)
-    options["depends_on"] = [*after, *own]
+    if isinstance(given, str):
+        given = [given]
+    if not isinstance(given, list | tuple):
+        return spec  # refused with what is accepted when its options are resolved
+    named = {i for i in given if isinstance(i, str)}
+    options["depends_on"] = [*(i for i in after if i not in named), *given]
     return JobSpec(spec.cls, spec.data, options)
 
 

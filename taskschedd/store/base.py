@@ -8,6 +8,7 @@ scheduling rules.
 from __future__ import annotations
 
 import abc
+import json
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -59,12 +60,27 @@ class DuplicateJobId(Exception):
 
 
 class UnknownDependency(LookupError):
-    """Insert found that a job's depends_on names jobs that do not exist (nothing written)."""
+    """Insert found that a job's depends_on names jobs that do not exist (nothing written).
+
+    ``job_id``: the job being inserted (not in the message: often an id generated for a
+    job that was never written); ``missing``: the ids not found."""
+
+    #: The most unknown ids a message names (10,000 of them made a 69 KB message).
+    SHOWN = 10
 
     def __init__(self, job_id: str, missing: Sequence[str]) -> None:
-        super().__init__(f"job {job_id}: no job with id {', '.join(missing)}")
         self.job_id = job_id
         self.missing = list(missing)
+        super().__init__(f"depends_on: {self.what()}")
+
+    def what(self) -> str:
+        """``no job with id 'a'``, ``no job with ids 'a', 'b'`` (the first SHOWN ids,
+        then how many more)."""
+        shown = ", ".join(repr(i) for i in self.missing[: self.SHOWN])
+        more = len(self.missing) - self.SHOWN
+        if more > 0:
+            shown += f" and {more} more"
+        return f"no job with id{'s' if len(self.missing) > 1 else ''} {shown}"
 
 
 class Store(abc.ABC):
@@ -221,6 +237,25 @@ class Store(abc.ABC):
         return 0
 
     # -- reading -----------------------------------------------------------------
+    def dependency_states(
+        self, ids: Sequence[str]
+    ) -> dict[str, tuple[JobStatus | None, float | None]]:
+        """(status, created) of the jobs of ``ids`` that exist, without their data or
+        results (what a claimed job's dependencies are read as first)."""
+        return {
+            r.id: (None if r.corrupt else r.status, r.created)
+            for i in range(0, len(ids), 500)
+            for r in self.find(JobQuery(ids=tuple(ids[i : i + 500])))
+        }
+
+    def dependency_results(self, ids: Sequence[str]) -> dict[str, tuple[Any, int]]:
+        """(result, bytes of its stored JSON) of the jobs of ``ids`` that exist."""
+        return {
+            r.id: (r.result, len(json.dumps(r.result)))
+            for i in range(0, len(ids), 500)
+            for r in self.find(JobQuery(ids=tuple(ids[i : i + 500])))
+        }
+
     def dependents(self, job_id: str) -> list[JobRecord]:
         """The jobs added with ``job_id`` in their depends_on, oldest first (a store
         without dependencies has none)."""

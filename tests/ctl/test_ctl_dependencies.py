@@ -29,7 +29,7 @@ def test_add_after_blocks_until_the_dependency_is_done(ctl: CtlHarness) -> None:
 def test_add_after_an_unknown_job_is_refused_and_nothing_written(ctl: CtlHarness) -> None:
     ctl.add(ECHO)
     res = ctl.run("add", ECHO, "--after", "nope")
-    assert res.code != 0 and "no job with id nope" in res.err, res
+    assert res.code != 0 and "option 'depends_on': no job with id 'nope'" in res.err, res
     assert len(ctl.jobs()) == 1
 
 

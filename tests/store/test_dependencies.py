@@ -232,7 +232,7 @@ def _snapshot(store: Store) -> tuple[list[str], int]:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"depends_on": ["nope"]}, "no job with id nope"),
+        ({"depends_on": ["nope"]}, "no job with id 'nope'"),
         ({"depends_on": ["me"], "id": "me"}, "cannot depend on itself"),
         ({"depends_on": ["A", "A"]}, "'A' is given more than once"),
         ({"depends_on": ["A"], "interval": 60}, "cannot be given with 'interval' or 'cron'"),
@@ -353,7 +353,7 @@ def test_group_then_fans_in_after_all_members(sched: Scheduler) -> None:
 def test_a_workflow_with_a_bad_step_writes_nothing(sched: Scheduler) -> None:
     store = sched.store
     before = _snapshot(store)
-    with pytest.raises(OptionError, match="no job with id nope"):
+    with pytest.raises(OptionError, match="no job with id 'nope'"):
         sched.chain([JobSpec(ADD), JobSpec(ADD, {}, {"depends_on": ["nope"]})])
     with pytest.raises(OptionError, match="cannot be given with 'interval'"):
         sched.group([JobSpec(ADD)], then=JobSpec(ADD, {}, {"interval": 60}))
@@ -623,6 +623,7 @@ def test_a_fan_in_past_the_results_budget_still_reads_every_result(
 
     monkeypatch.setattr(dependency_results, "RESULTS_KEPT", 300)  # a few results
     monkeypatch.setattr(dependency_results, "PAGE", 50)
+    monkeypatch.setattr(dependency_results, "RESULT_PAGE", 7)
     store = sched.store
     deps = sched.add_jobs([JobSpec(ADD, {"n": n}) for n in range(1, 121)])
     fan_in = sched.add_job(ADD, depends_on=[p.id for p in deps])
