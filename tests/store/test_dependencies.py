@@ -623,7 +623,6 @@ def test_a_fan_in_past_the_results_budget_still_reads_every_result(
 
     monkeypatch.setattr(dependency_results, "RESULTS_KEPT", 300)  # a few results
     monkeypatch.setattr(dependency_results, "PAGE", 50)
-    monkeypatch.setattr(dependency_results, "RESULT_PAGE", 7)
     store = sched.store
     deps = sched.add_jobs([JobSpec(ADD, {"n": n}) for n in range(1, 121)])
     fan_in = sched.add_job(ADD, depends_on=[p.id for p in deps])
