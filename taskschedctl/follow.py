@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 from taskschedctl.output import ProgressLine
 from taskschedd.errors import StoreUnavailable, WaitTimeout
 from taskschedd.model import EventRecord, JobRecord
-from taskschedd.scheduler import FALLBACK_POLL, Scheduler, open_waker, pause
+from taskschedd.scheduler import FALLBACK_POLL, Scheduler, events_of, open_waker, pause
 from taskschedd.store.base import Store
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def recent_events(
     if job_ids:
         after = 0
         while True:
-            batch = store.events(after=after, job_ids=job_ids, since=since, limit=CHUNK)
+            batch = events_of(store, after=after, job_ids=job_ids, since=since, limit=CHUNK)
             keep.extend(e for e in batch if e.seq <= top and match(e))
             if len(batch) < CHUNK or batch[-1].seq >= top:
                 return list(keep), top
@@ -156,7 +156,7 @@ def follow_events(
     try:
         while True:
             try:
-                batch = store.events(after=seq, job_ids=job_ids, limit=CHUNK)
+                batch = events_of(store, after=seq, job_ids=job_ids, limit=CHUNK)
             except StoreUnavailable as exc:
                 pause(waker, outage.failed(exc))
                 continue

@@ -632,7 +632,7 @@ class Scheduler:
         waker = self.store.waker()
         try:
             while True:
-                for event in self.store.events(after=seq, job_ids=ids):
+                for event in events_of(self.store, after=seq, job_ids=ids):
                     seq = event.seq
                     if match(event) and callback(event) is True:
                         return seq
@@ -646,7 +646,7 @@ class Scheduler:
     def events(
         self, *, job_ids: Sequence[str] = (), after: int = 0, limit: int = 1000
     ) -> list[EventRecord]:
-        return self.store.events(after=after, job_ids=job_ids, limit=limit)
+        return events_of(self.store, after=after, job_ids=job_ids, limit=limit)
 
     def stats(self) -> dict[str, Any]:
         return self.store.stats(now=time.time())
@@ -806,6 +806,31 @@ def event_matcher(
         )
 
     return match
+
+
+#: Job ids per read of events: SQLite before 3.32 binds at most 999 values a statement.
+IDS_PER_READ = 500
+
+
+def events_of(
+    store: Store,
+    *,
+    after: int = 0,
+    job_ids: Sequence[str] = (),
+    limit: int = 1000,
+    since: float | None = None,
+) -> list[EventRecord]:
+    """:meth:`Store.events` for any number of job ids: read for 500 ids at a time and
+    merged, the first ``limit`` by seq (each read returns its own first ``limit``)."""
+    ids = list(dict.fromkeys(job_ids))
+    if len(ids) <= IDS_PER_READ:
+        return store.events(after=after, job_ids=ids, limit=limit, since=since)
+    merged: list[EventRecord] = []
+    for start in range(0, len(ids), IDS_PER_READ):
+        chunk = ids[start : start + IDS_PER_READ]
+        merged.extend(store.events(after=after, job_ids=chunk, limit=limit, since=since))
+    merged.sort(key=lambda e: e.seq)
+    return merged[:limit]
 
 
 def open_waker(store: Store) -> Waker | None:
