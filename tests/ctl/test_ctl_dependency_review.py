@@ -52,6 +52,13 @@ def test_stats_has_a_blocked_column_and_json_is_unchanged(ctl: CtlHarness) -> No
     assert doc["by_queue"] == {"default": {"POSTPONED": 1, "BLOCKED": 1}}
 
 
+def test_stats_text_shows_a_status_no_column_names() -> None:
+    from taskschedctl.output import stats_text
+
+    text = stats_text({"by_status": {"WAITING": 1, "UNKNOWN": 2}})
+    assert "TIMEOUT 0  BLOCKED 0  UNKNOWN 2  (total 3)" in text
+
+
 # -- retry --------------------------------------------------------------------------------
 
 
