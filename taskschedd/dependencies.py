@@ -13,9 +13,14 @@ Pure functions of what the store read; no store access.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from taskschedd.errors import OptionError
 from taskschedd.model import JobStatus
+from taskschedd.options import stored_options
 from taskschedd.transitions import Branch, Change, Ended, Guard, Transition
 
 #: What a decision takes a job from: only a BLOCKED job is released or canceled, once.
@@ -23,6 +28,26 @@ BLOCKED_GUARD = Guard(frozenset({JobStatus.BLOCKED}))
 #: Where a store has no record of a dependency (flushed or deleted by hand): it cannot
 #: end DONE any more, so it counts as failed (a workflow is never left stuck on it).
 MISSING = "MISSING"
+
+
+def blocked_fields(options: Any, at: Any) -> tuple[tuple[str, ...], str, float] | str:
+    """(depends_on, on_dependency_failure, at) of a BLOCKED job's stored fields, checked at
+    the same boundary as every stored option (``options``: the stored JSON text or
+    mapping); or why they cannot be decided on (another client wrote them): such a job
+    is quarantined, never decided on a guess (a string iterated as ids, say). No
+    dependencies at all is decidable: nothing to wait for (a workflow's first jobs, held
+    while it is added on MongoDB, are such jobs)."""
+    try:
+        if isinstance(options, str | bytes):
+            options = json.loads(options)
+        if not isinstance(options, Mapping):
+            return f"its options are {type(options).__name__}, not an object"
+        opts = stored_options(options)
+    except (ValueError, TypeError, RecursionError, OptionError) as exc:
+        return f"its options do not decode: {exc}"
+    if type(at) not in (int, float) or not math.isfinite(at) or abs(at) > 1e11:
+        return f"its at is {at!r}, not a time"
+    return opts.depends_on, opts.on_dependency_failure, float(at)
 
 
 def failed_dependency(

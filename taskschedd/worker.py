@@ -30,7 +30,7 @@ from taskschedd.errors import JobClassError, JobDataError, StoreError, StoreUnav
 from taskschedd.job import Job
 from taskschedd.leasewatch import lease_margin
 from taskschedd.loader import load_class
-from taskschedd.model import ClaimRequest, Dependency, ErrorInfo, JobQuery, JobRecord, clip
+from taskschedd.model import ClaimRequest, Dependency, ErrorInfo, JobRecord, clip
 from taskschedd.options import DEFAULT_MAX_DATA_SIZE, dump_result
 from taskschedd.store.base import Store
 from taskschedd.transitions import Branch, Transition
@@ -601,19 +601,16 @@ class Worker:
         return cls
 
     def _dependencies(self, job: JobRecord) -> Mapping[str, Dependency]:
-        """The status and result of each of the job's dependencies, read now, a page per
-        store read, with the results kept bounded (see dependency_results)."""
+        """The status and result of each of the job's dependencies, read now (statuses a
+        page of 500 per store read, then results with their memory bounded: see
+        dependency_results)."""
         ids = job.options.depends_on
         if not ids:
             return {}
-
-        def load(chunk: Sequence[str]) -> dict[str, Dependency]:
-            return {
-                r.id: Dependency(r.status, r.result)
-                for r in self.store.find(JobQuery(ids=tuple(chunk)))
-            }
-
-        return DependencyResults(ids, load)
+        return DependencyResults(
+            ids, self.store.dependency_states, self.store.dependency_results,
+            created=job.created,
+        )  # fmt: skip
 
     def _run(self, job: JobRecord, bound: Any) -> Transition:
         now = time.time()

@@ -8,6 +8,7 @@ scheduling rules.
 from __future__ import annotations
 
 import abc
+import json
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -236,6 +237,25 @@ class Store(abc.ABC):
         return 0
 
     # -- reading -----------------------------------------------------------------
+    def dependency_states(
+        self, ids: Sequence[str]
+    ) -> dict[str, tuple[JobStatus | None, float | None]]:
+        """(status, created) of the jobs of ``ids`` that exist, without their data or
+        results (what a claimed job's dependencies are read as first)."""
+        return {
+            r.id: (None if r.corrupt else r.status, r.created)
+            for i in range(0, len(ids), 500)
+            for r in self.find(JobQuery(ids=tuple(ids[i : i + 500])))
+        }
+
+    def dependency_results(self, ids: Sequence[str]) -> dict[str, tuple[Any, int]]:
+        """(result, bytes of its stored JSON) of the jobs of ``ids`` that exist."""
+        return {
+            r.id: (r.result, len(json.dumps(r.result)))
+            for i in range(0, len(ids), 500)
+            for r in self.find(JobQuery(ids=tuple(ids[i : i + 500])))
+        }
+
     def dependents(self, job_id: str) -> list[JobRecord]:
         """The jobs added with ``job_id`` in their depends_on, oldest first (a store
         without dependencies has none)."""

@@ -362,3 +362,27 @@ def decode_node(values: Sequence[Any]) -> NodeRecord | None:
         )
     except _Bad:
         return None
+
+
+def decode_state(status: Any, created: Any) -> tuple[JobStatus | None, float | None]:
+    """A job's status and creation time as a dependent reads them (None: not readable)."""
+    try:
+        st: JobStatus | None = _status(status)
+    except _Bad:
+        st = None
+    try:
+        born = _time("created", created)
+    except _Bad:
+        born = None
+    return st, born
+
+
+def decode_result(value: Any) -> Any:
+    """A stored result as a dependent reads it: None when there is none, or it does not
+    decode (another client wrote it)."""
+    if value is None:
+        return None
+    try:
+        return _json("result", value)
+    except _Bad:
+        return None

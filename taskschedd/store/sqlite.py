@@ -42,7 +42,13 @@ from taskschedd.model import (
 from taskschedd.stats import StatRows
 from taskschedd.store import diskspace, sqlitefiles
 from taskschedd.store.base import DuplicateJobId, Store, UnknownDependency, Waker
-from taskschedd.store.decode import decode_event, decode_job, decode_node
+from taskschedd.store.decode import (
+    decode_event,
+    decode_job,
+    decode_node,
+    decode_result,
+    decode_state,
+)
 from taskschedd.store.notify import NotifyDir
 from taskschedd.store.sqlitecompile import change_sql, guard_sql
 from taskschedd.transitions import Branch, ClaimFields, Transition
@@ -237,6 +243,9 @@ _TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
 #: Records that claims and reaps cannot see or settle, because a field that their
 #: statements compare has the wrong type: quarantined by the nodes' sweep.
 #: (Times beyond +-1e11, the decoding boundary's bound, would never come due or expire.)
+#: A dependency sweep's page of BLOCKED jobs.
+_SWEEP_JOBS = 5000
+
 _MALFORMED = (
     "(typeof(status) != 'integer' OR status NOT IN (0, 1, 2, 3, 4, 5, 6, 7) "
     "OR (status IN (0, 1, 2) AND typeof(id) != 'text') "
@@ -320,6 +329,9 @@ class SQLiteStore(Store):
         self._create = create
         self._owners = owners
         self._malformed_seqs: dict[str, int] = {}  # what malformed() found, by record id
+        #: BLOCKED jobs the dependency sweep could not decide on: id -> (seq, why).
+        self._undecidable: dict[str, tuple[int, str]] = {}
+        self._swept_after: str | None = None  # where the next dependency sweep starts
         self._side_ids: list[tuple[str, sqlitefiles.FileId]] = []  # -wal, -shm as opened
         self._file_id: sqlitefiles.FileId | None = None
         self._replaced: str | None = None  # why this store may no longer be used
@@ -361,6 +373,9 @@ class SQLiteStore(Store):
             if now != opened:  # swapped between the check and SQLite's open
                 raise StoreReplaced(sqlitefiles.replaced_message(self.path, opened, now))
             conn.text_factory = _TEXT
+            # SQLite before 3.32 binds at most 999 values per statement: hold every
+            # version to that, so that a statement that would fail there fails in tests.
+            conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             _set_wal(conn, self.busy_timeout)
             sqlitefiles.check_side_files(self.path, self._owners)  # as SQLite found them
@@ -686,18 +701,23 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _statuses(
-        conn: sqlite3.Connection, ids: Sequence[str]
+        conn: sqlite3.Connection, ids: Sequence[str], *, before: float | None = None
     ) -> list[tuple[str, JobStatus | None]]:
         """(id, status) of the jobs of ``ids`` that exist (a status no JobStatus names,
-        written by another client, reads as None: it cannot end DONE)."""
+        written by another client, reads as None: it cannot end DONE). ``before``: the
+        dependent's creation time; a job created after it bears a reused id (its
+        dependency was purged) and is not it: left out, as missing."""
         out: list[tuple[str, JobStatus | None]] = []
         for i in range(0, len(ids), 500):
             chunk = list(ids[i : i + 500])
             rows = conn.execute(
-                "SELECT id, status FROM jobs WHERE id IN (%s)" % ",".join("?" * len(chunk)),
+                "SELECT id, status, created FROM jobs WHERE id IN (%s)"
+                % ",".join("?" * len(chunk)),
                 chunk,
             ).fetchall()
-            for job_id, status in rows:
+            for job_id, status, created in rows:
+                if before is not None and isinstance(created, int | float) and created > before:
+                    continue
                 try:
                     out.append((job_id, JobStatus(status)))
                 except ValueError:
@@ -708,7 +728,9 @@ class SQLiteStore(Store):
     def _set_pending(
         conn: sqlite3.Connection, job_id: str, statuses: Sequence[JobStatus | None]
     ) -> None:
-        pending = sum(1 for s in statuses if s is None or not s.is_final)
+        # Only dependencies that exist and have not ended: a missing one will never
+        # settle to count itself down (it decides as MISSING, like a failure).
+        pending = sum(1 for s in statuses if s is not None and not s.is_final)
         conn.execute(
             "INSERT OR REPLACE INTO job_waits (dependent, pending) VALUES (?, ?)",
             (job_id, pending),
@@ -767,18 +789,17 @@ class SQLiteStore(Store):
     def _decide_blocked(self, conn: sqlite3.Connection, job_id: str, now: float) -> Branch | None:
         """Decide one BLOCKED job against its dependencies' statuses as stored now."""
         row = conn.execute(
-            f"SELECT options, at FROM jobs WHERE id = ? AND status = {_BLOCKED}", (job_id,)
+            f"SELECT options, at, created FROM jobs WHERE id = ? AND status = {_BLOCKED}",
+            (job_id,),
         ).fetchone()
         if row is None:
             return None
-        try:
-            options = json.loads(row[0])
-            deps = [str(d) for d in options.get("depends_on") or ()]
-            on_failure = str(options.get("on_dependency_failure", "cancel"))
-            at = float(row[1])
-        except (ValueError, TypeError, AttributeError):
-            return None  # not decodable: the quarantine sweep's to report
-        found = dict(self._statuses(conn, deps))
+        fields = dependencies.blocked_fields(row[0], row[1])
+        if isinstance(fields, str):
+            return None  # not decidable: the dependency sweep has it quarantined
+        deps, on_failure, at = fields
+        created = row[2] if isinstance(row[2], int | float) else None
+        found = dict(self._statuses(conn, deps, before=created))
         decision = dependencies.decide(
             [(d, found.get(d)) for d in deps], on_failure=on_failure, at=at, now=now
         )
@@ -787,6 +808,66 @@ class SQLiteStore(Store):
             return None
         applied = self._apply_branches(conn, "id = ?", [job_id], decision, None, now)
         return applied[0][1] if applied else None
+
+    def sweep_dependencies(self, now: float) -> int:
+        """BLOCKED jobs none of whose dependencies is still to end, decided: the release is
+        in the settle's transaction, so only a record changed by hand (a dependency
+        deleted, a count written wrong) leaves one waiting. Those whose fields cannot be
+        decided on are kept for :meth:`malformed` (the nodes quarantine them). A page of
+        ``_SWEEP_JOBS`` a pass, going on from where the last stopped."""
+        after = self._swept_after or ""
+        rows = self._read(
+            lambda c: c.execute(
+                f"SELECT j.seq, j.id, j.options, j.at FROM jobs j WHERE j.status = {_BLOCKED} "
+                "AND typeof(j.id) = 'text' AND j.id > ? AND NOT EXISTS (SELECT 1 FROM job_deps d "
+                "JOIN jobs x ON x.id = d.dependency WHERE d.dependent = j.id "
+                "AND x.status NOT IN (3, 4, 5, 6) AND x.created <= j.created) "
+                "ORDER BY j.id LIMIT ?",
+                (after, _SWEEP_JOBS),
+            ).fetchall()
+        )
+        self._swept_after = rows[-1][1] if len(rows) == _SWEEP_JOBS else None
+        decided = 0
+        for seq, job_id, options, at in rows:
+            why = dependencies.blocked_fields(options, at)
+            if isinstance(why, str):
+                self._undecidable[job_id] = (seq, why)
+                continue
+
+            def run(job_id: str = job_id) -> Branch | None:
+                with self._write() as conn:
+                    branch = self._decide_blocked(conn, job_id, now)
+                    if branch is not None and branch.status is not None and branch.status.is_final:
+                        self._release_dependents(conn, [(job_id, branch.status)], now)
+                    return branch
+
+            if self._guard(run) is not None:
+                decided += 1
+        return decided
+
+    def dependency_states(
+        self, ids: Sequence[str]
+    ) -> dict[str, tuple[JobStatus | None, float | None]]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT id, status, created FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(ids)),),
+            ).fetchall()
+        )
+        return {r[0]: decode_state(r[1], r[2]) for r in rows if isinstance(r[0], str)}
+
+    def dependency_results(self, ids: Sequence[str]) -> dict[str, tuple[Any, int]]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT id, result FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(ids)),),
+            ).fetchall()
+        )
+        return {
+            r[0]: (decode_result(r[1]), len(r[1]) if isinstance(r[1], str) else 0)
+            for r in rows
+            if isinstance(r[0], str)
+        }
 
     def dependents(self, job_id: str) -> list[JobRecord]:
         rows = self._read(
@@ -1111,6 +1192,19 @@ class SQLiteStore(Store):
                 record.corrupt = _malformed_why(tuple(row))
             self._malformed_seqs[record.id] = seq  # its id may not be text: address by seq
             out.append(record)
+        # And the BLOCKED jobs the dependency sweep found it cannot decide on.
+        for job_id, (seq, why) in list(self._undecidable.items())[: max(0, limit - len(out))]:
+            try:
+                record = self.get(job_id)
+            except JobNotFound:
+                del self._undecidable[job_id]
+                continue
+            if record.status is not JobStatus.BLOCKED and record.corrupt is None:
+                del self._undecidable[job_id]  # fixed or decided meanwhile
+                continue
+            record.corrupt = record.corrupt or why
+            self._malformed_seqs[record.id] = seq
+            out.append(record)
         return out
 
     def quarantine(self, record: JobRecord, transition: Transition, *, now: float) -> bool:
@@ -1124,12 +1218,15 @@ class SQLiteStore(Store):
         error = transition.intended.change.error
         error_json = json.dumps(error.to_dict()) if error else None
 
+        # Still malformed; or, one the dependency sweep could not decide on, still BLOCKED.
+        fence = f"status = {_BLOCKED}" if self._undecidable.pop(record.id, None) else _MALFORMED
+
         def run() -> bool:
             with self._write() as conn:
                 cur = conn.execute(
                     f"UPDATE jobs SET {sets}, "
                     "errors = CASE WHEN ? IS NULL THEN '[]' ELSE json_array(json(?)) END "
-                    f"WHERE seq = ? AND {_MALFORMED}",
+                    f"WHERE seq = ? AND {fence}",
                     [*sargs, error_json, error_json, seq],
                 )
                 if cur.rowcount != 1:
@@ -1167,7 +1264,10 @@ class SQLiteStore(Store):
         among("status", [int(s) for s in query.statuses])
         among("cls", list(query.classes))
         among("queue", list(query.queues))
-        among("id", list(query.ids))
+        if query.ids:
+            # One variable however many: SQLite before 3.32 binds at most 999.
+            where.append("id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(list(query.ids)))
         if query.series is not None:
             where.append("(series = ? OR id = ?)")
             args.extend([query.series, query.series])
@@ -1325,6 +1425,9 @@ class SQLiteStore(Store):
                 conn.execute(f"DELETE FROM events WHERE job_id IN ({q})", ids)
                 conn.execute(f"DELETE FROM jobs WHERE id IN ({q})", ids)
                 conn.execute(f"DELETE FROM job_deps WHERE dependent IN ({q})", ids)
+                # And as a dependency (of jobs all ended): a job added later under a
+                # purged id is another job, which the ended ones never waited for.
+                conn.execute(f"DELETE FROM job_deps WHERE dependency IN ({q})", ids)
                 conn.execute(f"DELETE FROM job_waits WHERE dependent IN ({q})", ids)
                 _hold_event_floor(conn, top)
                 return len(ids)

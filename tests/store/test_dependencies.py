@@ -6,6 +6,7 @@ Jobs run through a real in-process Worker; every outcome is read back from the s
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import time
@@ -623,6 +624,7 @@ def test_a_fan_in_past_the_results_budget_still_reads_every_result(
 
     monkeypatch.setattr(dependency_results, "RESULTS_KEPT", 300)  # a few results
     monkeypatch.setattr(dependency_results, "PAGE", 50)
+    monkeypatch.setattr(dependency_results, "RESULT_PAGE", 7)
     store = sched.store
     deps = sched.add_jobs([JobSpec(ADD, {"n": n}) for n in range(1, 121)])
     fan_in = sched.add_job(ADD, depends_on=[p.id for p in deps])
@@ -630,3 +632,119 @@ def test_a_fan_in_past_the_results_budget_still_reads_every_result(
     done = get(store, fan_in.id)
     assert (done.status, done.result["total"]) == (JobStatus.DONE, 120 * 121 // 2)
     assert len(done.result["seen"]) == 120
+
+
+def _raw(store: Any, job_id: str, **fields: Any) -> None:
+    """Change a job's record as another client would (None: delete the record)."""
+    if store.__class__.__name__ == "SQLiteStore":
+        import sqlite3
+
+        conn = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            if not fields:
+                conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            for column, value in fields.items():
+                conn.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (value, job_id))
+        finally:
+            conn.close()
+    elif not fields:
+        store._jobs.delete_one({"_id": job_id})
+    else:
+        store._jobs.update_one({"_id": job_id}, {"$set": fields})
+
+
+@pytest.mark.parametrize("on_failure", ["cancel", "run"])
+def test_a_dependency_deleted_by_hand_does_not_leave_its_dependent_waiting(
+    sched: Scheduler, on_failure: str
+) -> None:
+    """A record deleted by another client will never end: the dependency sweep decides
+    its dependents as if it ended MISSING (review: on SQLite it waited forever)."""
+    store: Any = sched.store
+    gone = sched.add_job(ADD, at=time.time() + 3600)
+    other = sched.add_job(ADD, {"n": 1})
+    dependent = sched.add_job(ADD, depends_on=[gone.id, other.id], on_dependency_failure=on_failure)
+    _raw(store, gone.id)
+    assert drain(store) == 1  # `other`; the dependent still counts `gone` as pending
+    assert get(store, dependent.id).status is B
+    assert store.sweep_dependencies(time.time()) == 1
+    done = get(store, dependent.id)
+    if on_failure == "cancel":
+        assert (done.status, done.reason) == (
+            JobStatus.CANCELED, f"dependency {gone.id} ended MISSING",
+        )  # fmt: skip
+    else:
+        assert drain(store) == 1
+        assert get(store, dependent.id).result["seen"][gone.id] == [None, None]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"options": '{"depends_on": 5}'},
+        {"options": '{"depends_on": ["x", 7, null]}'},
+        {"options": "not json"},
+        {"at": "soon"},
+    ],
+    ids=["int", "mixed", "not-json", "at"],
+)
+def test_a_blocked_job_whose_record_cannot_be_decided_on_is_quarantined(
+    sched: Scheduler, store_spec: StoreSpec, fields: dict[str, Any]
+) -> None:
+    """Written wrong by another client: never decided on a guess (a string read as its
+    characters' ids), never left BLOCKED forever: the sweep hands it to the nodes'
+    quarantine, which ends it FAILED (corrupt) (review)."""
+    store: Any = sched.store
+    dep = sched.add_job(ADD, {"n": 1})
+    job = sched.add_job(ADD, depends_on=[dep.id])
+    if store_spec.kind == "mongo" and "options" in fields:
+        text = fields["options"]
+        try:
+            fields = {"options": json.loads(text)}
+        except ValueError:
+            fields = {"options": text}
+    _raw(store, job.id, **fields)
+    assert drain(store) == 1  # the dependency runs; the job cannot be decided
+    assert get(store, job.id).status is B
+    store.sweep_dependencies(time.time())
+    now = time.time()
+    found = [r for r in store.malformed() if r.id == job.id]
+    assert len(found) == 1 and found[0].corrupt
+    assert store.quarantine(found[0], rules.on_corrupt(found[0], now), now=now)
+    assert (get(store, job.id).status, get(store, job.id).reason) == (JobStatus.FAILED, "corrupt")
+
+
+def test_an_id_reused_after_a_purge_is_not_the_dependency_it_replaced(
+    sched: Scheduler,
+) -> None:
+    """x waited on y; y was purged and a new job took its id, waiting on x: retrying x
+    must not wait on the new y (a cycle: both BLOCKED forever), and the new y has no
+    dependents from before it (review)."""
+    store: Any = sched.store
+    y = sched.add_job(ADD, {"n": 1})
+    drain(store)
+    x = sched.add_job(FAIL, depends_on=[y.id])
+    drain(store)
+    assert get(store, x.id).status is JobStatus.FAILED
+    assert store.purge(statuses=[JobStatus.DONE], ended_before=time.time() + 1) == 1
+    z = sched.add_job(ADD, at=time.time() + 3600)
+    sched.add_job(ADD, id=y.id, depends_on=[x.id, z.id], on_dependency_failure="run")
+    assert store.dependents(y.id) == []
+    sched.retry_job(x.id)
+    again = get(store, x.id)
+    assert (again.status, again.reason) == (JobStatus.CANCELED, f"dependency {y.id} ended MISSING")
+    assert get(store, y.id).status is B  # still waits on z, not on itself
+
+
+def test_a_workflow_wider_than_999_ids_is_added_shown_and_canceled(sched: Scheduler) -> None:
+    """SQLite before 3.32 binds at most 999 values per statement (the store holds every
+    version to that): nothing may put a workflow's ids in one statement (review: group
+    of 1,200 wrote, then failed)."""
+    store: Any = sched.store
+    later = time.time() + 3600
+    *members, fan_in = sched.group([JobSpec(ADD, {"n": 1}, {"at": later}) for _ in range(1200)],
+                                   then=JobSpec(ADD))  # fmt: skip
+    assert len(store.find(JobQuery(ids=tuple(m.id for m in members)))) == 1200
+    assert len(store.dependency_states([m.id for m in members])) == 1200
+    assert get(store, fan_in.id).status is B
+    sched.cancel_job(members[0].id)
+    assert get(store, fan_in.id).status is JobStatus.CANCELED

@@ -45,7 +45,13 @@ from taskschedd.model import (
 from taskschedd.redact import redact_text, redact_url
 from taskschedd.stats import StatRows
 from taskschedd.store.base import DuplicateJobId, Store, UnknownDependency, Waker
-from taskschedd.store.decode import MAX_ATTEMPT, MAX_TIME, decode_node
+from taskschedd.store.decode import (
+    MAX_ATTEMPT,
+    MAX_TIME,
+    decode_node,
+    decode_result,
+    decode_state,
+)
 from taskschedd.store.mongo.common import _is_transient, _log
 from taskschedd.store.mongo.compile import change_update, guard_filter
 from taskschedd.store.mongo.documents import (
@@ -191,30 +197,18 @@ _MALFORMED: Doc = {
 }
 
 
-def _blocked_fields(doc: Doc) -> tuple[list[str], str, float] | None:
-    """(depends_on, on_dependency_failure, at) of a BLOCKED job's document; None when
-    another client wrote them wrong (the quarantine sweep reports it)."""
-    try:
-        options = doc.get("options") or {}
-        deps = options.get("depends_on") or ()
-        if not isinstance(deps, list | tuple):
-            return None
-        return (
-            [str(d) for d in deps],
-            str(options.get("on_dependency_failure", "cancel")),
-            float(doc["at"]),
-        )
-    except (TypeError, ValueError, KeyError, AttributeError):
-        return None
-
-
 def _dependency_statuses(
-    deps: Sequence[str], found: Mapping[str, Doc]
+    deps: Sequence[str], found: Mapping[str, Doc], created: Any
 ) -> list[tuple[str, JobStatus | None]]:
-    """Each dependency's status as read (None: no record, or one no status can be)."""
+    """Each dependency's status as read (None: no record, or one no status can be, or
+    one created after the dependent ``created``: a reused id, not its dependency)."""
     statuses: list[tuple[str, JobStatus | None]] = []
     for dep in deps:
-        raw = (found.get(dep) or {}).get("status")
+        doc = found.get(dep) or {}
+        born = doc.get("created")
+        if type(created) in (int, float) and type(born) in (int, float) and born > created:
+            doc = {}
+        raw = doc.get("status")
         try:
             statuses.append((dep, JobStatus(raw) if type(raw) is int else None))
         except ValueError:
@@ -318,6 +312,8 @@ class MongoStore(Store):
         self._malformed_ids: dict[str, Any] = {}  # what malformed() found: record id -> _id
         self._maintained = 0.0
         self._swept_after: str | None = None  # where the next sweep of BLOCKED jobs starts
+        #: BLOCKED jobs the dependency sweep could not decide on: id -> why.
+        self._undecidable: dict[str, str] = {}
         self._wakers: weakref.WeakSet[MongoWaker] = weakref.WeakSet()
         self._event_log = EventLog(lambda: self._events, self.url)
 
@@ -597,17 +593,17 @@ class MongoStore(Store):
         with self._errors("decide a blocked job"):
             doc = self._jobs.find_one(
                 {"_id": job_id, "state": BLOCKED, "hold": {"$exists": False}},
-                projection={"options": 1, "at": 1},
+                projection={"options": 1, "at": 1, "created": 1},
             )
         if doc is None:
             return None
-        parsed = _blocked_fields(doc)
-        if parsed is None:
-            return None  # not decodable: the quarantine sweep's to report
+        parsed = dependencies.blocked_fields(doc.get("options"), doc.get("at"))
+        if isinstance(parsed, str):
+            return None  # not decidable: the dependency sweep has it quarantined
         deps, on_failure, at = parsed
         with self._errors("read dependencies"):
-            found = self._by_ids(deps, {"status": 1})
-        statuses = _dependency_statuses(deps, found)
+            found = self._by_ids(deps, {"status": 1, "created": 1})
+        statuses = _dependency_statuses(deps, found, doc.get("created"))
         # As `at` is stored: a job due now is not POSTPONED by rounding; and no earlier
         # than the clock (a settle's time may precede this job's add).
         now = _t(max(now, time.time()))
@@ -695,33 +691,32 @@ class MongoStore(Store):
         where: Doc = {"state": BLOCKED, "hold": {"$exists": False}}
         if self._swept_after is not None:
             where["_id"] = {"$gt": self._swept_after}
-        page: list[tuple[str, list[str], str, float, Any]] = []
-        total = 0
+        page: list[tuple[str, tuple[str, ...], str, float, Any, Any]] = []
+        total = read = 0
         last: str | None = None
         with self._errors("sweep blocked jobs"):
-            cursor = (
-                self._jobs.find(where, projection={"options": 1, "at": 1, "pending": 1})
-                .sort("_id", 1)
-                .limit(_SWEEP_JOBS)
-            )
-            for doc in cursor:
+            projection = {"options": 1, "at": 1, "pending": 1, "created": 1}
+            cursor = self._jobs.find(where, projection=projection).sort("_id", 1)
+            for doc in cursor.limit(_SWEEP_JOBS):
+                read += 1
                 if not isinstance(doc.get("_id"), str):
-                    continue
+                    continue  # malformed(): quarantined by its own sweep
                 last = doc["_id"]
-                parsed = _blocked_fields(doc)
-                if parsed is not None:
-                    page.append((doc["_id"], *parsed, doc.get("pending")))
-                    total += len(parsed[0])
+                parsed = dependencies.blocked_fields(doc.get("options"), doc.get("at"))
+                if isinstance(parsed, str):
+                    self._undecidable[doc["_id"]] = parsed  # malformed() reports it
+                    continue
+                page.append((doc["_id"], *parsed, doc.get("pending"), doc.get("created")))
+                total += len(parsed[0])
                 if total >= _SWEEP_DEPS:
                     break
-        full = len(page) >= _SWEEP_JOBS or total >= _SWEEP_DEPS
+        full = read >= _SWEEP_JOBS or total >= _SWEEP_DEPS
         self._swept_after = last if full else None
         with self._errors("sweep blocked jobs"):
-            found = self._by_ids(
-                list(dict.fromkeys(d for _, deps, *_ in page for d in deps)), {"status": 1}
-            )
-        for job_id, deps, on_failure, at, pending in page:
-            statuses = _dependency_statuses(deps, found)
+            named = list(dict.fromkeys(d for _, deps, *_ in page for d in deps))
+            found = self._by_ids(named, {"status": 1, "created": 1})
+        for job_id, deps, on_failure, at, pending, created in page:
+            statuses = _dependency_statuses(deps, found, created)
             decision = dependencies.decide(statuses, on_failure=on_failure, at=at, now=_t(now))
             if decision is None:
                 left = sum(1 for _, st in statuses if st is not None and not st.is_final)
@@ -839,9 +834,34 @@ class MongoStore(Store):
                         {"$set": {"ended_at": _date(ended)}},
                     )
 
+    def dependency_states(
+        self, ids: Sequence[str]
+    ) -> dict[str, tuple[JobStatus | None, float | None]]:
+        with self._errors("read dependencies"):
+            found = self._by_ids(ids, {"status": 1, "created": 1})
+        return {i: decode_state(d.get("status"), d.get("created")) for i, d in found.items()}
+
+    def dependency_results(self, ids: Sequence[str]) -> dict[str, tuple[Any, int]]:
+        with self._errors("read dependencies"):
+            found = self._by_ids(ids, {"result": 1})
+        out: dict[str, tuple[Any, int]] = {}
+        for i, d in found.items():
+            raw = d.get("result")
+            out[i] = (decode_result(raw), len(raw) if isinstance(raw, str) else 0)
+        return out
+
     def dependents(self, job_id: str) -> list[JobRecord]:
         with self._errors("find dependents"):
             docs = list(self._jobs.find({"deps": job_id}).sort("seq", 1))
+            me = self._jobs.find_one({"_id": job_id}, projection={"created": 1}) or {}
+        born = me.get("created")
+        if type(born) in (int, float):
+            # Added before it: the dependents of a purged job of that id, not of it.
+            docs = [
+                d
+                for d in docs
+                if not (type(d.get("created")) in (int, float) and d["created"] < born)
+            ]
         return [_to_job(d) for d in docs]
 
     def _insert_docs(self, docs: list[Doc]) -> None:
@@ -1541,6 +1561,18 @@ class MongoStore(Store):
             if record.corrupt is None:  # decodes, yet claims cannot compare its fields
                 record.corrupt = _malformed_why(doc)
             out.append(record)
+        # And the BLOCKED jobs the dependency sweep found it cannot decide on.
+        for job_id, why in list(self._undecidable.items())[: max(0, limit - len(out))]:
+            try:
+                record = self.get(job_id)
+            except JobNotFound:
+                del self._undecidable[job_id]
+                continue
+            if record.status is not JobStatus.BLOCKED and record.corrupt is None:
+                del self._undecidable[job_id]  # fixed or decided meanwhile
+                continue
+            record.corrupt = record.corrupt or why
+            out.append(record)
         return out
 
     def quarantine(self, record: JobRecord, transition: Transition, *, now: float) -> bool:
@@ -1554,7 +1586,9 @@ class MongoStore(Store):
         with self._errors("quarantine a malformed job"):
             raw_id = self._malformed_ids.get(record.id, record.id)
             # $eq: an _id that is a document must match whole, not read as operators.
-            where = {"_id": {"$eq": raw_id}, **_MALFORMED}
+            # Still malformed; or, one the dependency sweep could not decide on, BLOCKED.
+            fence = {"state": BLOCKED} if self._undecidable.pop(record.id, None) else _MALFORMED
+            where = {"_id": {"$eq": raw_id}, **fence}
             result = self._jobs.update_one(where, update)
         if result.matched_count != 1:
             return False
