@@ -288,7 +288,11 @@ def _job_ids(name: str, value: Any) -> tuple[str, ...]:
         if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
             raise _fail(name, f"{accepted} (1-128 letters, digits or . _ : @ -)", job_id)
     if len(set(ids)) != len(ids):
-        twice = next(i for i in ids if ids.count(i) > 1)
+        seen: set[str] = set()
+        for twice in ids:  # the first repeated (linear: a list may hold 10,000)
+            if twice in seen:
+                break
+            seen.add(twice)
         raise OptionError(f"option {name!r}: job id {twice!r} is given more than once")
     return ids
 
@@ -394,8 +398,13 @@ def stored_options(data: Mapping[str, Any]) -> JobOptions:
     """Options read back from a store, checked like given ones (OptionError): another
     client may have written them. Names this version does not know are left out."""
     try:
-        # depends_on is stored as a JSON list: a tuple is hashable, and as valid.
-        key: Any = tuple(sorted((k, tuple(v) if type(v) is list else v) for k, v in data.items()))
+        if "depends_on" in data:
+            # Stored as a JSON list: a tuple is hashable, and as valid.
+            key: Any = tuple(
+                sorted((k, tuple(v) if type(v) is list else v) for k, v in data.items())
+            )
+        else:  # most jobs: no generator per decode (a claim decodes on the hot path)
+            key = tuple(sorted(data.items()))
         hash(key)
     except TypeError:  # an unhashable value: not ours; check it uncached
         return _check_stored.__wrapped__(tuple(data.items()))

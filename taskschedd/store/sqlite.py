@@ -669,8 +669,8 @@ class SQLiteStore(Store):
             if "jobs.id" in str(exc):
                 existing = self._read(
                     lambda c: c.execute(
-                        "SELECT id FROM jobs WHERE id IN (%s)" % ",".join("?" * len(jobs)),
-                        [j.id for j in jobs],
+                        "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                        (json.dumps([j.id for j in jobs]),),
                     ).fetchone()
                 )
                 raise DuplicateJobId(existing[0] if existing else jobs[0].id) from None
@@ -1361,9 +1361,12 @@ class SQLiteStore(Store):
     ) -> list[EventRecord]:
         sql = f"SELECT * FROM events WHERE seq > ? AND status != {EVENT_FLOOR}"
         args: list[Any] = [after]
-        if job_ids:
-            sql += f" AND job_id IN ({','.join('?' * len(job_ids))})"
-            args.extend(job_ids)
+        if len(job_ids) == 1:
+            sql += " AND job_id = ?"
+            args.append(job_ids[0])
+        elif job_ids:  # one variable however many ids
+            sql += " AND job_id IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(list(job_ids)))
         if since is not None:
             sql += " AND time >= ?"
             args.append(since)

@@ -748,3 +748,15 @@ def test_a_workflow_wider_than_999_ids_is_added_shown_and_canceled(sched: Schedu
     assert get(store, fan_in.id).status is B
     sched.cancel_job(members[0].id)
     assert get(store, fan_in.id).status is JobStatus.CANCELED
+
+
+def test_a_batch_of_1200_with_a_duplicate_id_names_it(sched: Scheduler) -> None:
+    """The duplicate look-up after a refused batch binds no more than SQLite allows."""
+    from taskschedd.store.base import DuplicateJobId
+
+    taken = sched.add_job(ADD)
+    before = _snapshot(sched.store)
+    specs = [JobSpec(ADD) for _ in range(1199)] + [JobSpec(ADD, {}, {"id": taken.id})]
+    with pytest.raises((DuplicateJobId, OptionError), match=taken.id):
+        sched.add_jobs(specs)
+    assert _snapshot(sched.store) == before
