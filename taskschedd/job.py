@@ -19,7 +19,7 @@ class Job:
     node's setup hook returned) and ``dependencies`` (for a job added with depends_on:
     each dependency's id -> ``Dependency(status, result)``, read when the job was
     claimed; past 64 MiB of results, the rest are read again when asked for, a page of
-    500 at a time) are set before :meth:`start` runs. What ``start``
+    50 at a time) are set before :meth:`start` runs. What ``start``
     returns must be JSON-serialisable: it is stored as the job's result.
     """
 

@@ -171,7 +171,8 @@ assert _CLAIMABLE in _JOBS_TABLES
 #: purge of its rows. A job's own list, in its order, is its options' depends_on.
 #: job_waits counts, per dependent, its dependencies not final yet: a fan-in is read
 #: whole once, when the count reaches 0, not on every dependency's settle (which made a
-#: fan-in of n cost n^2 reads). The count only hastens: the decision reads the statuses.
+#: fan-in of n cost n^2 reads). The decision reads the statuses; a count left too high
+#: (a record changed by hand) is found by the dependency sweep.
 _DEPS_TABLE = """
 CREATE TABLE IF NOT EXISTS job_deps (
     dependency TEXT NOT NULL,
@@ -186,6 +187,8 @@ CREATE TABLE IF NOT EXISTS job_waits (
 """
 _SCHEMA = _JOBS_TABLES + _V2_INDEXES + _EVENTS_TABLE + _EVENTS_INDEX + _NODES_TABLE + _DEPS_TABLE
 _BLOCKED = int(JobStatus.BLOCKED)
+#: A dependency sweep's page of BLOCKED jobs.
+_SWEEP_JOBS = 5000
 
 _COLUMNS = (
     "id, cls, data, status, queue, priority, at, created, started, ended, attempt, options, "
@@ -243,9 +246,6 @@ _TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
 #: Records that claims and reaps cannot see or settle, because a field that their
 #: statements compare has the wrong type: quarantined by the nodes' sweep.
 #: (Times beyond +-1e11, the decoding boundary's bound, would never come due or expire.)
-#: A dependency sweep's page of BLOCKED jobs.
-_SWEEP_JOBS = 5000
-
 _MALFORMED = (
     "(typeof(status) != 'integer' OR status NOT IN (0, 1, 2, 3, 4, 5, 6, 7) "
     "OR (status IN (0, 1, 2) AND typeof(id) != 'text') "
