@@ -10,12 +10,18 @@ Day-of-month and day-of-week follow Vixie cron: when both are restricted (neithe
 with ``*``) a day matches if EITHER matches, so ``0 0 13 * FRI`` runs on every 13th and every
 Friday; otherwise both must match.
 
-Times are wall-clock times in a time zone, UTC unless one is given, because "daily at 09:00" is
-meant in the user's zone and UTC has no DST surprises. Across DST changes:
+Times are wall-clock times in a time zone, UTC unless one is given (option ``timezone``),
+because "daily at 09:00" is meant in the user's zone. Expressions are checked here (our
+messages name the field, the value and what is accepted) and evaluated by `cronsim
+<https://pypi.org/project/cronsim/>`_, which follows Debian's cron across DST changes:
 
-* wall times that do not exist (the hour skipped in spring) are skipped, not moved: a job that
-  only matches 02:30 does not run on that day;
-* wall times that occur twice (the hour repeated in autumn) fire once, at the first occurrence.
+* a wall time skipped in spring (02:00 -> 03:00) still runs, once, when the clock
+  reaches the end of the gap (03:00), if the expression names its minute and hour
+  (``30 2 * * *``); an expression with a wildcard or step in those fields
+  (``*/30 * * * *``) just has no run inside the gap;
+* a wall time repeated in autumn (03:00 -> 02:00) runs once, at its first occurrence, if
+  the expression names its minute and hour; with a wildcard hour (``30 * * * *``) it runs
+  in both passes, as every hour does.
 
 An expression that can never match (``0 0 30 2 *``) is rejected at parse time, so next_after
 cannot loop forever. The check is exact rather than a search: the Gregorian calendar repeats
@@ -26,11 +32,12 @@ selected day-of-month exists in some selected month (or day-of-week alone can ma
 
 from __future__ import annotations
 
-import calendar
 import math
-from bisect import bisect_left
+import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
+
+from cronsim import CronSim, CronSimError
 
 from taskschedd.errors import OptionError
 
@@ -50,9 +57,9 @@ _MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "
 _DAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 #: Longest month lengths, Feb counted as 29: a day-of-month is possible iff it is <= these.
 _MAX_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-#: One Gregorian cycle: any satisfiable expression matches within this many years of any time.
-_CYCLE_YEARS = 400
 _ITEM_HELP = "N, A-B, *, */N, A-B/N or A/N"
+#: SUN at the end of a day-of-week range (FRI-SUN), which our syntax reads as 7.
+_SUNDAY_END = re.compile(r"-SUN\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -146,11 +153,6 @@ def _parse_field(field: _Field, text: str) -> frozenset[int]:
     return frozenset(values)
 
 
-def _after(values: tuple[int, ...], start: int) -> tuple[int, ...]:
-    """The sorted values >= start, so loops skip what cannot match instead of testing it."""
-    return values[bisect_left(values, start) :]
-
-
 @dataclass(frozen=True, repr=False)
 class CronExpr:
     """A parsed cron expression; build it with CronExpr.parse so it is always valid."""
@@ -195,7 +197,12 @@ class CronExpr:
                 f"cron: {text!r} can never match: field 3 (day of month) selects no day that "
                 "exists in the months of field 4 (month)"
             )
-        return cls(text, minutes, hours, days, months, weekdays, day_or_weekday)
+        expr = cls(text, minutes, hours, days, months, weekdays, day_or_weekday)
+        try:
+            CronSim(expr._body, datetime(2000, 1, 1, tzinfo=UTC))
+        except CronSimError as exc:  # pragma: no cover - our syntax is a subset of its
+            raise OptionError(f"cron: {text!r} is not accepted by the evaluator: {exc}") from None
+        return expr
 
     def __str__(self) -> str:
         return self.text
@@ -203,49 +210,32 @@ class CronExpr:
     def __repr__(self) -> str:
         return f"CronExpr.parse({self.text!r})"
 
-    def _day_matches(self, year: int, month: int, day: int) -> bool:
-        """Vixie rule: OR when both day fields are restricted, AND otherwise."""
-        in_days = day in self.days
-        in_weekdays = (date(year, month, day).weekday() + 1) % 7 in self.weekdays
-        return in_days or in_weekdays if self.day_or_weekday else in_days and in_weekdays
-
-    def _next_wall(self, start: datetime) -> datetime:
-        """First matching naive wall time >= start (whole minutes), skipping whole units."""
-        last_year = min(start.year + _CYCLE_YEARS, datetime.max.year)
-        for year in range(start.year, last_year + 1):
-            first_month = start.month if year == start.year else 1
-            for month in _after(self.months, first_month):
-                same_month = year == start.year and month == start.month
-                month_days = calendar.monthrange(year, month)[1]
-                for day in range(start.day if same_month else 1, month_days + 1):
-                    if not self._day_matches(year, month, day):
-                        continue
-                    same_day = same_month and day == start.day
-                    for hour in _after(self.hours, start.hour if same_day else 0):
-                        same_hour = same_day and hour == start.hour
-                        minutes = _after(self.minutes, start.minute if same_hour else 0)
-                        if minutes:
-                            return datetime(year, month, day, hour, minutes[0])
-        raise OptionError(f"cron: {self.text!r} has no match after {start:%Y-%m-%d %H:%M}")
+    @property
+    def _body(self) -> str:
+        """The five fields as cronsim reads them: macros expanded, and ``SUN`` ending a
+        day-of-week range written 7 (``FRI-SUN``: cronsim refuses Sunday as 0 there)."""
+        stripped = self.text.strip()
+        parts = MACROS.get(stripped.lower(), stripped).split()
+        parts[4] = _SUNDAY_END.sub("-7", parts[4])
+        return " ".join(parts)
 
     def next_after(self, ts: float, tz: tzinfo | None = None) -> float:
-        """First unix time strictly after ts, at a whole minute, whose wall time in tz matches.
-
-        tz defaults to UTC. Wall times that do not exist in tz are skipped; a wall time that
-        occurs twice fires once, at its first occurrence (see the module docstring).
-        """
+        """First unix time strictly after ts, at a whole minute, whose wall time in tz
+        matches (tz defaults to UTC), by Debian cron's rules across DST changes (see the
+        module docstring)."""
         if not math.isfinite(ts):
             raise ValueError(f"cron: next_after needs a finite unix time, got {ts!r}")
         zone = UTC if tz is None else tz
-        # Whole seconds are enough (results are whole minutes) and avoid microsecond rounding
-        # pushing 59.9999999 into the next minute.
-        now = datetime.fromtimestamp(math.floor(ts), zone).replace(tzinfo=None)
-        start = now.replace(second=0) + timedelta(minutes=1)
-        while True:
-            wall = self._next_wall(start)
-            result = wall.replace(tzinfo=zone).timestamp()  # fold=0: the first occurrence
-            exists = datetime.fromtimestamp(result, zone).replace(tzinfo=None) == wall
-            # result <= ts happens when ts is in the repeated hour after the first occurrence.
-            if exists and result > ts:
-                return result
-            start = wall + timedelta(minutes=1)
+        # Whole seconds are enough (results are whole minutes) and avoid microsecond
+        # rounding pushing 59.9999999 into the next minute.
+        start = datetime.fromtimestamp(math.floor(ts), zone)
+        try:
+            for found in CronSim(self._body, start):
+                # Started inside the repeated hour's second pass, cronsim may give the
+                # first pass's time, which is earlier: go on to the next.
+                if found.timestamp() > ts:
+                    return found.timestamp()
+        except CronSimError as exc:  # pragma: no cover - parse() checked it
+            raise OptionError(f"cron: {self.text!r} cannot be evaluated: {exc}") from None
+        # cronsim looks 50 years ahead; parse() refused what the calendar never matches.
+        raise OptionError(f"cron: {self.text!r} has no match after {start:%Y-%m-%d %H:%M}")

@@ -217,25 +217,88 @@ def test_rejects_non_finite_time() -> None:
 # --- DST with zoneinfo ------------------------------------------------------------------------
 
 
-def test_dst_spring_forward_skips_missing_time() -> None:
+NEW_YORK = ZoneInfo("America/New_York")
+LORD_HOWE = ZoneInfo("Australia/Lord_Howe")  # DST moves the clock by 30 minutes
+
+
+def runs(expr: str, after: str, tz: tzinfo, count: int) -> list[str]:
+    """The next ``count`` runs after ``after``, as ISO times in ``tz``."""
+    out: list[str] = []
+    at = ts(after)
+    for _ in range(count):
+        at = CronExpr.parse(expr).next_after(at, tz)
+        out.append(iso(at, tz))
+    return out
+
+
+def test_dst_spring_forward_runs_a_skipped_fixed_time_at_the_end_of_the_gap() -> None:
+    """Debian cron's rule: a job that names its minute and hour still runs on the day
+    its time does not exist, once, when the clock reaches the end of the gap."""
     # Zurich 2024-03-31: 02:00 CET jumps to 03:00 CEST; 02:30 does not exist that day.
-    assert nxt("30 2 * * *", "2024-03-30T12:00:00+01:00", ZURICH) == "2024-04-01T02:30:00+02:00"
-    assert nxt("*/20 * * * *", "2024-03-31T01:50:00+01:00", ZURICH) == ("2024-03-31T03:00:00+02:00")
+    assert runs("30 2 * * *", "2024-03-30T12:00:00+01:00", ZURICH, 2) == [
+        "2024-03-31T03:00:00+02:00", "2024-04-01T02:30:00+02:00",
+    ]  # fmt: skip
+    # Two skipped times run once; a named time after the gap runs as usual.
+    assert runs("0,30 2 * * *", "2024-03-31T00:00:00+01:00", ZURICH, 2) == [
+        "2024-03-31T03:00:00+02:00", "2024-04-01T02:00:00+02:00",
+    ]  # fmt: skip
+    assert runs("15 2-3 * * *", "2024-03-31T00:00:00+01:00", ZURICH, 2) == [
+        "2024-03-31T03:00:00+02:00", "2024-03-31T03:15:00+02:00",
+    ]  # fmt: skip
+    # New York 2024-03-10: 02:00 EST jumps to 03:00 EDT.
+    assert runs("30 2 * * *", "2024-03-09T12:00:00-05:00", NEW_YORK, 2) == [
+        "2024-03-10T03:00:00-04:00", "2024-03-11T02:30:00-04:00",
+    ]  # fmt: skip
+    # Lord Howe 2024-10-06: 02:00 +10:30 jumps to 02:30 +11:00; 02:15 does not exist.
+    assert runs("15 2 * * *", "2024-10-05T12:00:00+10:30", LORD_HOWE, 2) == [
+        "2024-10-06T02:30:00+11:00", "2024-10-07T02:15:00+11:00",
+    ]  # fmt: skip
+
+
+def test_dst_spring_forward_wildcards_have_no_run_inside_the_gap() -> None:
+    assert runs("*/30 * * * *", "2024-03-31T01:00:00+01:00", ZURICH, 3) == [
+        "2024-03-31T01:30:00+01:00", "2024-03-31T03:00:00+02:00", "2024-03-31T03:30:00+02:00",
+    ]  # fmt: skip
     # Wall times are the zone's, so 09:00 stays 09:00 across the change.
-    assert nxt("0 9 * * *", "2024-03-30T12:00:00+01:00", ZURICH) == "2024-03-31T09:00:00+02:00"
+    assert runs("0 9 * * *", "2024-03-30T12:00:00+01:00", ZURICH, 1) == [
+        "2024-03-31T09:00:00+02:00"
+    ]
 
 
-def test_dst_fall_back_fires_once() -> None:
+def test_dst_fall_back_runs_a_fixed_time_once() -> None:
     # Zurich 2024-10-27: 03:00 CEST falls back to 02:00 CET; 02:00-02:59 happens twice.
     expr = CronExpr.parse("30 2 * * *")
     first = expr.next_after(ts("2024-10-26T12:00:00+02:00"), ZURICH)
     assert iso(first, ZURICH) == "2024-10-27T02:30:00+02:00"
-    # From the first firing, or from inside the repeated hour, the next run is the next day.
+    # From the first run, or from inside the repeated hour, the next run is the next day.
     assert iso(expr.next_after(first, ZURICH), ZURICH) == "2024-10-28T02:30:00+01:00"
     second_pass = ts("2024-10-27T02:15:00+01:00")
     assert iso(expr.next_after(second_pass, ZURICH), ZURICH) == "2024-10-28T02:30:00+01:00"
-    # A minute-level job goes from the end of the first pass straight to 03:00 CET.
-    assert nxt("*/20 * * * *", "2024-10-27T02:50:00+02:00", ZURICH) == ("2024-10-27T03:00:00+01:00")
+    # New York 2024-11-03: 02:00 EDT falls back to 01:00 EST; 01:30 happens twice.
+    assert runs("30 1 * * *", "2024-11-02T12:00:00-04:00", NEW_YORK, 2) == [
+        "2024-11-03T01:30:00-04:00", "2024-11-04T01:30:00-05:00",
+    ]  # fmt: skip
+
+
+def test_dst_fall_back_a_wildcard_hour_runs_in_both_passes() -> None:
+    assert runs("30 * * * *", "2024-10-27T01:00:00+02:00", ZURICH, 4) == [
+        "2024-10-27T01:30:00+02:00", "2024-10-27T02:30:00+02:00",
+        "2024-10-27T02:30:00+01:00", "2024-10-27T03:30:00+01:00",
+    ]  # fmt: skip
+    assert runs("*/20 * * * *", "2024-10-27T02:50:00+02:00", ZURICH, 1) == [
+        "2024-10-27T02:00:00+01:00"
+    ]
+
+
+def test_a_sunday_ending_a_range_and_macros_evaluate() -> None:
+    """What our syntax accepts and cronsim reads otherwise (FRI-SUN, macros) is written
+    for it, so a series stored before still runs."""
+    # 2024-06-07 is a Friday.
+    assert runs("0 0 * * FRI-SUN", "2024-06-06T12:00:00+00:00", UTC, 4) == [
+        "2024-06-07T00:00:00+00:00", "2024-06-08T00:00:00+00:00",
+        "2024-06-09T00:00:00+00:00", "2024-06-14T00:00:00+00:00",
+    ]  # fmt: skip
+    assert runs("@Daily", "2024-06-06T12:00:00+00:00", UTC, 1) == ["2024-06-07T00:00:00+00:00"]
 
 
 # --- property: brute force over a short window ------------------------------------------------
