@@ -58,6 +58,11 @@ class _AddCommand(click.Command):
     help="Count --interval from the end (default) or the start of a run.",
 )
 @click.option("--cron", metavar="EXPR", help="Recur on a cron schedule ('*/5 * * * *', @daily).")
+@click.option(
+    "--timezone",
+    metavar="ZONE",
+    help="Read --cron in this IANA time zone's wall clock (Europe/Zurich; default UTC).",
+)
 @click.option("--retry", type=click.IntRange(min=-1), help="Retries after a failure (-1: endless).")
 @click.option("--retry-interval", type=Duration(), help="Delay before a retry (default 5m).")
 @click.option(
@@ -130,6 +135,7 @@ def add(
     interval: float | None,
     interval_reference: str | None,
     cron: str | None,
+    timezone: str | None,
     retry: int | None,
     retry_interval: float | None,
     backoff: str | None,
@@ -181,6 +187,7 @@ def add(
         "interval": interval,
         "interval_reference": interval_reference,
         "cron": cron,
+        "timezone": timezone,
         "retry": retry,
         "retry_interval": retry_interval,
         "retry_backoff": backoff,

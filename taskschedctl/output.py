@@ -252,7 +252,7 @@ def job_text(
         ("attempt", str(job.attempt)),
         ("progress", f"{job.progress:g}%"),
         ("created", when(job.created)),
-        ("at", when(job.at)),
+        ("at", when(job.at) + _in_zone(job.at, job.options.timezone)),
         ("started", when(job.started)),
         ("ended", when(job.ended)),
         ("node", job.node or "-"),
@@ -290,6 +290,17 @@ def job_text(
     for event in events:
         lines.append("    " + event_line(event, with_job=False))
     return "\n".join(lines)
+
+
+def _in_zone(at: float, timezone: str | None) -> str:
+    """`` (wall time in the job's cron zone)`` for a job with one."""
+    if not timezone:
+        return ""
+    from datetime import datetime
+
+    from taskschedd.options import zone
+
+    return f" ({datetime.fromtimestamp(at, zone(timezone)):%Y-%m-%d %H:%M %Z} {timezone})"
 
 
 def event_line(event: EventRecord, *, with_job: bool = True) -> str:

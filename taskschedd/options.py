@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from taskschedd.errors import DataTooLarge, JobDataError, OptionError
 from taskschedd.timeutil import DURATION_HELP, TIME_HELP, parse_duration, parse_time
@@ -37,6 +38,7 @@ ONCE_COMPARED = (
     "interval",
     "interval_reference",
     "cron",
+    "timezone",
     "retry",
     "retry_interval",
     "retry_backoff",
@@ -58,6 +60,8 @@ class JobOptions:
     interval: float = 0.0
     interval_reference: str = "end"
     cron: str | None = None
+    #: The IANA time zone whose wall clock ``cron`` is read in (None: UTC).
+    timezone: str | None = None
     retry: int = 0
     retry_interval: float = 300.0
     retry_backoff: str = "fixed"
@@ -82,6 +86,8 @@ class JobOptions:
         Not dataclasses.asdict: its deep copy was half the cost of add_jobs, and every
         option is a scalar."""
         stored = {name: getattr(self, name) for name in _STORED_NAMES}
+        if self.timezone is None:
+            del stored["timezone"]  # as 0.5 stored it (see depends_on below)
         if self.depends_on:
             stored["depends_on"] = list(self.depends_on)  # as JSON reads it back
         else:
@@ -257,6 +263,8 @@ def _check_value(name: str, value: Any) -> Any:
         if value not in DEPENDENCY_FAILURES:
             raise _fail(name, " or ".join(DEPENDENCY_FAILURES), value)
         return value
+    if name == "timezone":
+        return _timezone(name, value)
     if name == "cron":
         if value is None:
             return None
@@ -267,6 +275,28 @@ def _check_value(name: str, value: Any) -> Any:
         CronExpr.parse(value)
         return value.strip()
     raise unknown_option(name, OPTION_NAMES)  # pragma: no cover - callers check names first
+
+
+def _timezone(name: str, value: Any) -> str | None:
+    """An IANA time zone name that zoneinfo knows (None: UTC)."""
+    if value is None:
+        return None
+    accepted = "an IANA time zone name like 'Europe/Zurich', 'America/New_York' or 'UTC'"
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(name, accepted, value)
+    try:
+        zone(value.strip())
+    except (ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError: caught below
+        raise _fail(name, accepted, value) from None
+    except KeyError:
+        raise _fail(name, accepted, value) from None
+    return value.strip()
+
+
+@functools.lru_cache(maxsize=64)
+def zone(name: str) -> ZoneInfo:
+    """The zone of a checked name, loaded once per process."""
+    return ZoneInfo(name)
 
 
 def _job_ids(name: str, value: Any) -> tuple[str, ...]:
@@ -357,6 +387,8 @@ def resolve(
         merged["interval"] = 0.0
     if "interval" in explicit and explicit["interval"] and "cron" not in explicit:
         merged["cron"] = None
+    if not merged.get("cron"):
+        merged.pop("timezone", None)  # a default zone means nothing to a job without cron
     opts = JobOptions(**merged)
     _check_combination(opts, set(explicit))
     return opts, set(explicit)
@@ -379,6 +411,11 @@ def _check_combination(opts: JobOptions, explicit: set[str]) -> None:
         raise OptionError(
             "option 'on_dependency_failure' needs 'depends_on' (taskschedctl: --after ID): "
             "it says what a job does when one of its dependencies fails"
+        )
+    if "timezone" in explicit and opts.timezone is not None and not opts.cron:
+        raise OptionError(
+            "option 'timezone' says which wall clock 'cron' is read in: give 'cron' too "
+            "(an 'at' or an interval is a point in time, in no zone)"
         )
     if opts.id is not None and opts.id in opts.depends_on:
         raise OptionError(f"option 'depends_on': job {opts.id!r} cannot depend on itself")

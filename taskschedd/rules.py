@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
+from datetime import tzinfo
 
 from taskschedd.memwatch import size_text
 from taskschedd.model import ErrorInfo, JobRecord, JobStatus, NewJob
-from taskschedd.options import ONCE_COMPARED, JobOptions
+from taskschedd.options import ONCE_COMPARED, JobOptions, zone
 from taskschedd.transitions import Change, Transition, settle, settle_change
 
 Rand = Callable[[], float]
@@ -223,7 +224,7 @@ def next_occurrence(job: JobRecord, now: float) -> NewJob | None:
 
         # From the later of the planned time and now: missed occurrences are skipped,
         # not run in a burst after an outage.
-        at = CronExpr.parse(opts.cron).next_after(max(job.at, now))
+        at = CronExpr.parse(opts.cron).next_after(max(job.at, now), cron_zone(opts))
     elif opts.interval:
         if opts.interval < 0:
             at = now
@@ -294,5 +295,10 @@ def first_run_at(opts: JobOptions, now: float) -> float:
     if opts.cron:
         from taskschedd.cron import CronExpr
 
-        return CronExpr.parse(opts.cron).next_after(now)
+        return CronExpr.parse(opts.cron).next_after(now, cron_zone(opts))
     return now
+
+
+def cron_zone(opts: JobOptions) -> tzinfo | None:
+    """The zone a series' cron is read in (None: UTC)."""
+    return zone(opts.timezone) if opts.timezone else None

@@ -222,3 +222,33 @@ def test_duplicate_id_exits_2(ctl: CtlHarness) -> None:
     assert res.code == 2, res
     assert "a job with id 'nightly' already exists" in res.err
     assert len(ctl.jobs()) == 1
+
+
+def test_add_a_cron_series_in_a_time_zone(ctl: CtlHarness) -> None:
+    """--timezone: the first run is the zone's next 07:00, and show prints it there."""
+    from zoneinfo import ZoneInfo
+
+    res = ctl.proc("add", ECHO, "--cron", "0 7 * * *", "--timezone", "America/New_York")
+    assert res.code == 0, res
+    job = ctl.job(res.out.strip())
+    local = datetime.fromtimestamp(job.at, ZoneInfo("America/New_York"))
+    assert (local.hour, local.minute, job.options.timezone) == (7, 0, "America/New_York")
+    assert 0 < job.at - time.time() <= 86400
+    shown = ctl.proc("show", job.id)
+    assert f"{local:%Y-%m-%d %H:%M} E" in shown.out and "America/New_York)" in shown.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--timezone", "Europe/Zurich"), "option 'timezone' says which wall clock 'cron'"),
+        (("--cron", "@daily", "--timezone", "Europe/Zürich"), "IANA time zone name"),
+        (("--cron", "@daily", "--timezone", "Mars/Base"), "like 'Europe/Zurich'"),
+    ],
+)
+def test_add_refuses_a_time_zone_it_cannot_use(
+    ctl: CtlHarness, args: tuple[str, ...], message: str
+) -> None:
+    res = ctl.proc("add", ECHO, *args)
+    assert res.code == 2 and message in res.err and "Traceback" not in res.err, res
+    assert ctl.jobs() == []

@@ -66,3 +66,25 @@ def test_cron_job_runs_and_schedules_its_next_occurrence_once(
     moment = datetime.fromtimestamp(nxt.at, UTC)
     assert moment.second == 0 and moment.microsecond == 0 and now < nxt.at <= now + 61
     scheduler.cancel_job(nxt.id)
+
+
+def test_a_cron_series_in_a_time_zone_comes_due_on_that_zone_s_wall_clock(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    """09:15 in Kathmandu (UTC+05:45, no DST) is 03:30 UTC: the node computes the next
+    occurrence in the job's zone, not in UTC nor in its own."""
+    from zoneinfo import ZoneInfo
+
+    daemon_factory("n1", pm="static", min_children=1).start()
+    first = scheduler.add_job(
+        f"{JOBS}.WhoAmI", cron="15 9 * * *", timezone="Asia/Kathmandu", at=time.time()
+    )
+    first.wait(10)
+    assert first.status == JobStatus.DONE
+    nxt = wait_for(lambda: scheduler.store.find(JobQuery(series=first.id))[1:], 5)[0]
+    local = datetime.fromtimestamp(nxt.at, ZoneInfo("Asia/Kathmandu"))
+    assert (local.hour, local.minute, local.second) == (9, 15, 0)
+    assert datetime.fromtimestamp(nxt.at, UTC).strftime("%H:%M") == "03:30"
+    assert 0 < nxt.at - time.time() <= 86400
+    assert nxt.options.timezone == "Asia/Kathmandu"
+    scheduler.cancel_job(nxt.id)

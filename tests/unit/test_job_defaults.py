@@ -19,6 +19,7 @@ SAMPLES: dict[str, Any] = {
     "interval": 60,
     "interval_reference": "start",
     "cron": "@hourly",
+    "timezone": "Europe/Zurich",
     "retry": 2,
     "retry_interval": "10s",
     "retry_backoff": "exponential",

@@ -50,6 +50,10 @@ GOOD: list[tuple[str, Any, Any]] = [
     ("cron", "*/5 * * * *", "*/5 * * * *"),
     ("cron", " @hourly ", "@hourly"),
     ("cron", None, None),
+    ("timezone", "Europe/Zurich", "Europe/Zurich"),
+    ("timezone", " America/New_York ", "America/New_York"),
+    ("timezone", "UTC", "UTC"),
+    ("timezone", None, None),
     ("retry", 3, 3),
     ("retry", -1, -1),
     ("retry", "2", 2),
@@ -96,6 +100,10 @@ BAD: list[tuple[str, Any, tuple[str, ...]]] = [
     ("cron", "* *", ("5 fields",)),
     ("cron", "61 * * * *", ("minute", "0-59")),
     ("cron", 5, ("cron expression",)),
+    ("timezone", "Mars/Olympus_Mons", ("IANA time zone name",)),
+    ("timezone", "../../etc/passwd", ("IANA time zone name",)),
+    ("timezone", "", ("IANA time zone name",)),
+    ("timezone", 1, ("IANA time zone name",)),
     ("retry", -2, ("integer >= -1",)),
     ("retry", 1.5, ("integer >= -1",)),
     ("retry", True, ("integer >= -1",)),
@@ -138,7 +146,8 @@ BAD: list[tuple[str, Any, tuple[str, ...]]] = [
 
 @pytest.mark.parametrize(("name", "value", "expected"), GOOD)
 def test_good_values_are_normalised(name: str, value: Any, expected: Any) -> None:
-    given = {name: value, **({"depends_on": ["a"]} if name == "on_dependency_failure" else {})}
+    needs = {"on_dependency_failure": {"depends_on": ["a"]}, "timezone": {"cron": "@daily"}}
+    given = {name: value, **needs.get(name, {})}
     opts, explicit = resolve(given)
     assert getattr(opts, name) == expected
     assert explicit == set(given)
@@ -363,3 +372,24 @@ def test_a_default_recurrence_with_dependencies_names_where_it_comes_from() -> N
     defaults = Defaults.parse({"interval": 60})
     with pytest.raises(OptionError, match="its 'interval' comes from the defaults"):
         resolve({"depends_on": ["a"]}, defaults)
+
+
+def test_a_default_time_zone_reaches_cron_jobs_only() -> None:
+    defaults = Defaults.parse({"timezone": "Europe/Zurich"})
+    cron, _ = resolve({"cron": "@daily"}, defaults)
+    plain, _ = resolve({"retry": 1}, defaults)
+    assert (cron.timezone, plain.timezone) == ("Europe/Zurich", None)
+    assert set(plain.stored()) == OPTIONS_OF_0_5  # nothing 0.5 cannot read
+
+
+def test_a_cron_job_s_first_run_is_read_in_its_zone() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from taskschedd.rules import first_run_at
+
+    opts, _ = resolve({"cron": "0 7 * * *", "timezone": "Asia/Tokyo"})
+    at = first_run_at(opts, datetime(2026, 6, 1, 0, 0, tzinfo=UTC).timestamp())
+    assert datetime.fromtimestamp(at, ZoneInfo("Asia/Tokyo")).isoformat() == (
+        "2026-06-02T07:00:00+09:00"  # 00:00 UTC is 09:00 there: the next 07:00 is tomorrow
+    )
