@@ -388,6 +388,11 @@ def resolve(
     if "interval" in explicit and explicit["interval"] and "cron" not in explicit:
         merged["cron"] = None
     if not merged.get("cron"):
+        if explicit.get("timezone") is not None:
+            raise OptionError(
+                "option 'timezone' says which wall clock 'cron' is read in: give 'cron' "
+                "too (an 'at' or an interval is a point in time, in no zone)"
+            )
         merged.pop("timezone", None)  # a default zone means nothing to a job without cron
     opts = JobOptions(**merged)
     _check_combination(opts, set(explicit))
@@ -411,11 +416,6 @@ def _check_combination(opts: JobOptions, explicit: set[str]) -> None:
         raise OptionError(
             "option 'on_dependency_failure' needs 'depends_on' (taskschedctl: --after ID): "
             "it says what a job does when one of its dependencies fails"
-        )
-    if "timezone" in explicit and opts.timezone is not None and not opts.cron:
-        raise OptionError(
-            "option 'timezone' says which wall clock 'cron' is read in: give 'cron' too "
-            "(an 'at' or an interval is a point in time, in no zone)"
         )
     if opts.id is not None and opts.id in opts.depends_on:
         raise OptionError(f"option 'depends_on': job {opts.id!r} cannot depend on itself")

@@ -53,14 +53,17 @@ def test_a_failed_branch_cancels_the_fan_in_and_the_other_branch_runs(
 def test_a_killed_dependency_is_retried_and_its_dependent_waits(
     daemon_factory: Callable[..., Daemon], scheduler: Scheduler
 ) -> None:
-    daemon_factory(max_children=2).start()
+    node = daemon_factory(max_children=2).start()
     a = scheduler.add_job(f"{JOBS}.Sleep", {"seconds": 30}, retry=1, retry_interval=0)
     b = scheduler.add_job(PIPE, {"n": 5}, depends_on=[a.id])
-    running = wait_for(
-        lambda: (r := scheduler.get_job(a.id).record).status is JobStatus.PROCESSING and r,
+    # Started, not only claimed: a job killed before its worker said it started is given
+    # back without using an attempt (released), and this test waits for attempt 2.
+    wait_for(
+        lambda: any(e.get("job_id") == a.id for e in node.logged("job started")),
         10,
         message="the dependency to start",
     )
+    running = scheduler.get_job(a.id).record
     assert running.worker is not None
     os.kill(int(running.worker.rsplit("/", 1)[1]), signal.SIGKILL)
     wait_for(lambda: scheduler.get_job(a.id).attempt == 2, 10, message="the retry")

@@ -304,10 +304,13 @@ def test_three_processes_settling_a_fan_in_s_dependencies_release_it_once(
     assert [p.exitcode for p in procs] == [0, 0, 0]
     done = get(store, fan_in.id)
     assert (done.status, done.attempt, done.result["total"]) == (JobStatus.DONE, 1, 100)
-    assert events(store, fan_in.id) == [
-        (B, "added"), (JobStatus.WAITING, "dependencies done"),
-        (JobStatus.PROCESSING, None), (JobStatus.DONE, "done"),
-    ]  # fmt: skip
+    # Released once. (On MongoDB an event is written after its change, so another
+    # process may claim the released job and write its event first: order aside.)
+    seen = events(store, fan_in.id)
+    assert (seen[0], seen[-1]) == ((B, "added"), (JobStatus.DONE, "done"))
+    assert sorted(seen[1:-1], key=str) == sorted(
+        [(JobStatus.WAITING, "dependencies done"), (JobStatus.PROCESSING, None)], key=str
+    )
     nodes = {e.worker for e in store.events(job_ids=[p.id for p in deps]) if e.worker}
     assert len(nodes) >= 2  # the dependencies were settled by several processes
 
