@@ -162,6 +162,27 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def kill_carrying(name: str, value: str) -> list[tuple[int, str]]:
+    """SIGKILL every process but this one whose environment holds ``name=value`` (only
+    processes a run started carry its id); (pid, command line) of each."""
+    needle = f"{name}={value}".encode()
+    killed: list[tuple[int, str]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+        except OSError:
+            continue
+        command = cmdline(int(entry))
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(entry), signal.SIGKILL)
+            killed.append((int(entry), command))
+    return killed
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

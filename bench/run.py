@@ -112,19 +112,8 @@ def run_tsd(
 def sweep(run_id: str) -> None:
     """Kill any process still carrying this run's id in its environment (belt and braces
     after the per-process cleanup): only processes this run started have it."""
-    needle = f"{RUN_ENV}={run_id}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle not in f.read().split(b"\0"):
-                    continue
-        except OSError:
-            continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(int(entry), signal.SIGKILL)
-            log(f"killed leftover process {entry}: {common.cmdline(int(entry))[:80]}")
+    for pid, command in common.kill_carrying(RUN_ENV, run_id):
+        log(f"killed leftover process {pid}: {command[:80]}")
 
 
 def main() -> int:

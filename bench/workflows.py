@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -200,19 +199,8 @@ def drain(tree: Path, out: Path, n: int, timeout: float) -> dict[str, Any]:
 def sweep(run_id: str) -> None:
     """Kill any process still carrying this run's id in its environment: only processes
     this run started (daemons, the drain runs and theirs) have it."""
-    needle = f"{RUN_ENV}={run_id}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle not in f.read().split(b"\0"):
-                    continue
-        except OSError:
-            continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(int(entry), signal.SIGKILL)
-            log(f"killed leftover process {entry}: {common.cmdline(int(entry))[:80]}")
+    for pid, command in common.kill_carrying(RUN_ENV, run_id):
+        log(f"killed leftover process {pid}: {command[:80]}")
 
 
 def med(rows: list[dict[str, Any]], key: str) -> float | None:
