@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from taskschedd import transitions
-from taskschedd.errors import StoreUnavailable
+from taskschedd.errors import JobNotFound, StoreUnavailable
 from taskschedd.model import (
     ClaimRequest,
     EventRecord,
@@ -207,6 +207,23 @@ class Store(abc.ABC):
         """Records that claims and reaps cannot see or settle because a field they compare
         has the wrong type or value (status, due time, queue, lease, token: written by
         another client); each with ``corrupt`` set. The nodes quarantine them."""
+
+    def _still_undecidable(self, pending: dict[str, Any], limit: int) -> list[JobRecord]:
+        """Of the BLOCKED jobs a dependency sweep could not decide on (``pending``: id ->
+        what the store keeps of each), up to ``limit`` that still are, as records for
+        :meth:`malformed`; those gone, fixed or decided meanwhile are dropped from it."""
+        out: list[JobRecord] = []
+        for job_id in list(pending)[: max(0, limit)]:
+            try:
+                record = self.get(job_id)
+            except JobNotFound:
+                del pending[job_id]
+                continue
+            if record.status is not JobStatus.BLOCKED and record.corrupt is None:
+                del pending[job_id]
+                continue
+            out.append(record)
+        return out
 
     @abc.abstractmethod
     def quarantine(self, record: JobRecord, transition: Transition, *, now: float) -> bool:

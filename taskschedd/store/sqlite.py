@@ -1193,15 +1193,8 @@ class SQLiteStore(Store):
             self._malformed_seqs[record.id] = seq  # its id may not be text: address by seq
             out.append(record)
         # And the BLOCKED jobs the dependency sweep found it cannot decide on.
-        for job_id, (seq, why) in list(self._undecidable.items())[: max(0, limit - len(out))]:
-            try:
-                record = self.get(job_id)
-            except JobNotFound:
-                del self._undecidable[job_id]
-                continue
-            if record.status is not JobStatus.BLOCKED and record.corrupt is None:
-                del self._undecidable[job_id]  # fixed or decided meanwhile
-                continue
+        for record in self._still_undecidable(self._undecidable, limit - len(out)):
+            seq, why = self._undecidable[record.id]
             record.corrupt = record.corrupt or why
             self._malformed_seqs[record.id] = seq
             out.append(record)

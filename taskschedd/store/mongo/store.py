@@ -1562,16 +1562,8 @@ class MongoStore(Store):
                 record.corrupt = _malformed_why(doc)
             out.append(record)
         # And the BLOCKED jobs the dependency sweep found it cannot decide on.
-        for job_id, why in list(self._undecidable.items())[: max(0, limit - len(out))]:
-            try:
-                record = self.get(job_id)
-            except JobNotFound:
-                del self._undecidable[job_id]
-                continue
-            if record.status is not JobStatus.BLOCKED and record.corrupt is None:
-                del self._undecidable[job_id]  # fixed or decided meanwhile
-                continue
-            record.corrupt = record.corrupt or why
+        for record in self._still_undecidable(self._undecidable, limit - len(out)):
+            record.corrupt = record.corrupt or self._undecidable[record.id]
             out.append(record)
         return out
 
