@@ -299,13 +299,17 @@ class Supervisor:
         # be empty (Owed): a SIGKILLed group empties at once, unless a process is stuck.
         w.kill = Kill(reason=reason, deadline=time.monotonic() + grace, token=wanted.token)
         w.retiring = True
+        # Stopping now interrupts the worker (SIGINT): it gives the running job back
+        # itself and first stores what ran. A SIGTERM ends it at once: a job whose code
+        # had just ended, its outcome not yet stored, would be given back and run again.
+        first = signal.SIGINT if reason is KillReason.RELEASE else signal.SIGTERM
         if w.job is not None:
             self.job_log(w.job, w.name).warning(
                 "stopping a running job", why=reason,
-                signal="SIGKILL" if at_once else "SIGTERM", kill_grace=0.0 if at_once else grace,
+                signal="SIGKILL" if at_once else first.name, kill_grace=0.0 if at_once else grace,
             )  # fmt: skip
         if not at_once:
-            killpg(w.pid, signal.SIGTERM)
+            killpg(w.pid, first)
         if at_once or grace <= 0:
             killpg(w.pid, signal.SIGKILL)
             w.kill.hard = True

@@ -205,6 +205,7 @@ class Worker:
         self._in_start = False  # the running job's start() was entered
         self._critical = 0  # main thread inside a store write: signals wait (interrupt())
         self._pending: BaseException | None = None
+        self._code_done = False  # _critical counts the running job's ended code (_execute)
         # Writes the store refuses: since when, last said in the log, tokens reported to
         # on_unstored, and when to stop retrying (None: until the store takes them).
         self._failing_since: float | None = None
@@ -399,6 +400,13 @@ class Worker:
                 with contextlib.suppress(StoreError):
                     self._commit(claim=0, release=True)
             raise
+        finally:
+            if self._code_done:
+                self._code_done = False
+                self._critical -= 1
+                if not self._critical and self._pending is not None:
+                    pending, self._pending = self._pending, None
+                    raise pending
 
     def _hold_over(self) -> bool:
         return bool(self._finished) and time.monotonic() - self._finished[0].at > HOLD_LIMIT
@@ -676,6 +684,10 @@ class Worker:
                 self._in_start = True  # from here on the job may have done something
                 result = instance.start()
             finally:
+                # The job's code is done: a signal (the node stopping now) waits until its
+                # outcome is kept (stored with the next write), or it would run again.
+                self._critical += 1
+                self._code_done = True
                 if renewer:
                     renewer.stop()  # after this, no LeaseLost comes
                 if restore:

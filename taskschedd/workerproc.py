@@ -27,11 +27,14 @@ One line per store write, not per job: the master's cost per job is a pipe line.
 Signals in a worker (the master's are in ``taskschedd --help``):
 
 - SIGTERM: default action, the worker ends at once. The master sends it to the worker's
-  process group (the job's, grandchildren included) on timeout, cancel and stop; it
+  process group (the job's, grandchildren included) on timeout and cancel; it
   then settles the job itself, SIGKILL follows after ``kill_grace``. A job over its
   memory limit gets SIGKILL at once instead (no grace in which to grow).
 - SIGINT: the running job is given back to the queue (no attempt used), the outcomes not
-  stored yet are stored, the jobs claimed ahead given back, and the worker exits.
+  stored yet are stored, the jobs claimed ahead given back, and the worker exits. The
+  master sends it to the worker's process group when the node stops now (SIGKILL
+  follows after ``kill_grace``): a job whose code had ended is never given back to run
+  again, as it could be after a SIGTERM that came before its outcome was stored.
 - SIGUSR2 (PR_SET_PDEATHSIG), when the master is gone: the running job is interrupted
   and left to its lease (reaped as abandoned); outcomes not stored yet are stored, jobs
   claimed ahead given back, and the worker exits. It also exits when getppid() changes
