@@ -789,10 +789,11 @@ class Master:
             self.log.info("stopping now: running jobs are stopped and given back", why=why)
             self._update_status(time.monotonic(), force=True)
         for w in self.workers.values():
+            # Told to stop as well: a job that swallows the interrupt must not leave its
+            # worker claiming more while the node stops.
+            self._retire(w, Retire.STOP)
             if w.job is not None:
                 self.jobs.kill(w, KillReason.RELEASE)
-            else:
-                self._retire(w, Retire.STOP)
 
     def _shutdown_step(self, now: float) -> None:
         if (

@@ -22,6 +22,19 @@ class Sleep(Job):
         return {"pid": os.getpid()}
 
 
+class Swallow(Job):
+    """Sleeps ``data["seconds"]``, swallowing Ctrl-C (KeyboardInterrupt) once, as a
+    careless job does; then sleeps ``data["after"]`` more and returns."""
+
+    def start(self) -> Any:
+        try:
+            time.sleep(float(self.data["seconds"]))
+        except KeyboardInterrupt:
+            pass
+        time.sleep(float(self.data.get("after", 0)))
+        return "swallowed"
+
+
 class Pipe(Job):
     """Returns ``data["n"]`` plus the ``total`` of each dependency that ended DONE, with
     the dependencies' statuses as it saw them and its pid (a workflow step)."""

@@ -81,6 +81,21 @@ def test_sigquit_stops_at_once(daemon_factory: Callable[..., Daemon], scheduler:
     assert job.refresh().status == JobStatus.WAITING and job.attempt == 0
 
 
+def test_stopping_now_with_a_job_that_swallows_the_interrupt_claims_nothing_more(
+    daemon_factory: Callable[..., Daemon], scheduler: Scheduler
+) -> None:
+    """Stopping interrupts the worker (SIGINT); a job that swallows it runs on to its end
+    and its outcome is stored, and its worker claims no other job meanwhile."""
+    d = daemon_factory(pm="static", min_children=1, max_children=1, kill_grace="20s").start()
+    job = scheduler.add_job(f"{JOBS}.Swallow", {"seconds": 30, "after": 1})
+    wait_for(lambda: job.refresh().status == JobStatus.PROCESSING, 5)
+    later = scheduler.add_job(f"{JOBS}.Sleep", {"seconds": 0})
+    d.signal(signal.SIGQUIT)
+    assert d.wait_exit(15) == 0
+    assert job.refresh().status == JobStatus.DONE and job.result == "swallowed"
+    assert later.refresh().status == JobStatus.WAITING and later.attempt == 0
+
+
 def test_sighup_applies_a_good_config_and_refuses_a_broken_one(
     daemon_factory: Callable[..., Daemon], scheduler: Scheduler
 ) -> None:
