@@ -49,6 +49,8 @@ ONCE_COMPARED = (
     "priority",
     "queue",
     "expires",
+    "limit",
+    "exclusive_key",
 )
 
 
@@ -79,6 +81,10 @@ class JobOptions:
     #: When a dependency ends FAILED, CANCELED or TIMEOUT: "cancel" this job, or "run" it
     #: anyway once every dependency is final.
     on_dependency_failure: str = "cancel"
+    #: The named limit the job joins (taskschedd.limits); None: none.
+    limit: str | None = None
+    #: Jobs sharing this key never run at the same time anywhere in the cluster.
+    exclusive_key: str | None = None
 
     def stored(self) -> dict[str, Any]:
         """The options kept with the job (for rules and display); id and at live in columns.
@@ -88,6 +94,10 @@ class JobOptions:
         stored = {name: getattr(self, name) for name in _STORED_NAMES}
         if self.timezone is None:
             del stored["timezone"]  # as 0.5 stored it (see depends_on below)
+        if self.limit is None:
+            del stored["limit"]  # the same: a job without limits stays a 0.6 job
+        if self.exclusive_key is None:
+            del stored["exclusive_key"]
         if self.depends_on:
             stored["depends_on"] = list(self.depends_on)  # as JSON reads it back
         else:
@@ -110,8 +120,9 @@ _STORED_NAMES = tuple(n for n in OPTION_NAMES if n not in ("id", "at"))
 #: every add after the first a duplicate), and ignore_data only says how one
 #: add_job_once call compares. Every other option may have a default, a time (at,
 #: expires) included, as it always could; depends_on names jobs, as an id does, and
-#: on_dependency_failure means something only with it.
-NO_DEFAULT = ("id", "ignore_data", "depends_on", "on_dependency_failure")
+#: on_dependency_failure means something only with it; an exclusive key names one
+#: resource (a default would serialise every job).
+NO_DEFAULT = ("id", "ignore_data", "depends_on", "on_dependency_failure", "exclusive_key")
 #: The options that take a default: the keys of the configuration's ``job_defaults`` and
 #: of ``Scheduler(**defaults)`` (which also takes them as ``default_<name>``). Aliases
 #: (ALIASES) are accepted wherever their option is.
@@ -265,6 +276,12 @@ def _check_value(name: str, value: Any) -> Any:
         return value
     if name == "timezone":
         return _timezone(name, value)
+    if name == "limit":
+        return None if value is None else _limit_name(value)
+    if name == "exclusive_key":
+        from taskschedd.limits import check_key
+
+        return None if value is None else check_key(value)
     if name == "cron":
         if value is None:
             return None
@@ -275,6 +292,15 @@ def _check_value(name: str, value: Any) -> Any:
         CronExpr.parse(value)
         return value.strip()
     raise unknown_option(name, OPTION_NAMES)  # pragma: no cover - callers check names first
+
+
+def _limit_name(value: Any) -> str:
+    from taskschedd.limits import LIMIT_NAME_HELP, check_name
+
+    try:
+        return check_name(value)
+    except OptionError:
+        raise _fail("limit", f"a limit name of {LIMIT_NAME_HELP}", value) from None
 
 
 def _timezone(name: str, value: Any) -> str | None:

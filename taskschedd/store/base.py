@@ -15,6 +15,7 @@ from typing import Any
 
 from taskschedd import transitions
 from taskschedd.errors import JobNotFound, StoreUnavailable
+from taskschedd.limits import LimitSpec, LimitState
 from taskschedd.model import (
     ClaimRequest,
     EventRecord,
@@ -124,6 +125,12 @@ class Store(abc.ABC):
         job_id: str | None = None,
     ) -> JobRecord | None:
         """Take the next due job: queues in the given order, then priority, due time, FIFO.
+
+        Jobs held back by a limit are skipped, never waited on: a job whose limit
+        (option ``limit``) has ``max_running`` jobs running, or whose rate allows no start
+        now, and a job whose ``exclusive_key`` a running job holds. Taking such a job
+        counts it against its limit (and its rate, and holds its key) in the same atomic
+        step; a job's running stops counting when it is settled or its lease ends.
 
         The token is made by the caller so a lost reply can be looked up, never re-claimed.
         """
@@ -302,7 +309,29 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def next_due(self, queues: Sequence[str]) -> float | None:
-        """The earliest due time of a runnable job in these queues."""
+        """The earliest due time of a runnable job in these queues. A job held back by a
+        limit or an exclusive key is not due now (a worker must not spin on it): it
+        counts from when its rate next lets one start, or not at all while its limit is
+        full or its key held (a settle's wake-up says when that changes)."""
+
+    # -- limits (taskschedd.limits) -------------------------------------------------------
+    @abc.abstractmethod
+    def set_limit(self, spec: LimitSpec) -> None:
+        """Create or replace a limit's definition. Its running jobs and the start times of
+        its rate window stay: a lower max_running holds new starts until enough end."""
+
+    @abc.abstractmethod
+    def delete_limit(self, name: str) -> bool:
+        """Remove a limit's definition (its jobs then run unlimited); False if none."""
+
+    @abc.abstractmethod
+    def limits(self, *, now: float) -> list[LimitState]:
+        """Every defined limit with its running count, waiting count (queued and due)
+        and its rate's start times, sorted by name."""
+
+    @abc.abstractmethod
+    def key_holders(self, keys: Sequence[str], *, now: float) -> dict[str, str]:
+        """Of these exclusive keys, those a running job holds: key -> the job's id."""
 
     @abc.abstractmethod
     def stat_rows(self, *, now: float, since: float) -> StatRows:

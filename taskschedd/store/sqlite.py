@@ -17,17 +17,19 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from taskschedd import dependencies, failpoints, transitions
+from taskschedd import dependencies, failpoints, limits, transitions
 from taskschedd.errors import (
     JobNotFound,
+    OptionError,
     StoreError,
     StoreNotWritable,
     StoreReplaced,
     StoreUnavailable,
 )
+from taskschedd.limits import LimitSpec, LimitState, Rate
 from taskschedd.model import (
     FINAL,
     ClaimRequest,
@@ -53,7 +55,7 @@ from taskschedd.store.notify import NotifyDir
 from taskschedd.store.sqlitecompile import change_sql, guard_sql
 from taskschedd.transitions import Branch, ClaimFields, Transition
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: A claim that waited longer than this for the write lock counts its lease from the end
 #: of the wait (shorter waits are noise, and keep the caller's `now` exact).
 LOCK_WAIT_SHIFT = 0.5
@@ -186,6 +188,25 @@ CREATE TABLE IF NOT EXISTS job_waits (
 ) WITHOUT ROWID;
 """
 _SCHEMA = _JOBS_TABLES + _V2_INDEXES + _EVENTS_TABLE + _EVENTS_INDEX + _NODES_TABLE + _DEPS_TABLE
+#: Schema 4: limits (taskschedd.limits). A job's limit and exclusive key are columns
+#: (from its options) so that the claim can count and skip by index; running jobs are
+#: counted from the jobs themselves (PROCESSING, lease not over), so a slot is free again
+#: the moment its job is settled or its lease ends: nothing else to keep in step.
+_LIMITS_TABLE = """
+CREATE TABLE IF NOT EXISTS limits (
+    name TEXT PRIMARY KEY,
+    max_running INTEGER,
+    rate_count INTEGER,
+    rate_period REAL,
+    starts TEXT NOT NULL DEFAULT '[]'
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_lim_running ON jobs(lim, lease_until)
+    WHERE status = 2 AND lim IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_xkey_running ON jobs(xkey, lease_until)
+    WHERE status = 2 AND xkey IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_lim_waiting ON jobs(lim, at)
+    WHERE status IN (0, 1) AND lim IS NOT NULL;
+"""
 _BLOCKED = int(JobStatus.BLOCKED)
 #: A dependency sweep's page of BLOCKED jobs.
 _SWEEP_JOBS = 5000
@@ -196,6 +217,83 @@ _COLUMNS = (
     "cancel_requested, series, series_seq, once_key, updated"
 )
 _FINAL_SQL = ",".join(str(int(s)) for s in FINAL)
+#: A job (alias c) not held back by its limit or its exclusive key; arguments: the
+#: names of the closed limits (a JSON list) and now (leases over free their slots).
+_NOT_HELD = (
+    "(c.lim IS NULL OR c.lim NOT IN (SELECT value FROM json_each(?))) AND (c.xkey IS NULL "
+    "OR NOT EXISTS (SELECT 1 FROM jobs h WHERE h.status = 2 AND h.xkey = c.xkey "
+    "AND h.lease_until >= ?))"
+)
+
+
+def _limit_spec(row: Sequence[Any]) -> LimitSpec | None:
+    """A ``limits`` row as a definition; None for one another client wrote wrong (its
+    jobs then run unlimited, as with no definition: never stuck on a bad row)."""
+    name, max_running, count, period = row[:4]
+    try:
+        rate = None if count is None and period is None else Rate(int(count), float(period))
+        if rate is not None:
+            Rate.parse(f"{rate.count}/{rate.period}s")
+        cap = None if max_running is None else max_running
+        return LimitSpec(name, cap, rate)
+    except (OptionError, TypeError, ValueError):
+        return None
+
+
+def _starts(text: Any) -> list[float]:
+    try:
+        return limits.as_times(json.loads(text)) if isinstance(text, str) else []
+    except ValueError:
+        return []
+
+
+@dataclass
+class _Gates:
+    """The limits as one transaction sees them: those that let no job start now, and
+    what each claim changes (running counts, a rate's start times), so the next claim of
+    the same transaction sees it."""
+
+    specs: dict[str, LimitSpec]
+    running: dict[str, int]
+    starts: dict[str, list[float]]
+    closed: set[str]
+
+    @classmethod
+    def read(cls, conn: sqlite3.Connection, now: float) -> _Gates:
+        rows = conn.execute(
+            "SELECT name, max_running, rate_count, rate_period, starts FROM limits"
+        ).fetchall()
+        if not rows:
+            return cls({}, {}, {}, set())
+        specs = {spec.name: spec for spec in map(_limit_spec, rows) if spec is not None}
+        starts = {row[0]: _starts(row[4]) for row in rows if row[0] in specs}
+        running = {
+            name: int(n)
+            for name, n in conn.execute(
+                "SELECT lim, COUNT(*) FROM jobs WHERE status = 2 AND lim IS NOT NULL "
+                "AND lease_until >= ? GROUP BY lim",
+                (now,),
+            )
+        }
+        return cls(
+            specs, running, starts, limits.closed(list(specs.values()), running, starts, now)
+        )
+
+    def args(self, now: float) -> list[Any]:
+        return [json.dumps(sorted(self.closed)), now]
+
+    def took(self, conn: sqlite3.Connection, job: JobRecord, now: float) -> None:
+        """A job was claimed in this transaction: count it, and take its rate's start."""
+        name = job.options.limit
+        spec = self.specs.get(name) if name is not None else None
+        if spec is None or name is None:
+            return
+        self.running[name] = self.running.get(name, 0) + 1
+        if spec.rate is not None:
+            kept = spec.rate.taken(self.starts.get(name, []), now)
+            self.starts[name] = kept
+            conn.execute("UPDATE limits SET starts = ? WHERE name = ?", (json.dumps(kept), name))
+        self.closed |= limits.closed([spec], self.running, self.starts, now)
 
 
 def path_from_url(url: str) -> str:
@@ -279,6 +377,19 @@ def _upgrade_v2(conn: sqlite3.Connection) -> None:
     schema 3 is refused by taskschedd 0.5 and older, which would quarantine a BLOCKED
     job (a status they do not know) as corrupt."""
     for stmt in _DEPS_TABLE.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
+def _upgrade_v3(conn: sqlite3.Connection) -> None:
+    """Schema 3 -> 4 (and the last step of a new store): the limit columns and table. No
+    job has a limit yet. taskschedd 0.6 refuses a store of schema 4: it would run limited
+    jobs without their limits."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for column in ("lim", "xkey"):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+    for stmt in _LIMITS_TABLE.split(";"):
         if stmt.strip():
             conn.execute(stmt)
 
@@ -469,6 +580,7 @@ class SQLiteStore(Store):
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         conn.execute(stmt)
+                _upgrade_v3(conn)
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
                     (SCHEMA_VERSION,),
@@ -476,7 +588,9 @@ class SQLiteStore(Store):
             elif version < SCHEMA_VERSION:
                 if version < 2:
                     _upgrade_v1(conn)
-                _upgrade_v2(conn)
+                if version < 3:
+                    _upgrade_v2(conn)
+                _upgrade_v3(conn)
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
@@ -603,7 +717,7 @@ class SQLiteStore(Store):
 
     _INSERT_SQL = (
         "INTO jobs (id, cls, data, status, queue, priority, spawn, at, created, options, "
-        "once_key, series, series_seq, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        "once_key, series, series_seq, updated, lim, xkey) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     )
     _EVENT_SQL = (
         "INSERT INTO events (job_id, time, status, attempt, cls, queue, node, worker, "
@@ -628,6 +742,8 @@ class SQLiteStore(Store):
             job.series,
             job.series_seq,
             job.created,
+            opts.limit,
+            opts.exclusive_key,
         )
 
     @staticmethod
@@ -998,8 +1114,8 @@ class SQLiteStore(Store):
     # A row whose id is not text (another client's) is left to the quarantine sweep:
     # no later write could address it by the id a claim hands out.
     _CLAIM_PICK = (
-        f"WHERE seq = (SELECT seq FROM jobs WHERE {_CLAIMABLE} AND queue = ? "
-        "AND spawn = ? AND at <= ? AND typeof(id) = 'text' "
+        f"WHERE seq = (SELECT seq FROM jobs c WHERE {_CLAIMABLE} AND queue = ? "
+        f"AND spawn = ? AND at <= ? AND typeof(id) = 'text' AND {_NOT_HELD} "
         "ORDER BY priority DESC, at, seq LIMIT 1)"
     )
 
@@ -1050,7 +1166,11 @@ class SQLiteStore(Store):
         if job_id is not None:
             claimable, cargs = guard_sql(transitions.CLAIMABLE, None, now)
             targets: list[tuple[str, list[Any]]] = [
-                (f"WHERE id = ? AND {claimable}", [job_id, *cargs])
+                (
+                    f"WHERE id = ? AND {claimable} AND seq IN (SELECT seq FROM jobs c "
+                    f"WHERE id = ? AND {_NOT_HELD})",
+                    [job_id, *cargs, job_id],
+                )
             ]
         else:
             targets = [(self._CLAIM_PICK, [q, int(force_spawn), now]) for q in queues]
@@ -1059,20 +1179,22 @@ class SQLiteStore(Store):
                 # A cheap read first keeps idle polling from taking the write lock.
                 if job_id is None and not self._read(
                     lambda c, wargs=wargs: c.execute(  # type: ignore[misc]
-                        f"SELECT 1 FROM jobs WHERE {_CLAIMABLE} AND queue = ? AND spawn = ? "
-                        "AND at <= ? LIMIT 1",
-                        wargs,
+                        f"SELECT 1 FROM jobs c WHERE {_CLAIMABLE} AND queue = ? AND spawn = ? "
+                        f"AND at <= ? AND {_NOT_HELD} LIMIT 1",
+                        [*wargs, *_Gates.read(c, now).args(now)],
                     ).fetchone()
                 ):
                     continue
                 try:
                     with self._write() as conn:
+                        gates = _Gates.read(conn, now)
                         job = self._claim_row(
-                            conn, where, wargs, token=token, lease=lease, node=node,
-                            worker=worker, now=now,
+                            conn, where, [*wargs, *gates.args(now)], token=token, lease=lease,
+                            node=node, worker=worker, now=now,
                         )  # fmt: skip
                         if job is None:
                             continue
+                        gates.took(conn, job, now)
                 except sqlite3.Error as exc:
                     raise self._error(exc) from None
                 return job
@@ -1082,11 +1204,12 @@ class SQLiteStore(Store):
         spawn = int(claim.force_spawn)
 
         def look(c: sqlite3.Connection) -> bool:
+            held = _Gates.read(c, now).args(now)
             return any(
                 c.execute(
-                    f"SELECT 1 FROM jobs WHERE {_CLAIMABLE} AND queue = ? AND spawn = ? "
-                    "AND at <= ? LIMIT 1",
-                    (q, spawn, now),
+                    f"SELECT 1 FROM jobs c WHERE {_CLAIMABLE} AND queue = ? AND spawn = ? "
+                    f"AND at <= ? AND {_NOT_HELD} LIMIT 1",
+                    (q, spawn, now, *held),
                 ).fetchone()
                 for q in claim.queues
             )
@@ -1119,15 +1242,17 @@ class SQLiteStore(Store):
                 if claim is None:
                     return done, jobs
                 spawn = int(claim.force_spawn)
+                gates = _Gates.read(conn, now)
                 for q in claim.queues:
                     while len(jobs) < claim.limit:
                         job = self._claim_row(
-                            conn, self._CLAIM_PICK, [q, spawn, now],
+                            conn, self._CLAIM_PICK, [q, spawn, now, *gates.args(now)],
                             token=claim.token_for(len(jobs)), lease=claim.lease,
                             node=claim.node, worker=claim.worker, now=now,
                         )  # fmt: skip
                         if job is None:
                             break
+                        gates.took(conn, job, now)
                         jobs.append(job)
                 return done, jobs
         except sqlite3.Error as exc:
@@ -1300,29 +1425,117 @@ class SQLiteStore(Store):
         if not queues:
             return 0
         marks = ",".join("?" * len(queues))
-        sql = f"SELECT 1 FROM jobs WHERE {_CLAIMABLE} AND queue IN ({marks}) AND spawn = ? "
-        sql += "AND at <= ?"
+        sql = f"SELECT 1 FROM jobs c WHERE {_CLAIMABLE} AND queue IN ({marks}) AND spawn = ? "
+        sql += f"AND at <= ? AND {_NOT_HELD}"  # a held-back job needs no worker
         args: list[Any] = [*queues, int(force_spawn), now]
         if limit is not None:
             # Counting a deep backlog costs ~0.1 s per million jobs; a pool needs no more.
             sql += " LIMIT ?"
-            args.append(max(0, limit))
-        row = self._read(lambda c: c.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone())
-        return int(row[0])
+        end = [max(0, limit)] if limit is not None else []
+
+        def run(c: sqlite3.Connection) -> int:
+            held = _Gates.read(c, now).args(now)
+            return int(
+                c.execute(f"SELECT COUNT(*) FROM ({sql})", [*args, *held, *end]).fetchone()[0]
+            )
+
+        return self._read(run)
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         if not queues:
             return None
-        row = self._read(
-            lambda c: c.execute(
-                f"SELECT MIN(at) FROM jobs WHERE {_CLAIMABLE} AND queue IN (%s)"
-                % ",".join("?" * len(queues)),
-                list(queues),
+        marks = ",".join("?" * len(queues))
+        now = time.time()
+
+        def run(c: sqlite3.Connection) -> float | None:
+            gates = _Gates.read(c, now)
+            # Jobs not held back now, and those held back whose time is still to come
+            # (their limit may have room by then: a wake-up or a poll tells).
+            row = c.execute(
+                f"SELECT MIN(at) FROM jobs c WHERE {_CLAIMABLE} AND queue IN ({marks}) "
+                f"AND (at > ? OR ({_NOT_HELD}))",
+                [*queues, now, *gates.args(now)],
             ).fetchone()
+            # MIN() puts numbers before text: a text `at` only shows when no job has a time.
+            due = float(row[0]) if row and isinstance(row[0], int | float) else None
+            for name in gates.closed:  # a rate window that opens later
+                spec = gates.specs[name]
+                full = (
+                    spec.max_running is not None and gates.running.get(name, 0) >= spec.max_running
+                )
+                opens = None if spec.rate is None else spec.rate.next_start(gates.starts[name], now)
+                if full or opens is None:
+                    continue
+                waiting = c.execute(
+                    f"SELECT 1 FROM jobs WHERE {_CLAIMABLE} AND lim = ? AND at <= ? "
+                    f"AND queue IN ({marks}) LIMIT 1",
+                    [name, now, *queues],
+                ).fetchone()
+                if waiting and (due is None or opens < due):
+                    due = opens
+            return due
+
+        return self._read(run)
+
+    # -- limits -------------------------------------------------------------------------
+    def set_limit(self, spec: LimitSpec) -> None:
+        rate = spec.rate
+
+        def run() -> None:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT INTO limits (name, max_running, rate_count, rate_period) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                    "max_running = excluded.max_running, rate_count = excluded.rate_count, "
+                    "rate_period = excluded.rate_period",
+                    (spec.name, spec.max_running, rate and rate.count, rate and rate.period),
+                )
+
+        self._guard(run)
+
+    def delete_limit(self, name: str) -> bool:
+        def run() -> bool:
+            with self._write() as conn:
+                return conn.execute("DELETE FROM limits WHERE name = ?", (name,)).rowcount > 0
+
+        return self._guard(run)
+
+    def limits(self, *, now: float) -> list[LimitState]:
+        def run(c: sqlite3.Connection) -> list[LimitState]:
+            gates = _Gates.read(c, now)
+            waiting = {
+                name: int(n)
+                for name, n in c.execute(
+                    f"SELECT lim, COUNT(*) FROM jobs WHERE {_CLAIMABLE} AND lim IS NOT NULL "
+                    "AND at <= ? GROUP BY lim",
+                    (now,),
+                )
+            }
+            return [
+                LimitState(
+                    spec,
+                    gates.running.get(name, 0),
+                    waiting.get(name, 0),
+                    tuple(limits.window(gates.starts.get(name, []), now, spec.rate.period))
+                    if spec.rate is not None
+                    else (),
+                )
+                for name, spec in sorted(gates.specs.items())
+            ]
+
+        return self._read(run)
+
+    def key_holders(self, keys: Sequence[str], *, now: float) -> dict[str, str]:
+        if not keys:
+            return {}
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT xkey, id FROM jobs WHERE status = 2 AND xkey IN "
+                "(SELECT value FROM json_each(?)) AND lease_until >= ?",
+                (json.dumps(list(keys)), now),
+            ).fetchall()
         )
-        # MIN() puts numbers before text: a text `at` only shows when no job has a time.
-        due = row[0] if row else None
-        return float(due) if isinstance(due, int | float) else None
+        return {str(k): str(i) for k, i in rows}
 
     def stat_rows(self, *, now: float, since: float) -> StatRows:
         def run(c: sqlite3.Connection) -> StatRows:

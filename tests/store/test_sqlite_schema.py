@@ -96,9 +96,9 @@ def schema_of(store: SQLiteStore) -> dict[str, str]:
 
 
 def check_v2(store: SQLiteStore) -> None:
-    """The schema is the current one (3: version 2's, and the dependency table)."""
+    """The schema is the current one (4: version 2's, the dependency tables, limits)."""
     conn = store._conn
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
     ddl = schema_of(store)
     assert "AUTOINCREMENT" not in ddl["events"]
     assert "events_time" not in ddl and "jobs_status_ended" not in ddl
@@ -108,10 +108,14 @@ def check_v2(store: SQLiteStore) -> None:
     assert "events_job" in ddl
     assert "PRIMARY KEY (dependency, dependent)" in ddl["job_deps"]
     assert "job_deps_dependent" in ddl
+    # Schema 4: limits (the columns a claim counts and skips by, the definitions).
+    assert {"lim", "xkey"} <= {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+    assert "PRIMARY KEY" in ddl["limits"]
+    assert {"jobs_lim_running", "jobs_xkey_running", "jobs_lim_waiting"} <= set(ddl)
 
 
-def test_a_new_store_has_schema_3(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 3
+def test_a_new_store_has_schema_4(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 4
     store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
     try:
         store.insert([new_job("a")])
@@ -209,9 +213,9 @@ def test_a_newer_schema_is_refused_with_the_version(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     store = SQLiteStore(f"sqlite:///{db}", create=True)
     store.insert([new_job("a")])
-    store._conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    store._conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema'")
     store.close()
-    with pytest.raises(StoreError, match="has schema 4, newer than this taskschedd understands"):
+    with pytest.raises(StoreError, match="has schema 5, newer than this taskschedd understands"):
         SQLiteStore(f"sqlite:///{db}", create=True).get("a")
 
 
@@ -235,5 +239,28 @@ def test_event_seqs_are_not_reused_after_flush_or_purge(tmp_path: Path) -> None:
         assert [e.seq for e in store.events()] == [top + 2]
         floor_rows = store._conn.execute("SELECT COUNT(*) FROM events WHERE status < 0")
         assert floor_rows.fetchone() == (1,)
+    finally:
+        store.close()
+
+
+def test_a_v3_store_is_upgraded_to_limits_in_place(tmp_path: Path) -> None:
+    """A store of 0.6 (schema 3: no limit columns or table) gets them, its jobs kept; a
+    job added before runs unlimited."""
+    db = tmp_path / "jobs.db"
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
+    store.insert([new_job("old")])
+    conn = store._conn
+    for index in ("jobs_lim_running", "jobs_xkey_running", "jobs_lim_waiting"):
+        conn.execute(f"DROP INDEX {index}")
+    conn.execute("DROP TABLE limits")
+    conn.execute("ALTER TABLE jobs DROP COLUMN lim")
+    conn.execute("ALTER TABLE jobs DROP COLUMN xkey")
+    conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    store.close()
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
+    try:
+        check_v2(store)
+        assert store.get("old").options.limit is None
+        assert store.limits(now=time.time()) == []
     finally:
         store.close()
