@@ -20,6 +20,8 @@ SAMPLES: dict[str, Any] = {
     "interval_reference": "start",
     "cron": "@hourly",
     "timezone": "Europe/Zurich",
+    "limit": "reports",
+    "exclusive_key": "customer:42",
     "retry": 2,
     "retry_interval": "10s",
     "retry_backoff": "exponential",
