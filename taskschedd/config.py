@@ -20,6 +20,10 @@ Example (every key optional; an empty file means all defaults)::
     logging: {format: json, level: info, file: /var/log/taskschedd.log}
     metrics: {listen: "127.0.0.1:9464"}
     mongodb: {write_concern: majority, change_streams: auto}
+    limits:                       # cluster-wide, set in the store at start and reload
+      reports: {max_running: 2}
+      mail: {rate: 100/1m}
+      queue:imports: {max_running: 4, rate: 20/1s}
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from urllib.parse import quote, unquote
 
 import yaml
 
-from taskschedd.errors import ConfigError
+from taskschedd.errors import ConfigError, OptionError
+from taskschedd.limits import LimitSpec
 from taskschedd.options import (
     DEFAULT_ALIASES,
     DEFAULT_KEYS,
@@ -214,6 +219,10 @@ class Config:
     mongodb: MongoDBConfig = field(default_factory=MongoDBConfig)
     #: A file holding the password of the MongoDB store URL (which then names the user only).
     store_password_file: str | None = None
+    #: Cluster-wide limits (taskschedd.limits) by name: the node sets them in the store at
+    #: start and on each reload, so the configuration wins over ``taskschedctl limits set``.
+    #: Limits not named here are left as they are.
+    limits: dict[str, LimitSpec] = field(default_factory=dict)
 
     @property
     def store_kind(self) -> str:
@@ -248,8 +257,22 @@ class Config:
         data = dataclasses.asdict(self)
         data["store"] = redact_url(self.store)
         data["job_defaults"] = _jsonable(self.job_defaults)
+        data["limits"] = limits_mapping(self.limits)
         result: dict[str, Any] = data
         return result
+
+
+def limits_mapping(limits: Mapping[str, LimitSpec]) -> dict[str, dict[str, Any]]:
+    """The ``limits:`` key as it is written in the file (rates as text, like 100/1m)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in limits.items():
+        entry: dict[str, Any] = {}
+        if spec.max_running is not None:
+            entry["max_running"] = spec.max_running
+        if spec.rate is not None:
+            entry["rate"] = str(spec.rate)
+        out[name] = entry
+    return out
 
 
 def default_config_path() -> str:
@@ -681,6 +704,8 @@ class _Validator:
             kw["group"] = self.account("group", top["group"])
         kw["metrics"] = self.metrics(top.get("metrics"))
         kw["mongodb"] = self.mongodb(top.get("mongodb"), kw["store"])
+        if top.get("limits") is not None:
+            kw["limits"] = self.limits(top["limits"])
         return Config(**kw)
 
     def store(self, value: object) -> str:
@@ -913,6 +938,27 @@ class _Validator:
             elif len(host) > 253 or not all(_HOSTNAME_RE.fullmatch(p) for p in host.split(".")):
                 self.fail("metrics.listen", bad)
         return MetricsConfig(listen=text)
+
+    def limits(self, value: object) -> dict[str, LimitSpec]:
+        """name -> {max_running: N, rate: COUNT/PERIOD}, each checked as
+        ``taskschedctl limits set`` checks it."""
+        example = "{reports: {max_running: 2}, mail: {rate: 100/1m}}"
+        if not isinstance(value, Mapping):
+            self.fail("limits", f"expected a mapping of limit names like {example}, {_got(value)}")
+        out: dict[str, LimitSpec] = {}
+        for name, given in value.items():
+            key = f"limits.{name}"
+            if not isinstance(name, str):
+                self.fail(key, f"limit names must be strings, {_got(name)}")
+            try:
+                out[name] = LimitSpec.parse(name, given)
+            except OptionError as exc:
+                # The key names the limit already; the message says what is accepted.
+                reason = str(exc).removeprefix(f"limit {name!r}: ").removeprefix("limit name: ")
+                if reason.startswith("give max_running"):
+                    reason = f"give max_running, rate or both, like {example}"
+                self.fail(key, reason)
+        return out
 
     def mongodb(self, value: object, store: str) -> MongoDBConfig:
         keys = [f.name for f in dataclasses.fields(MongoDBConfig)]

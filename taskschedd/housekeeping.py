@@ -1,6 +1,7 @@
 """The node's duties towards the cluster, apart from its own jobs: heartbeats in the
 node registry, reaping the expired leases of other nodes (their jobs are settled per
-the retry policy with reason "abandoned"), and purging finished jobs past retention.
+the retry policy with reason "abandoned"), purging finished jobs past retention, and
+setting the configured limits in the store (at start and after each reload).
 
 Each duty runs on its own :class:`~taskschedd.periodic.Every` and backs off while the
 store is unavailable.
@@ -16,7 +17,7 @@ from typing import Any
 
 from taskschedd import __version__, registry, rules
 from taskschedd.children import WorkerHandle
-from taskschedd.config import Config
+from taskschedd.config import Config, limits_mapping
 from taskschedd.errors import StoreError
 from taskschedd.model import FINAL, NodeRecord
 from taskschedd.periodic import Every, store_trouble
@@ -43,6 +44,8 @@ class Housekeeping:
         self.heartbeat_timer = Every()
         self.purge_timer = Every()
         self.sweep_timer = Every()
+        self.limits_timer = Every()
+        self.limits_pending = bool(config.limits)  # the configured limits are still to set
         self.unaddressable: set[str] = set()  # malformed records told of once
         self.heartbeat_soon = False  # the registry should see a change in the pool soon
         self.heartbeat_last = 0.0
@@ -53,13 +56,16 @@ class Housekeeping:
         self.purge_timer.next = now + min(5.0, self.purge_interval())
 
     def reconfigure(self, config: Config, logger: Any) -> None:
-        """A reload: the new configuration and the logger bound to it."""
+        """A reload: the new configuration and the logger bound to it. Its limits are set
+        again even if unchanged: the configuration wins over ``taskschedctl limits set``."""
         self.config, self.log = config, logger
+        self.limits_pending = bool(config.limits)
+        self.limits_timer.next = 0.0
 
     def timers(self) -> tuple[Every, ...]:
         """The periodic store calls, whose failures say the store is down (the sweep for
         malformed records is not one: it runs too seldom to tell)."""
-        return (self.reap_timer, self.heartbeat_timer, self.purge_timer)
+        return (self.reap_timer, self.heartbeat_timer, self.purge_timer, self.limits_timer)
 
     def pool_changed(self) -> None:
         """The node's workers changed (started, busy, idle, retiring, gone): the registry
@@ -74,6 +80,8 @@ class Housekeeping:
     def wakeups(self, now: float) -> list[float]:
         times = [self.reap_timer.next, self.heartbeat_timer.next, self.purge_timer.next]
         times.append(self.sweep_timer.next)
+        if self.limits_pending:
+            times.append(self.limits_timer.next)
         if self.heartbeat_soon and not self.heartbeat_timer.failures:
             times.append(now + 0.1)
         return times
@@ -105,6 +113,29 @@ class Housekeeping:
         self.heartbeat_soon = False
         self.heartbeat_last = now
         self.heartbeat_timer.done(now, self.config.heartbeat_interval)
+
+    def apply_limits(self, now: float) -> None:
+        """Set the configured limits in the store (every node does, at its start and
+        after each reload), retried with backoff while the store is unavailable. Limits
+        the configuration does not name are left as they are."""
+        if not self.limits_pending or now < self.limits_timer.next:
+            return
+        wanted = self.config.limits
+        try:
+            before = {s.spec.name: s.spec for s in self.store.limits(now=time.time())}
+            for spec in wanted.values():
+                if before.get(spec.name) != spec:
+                    self.store.set_limit(spec)
+        except StoreError as exc:
+            store_trouble(self.log, "set the configured limits", self.limits_timer, now, exc)
+            return
+        self.limits_pending = False
+        self.limits_timer.done(now, 0.0)
+        changed = sorted(n for n, spec in wanted.items() if before.get(n) not in (None, spec))
+        self.log.info(
+            "limits set from the configuration", limits=limits_mapping(wanted),
+            new=sorted(n for n in wanted if n not in before), replaced=changed,
+        )  # fmt: skip
 
     def register(self) -> None:
         """Take this node's name in the registry (before any worker starts); raises

@@ -202,6 +202,7 @@ class Master:
         now = time.monotonic()
         self.house.start(now)
         self.house.heartbeat(now)
+        self.house.apply_limits(now)  # before this node's first claim, if the store answers
         self._manage_pool(now)
         systemd.ready(status=self._status_line())
         self.log.info("taskschedd ready", pm=self.config.pm, queues=self.config.queues)
@@ -335,6 +336,7 @@ class Master:
         self.jobs.renew(now)
         self.metrics.lease_reaped(self.house.reap_expired(now, set(self.jobs.held_tokens())))
         self.house.quarantine(now)
+        self.house.apply_limits(now)  # the configured limits, after a start, a reload, an outage
         self._shutdown_step(now)
         self._reload_step(now)
         if self.state is State.RUNNING:

@@ -13,7 +13,10 @@ number is bounded: a job class gets a ``class`` label of its own only when
 runs have all failed so far may be made up (a class that cannot be imported fails at
 once): only ``MAX_UNPROVEN`` such classes have a label; a class is proven by a run
 that ended done, retried, timeout or canceled. The rest count under ``class="other"``. Queues likewise: the node's own queues always, others
-while fewer than ``MAX_QUEUES`` are shown, the rest summed under ``queue="other"``.
+while fewer than ``MAX_QUEUES`` are shown, the rest summed under ``queue="other"``; and
+limits: the first ``MAX_LIMITS`` by name, the rest summed under ``limit="other"``.
+Queue and limit figures are read from the store together, at most every
+``QUEUE_REFRESH_INTERVAL`` seconds and only while someone scrapes.
 
 Exported (all prefixed ``taskschedd_``):
 
@@ -22,6 +25,11 @@ Exported (all prefixed ``taskschedd_``):
 - ``job_duration_seconds{class}`` histogram: how long those runs took;
 - ``queue_depth{queue}`` gauge: jobs waiting (WAITING or POSTPONED, due or not);
 - ``queue_oldest_waiting_seconds{queue}`` gauge: age of the oldest due waiting job, 0 if none;
+- ``limit_running{limit}`` gauge: jobs of the limit running now, cluster-wide;
+- ``limit_capacity{limit}`` gauge: the limit's max_running (no sample for a limit with
+  a rate only);
+- ``limit_waiting{limit}`` gauge: jobs of the limit waiting and due (queued behind it)
+  (the three ``limit_`` families are left out while no limit is defined);
 - ``workers{state="busy"|"idle"}`` gauge;
 - ``lease_reaps_total`` counter: jobs recovered after their lease expired;
 - ``build_info{version}`` gauge, always 1.
@@ -34,13 +42,17 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskschedd.limits import LimitState
 
 __all__ = [
     "CONTENT_TYPE",
     "DURATION_BUCKETS",
     "MAX_CLASSES",
     "MAX_LABEL_LENGTH",
+    "MAX_LIMITS",
     "MAX_QUEUES",
     "MAX_UNPROVEN",
     "OTHER",
@@ -64,6 +76,8 @@ MAX_UNPROVEN = 10
 PROVING_OUTCOMES = frozenset({"done", "retried", "timeout", "canceled"})
 #: Queues shown, at most, besides the node's own; the others are summed as OTHER.
 MAX_QUEUES = 50
+#: Limits shown, at most (by name); the others are summed as OTHER.
+MAX_LIMITS = 100
 #: Longer class or queue names are shown as OTHER.
 MAX_LABEL_LENGTH = 200
 OTHER = "other"
@@ -186,6 +200,8 @@ class Metrics:
         self._durations: dict[str, _Histogram] = {}
         self._depth: dict[str, float] = {}
         self._oldest: dict[str, float] = {}
+        # limit -> (running, capacity or None, waiting)
+        self._limits: dict[str, tuple[float, float | None, float]] = {}
         self._busy = 0
         self._idle = 0
         self._reaps = 0
@@ -303,6 +319,28 @@ class Metrics:
             self._depth, self._oldest = depth, oldest
             self._queues_refreshed = time.monotonic() if now is None else now
 
+    def set_limits(self, states: Iterable[LimitState]) -> None:
+        """Take each limit's running, capacity (max_running) and waiting jobs from
+        ``store.limits()`` (:class:`~taskschedd.limits.LimitState`); limits no longer
+        defined disappear. Beyond ``MAX_LIMITS`` (and for names too long), figures are
+        summed under ``limit="other"`` (a capacity only if each of them has one)."""
+        out: dict[str, tuple[float, float | None, float]] = {}
+        for state in sorted(states, key=lambda s: s.spec.name):
+            name = state.spec.name
+            if len(name) > MAX_LABEL_LENGTH or name == OTHER or len(out) >= MAX_LIMITS:
+                name = OTHER
+            cap = state.spec.max_running
+            running, waiting = _number(state.running), _number(state.waiting)
+            capacity = None if cap is None else _number(cap)
+            if name in out:
+                was = out[name]
+                both = None if was[1] is None or capacity is None else was[1] + capacity
+                out[name] = (was[0] + running, both, was[2] + waiting)
+            else:
+                out[name] = (running, capacity, waiting)
+        with self._lock:
+            self._limits = out
+
     # -- rendering ---------------------------------------------------------------------
     def collect(self) -> str:
         """The exposition text; called by the server thread on every scrape."""
@@ -314,6 +352,7 @@ class Metrics:
             )
             depth, oldest = sorted(self._depth.items()), sorted(self._oldest.items())
             busy, idle, reaps = self._busy, self._idle, self._reaps
+            limits = sorted(self._limits.items())
         w = MetricsWriter()
         w.family("taskschedd_jobs_total", "counter", "Job runs that ended, by class and outcome.")
         for (cls, outcome), n in jobs:
@@ -340,6 +379,8 @@ class Metrics:
         )
         for queue, value in oldest:
             w.sample(value, {"queue": queue})
+        if limits:  # no families for a cluster without limits
+            self._write_limits(w, limits)
         w.family("taskschedd_workers", "gauge", "Worker processes of this node, by state.")
         w.sample(busy, {"state": "busy"})
         w.sample(idle, {"state": "idle"})
@@ -352,3 +393,28 @@ class Metrics:
         w.family("taskschedd_build_info", "gauge", "The taskschedd version; always 1.")
         w.sample(1, {"version": self.version})
         return w.text()
+
+    @staticmethod
+    def _write_limits(
+        w: MetricsWriter, limits: Sequence[tuple[str, tuple[float, float | None, float]]]
+    ) -> None:
+        w.family(
+            "taskschedd_limit_running", "gauge", "Jobs of the limit running now, cluster-wide."
+        )
+        for name, (running, _, _) in limits:
+            w.sample(running, {"limit": name})
+        w.family(
+            "taskschedd_limit_capacity",
+            "gauge",
+            "The limit's max_running: at most this many of its jobs run at once.",
+        )
+        for name, (_, capacity, _) in limits:
+            if capacity is not None:
+                w.sample(capacity, {"limit": name})
+        w.family(
+            "taskschedd_limit_waiting",
+            "gauge",
+            "Jobs of the limit that are due and wait to start, cluster-wide.",
+        )
+        for name, (_, _, waiting) in limits:
+            w.sample(waiting, {"limit": name})

@@ -150,17 +150,21 @@ class NodeMetrics:
             self.registry.set_workers(busy, idle)
 
     def refresh_queues(self, now: float, store: Store, queues: Iterable[str]) -> None:
-        """Queue depth and oldest waiting age, when a refresh is due and someone can scrape."""
+        """Queue depth and oldest waiting age, and each limit's running, capacity and
+        waiting jobs, when a refresh is due and someone can scrape."""
         if self.server is None or now < self.queue_timer.next:
             return
         if not self.registry.queue_refresh_due(now):
             return
         try:
-            stats = store.stats(now=time.time())
+            wall = time.time()
+            stats = store.stats(now=wall)
+            limits = store.limits(now=wall)
         except StoreError as exc:
             store_trouble(self.log, "refresh queue metrics", self.queue_timer, now, exc)
             return
         self.queue_timer.done(now, 0.0)
+        self.registry.set_limits(limits)
         self.registry.set_queue_stats(stats, queues=queues, now=now)
 
 

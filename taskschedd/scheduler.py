@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from taskschedd import rules, transitions
+from taskschedd import holdback, rules, transitions
 from taskschedd.errors import (
     JobFailed,
     JobNotFound,
@@ -19,9 +19,11 @@ from taskschedd.errors import (
     TaskSchedError,
     WaitTimeout,
 )
+from taskschedd.limits import LimitSpec, LimitState, Rate, check_name, implied
 from taskschedd.loader import check_allowed, normalize, path_of
 from taskschedd.model import (
     ACTIVE,
+    RUNNABLE,
     ErrorInfo,
     EventRecord,
     JobQuery,
@@ -47,6 +49,10 @@ if TYPE_CHECKING:
 
 #: How often wait()/listen() look at the store when no wake-up arrives (a safety net).
 FALLBACK_POLL = 0.5
+#: How long the names of the defined limits are trusted when jobs are added (they decide
+#: which queue:/class: limit a job joins): a batch, or a stream of adds, costs one read
+#: per this many seconds; a limit defined elsewhere is joined at most this much later.
+LIMIT_NAMES_TTL = 5.0
 
 StatusArg = JobStatus | int | str | Iterable[JobStatus | int | str] | None
 
@@ -202,6 +208,11 @@ class Scheduler:
         # The options of a job added without any, for the current defaults: resolved once.
         self._plain: tuple[Defaults, JobOptions] | None = None
         self._paths: dict[str, str] = {}  # class path as given -> normalized
+        # The names of the defined limits and when they were read (time.monotonic()).
+        self._limit_names: tuple[float, frozenset[str]] | None = None
+        # (id of options, class path) -> (those options, them joined to an implied
+        # limit): jobs sharing options share the joined ones (and their stored JSON).
+        self._joined: dict[tuple[int, str], tuple[JobOptions, JobOptions]] = {}
 
     def _load_config(self, config: str | os.PathLike[str] | Config) -> Config:
         from taskschedd.config import Config, load
@@ -279,6 +290,8 @@ class Scheduler:
         path = self._path(cls)
         data_json = dump_data(data, self.max_data_size)
         opts, explicit = resolved or self._resolve(options)
+        if opts.limit is None:
+            opts = self._join_implied(opts, path)
         if opts.depends_on and not self.store.supports_dependencies:
             raise OptionError(
                 f"option 'depends_on': the store {type(self.store).__name__} does not "
@@ -296,6 +309,103 @@ class Scheduler:
             status=JobStatus.BLOCKED if opts.depends_on else rules.initial_status(at, now),
         )
         return job, opts, explicit
+
+    # -- limits -------------------------------------------------------------------
+    def _join_implied(self, opts: JobOptions, path: str) -> JobOptions:
+        """``opts`` joined to the limit its queue or class implies, when one is defined
+        (``queue:<queue>`` first, then ``class:<path>``); else ``opts`` itself."""
+        names = self._defined_limits()  # first: a new read empties the memo
+        memo = self._joined.get((id(opts), path))
+        if memo is not None and memo[0] is opts:
+            return memo[1]
+        joined = opts
+        for name in implied(opts.queue, path):
+            if name in names:
+                joined = replace(opts, limit=name)
+                break
+        if len(self._joined) >= 256:
+            self._joined.clear()
+        self._joined[(id(opts), path)] = (opts, joined)
+        return joined
+
+    def _defined_limits(self) -> frozenset[str]:
+        """The names of the defined limits, read at most every LIMIT_NAMES_TTL seconds."""
+        now = time.monotonic()
+        cached = self._limit_names
+        if cached is not None and now - cached[0] < LIMIT_NAMES_TTL:
+            return cached[1]
+        names = frozenset(s.spec.name for s in self.store.limits(now=time.time()))
+        if cached is None or names != cached[1]:
+            self._joined.clear()  # decided against other definitions
+        self._limit_names = (now, names)
+        return names
+
+    def _forget_limits(self) -> None:
+        self._limit_names = None
+        self._joined.clear()
+
+    def set_limit(
+        self, name: str, *, max_running: int | None = None, rate: str | Rate | None = None
+    ) -> LimitSpec:
+        """Create or replace the cluster-wide limit ``name`` and return its definition.
+
+        ``max_running``: at most this many of its jobs run at once (0: none runs);
+        ``rate``: at most COUNT starts in any window of PERIOD, like ``"100/1m"`` or a
+        :class:`~taskschedd.limits.Rate`. Give one or both: the whole definition is
+        replaced (a value left out is no longer capped). OptionError names what is wrong.
+
+        Jobs join a limit with the option ``limit=name``; a limit named
+        ``queue:<queue>`` or ``class:<dotted.path>`` is also joined by the jobs added
+        afterwards to that queue or of that class without a ``limit`` of their own (by
+        this Scheduler at once; by others within LIMIT_NAMES_TTL seconds). Jobs already
+        added keep the limit they joined, as do the later occurrences of a recurring job.
+        Jobs already running keep running: a lower max_running holds new starts until
+        enough of them end.
+        """
+        spec = LimitSpec(
+            check_name(name),
+            max_running=max_running,
+            rate=None if rate is None else Rate.parse(rate),
+        )
+        self.store.set_limit(spec)
+        self._forget_limits()
+        return spec
+
+    def delete_limit(self, name: str) -> bool:
+        """Remove the limit ``name`` (its jobs then run without it); False if none exists.
+        Jobs that joined it keep its name: they are limited again if it is set again."""
+        deleted = self.store.delete_limit(check_name(name))
+        self._forget_limits()
+        return deleted
+
+    def limits(self) -> list[LimitState]:
+        """Every defined limit, sorted by name, with its running and waiting jobs now
+        (``LimitState.running``, ``.waiting``; ``.next_start(now)`` for its rate)."""
+        return self.store.limits(now=time.time())
+
+    def held_back(self, record: JobRecord | Process) -> str | None:
+        """Why a waiting job that is due does not run: "limit 'reports' is full: 2 of 2
+        running", "limit 'mail' rate 100/1m: next start at <time>", "exclusive key
+        'customer:42' is held by job <id>" (several joined by "; "). None when nothing
+        holds it back: it is not waiting, not due yet, or only waits for a free worker."""
+        if isinstance(record, Process):
+            record = record.record
+        opts = record.options
+        now = time.time()
+        if (
+            record.corrupt is not None
+            or record.status not in RUNNABLE
+            or record.at > now
+            or (opts.limit is None and opts.exclusive_key is None)
+        ):
+            return None  # no store read for what cannot be held back
+        states = self.store.limits(now=now) if opts.limit is not None else []
+        holders = (
+            self.store.key_holders([opts.exclusive_key], now=now)
+            if opts.exclusive_key is not None
+            else {}
+        )
+        return holdback.explain(record, states, holders, now)
 
     def _local_record(self, job: NewJob, data: Any) -> JobRecord:
         return JobRecord(
@@ -319,7 +429,10 @@ class Scheduler:
         data is ``{}`` (``None`` stores null). ``depends_on=[id, ...]``: the job stays
         BLOCKED until those jobs end; it runs once all ended DONE, and is canceled when
         one ends otherwise unless ``on_dependency_failure="run"`` (then it runs once all
-        are final). Its ``start()`` reads their results as ``self.dependencies``."""
+        are final). Its ``start()`` reads their results as ``self.dependencies``.
+        ``limit="name"`` joins a cluster-wide limit (see :meth:`set_limit`); without one,
+        the job joins ``queue:<its queue>`` or else ``class:<its class>`` if defined.
+        ``exclusive_key="customer:42"``: no two jobs with that key run at once."""
         data = _data(data)
         job, _, _ = self._prepare(cls, data, options, time.time())
         self._insert([job])

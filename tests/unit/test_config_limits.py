@@ -272,3 +272,238 @@ def test_numbers_are_read_as_yaml_1_2_and_ascii_only(tmp_path: Path, text: str) 
 
 def test_a_leading_zero_is_not_octal(tmp_path: Path) -> None:
     assert load(write(tmp_path, "max_children: 010\n")).max_children == 10
+
+
+# -- limits: (issue 15) ----------------------------------------------------------------------
+# The configuration's cluster-wide limits: checked at load as `taskschedctl limits set`
+# checks them, and set in the store by every node at start and on each reload (the
+# configuration wins over a change made with taskschedctl in between).
+
+LIMITS_YAML = """\
+limits:
+  reports: {max_running: 2}
+  mail: {rate: 100/1m}
+  queue:imports: {max_running: 0, rate: 5/s}
+"""
+
+
+def test_limits_load_as_definitions(tmp_path: Path) -> None:
+    from taskschedd.limits import LimitSpec, Rate
+
+    cfg = load(write(tmp_path, LIMITS_YAML))
+    assert cfg.limits == {
+        "reports": LimitSpec("reports", 2),
+        "mail": LimitSpec("mail", None, Rate(100, 60.0)),
+        "queue:imports": LimitSpec("queue:imports", 0, Rate(5, 1.0)),
+    }
+    # Shown as written (what --check-config prints and the start is logged with).
+    assert cfg.redacted()["limits"] == {
+        "reports": {"max_running": 2},
+        "mail": {"rate": "100/1m"},
+        "queue:imports": {"max_running": 0, "rate": "5/1s"},
+    }
+    assert config.Config().limits == {} and load(write(tmp_path, "limits:\n")).limits == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("limits: [reports]", "limits", "expected a mapping of limit names like"),
+        ("limits: {bad name: {max_running: 1}}", "limits.bad name", "expected 1-128 letters"),
+        ("limits: {7: {max_running: 1}}", "limits.7", "limit names must be strings"),
+        ("limits: {r: {max_running: -1}}", "limits.r", "max_running must be an integer from 0"),
+        ("limits: {r: {max_running: 2.0}}", "limits.r", "max_running must be an integer"),
+        ("limits: {r: {max_running: yes}}", "limits.r", "max_running must be an integer"),
+        ("limits: {r: {max_running: 100001}}", "limits.r", "from 0 to 100000"),
+        ("limits: {r: {rate: 100}}", "limits.r", "rate: expected starts per period"),
+        ("limits: {r: {rate: 100/fortnight}}", "limits.r", "rate: expected starts per period"),
+        ("limits: {r: {rate: 0/1m}}", "limits.r", "the count must be an integer from 1"),
+        ("limits: {r: {rate: 1/40d}}", "limits.r", "the period must be from 1ms to 31 days"),
+        ("limits: {r: {}}", "limits.r", "give max_running, rate or both, like"),
+        ("limits: {r: }", "limits.r", "expected a mapping with max_running and/or rate"),
+        ("limits: {r: {max_runing: 1}}", "limits.r", "unknown key 'max_runing'; accepted"),
+        ("limits: {r: {max_running: 1}, r: {max_running: 2}}", None, "duplicate key 'r'"),
+    ],
+)
+def test_a_bad_limit_is_refused_naming_it(
+    tmp_path: Path, text: str, key: str | None, fragment: str
+) -> None:
+    err = refused(write(tmp_path, text + "\n"))
+    assert err.key == key and fragment in err.reason, err
+
+
+def test_a_misspelt_limits_key_is_named(tmp_path: Path) -> None:
+    err = refused(write(tmp_path, "limts: {r: {max_running: 1}}\n"))
+    assert "did you mean 'limits'?" in err.reason
+
+
+# -- limits on a real node -------------------------------------------------------------------
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Any:
+    from tests.e2e.conftest import Daemon
+
+    made: list[Daemon] = []
+
+    def make(name: str = "n1", **cfg: Any) -> Daemon:
+        d = Daemon(tmp_path, name, f"sqlite:///{tmp_path}/store/taskschedd.db", cfg)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.kill_all()
+
+
+def taskschedd_run(*args: str) -> Any:
+    import os
+    import subprocess
+
+    from tests.e2e.conftest import REPO, TASKSCHEDD
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("NOTIFY_SOCKET", None)
+    return subprocess.run(
+        [str(TASKSCHEDD), *args], capture_output=True, text=True, timeout=60, cwd=REPO, env=env
+    )
+
+
+def test_the_daemon_refuses_a_bad_limit_with_exit_78(tmp_path: Path) -> None:
+    path = write(tmp_path, f"store: {tmp_path}/store/t.db\nlimits: {{r: {{rate: 10/ever}}}}\n")
+    for args in (["--check-config"], []):
+        result = taskschedd_run(*args, "-c", str(path))
+        assert result.returncode == 78, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"taskschedd: {path}: limits.r: rate: expected"), line
+        assert "Traceback" not in result.stdout
+    assert not (tmp_path / "store").exists()
+    good = write(tmp_path, f"store: {tmp_path}/store/t.db\n" + LIMITS_YAML)
+    result = taskschedd_run("--check-config", "-c", str(good))
+    assert result.returncode == 0, result.stderr
+    assert '"rate": "100/1m"' in result.stdout
+
+
+def test_a_node_sets_its_limits_at_start_and_again_on_reload(daemons: Any) -> None:
+    import signal
+
+    from taskschedd import Scheduler
+    from taskschedd.limits import LimitSpec
+    from tests.helpers import wait_for
+
+    d = daemons(limits={"reports": {"max_running": 2}, "mail": {"rate": "100/1m"}})
+    d.start()
+
+    def defined() -> dict[str, LimitSpec]:
+        with Scheduler(d.open_store()) as s:
+            return {st.spec.name: st.spec for st in s.limits()}
+
+    assert defined() == config.from_mapping({"limits": d.config["limits"]}).limits
+    (line,) = d.logged("limits set from the configuration")
+    assert line["limits"] == {"reports": {"max_running": 2}, "mail": {"rate": "100/1m"}}
+    assert (line["new"], line["replaced"]) == (["mail", "reports"], [])
+    # An operator changes one and adds another; a reload sets the configured one back
+    # (the configuration wins) and leaves the other alone.
+    with Scheduler(d.open_store()) as s:
+        s.set_limit("reports", max_running=9)
+        s.set_limit("extra", max_running=1)
+    d.write_config(limits={"reports": {"max_running": 2}, "mail": {"rate": "50/1m"}})
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: len(d.logged("limits set from the configuration")) == 2, 15)
+    assert {n: s.describe() for n, s in defined().items()} == {
+        "extra": "max_running 1",
+        "mail": "rate 50/1m",
+        "reports": "max_running 2",
+    }
+    assert d.logged("limits set from the configuration")[1]["replaced"] == ["mail", "reports"]
+
+
+def test_the_metrics_endpoint_shows_each_limit(daemons: Any, tmp_path: Path) -> None:
+    import re
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from taskschedd import Scheduler
+    from tests.helpers import wait_for
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    d = daemons(
+        metrics={"listen": f"127.0.0.1:{port}"},
+        limits={"reports": {"max_running": 1}, "mail": {"rate": "1/1h"}},
+        max_children=3,
+    )
+    with Scheduler(f"sqlite:///{tmp_path}/store/taskschedd.db", create=True) as s:
+        for _ in range(3):
+            s.add_job("tests.e2e.jobs.Sleep", {"seconds": 60}, limit="reports")
+        s.add_job("tests.e2e.jobs.Sleep", {"seconds": 0}, limit="undefined")
+    d.start()
+
+    def samples() -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            return {}
+        found = re.findall(r'^(taskschedd_limit_\w+)\{limit="([^"]*)"\} (\S+)$', text, re.M)
+        return {f"{name}/{limit}": float(value) for name, limit, value in found}
+
+    want = {
+        "taskschedd_limit_running/reports": 1.0,
+        "taskschedd_limit_capacity/reports": 1.0,
+        "taskschedd_limit_waiting/reports": 2.0,
+        "taskschedd_limit_running/mail": 0.0,
+        "taskschedd_limit_waiting/mail": 0.0,
+    }  # no capacity for a limit with a rate only; an undefined limit has no series
+    wait_for(lambda: samples() == want, 20, message=lambda: f"{samples()}")
+
+
+def test_a_store_outage_delays_the_configured_limits_until_it_is_over(tmp_path: Path) -> None:
+    """The node's start does not wait for them: they are set, with the store's usual
+    backoff, as soon as it answers (and logged then, once)."""
+    from taskschedd.errors import StoreUnavailable
+    from taskschedd.housekeeping import Housekeeping
+    from taskschedd.store import open_store
+
+    class Log:
+        def __init__(self) -> None:
+            self.lines: list[tuple[str, dict[str, Any]]] = []
+
+        def info(self, event: str, **fields: Any) -> None:
+            self.lines.append((event, fields))
+
+        warning = debug = info
+
+    cfg = from_mapping({"limits": {"reports": {"max_running": 2}}})
+    store = open_store(f"sqlite:///{tmp_path}/s.db", create=True)
+    real, failures = store.set_limit, [StoreUnavailable("down for a moment")]
+
+    def flaky(spec: Any) -> None:
+        if failures:
+            raise failures.pop()
+        real(spec)
+
+    store.set_limit = flaky  # type: ignore[method-assign]
+    log = Log()
+    house = Housekeeping(cfg, {}, log, store)
+    try:
+        house.apply_limits(100.0)
+        assert store.limits(now=time.time()) == [] and house.limits_pending
+        retry = house.limits_timer.next
+        assert 100.0 < retry <= 100.0 + 0.2 and retry in house.wakeups(100.0)
+        house.apply_limits(retry - 0.001)  # backing off: not yet
+        assert house.limits_pending
+        house.apply_limits(retry)
+        assert [s.spec for s in store.limits(now=time.time())] == list(cfg.limits.values())
+        assert [e for e, _ in log.lines] == [
+            "store unavailable",
+            "limits set from the configuration",
+        ]
+        house.apply_limits(retry + 60)  # set: nothing more until a reload
+        assert not house.limits_pending and len(log.lines) == 2
+        house.reconfigure(cfg, log)
+        assert house.limits_pending
+    finally:
+        store.close()
