@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
-from taskschedctl import cmd_add, cmd_jobs, cmd_ops, cmd_watch
+from taskschedctl import cmd_add, cmd_jobs, cmd_limits, cmd_ops, cmd_watch
 from taskschedctl.common import EXIT_CODES, fail
 from taskschedctl.context import Ctl, check_store_url
 
@@ -41,6 +41,8 @@ Examples:
   taskschedctl show ID; taskschedctl retry ID; taskschedctl wait ID --timeout 10m
   taskschedctl events --follow --class myapp.jobs.Report
   taskschedctl purge --older-than 7d --yes
+  taskschedctl limits set reports --max-running 2; taskschedctl limits list
+  taskschedctl add myapp.jobs.Report --limit reports --exclusive-key customer:42
 
 \b
 From cron (--once: an overlapping run gets the same job instead of a second one):
@@ -143,6 +145,7 @@ for _command in (
     cmd_watch.wait,
     cmd_watch.events,
     cmd_ops.stats,
+    cmd_limits.limits,
     cmd_ops.nodes,
     cmd_ops.check,
     cmd_ops.completion,

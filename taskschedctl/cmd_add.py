@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,7 +17,10 @@ from taskschedctl.common import (
     warn_unserved,
 )
 from taskschedctl.context import Ctl
-from taskschedctl.params import Duration, Time, load_data
+from taskschedctl.params import Duration, ExclusiveKey, LimitName, Time, load_data
+
+if TYPE_CHECKING:
+    from taskschedd.scheduler import Scheduler
 
 
 class _OptionalValue(click.Option):
@@ -96,6 +100,22 @@ class _AddCommand(click.Command):
     "(default), or run it anyway once all of them ended.",
 )
 @click.option(
+    "--limit",
+    "limit",
+    type=LimitName(),
+    metavar="NAME",
+    help="Join this cluster-wide limit (taskschedctl limits set NAME ...): the job waits "
+    "while the limit is full or its rate used up (default: job_defaults' limit, else "
+    "the limit queue:QUEUE or class:CLASS if defined).",
+)
+@click.option(
+    "--exclusive-key",
+    type=ExclusiveKey(),
+    metavar="KEY",
+    help="Never run at the same time as another job with this key, anywhere in the "
+    "cluster (customer:42).",
+)
+@click.option(
     "--expires",
     type=Time(relative=1),
     help="Cancel the job if it has not started by then (a time, or a duration from now).",
@@ -147,6 +167,8 @@ def add(
     job_id: str | None,
     after: tuple[str, ...],
     on_dependency_failure: str | None,
+    limit: str | None,
+    exclusive_key: str | None,
     expires: float | None,
     ignore_max_children: bool,
     once: bool,
@@ -199,6 +221,8 @@ def add(
         "id": job_id,
         "depends_on": list(after) or None,
         "on_dependency_failure": on_dependency_failure,
+        "limit": limit,
+        "exclusive_key": exclusive_key,
         "expires": expires,
         "ignore_max_children": ignore_max_children or None,
         "ignore_data": ignore_data or None,
@@ -208,6 +232,8 @@ def add(
     adder = sched.add_job_once if once else sched.add_job
     job = adder(cls_path, payload, **options)
     warn_unserved(ctl, sched, [job.record])
+    if limit is not None:
+        _warn_undefined(sched, limit)
     if wait_ is None:
         print_jobs([job.record], as_json, single=True)
         return
@@ -223,6 +249,22 @@ def add(
         raise
     print_outcomes([final], as_json, single=True)
     exit_for([final])
+
+
+def _warn_undefined(sched: Scheduler, name: str) -> None:
+    """A job of a limit nobody defined runs unlimited: say so (a typo, or a limit still
+    to be set). Advisory: a store error here says nothing."""
+    from taskschedd.errors import StoreError
+
+    try:
+        defined = any(s.spec.name == name for s in sched.limits())
+    except StoreError:
+        return
+    if not defined:
+        warn(
+            f"no limit {name} is defined: the job runs unlimited until one is "
+            f"(taskschedctl limits set {name} --max-running N)"
+        )
 
 
 def _wait_timeout(text: str | None) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import click
@@ -102,12 +103,15 @@ def list_(
 @ctl_options
 def show(ctl: Ctl, job_id: str, as_json: bool) -> None:
     """Every field of a job: each attempt with its error, the result, its dependencies
-    and dependents with their statuses, the events."""
+    and dependents with their statuses, its limit and exclusive key, why a due job is
+    held back, the events."""
     from taskschedctl.output import echo, echo_json, job_dict, job_text
 
     sched = ctl.scheduler()
     job = sched.get_job(job_id).record
     deps, dependents = dependency_links(sched, job)
+    held = held_back(sched, job)
+    limits = sched.limits() if job.options.limit and not as_json else None
     active = series_states(sched, [job])
     events: list[EventRecord] = []
     while True:
@@ -120,13 +124,24 @@ def show(ctl: Ctl, job_id: str, as_json: bool) -> None:
             "dependencies": [{"id": i, "status": s} for i, s in deps],
             "dependents": [{"id": i, "status": s} for i, s in dependents],
         }
-        echo_json({**job_dict(job, active), **links, "events": [e.to_dict() for e in events]})
+        doc = {**job_dict(job, active), **links, "held_back": held}
+        echo_json({**doc, "events": [e.to_dict() for e in events]})
     else:
         text = job_text(
             job, events, next(iter(active.values()), None), dependencies=deps,
-            dependents=dependents,
+            dependents=dependents, limits=limits, held_back=held,
         )  # fmt: skip
         echo(text)
+
+
+def held_back(sched: Scheduler, job: JobRecord) -> str | None:
+    """Why a waiting job that is due does not run (its limit is full, its rate used up,
+    its exclusive key held), or None."""
+    from taskschedd.model import RUNNABLE
+
+    if job.corrupt is not None or job.status not in RUNNABLE or job.at > time.time():
+        return None
+    return sched.held_back(job)
 
 
 def dependency_links(

@@ -30,17 +30,30 @@ from taskschedctl.params import Duration
 @click.option("--json", "as_json", is_flag=True, help="The numbers as JSON.")
 @ctl_options
 def stats(ctl: Ctl, window: float, as_json: bool) -> None:
-    """Counts by status, queue and class; oldest waiting age per queue; throughput."""
-    from taskschedctl.output import echo_json, stats_text
+    """Counts by status, queue and class; oldest waiting age per queue; throughput;
+    running/capacity and waiting jobs of each limit."""
+    from taskschedctl.output import echo_json, limits_text, stats_text
 
     if window <= 0:
         raise click.BadParameter("must be more than 0", param_hint="'--window'")
     sched = ctl.scheduler()
     numbers = sched.store.stats(now=time.time(), window=window)
+    limits = sched.limits()
     if as_json:
+        numbers["limits"] = [
+            {
+                "name": s.spec.name,
+                "running": s.running,
+                "capacity": s.spec.max_running,
+                "waiting": s.waiting,
+                "rate": None if s.spec.rate is None else str(s.spec.rate),
+            }
+            for s in limits
+        ]
         echo_json(numbers)
     else:
         click.echo(stats_text(numbers))
+        click.echo(limits_text(limits))
 
 
 @click.command(epilog=EXIT_CODES)

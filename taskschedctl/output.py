@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 if TYPE_CHECKING:
+    from taskschedd.limits import LimitState
     from taskschedd.model import EventRecord, JobRecord, NodeRecord
 
 
@@ -229,11 +230,14 @@ def job_text(
     *,
     dependencies: Sequence[tuple[str, str]] = (),
     dependents: Sequence[tuple[str, str]] = (),
+    limits: Sequence[LimitState] | None = None,
+    held_back: str | None = None,
 ) -> str:
     """Every field of a job, each attempt's error with its traceback, and its events;
     ``series_active``: whether the job's series (if it has one) is still active;
     ``dependencies`` and ``dependents``: (id, status) of the jobs it waits on and of
-    those waiting on it."""
+    those waiting on it; ``limits``: the store's limits (for the job's ``limit:`` line);
+    ``held_back``: why the job, due, does not start (a limit, a rate, a key)."""
     from taskschedd.rules import series_of
 
     status = job.status.name
@@ -247,8 +251,18 @@ def job_text(
         ("id", job.id),
         ("class", job.cls),
         ("status", status),
+    ]
+    if held_back:
+        fields.append(("held back", held_back))
+    fields += [
         ("queue", job.queue),
         ("priority", str(job.priority)),
+    ]
+    if job.options.limit:
+        fields.append(("limit", job_limit(job, limits, time.time())))
+    if job.options.exclusive_key:
+        fields.append(("exclusive key", job.options.exclusive_key))
+    fields += [
         ("attempt", str(job.attempt)),
         ("progress", f"{job.progress:g}%"),
         ("created", when(job.created)),
@@ -437,6 +451,90 @@ def stats_text(stats: dict[str, Any]) -> str:
         f"{count * 60.0 / window:.1f}/min"
     )
     return "\n".join(lines)
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+def limit_next(state: LimitState, now: float) -> tuple[float | None, str]:
+    """When the limit lets its next job start: (unix time, text), or (None, text) while it
+    is full (then a running job must end first; with max_running 0, never)."""
+    cap = state.spec.max_running
+    if cap is not None and state.running >= cap:
+        return None, "never (max 0)" if cap == 0 else "when one ends"
+    at = state.next_start(now)
+    if at is None or at <= now:
+        return now, "now"
+    return at, "in " + duration(at - now)
+
+
+def capacity(state: LimitState) -> str:
+    """running/max_running, as 2/2, or 1/- without a cap on running jobs."""
+    cap = state.spec.max_running
+    return f"{state.running}/{'-' if cap is None else cap}"
+
+
+def limit_dict(state: LimitState, now: float) -> dict[str, Any]:
+    """A limit for --json: its definition, use and queue; ``next_start`` is when its next
+    job may start (``now`` when one may now), null while it is full."""
+    from taskschedd.limits import window
+
+    spec, rate = state.spec, state.spec.rate
+    at, _ = limit_next(state, now)
+    return {
+        "name": spec.name,
+        "max_running": spec.max_running,
+        "rate": None if rate is None else str(rate),
+        "rate_count": None if rate is None else rate.count,
+        "rate_period": None if rate is None else rate.period,
+        "running": state.running,
+        "waiting": state.waiting,
+        "starts_in_window": None if rate is None else len(window(state.starts, now, rate.period)),
+        "full": at is None or at > now,
+        "next_start": at,
+    }
+
+
+def limit_rows(states: Sequence[LimitState], now: float) -> str:
+    rows = [
+        [
+            s.spec.name,
+            "-" if s.spec.max_running is None else str(s.spec.max_running),
+            "-" if s.spec.rate is None else str(s.spec.rate),
+            str(s.running),
+            str(s.waiting),
+            limit_next(s, now)[1],
+        ]
+        for s in states
+    ]
+    headers = ["NAME", "MAX RUNNING", "RATE", "RUNNING", "WAITING", "NEXT START"]
+    return table(headers, rows, right=(1, 3, 4))
+
+
+def limits_text(states: Sequence[LimitState]) -> str:
+    """The limits section of stats: running/capacity and waiting per limit."""
+    if not states:
+        return "limits: none defined"
+    rows = [
+        [s.spec.name, capacity(s), str(s.waiting), "-" if s.spec.rate is None else str(s.spec.rate)]
+        for s in states
+    ]
+    return "limits:\n" + _indent(
+        table(["LIMIT", "RUNNING", "WAITING", "RATE"], rows, right=(1, 2)), "    "
+    )
+
+
+def job_limit(job: JobRecord, states: Sequence[LimitState] | None, now: float) -> str:
+    """The ``limit:`` line of show: the job's limit, its definition and use."""
+    name = job.options.limit
+    if not name:
+        return "-"
+    if states is None:
+        return name
+    state = next((s for s in states if s.spec.name == name), None)
+    if state is None:
+        return f"{name} (not defined: its jobs run unlimited)"
+    return f"{name} ({state.spec.describe()}; {capacity(state)} running, {state.waiting} waiting)"
 
 
 class ProgressLine:

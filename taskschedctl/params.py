@@ -1,4 +1,4 @@
-"""Click parameter types for durations, times, statuses and job data.
+"""Click parameter types for durations, times, statuses, job data and limits.
 
 Each type fails with click's usage error (exit 2) naming the option and what it accepts,
 before anything is opened or written.
@@ -15,6 +15,7 @@ import click
 from click.shell_completion import CompletionItem
 
 if TYPE_CHECKING:
+    from taskschedd.limits import Rate
     from taskschedd.model import JobStatus
 
 STATUS_NAMES = ("waiting", "postponed", "processing", "done", "failed", "canceled", "timeout")
@@ -162,3 +163,80 @@ def load_data(text: str | None) -> Any:
             f"read ({exc.args[0].split(':')[0]}); give such numbers as strings",
             param_hint="DATA",
         ) from None
+
+
+# -- limits (taskschedd.limits) ------------------------------------------------------------
+
+
+class LimitName(click.ParamType[str]):
+    """A limit's name, checked as the store and the option ``limit`` check it."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from taskschedd.errors import OptionError
+        from taskschedd.limits import LIMIT_NAME_HELP, check_name
+
+        try:
+            return check_name(value)
+        except OptionError:
+            hint = "NAME" if isinstance(param, click.Argument) else None  # not '[NAME]'
+            raise click.BadParameter(
+                f"expected {LIMIT_NAME_HELP}, got {value!r}", ctx, param, hint
+            ) from None
+
+
+class ExclusiveKey(click.ParamType[str]):
+    """An exclusive key: any short printable string (customer:42)."""
+
+    name = "key"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from taskschedd.errors import OptionError
+        from taskschedd.limits import MAX_KEY_LENGTH, check_key
+
+        try:
+            return check_key(value)
+        except OptionError:
+            self.fail(
+                f"expected a string of 1-{MAX_KEY_LENGTH} printable characters "
+                f"(e.g. customer:42), got {value!r}",
+                param,
+                ctx,
+            )
+
+
+class MaxRunning(click.ParamType[int]):
+    """How many jobs of a limit may run at once: 0 to MAX_RUNNING."""
+
+    name = "n"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from taskschedd.limits import MAX_RUNNING
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        text = str(value).strip()
+        if text.isdigit() and int(text) <= MAX_RUNNING:
+            return int(text)
+        self.fail(
+            f"expected an integer from 0 to {MAX_RUNNING} (0 holds every job of the limit), "
+            f"got {value!r}",
+            param,
+            ctx,
+        )
+
+
+class RateParam(click.ParamType["Rate"]):
+    """A rate: at most COUNT starts in any window of PERIOD (100/1m)."""
+
+    name = "rate"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Rate:
+        from taskschedd.errors import OptionError
+        from taskschedd.limits import Rate
+
+        try:
+            return Rate.parse(value)
+        except OptionError as exc:
+            self.fail(str(exc).removeprefix("rate: "), param, ctx)

@@ -99,6 +99,7 @@ KEY_SECTIONS = (
     "STORE",
     "WORKERS",
     "JOB DEFAULTS",
+    "LIMITS",
     "RELIABILITY",
     "LOGGING, METRICS, PROCESS",
     "MONGODB",

@@ -73,6 +73,7 @@ CLAIMS = [
     ("Writing jobs", "python", "class SendMail(Job)"),
     ("Writing jobs", "python", "scheduler = Scheduler()"),
     ("Writing jobs", "python", "scheduler.chain("),
+    ("Limits, exclusive keys and rates", "sh", "limits set reports"),
     ("From cron", "cron", "add --once"),
     ("Under systemd", "sh", "systemctl enable"),
     ("Development", "sh", "TASKSCHED_TEST_MONGODB_URI"),
@@ -270,6 +271,31 @@ def test_the_workflow_block_runs_after_the_scheduler_block(clone: Clone) -> None
                          timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["6 60"], run.stdout
+
+
+def test_the_limits_block_runs_as_written(clone: Clone) -> None:
+    """Run in the second terminal (TASKSCHED_CONFIG exported): the limits are set, the
+    jobs run, and the two jobs of customer 42 never overlap."""
+    block = claimed("Limits, exclusive keys and rates", "sh", "limits set reports")
+    env = clone.env() | {"TASKSCHED_CONFIG": str(clone.config)}
+    run = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.text], cwd=clone.path,
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    lines = {line.split()[0]: line.split() for line in run.stdout.splitlines()[1:]}
+    assert lines["reports"][1:3] == ["2", "-"] and lines["mail"][1:3] == ["-", "100/1m"]
+    with scheduler(clone) as sched:
+        limited = [p for p in sched.get_jobs("all") if p.record.options.limit == "reports"]
+        assert len(limited) == 3
+        sched.wait([p.id for p in limited], timeout=60)
+        done = [p.refresh().record for p in limited]
+        assert [j.status for j in done] == [JobStatus.DONE] * 3, done
+        runs = sorted(
+            (j.started, j.ended) for j in done if j.options.exclusive_key == "customer:42"
+        )
+        assert runs[0][1] <= runs[1][0], runs  # one after the other
+        sched.delete_limit("reports")
+        sched.delete_limit("mail")
 
 
 def test_the_cron_line_adds_one_job_however_often_it_runs(clone: Clone) -> None:
