@@ -25,6 +25,10 @@ Data model (collection names configurable; defaults are the PHP original's):
   no job) keeps the highest seq handed out when events are deleted (purge, flush, TTL),
   so seqs are not reused (EventLog says when a concurrent flush can still make one be).
 * nodes (``taskscheduler.nodes``): ``_id`` is the node name; heartbeats upsert it.
+* limits (``<jobs>_limits``, ``<jobs>_slots``): limit definitions with their rates'
+  start logs, and what running jobs hold (limit slots, exclusive keys), fenced by the
+  claim token and ended by the lease; a job joins them by its ``lim`` and ``xkey``
+  fields (only present when set). See gates.py for the protocol (no transactions).
 
 Every write after a claim is filtered by ``{_id, claim_token}``; a claim whose reply is
 lost (AutoReconnect) is looked up by its token, never re-issued. ``settled_by`` (the

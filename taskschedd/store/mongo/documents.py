@@ -20,8 +20,10 @@ BLOCKED = "blocked"
 
 #: (and whether a job was ever named in another's depends_on: only then does a settle
 #: look for BLOCKED dependents, so a plain settle costs no extra round trip)
+#: (and the job's limit and exclusive key: a settle frees their slots only when set)
 _EVENT_FIELDS = {
     "attempt": 1, "cls": 1, "queue": 1, "node": 1, "worker": 1, "has_dependents": 1,
+    "lim": 1, "xkey": 1,
 }  # fmt: skip
 
 
@@ -138,12 +140,22 @@ def _new_job_doc(job: NewJob, seq: int) -> Doc:
     }
     if final:
         doc["ended_at"] = _date(job.created)
+    # Only when set: what the claim's filters and the gates read (taskschedd.limits).
+    if opts.limit is not None:
+        doc["lim"] = opts.limit
+    if opts.exclusive_key is not None:
+        doc["xkey"] = opts.exclusive_key
     if opts.depends_on:
         doc["deps"] = list(opts.depends_on)  # what a settle looks its dependents up by
         # Dependencies not final yet, as far as settles have counted down: only a job
         # counted to 0 is read in full, so a fan-in of n costs n reads, not n^2.
         doc["pending"] = len(opts.depends_on)
     return doc
+
+
+def _gated(doc: Mapping[str, Any] | None) -> bool:
+    """Whether a job document joins a limit or has an exclusive key."""
+    return doc is not None and (doc.get("lim") is not None or doc.get("xkey") is not None)
 
 
 def _added_event(doc: Doc) -> Doc:

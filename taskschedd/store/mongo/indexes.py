@@ -21,6 +21,7 @@ def create_indexes(
     events_collection: str,
     nodes_collection: str,
     retention: float | None,
+    slots_collection: str | None = None,
 ) -> None:
     """The claim's and the common queries' indexes; TTL indexes when ``retention`` is set."""
     jobs = db[jobs_collection]
@@ -51,8 +52,22 @@ def create_indexes(
                 IndexModel([("next_pending", 1)], sparse=True),
                 IndexModel([("deps", 1), ("state", 1)], sparse=True),  # dependents
                 IndexModel([("hold_until", 1)], sparse=True),  # workflows being added
+                # A limit's running and waiting jobs (limits list, next_due); jobs
+                # without a limit are not in it.
+                IndexModel(
+                    [("lim", 1), ("state", 1), ("at", 1)],
+                    partialFilterExpression={"lim": {"$exists": True}},
+                ),
             ]
         )
+        if slots_collection is not None:
+            db[slots_collection].create_indexes(
+                [
+                    IndexModel([("holder", 1)]),  # frees and renewals, by claim token
+                    IndexModel([("until", 1)]),  # the slots held now
+                    IndexModel([("lim", 1), ("i", 1)]),  # a free slot of a limit
+                ]
+            )
         events.create_indexes(
             [
                 IndexModel([("seq", 1)]),

@@ -30,6 +30,7 @@ from pymongo.write_concern import WriteConcern
 
 from taskschedd import dependencies, failpoints, transitions
 from taskschedd.errors import JobNotFound, StoreError, StoreUnavailable
+from taskschedd.limits import LimitSpec, LimitState, as_times, window
 from taskschedd.model import (
     FINAL,
     LIVE_AT_MOST,
@@ -66,6 +67,7 @@ from taskschedd.store.mongo.documents import (
     _among,
     _date,
     _event,
+    _gated,
     _new_job_doc,
     _t,
     _to_event,
@@ -73,6 +75,7 @@ from taskschedd.store.mongo.documents import (
 )
 from taskschedd.store.mongo.errors import hosts_of, reason, translate
 from taskschedd.store.mongo.events import FLOOR_ID, EventLog
+from taskschedd.store.mongo.gates import LIM, Gates, Held, Remembered, excluding
 from taskschedd.store.mongo.indexes import create_indexes
 from taskschedd.store.mongo.waker import STREAM_AWAIT_MS, MongoWaker
 from taskschedd.transitions import Attempt, Branch, ClaimFields, Transition
@@ -91,6 +94,18 @@ _IN_CHUNK = 500
 _CLAIM_SORT = [("priority", -1), ("at", 1), ("seq", 1)]
 # Rounds of a batch claim that lost candidates to other workers before it gives up.
 _CLAIM_ROUNDS = 3
+#: Jobs one claim may take and give back (each a new limit or key found closed, then
+#: skipped) before it gives up on a queue.
+_GATE_TRIES = 32
+#: For how long a queue where jobs with limits or keys turned up is claimed gates first
+#: (a find of candidates, then a claim by id), and how many candidates such a find reads.
+_PEEKING = 30.0
+_PEEK = 8
+#: What a claim changes, which giving the job back restores (see _give_back).
+_CLAIM_RESTORED = (
+    "status", "state", "attempt", "started", "node", "worker", "progress", "ended", "updated",
+    "claim_token", "lease_until", "ended_at",
+)  # fmt: skip
 
 # Which (url, database) pairs have logged their start-up lines in this process tree: the
 # set is inherited across fork, so forked workers do not repeat the master's lines.
@@ -127,6 +142,60 @@ def _due(queue: str, force_spawn: bool, now: float) -> Doc:
 def _claim_update(token: str, *, node: str, worker: str, lease: float, now: float) -> Doc:
     branch = transitions.claim(ClaimFields(token, now + lease, node, worker))
     return change_update(branch.change, "", now)
+
+
+def _claimed(before: Doc, update: Doc) -> Doc:
+    """The document a claim's ``update`` makes of ``before`` (its pre-image), as the
+    server wrote it: the claim's values are already rounded as stored (compile._t)."""
+    after = {**before, **update.get("$set", {})}
+    for name, step in update.get("$inc", {}).items():
+        value = before.get(name, 0)
+        after[name] = (value if type(value) in (int, float) else 0) + step
+    for name in update.get("$unset", {}):
+        after.pop(name, None)
+    return after
+
+
+class _Excluded:
+    """The limits and keys one claim skips: those it found closed, and (first) those
+    this process remembers as closed (gates.Remembered), which :meth:`recheck` reads
+    again when nothing else was found."""
+
+    def __init__(self, remembered: Remembered, gates: Gates, now: float) -> None:
+        self.remembered = remembered
+        self.gates = gates
+        self.now = now
+        self.read = remembered.stale(now)  # whether this claim read the gates itself
+        if self.read:
+            remembered.read(gates.closed(now), now)
+        self.memo_lims, self.memo_keys = remembered.current(now)
+        self.lims: set[str] = set()
+        self.keys: set[str] = set()
+
+    def recheck(self) -> bool:
+        """Nothing found but what we remember as closed: read the gates; whether any of
+        those opened meanwhile (then claim again without them)."""
+        if not (self.memo_lims or self.memo_keys) or self.read:
+            return False
+        self.read = True
+        closed = self.gates.closed(self.now)
+        self.remembered.read(closed, self.now)
+        lims, keys = closed.full | set(closed.opens), closed.keys
+        opened = bool((self.memo_lims - lims) or (self.memo_keys - keys))
+        self.memo_lims, self.memo_keys = lims, set(keys)
+        return opened
+
+    def add(self, held: Held, now: float) -> None:
+        (self.lims if held.kind == LIM else self.keys).add(held.name)
+        self.remembered.add(held, now)
+
+    def skips(self, doc: Doc) -> bool:
+        return doc.get("lim") in self.lims | self.memo_lims or (
+            doc.get("xkey") in self.keys | self.memo_keys
+        )
+
+    def where(self, where: Doc) -> Doc:
+        return excluding(where, self.lims | self.memo_lims, self.keys | self.memo_keys)
 
 
 def _branch_event(job: Doc, branch: Branch, now: float, *, attempt: int | None = None) -> Doc:
@@ -316,6 +385,9 @@ class MongoStore(Store):
         self._undecidable: dict[str, str] = {}
         self._wakers: weakref.WeakSet[MongoWaker] = weakref.WeakSet()
         self._event_log = EventLog(lambda: self._events, self.url)
+        self._gates = Gates(lambda: self._limits, lambda: self._slots)
+        self._remembered = Remembered()  # limits and keys lately found closed
+        self._peeking: dict[str, float] = {}  # queue -> claimed gates first until (monotonic)
 
     @property
     def _lock(self) -> threading.RLock:
@@ -397,6 +469,16 @@ class MongoStore(Store):
         """Commit records of workflow adds (see _insert_workflow)."""
         return self._coll(f"{self.jobs_collection}_adds")
 
+    @property
+    def _limits(self) -> Collection[Doc]:
+        """Limit definitions and their rates' start logs (see gates)."""
+        return self._coll(f"{self.jobs_collection}_limits")
+
+    @property
+    def _slots(self) -> Collection[Doc]:
+        """What running jobs hold: limit slots and exclusive keys (see gates)."""
+        return self._coll(f"{self.jobs_collection}_slots")
+
     def _setup(self, db: Database[Doc]) -> None:
         """Learn the topology, log how wake-ups and durability work, create indexes."""
         hello = db.client.admin.command("hello")
@@ -442,6 +524,7 @@ class MongoStore(Store):
             events_collection=self.events_collection,
             nodes_collection=self.nodes_collection,
             retention=self.retention,
+            slots_collection=f"{self.jobs_collection}_slots",
         )
 
     @contextlib.contextmanager
@@ -999,6 +1082,10 @@ class MongoStore(Store):
                     )  # fmt: skip
             if doc is None:
                 continue
+            held = token is not None and branch.guard.held and branch.change.release_claim
+            if held and token is not None and _gated(doc):
+                # Before the event: the workers it wakes find the slot free.
+                self._free_logged([token])
             if branch.event:
                 self._emit_after(transition.name, [_branch_event(doc, branch, now)])
             if next_doc is not None:
@@ -1141,30 +1228,169 @@ class MongoStore(Store):
         job_id: str | None = None,
     ) -> JobRecord | None:
         now = _t(now)
+        targets: list[tuple[str | None, Doc]]
         if job_id is not None:
-            targets: list[Doc] = [{"_id": job_id, **guard_filter(transitions.CLAIMABLE, None, now)}]
+            targets = [(None, {"_id": job_id, **guard_filter(transitions.CLAIMABLE, None, now)})]
         else:
-            targets = [_due(q, force_spawn, now) for q in queues]
+            targets = [(q, _due(q, force_spawn, now)) for q in queues]
         update = _claim_update(token, node=node, worker=worker, lease=lease, now=now)
-        for where in targets:
-            doc = self._claim_one(where, update, _CLAIM_SORT, token)
-            if doc is not None:
-                job = _to_job(doc)
-                event = _event(doc, now, transitions.CLAIMED, node=node, worker=worker)
-                self._emit_after("claim", [event])
-                return job
+        doc = self._claim_gated(targets, update, token, now)
+        if doc is not None:
+            job = _to_job(doc)
+            event = _event(doc, now, transitions.CLAIMED, node=node, worker=worker)
+            self._emit_after("claim", [event])
+            return job
         self._maintain()  # idle: a good moment (rate limited) for housekeeping
         return None
 
+    def _claim_gated(
+        self, targets: Sequence[tuple[str | None, Doc]], update: Doc, token: str, now: float
+    ) -> Doc | None:
+        """The best job of the first target (queue, filter; no queue: a claim by id) that
+        has one which no limit or key holds back: the document after the claim.
+
+        Optimistic first: the claim takes the best job as always (one findAndModify, its
+        pre-image returned); only a job with a limit or key then takes its gates
+        (gates.Gates.take), and one held back is given back as it was
+        (:meth:`_give_back`). A queue where jobs with limits or keys turned up lately
+        (and a claim by id) is claimed gates first instead (:meth:`_claim_peeking`), so
+        that no job of a full limit is ever seen PROCESSING, not even for a moment:
+        only the first held-back job a process meets in a queue is given back."""
+        with self._errors("claim"):
+            ex = _Excluded(self._remembered, self._gates, now)
+        until = update["$set"]["lease_until"]
+        for queue, where in targets:
+            if queue is None or self._peeking.get(queue, 0.0) > time.monotonic():
+                doc = self._claim_peeking(where, update, token, now, ex)
+                if doc is not None:
+                    return doc
+                continue
+            tries = 0
+            while tries < _GATE_TRIES:
+                after, before = self._claim_one(ex.where(where), update, _CLAIM_SORT, token)
+                if after is None:
+                    with self._errors("claim"):
+                        if ex.recheck():
+                            continue
+                    break
+                if not _gated(after):
+                    return after
+                self._peeking[queue] = time.monotonic() + _PEEKING
+                tries += 1
+                try:
+                    with self._errors("claim"):
+                        held = self._gates.take(after, token, until, now)
+                except StoreError:
+                    self._give_back_logged(after, before, token, now)
+                    raise
+                if held is None:
+                    return after
+                self._give_back(after, before, token, now)
+                ex.add(held, now)
+                doc = self._claim_peeking(where, update, token, now, ex)
+                if doc is not None:
+                    return doc
+                break
+        return None
+
+    def _claim_peeking(
+        self, where: Doc, update: Doc, token: str, now: float, ex: _Excluded
+    ) -> Doc | None:
+        """Gates first: read the best few candidates (what limit and key each has), take
+        the gates of the first one not held back, then claim it by id (a candidate
+        another worker took first frees its gates; a rate's start it took stays used)."""
+        until = update["$set"]["lease_until"]
+        seen: dict[str, Doc | None] = {}
+        for _ in range(_GATE_TRIES):
+            with self._errors("claim"):
+                rows = list(
+                    self._jobs.find(ex.where(where), projection={"_id": 1, "lim": 1, "xkey": 1})
+                    .sort(_CLAIM_SORT)
+                    .limit(_PEEK)
+                )
+                if not rows:
+                    if ex.recheck():
+                        continue
+                    return None
+            for row in rows:
+                gated = _gated(row)
+                if gated:
+                    if ex.skips(row):
+                        continue
+                    with self._errors("claim"):
+                        held = self._gates.take(row, token, until, now, seen)
+                    if held is not None:
+                        ex.add(held, now)
+                        continue
+                target = {"_id": row["_id"], **guard_filter(transitions.CLAIMABLE, None, now)}
+                try:
+                    after, _ = self._claim_one(target, update, _CLAIM_SORT, token)
+                except StoreError:
+                    if gated and token not in self._uncertain:
+                        self._free_logged([token])  # never sent (a lost one may land)
+                    raise
+                if after is not None:
+                    return after
+                if gated:
+                    self._free_logged([token])
+        return None
+
+    def _give_back(self, after: Doc, before: Doc | None, token: str, now: float) -> None:
+        """Undo a claim whose job its limit or key holds back: the job as it was before
+        (status, attempt, owner, times; no event, no lease), if still ours and no cancel
+        was requested meanwhile; a cancel ends it CANCELED, never having run (as its
+        worker would). Without the pre-image (the claim's reply was lost and the job
+        found by its token) it becomes WAITING with its attempt given back."""
+        job_id = after["_id"]
+        if before is not None:
+            sets = {k: before[k] for k in _CLAIM_RESTORED if k in before}
+            unset = {k: "" for k in _CLAIM_RESTORED if k not in before}
+        else:
+            attempt = _count(after.get("attempt"))
+            sets = {
+                "status": int(JobStatus.WAITING), "state": READY, "attempt": max(0, attempt - 1),
+                "claim_token": None, "lease_until": None, "node": None, "worker": None,
+                "started": None, "progress": 0.0,
+            }  # fmt: skip
+            unset = {}
+        update: Doc = {"$set": sets}
+        if unset:
+            update["$unset"] = unset
+        where = {
+            "_id": job_id,
+            "state": RUNNING,
+            "claim_token": token,
+            "cancel_requested": {"$ne": True},
+        }
+        with self._errors("give a claimed job back"):
+            if self._jobs.update_one(where, update).matched_count:
+                return
+        change = transitions.settle_change(JobStatus.CANCELED, reason="canceled", give_back=True)
+        canceled = Transition("canceled", (Branch("canceled", transitions.HELD_CANCELED, change),))
+        self._apply_branches(job_id, canceled, token, now)
+
+    def _give_back_logged(self, after: Doc, before: Doc | None, token: str, now: float) -> None:
+        try:
+            self._give_back(after, before, token, now)
+        except StoreError as exc:
+            _log().warning(
+                "a claimed job could not be given back; its lease will expire",
+                job_id=after.get("_id"), error=str(exc),
+            )  # fmt: skip
+
     def _claim_one(
         self, where: Doc, update: Doc, sort: list[tuple[str, int]], token: str
-    ) -> Doc | None:
+    ) -> tuple[Doc | None, Doc | None]:
+        """One claim (findAndModify): the document after it and before it (None, None:
+        nothing to claim). The pre-image is what a give-back restores; without it (a lost
+        reply, the job found by its token) only the document after."""
         try:
             with self._errors("claim"):
                 try:
-                    return self._jobs.find_one_and_update(
-                        where, update, sort=sort, return_document=ReturnDocument.AFTER
+                    before = self._jobs.find_one_and_update(
+                        where, update, sort=sort, return_document=ReturnDocument.BEFORE
                     )
+                    return (None, None) if before is None else (_claimed(before, update), before)
                 except ServerSelectionTimeoutError:
                     raise  # never sent
                 except ConnectionFailure as exc:
@@ -1181,7 +1407,7 @@ class MongoStore(Store):
             # and look the token up again later (it may still land: see _adopt).
             self._uncertain[token] = time.monotonic()
             raise StoreUnavailable(f"MongoDB store {self.url}: a claim's reply was lost: {lost}")
-        return found
+        return found, None
 
     def _settle_one(self, job_id: str, token: str, where: Doc, update: Doc) -> Doc | None:
         """One fenced settle (findAndModify): the job's event fields after it, None if its
@@ -1332,6 +1558,14 @@ class MongoStore(Store):
                     # Another writer (the lease reaper) settled some between the two
                     # commands, with the same token: only our op marks ours.
                     applied = self._settled_by(op, [doc["_id"] for _, doc, _ in todo])
+        # Their slots and keys, freed after the jobs' writes and before their events.
+        self._free_logged(
+            [
+                settles[i][1]
+                for i, doc, _ in todo
+                if _gated(doc) and (applied is None or doc["_id"] in applied)
+            ]
+        )
         missed: list[int] = []
         for i, doc, next_doc in todo:
             if applied is not None and doc["_id"] not in applied:
@@ -1363,6 +1597,21 @@ class MongoStore(Store):
             )
         return done
 
+    def _free_logged(self, tokens: list[str]) -> None:
+        """Free the slots and keys of these claim tokens, after their jobs' writes: a
+        failure is logged (the slots free themselves when their ``until`` passes)."""
+        if not tokens:
+            return
+        self._remembered.clear()  # what we remember as full may have room now
+        try:
+            with self._errors("free limit slots"):
+                self._gates.free(tokens)
+        except StoreError as exc:
+            _log().warning(
+                "limit slots not freed; they free themselves when the lease would end",
+                tokens=len(tokens), error=str(exc),
+            )  # fmt: skip
+
     def _settled_by(self, op: str, ids: list[str]) -> set[str]:
         """Of these jobs, those a bulk settle marked with ``op`` applied."""
         docs = self._by_ids(ids, {"settle_op": 1})
@@ -1388,6 +1637,8 @@ class MongoStore(Store):
             docs = list(self._jobs.find(_among("claim_token", list(self._uncertain))))
         for d in docs:
             self._uncertain.pop(str(d.get("claim_token")), None)
+        with self._errors("claim"):
+            docs = [d for d in docs if self._gated_adopted(d)]
         limit = time.monotonic() - lease
         for token, since in list(self._uncertain.items()):
             if since < limit:
@@ -1395,6 +1646,23 @@ class MongoStore(Store):
         if docs:
             _log().warning("claims whose reply was lost did land: running them", jobs=len(docs))
         return docs
+
+    def _gated_adopted(self, doc: Doc) -> bool:
+        """Whether a claim that landed after its reply was lost may run: one with a limit
+        or key takes its gates again now (what it took before, if anything, is freed
+        first); held back, it is given back (without its pre-image: see _give_back)."""
+        if not _gated(doc):
+            return True
+        token, until = str(doc.get("claim_token")), doc.get("lease_until")
+        now = _t(time.time())
+        if not isinstance(until, int | float):
+            return False
+        self._gates.free([token])
+        held = self._gates.take(doc, token, float(until), now)
+        if held is None:
+            return True
+        self._give_back_logged(doc, None, token, now)
+        return False
 
     def _claim_batch(self, claim: ClaimRequest, now: float) -> list[Doc]:
         """Claim up to ``claim.limit`` due jobs: the documents after the claim, in claim
@@ -1405,17 +1673,16 @@ class MongoStore(Store):
                 claim.token_for(0), node=claim.node, worker=claim.worker, lease=claim.lease,
                 now=now,
             )  # fmt: skip
-            for q in dict.fromkeys(claim.queues):
-                where = _due(q, claim.force_spawn, now)
-                doc = self._claim_one(where, update, _CLAIM_SORT, claim.token_for(0))
-                if doc is not None:
-                    return [doc]
-            return []
+            targets = [(q, _due(q, claim.force_spawn, now)) for q in dict.fromkeys(claim.queues)]
+            doc = self._claim_gated(targets, update, claim.token_for(0), now)
+            return [] if doc is None else [doc]
         got: list[Doc] = []
         empty: set[str] = set()  # queues with fewer due jobs than asked for
+        with self._errors("claim"):
+            ex = _Excluded(self._remembered, self._gates, now)
         for _ in range(_CLAIM_ROUNDS):
             try:
-                more, complete = self._claim_round(claim, now, len(got), empty)
+                more, complete = self._claim_round(claim, now, len(got), empty, ex)
             except StoreError:
                 if got:
                     return got
@@ -1426,35 +1693,68 @@ class MongoStore(Store):
         return got
 
     def _claim_round(
-        self, claim: ClaimRequest, now: float, index: int, empty: set[str]
+        self, claim: ClaimRequest, now: float, index: int, empty: set[str], ex: _Excluded
     ) -> tuple[list[Doc], bool]:
         """One round of a batch claim: find candidates (queues in order, then the claim's
         sort), claim each with its own token, read the claimed ones back. Returns them and
         whether the round ran to the end (False: no candidates, or a lost reply: another
-        round could reuse a token that is still in flight)."""
+        round could reuse a token that is still in flight).
+
+        A candidate with a limit or key takes its gates first, under the token its claim
+        will write (the candidates say what they need): one held back is skipped and its
+        limit or key excluded from the next round; the gates of a candidate another
+        worker claimed first are freed (a rate's start it took stays used)."""
         want = claim.limit - index
-        candidates: list[str] = []
+        rows: list[Doc] = []
         with self._errors("claim"):
-            for q in dict.fromkeys(claim.queues):
-                need = want - len(candidates)
-                if need <= 0:
+            while True:
+                for q in dict.fromkeys(claim.queues):
+                    need = want - len(rows)
+                    if need <= 0:
+                        break
+                    if q in empty:
+                        continue
+                    page = list(
+                        self._jobs.find(
+                            ex.where(_due(q, claim.force_spawn, now)),
+                            projection={"_id": 1, "lim": 1, "xkey": 1},
+                        )
+                        .sort(_CLAIM_SORT)
+                        .limit(need)
+                    )
+                    if len(page) < need:
+                        empty.add(q)
+                    if any(_gated(row) for row in page):
+                        self._peeking[q] = time.monotonic() + _PEEKING
+                    rows += page
+                if rows or not ex.recheck():
                     break
-                if q in empty:
-                    continue
-                rows = (
-                    self._jobs.find(_due(q, claim.force_spawn, now), projection={"_id": 1})
-                    .sort(_CLAIM_SORT)
-                    .limit(need)
-                )
-                ids = [d["_id"] for d in rows]
-                if len(ids) < need:
-                    empty.add(q)
-                candidates += ids
-        if not candidates:
-            return [], False
+                empty.clear()
         # Index-th job of this call gets token_for(index): tokens of candidates another
         # worker took first are reused by the next round (their updates wrote nothing).
-        tokens = {c: claim.token_for(index + j) for j, c in enumerate(candidates)}
+        tokens: dict[str, str] = {}
+        gated: dict[str, str] = {}  # candidate -> token, of those that took gates
+        lease_until = _t(now + claim.lease)
+        seen: dict[str, Doc | None] = {}
+        for row in rows:
+            token = claim.token_for(index + len(tokens))
+            if _gated(row):
+                if ex.skips(row):
+                    continue
+                try:
+                    with self._errors("claim"):
+                        held = self._gates.take(row, token, lease_until, now, seen)
+                except StoreError:
+                    self._free_logged(list(gated.values()))
+                    raise
+                if held is not None:
+                    ex.add(held, now)
+                    continue
+                gated[row["_id"]] = token
+            tokens[row["_id"]] = token
+        candidates = list(tokens)
+        if not candidates:
+            return [], bool(rows)
         ops = []
         for c in candidates:
             update = _claim_update(
@@ -1472,6 +1772,7 @@ class MongoStore(Store):
                 except ConnectionFailure:
                     matched, complete = -1, False  # applied or not: look the tokens up
                 if matched == 0:
+                    self._free_logged(list(gated.values()))
                     return [], True
                 docs = self._by_ids(candidates)
         except StoreUnavailable as exc:
@@ -1483,6 +1784,11 @@ class MongoStore(Store):
         mine = [
             docs[c] for c in candidates if c in docs and docs[c].get("claim_token") == tokens[c]
         ]
+        if complete and gated:
+            # Gates of candidates others took first (a lost reply: those may still land,
+            # and keep theirs until their lease would end).
+            claimed = {d["_id"] for d in mine}
+            self._free_logged([t for c, t in gated.items() if c not in claimed])
         if not complete:  # the ones not found may still land: look them up again later
             found = {d.get("claim_token") for d in mine}
             for c in candidates:
@@ -1533,9 +1839,13 @@ class MongoStore(Store):
         total = 0
         where = guard_filter(replace(branch.guard, held=False), None, now)
         update = change_update(branch.change, "", now)
+        until = update["$set"].get("lease_until")
         with self._errors("renew leases"):
             for i in range(0, len(toks), _IN_CHUNK):
                 chunk = toks[i : i + _IN_CHUNK]
+                if until is not None:
+                    # Slots first: a job's slot never ends before its lease.
+                    self._gates.renew(chunk, until)
                 result = self._jobs.update_many({**_among("claim_token", chunk), **where}, update)
                 total += result.matched_count
         return total
@@ -1649,9 +1959,12 @@ class MongoStore(Store):
     def count_due(
         self, queues: Sequence[str], *, now: float, force_spawn: bool, limit: int | None = None
     ) -> int:
+        """Due jobs, less those a limit or key holds back (a pool needs no worker for
+        them): the gates are read first (two small reads)."""
         now = _t(now)
         total = 0
         with self._errors("count due jobs"):
+            closed = self._gates.closed(now)
             for q in dict.fromkeys(queues):
                 if limit is not None and total >= limit:
                     break
@@ -1663,26 +1976,115 @@ class MongoStore(Store):
                 reply = self._db.command(
                     "count",
                     self.jobs_collection,
-                    query={"state": READY, "queue": q, "spawn": bool(force_spawn),
-                           "at": {"$lte": now}},
+                    query=excluding(
+                        {"state": READY, "queue": q, "spawn": bool(force_spawn), "at": {"$lte": now}},
+                        closed.full | set(closed.opens), closed.keys,
+                    ),
                     **extra,
                 )  # fmt: skip
                 total += int(reply.get("n", 0))
         return total
 
     def next_due(self, queues: Sequence[str]) -> float | None:
+        """As the base says. The earliest job of each queue first (as always); only when
+        one that is due has a limit or key are the gates read, and the jobs they hold
+        back left out (those of a rate-closed limit count from its next start)."""
+        now = _t(time.time())
         best: float | None = None
+        gated = False
         with self._errors("find the next due job"):
             for q in dict.fromkeys(queues):
-                doc = self._jobs.find_one(
-                    {"state": READY, "queue": q}, sort=[("at", 1)], projection={"at": 1}
-                )
-                # Numbers sort before text: a text `at` shows only when no job has a time.
-                # (Null sorts first: the sweep quarantines such a job soon.)
-                at = doc.get("at") if doc is not None else None
-                if isinstance(at, int | float) and (best is None or at < best):
-                    best = float(at)
+                at, doc = self._earliest({"state": READY, "queue": q})
+                gated = gated or (_gated(doc) and at is not None and at <= now)
+                if at is not None and (best is None or at < best):
+                    best = at
+            if not gated:
+                return best
+            closed = self._gates.closed(now)
+            if closed.empty:
+                return best
+            best = None
+            skip = closed.full | set(closed.opens)
+            for q in dict.fromkeys(queues):
+                at, _ = self._earliest(excluding({"state": READY, "queue": q}, skip, closed.keys))
+                if at is not None and (best is None or at < best):
+                    best = at
+                for name, opens in closed.opens.items():
+                    at, _ = self._earliest(
+                        excluding({"state": READY, "queue": q, "lim": name}, set(), closed.keys)
+                    )
+                    if at is not None and (best is None or max(at, opens) < best):
+                        best = max(at, opens)
         return best
+
+    def _earliest(self, where: Doc) -> tuple[float | None, Doc | None]:
+        """The due time of the earliest job matching ``where``, and its document."""
+        doc = self._jobs.find_one(
+            where, sort=[("at", 1)], projection={"at": 1, "lim": 1, "xkey": 1}
+        )
+        # Numbers sort before text: a text `at` shows only when no job has a time.
+        # (Null sorts first: the sweep quarantines such a job soon.)
+        at = doc.get("at") if doc is not None else None
+        return (float(at), doc) if isinstance(at, int | float) else (None, doc)
+
+    # -- limits (taskschedd.limits; the documents: gates) ---------------------------------
+    def set_limit(self, spec: LimitSpec) -> None:
+        now = _t(time.time())
+        with self._errors("set a limit"):
+            running = [
+                (d["_id"], d["claim_token"], float(d["lease_until"]))
+                for d in self._jobs.find(
+                    {"state": RUNNING, "lim": spec.name, "lease_until": {"$gte": now}},
+                    projection={"claim_token": 1, "lease_until": 1},
+                )
+                if isinstance(d.get("claim_token"), str)
+                and isinstance(d.get("lease_until"), int | float)
+            ]
+            self._gates.set_limit(spec, running)
+        self._remembered.clear()
+
+    def delete_limit(self, name: str) -> bool:
+        with self._errors("delete a limit"):
+            gone = self._gates.delete_limit(name)
+        self._remembered.clear()
+        return gone
+
+    def limits(self, *, now: float) -> list[LimitState]:
+        """Running, of a limit with max_running: its slots held now, what its claims
+        decide by (a job being given back, or whose slot is still being freed, is not
+        counted or is, as the claims see it); of a rate-only limit: its jobs PROCESSING
+        with a lease not over."""
+        now = _t(now)
+        out: list[LimitState] = []
+        with self._errors("read limits"):
+            specs = sorted(self._gates.specs().items())
+            slots = self._gates.held(now) if specs else []
+            for name, (spec, doc) in specs:
+                if spec.max_running is not None:
+                    running = sum(1 for d in slots if d.get("kind") == LIM and d.get("lim") == name)
+                else:
+                    running = self._count(
+                        {"state": RUNNING, "lim": name, "lease_until": {"$gte": now}}
+                    )
+                waiting = self._count(
+                    {"state": READY, "lim": name, "at": {"$lte": now}, "status": _CLAIMABLE_RANGE}
+                )
+                starts: tuple[float, ...] = ()
+                if spec.rate is not None:
+                    starts = tuple(window(as_times(doc.get("starts")), now, spec.rate.period))
+                out.append(LimitState(spec, running, waiting, starts))
+        return out
+
+    def _count(self, query: Doc) -> int:
+        # The count command (see count_due: nx-27017 runs count_documents in Python).
+        return int(self._db.command("count", self.jobs_collection, query=query).get("n", 0))
+
+    def key_holders(self, keys: Sequence[str], *, now: float) -> dict[str, str]:
+        """The jobs holding these keys' documents now (held while their leases last)."""
+        if not keys:
+            return {}
+        with self._errors("read exclusive keys"):
+            return self._gates.key_holders(keys, _t(now))
 
     #: Whether the server evaluates a compound $group key (None: not asked yet).
     _compound_groups: bool | None = None
@@ -1850,6 +2252,7 @@ class MongoStore(Store):
             self._events.delete_many({"seq": {"$lte": top}, "_id": {"$ne": FLOOR_ID}})
             self._jobs.delete_many({})
             self._adds.delete_many({})
+            self._gates.clear()  # definitions stay (as on SQLite); their holders are gone
 
     @staticmethod
     def _node_doc(node: NodeRecord) -> Doc:
@@ -1940,6 +2343,7 @@ class MongoStore(Store):
                     if isinstance(doc.get("next_job"), dict):
                         self._insert_next(doc["_id"], doc["next_job"])
                 self._restore_retention()
+                self._gates.sweep_keys(_t(time.time()))
         except StoreError as exc:
             _log().warning("store maintenance failed; will retry", error=str(exc))
             self._maintained = 0.0
