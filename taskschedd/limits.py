@@ -23,6 +23,7 @@ from taskschedd.timeutil import parse_duration
 
 #: Limit names: what the CLI, the config and the metrics labels accept.
 _LIMIT_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_DIGITS = re.compile(r"[0-9]{1,6}")  # ASCII: str.isdigit() takes any script's digits
 LIMIT_NAME_HELP = "1-128 letters, digits or . _ : - (e.g. 'reports', 'queue:mail')"
 MAX_KEY_LENGTH = 200
 MAX_RUNNING = 100_000
@@ -68,7 +69,7 @@ class Rate:
         if not text or text.count("/") != 1:
             raise OptionError(f"rate: expected {RATE_HELP}, got {value!r}")
         count_text, period_text = (p.strip() for p in text.split("/"))
-        if not count_text.isdigit() or not (1 <= int(count_text) <= MAX_RATE_COUNT):
+        if not _DIGITS.fullmatch(count_text) or not (1 <= int(count_text) <= MAX_RATE_COUNT):
             raise OptionError(
                 f"rate: the count must be an integer from 1 to {MAX_RATE_COUNT} "
                 f"({RATE_HELP}), got {value!r}"

@@ -470,7 +470,9 @@ class _Loop:
             waker.close()
         if not self.chan.master_gone:
             self.chan.send(Exit(self.exit_reason))
-        self.store.close()
+        # The master may die now too: its signal must not skip the group's kill below.
+        with contextlib.suppress(StoreError, KeyboardInterrupt, MasterGone):
+            self.store.close()
         if self.exit_reason == REASON_MASTER_GONE:
             kill_own_group()  # a job's children would outlive the lease nobody renews
         self.watch.close()

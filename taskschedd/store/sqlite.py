@@ -257,6 +257,10 @@ class _Gates:
     running: dict[str, int]
     starts: dict[str, list[float]]
     closed: set[str]
+    #: The time of a rate's start: never before one already stored. Claims take `now`
+    #: before the write lock and commit in another order; a start logged at an older time
+    #: than the newest would be counted in a window the newest already trimmed.
+    clock: float = 0.0
 
     @classmethod
     def read(cls, conn: sqlite3.Connection, now: float) -> _Gates:
@@ -264,7 +268,7 @@ class _Gates:
             "SELECT name, max_running, rate_count, rate_period, starts FROM limits"
         ).fetchall()
         if not rows:
-            return cls({}, {}, {}, set())
+            return cls({}, {}, {}, set(), now)
         specs = {spec.name: spec for spec in map(_limit_spec, rows) if spec is not None}
         starts = {row[0]: _starts(row[4]) for row in rows if row[0] in specs}
         running = {
@@ -275,9 +279,9 @@ class _Gates:
                 (now,),
             )
         }
-        return cls(
-            specs, running, starts, limits.closed(list(specs.values()), running, starts, now)
-        )
+        clock = max([now, time.time(), *(t for times in starts.values() for t in times)])
+        closed = limits.closed(list(specs.values()), running, starts, clock)
+        return cls(specs, running, starts, closed, clock)
 
     def args(self, now: float) -> list[Any]:
         return [json.dumps(sorted(self.closed)), now]
@@ -290,10 +294,10 @@ class _Gates:
             return
         self.running[name] = self.running.get(name, 0) + 1
         if spec.rate is not None:
-            kept = spec.rate.taken(self.starts.get(name, []), now)
+            kept = spec.rate.taken(self.starts.get(name, []), self.clock)
             self.starts[name] = kept
             conn.execute("UPDATE limits SET starts = ? WHERE name = ?", (json.dumps(kept), name))
-        self.closed |= limits.closed([spec], self.running, self.starts, now)
+        self.closed |= limits.closed([spec], self.running, self.starts, self.clock)
 
 
 def path_from_url(url: str) -> str:
@@ -1188,9 +1192,11 @@ class SQLiteStore(Store):
                 try:
                     with self._write() as conn:
                         gates = _Gates.read(conn, now)
+                        # Claimed at the rate's time (its event, its start): a rate's
+                        # log and the claims it allowed then tell the same times.
                         job = self._claim_row(
                             conn, where, [*wargs, *gates.args(now)], token=token, lease=lease,
-                            node=node, worker=worker, now=now,
+                            node=node, worker=worker, now=gates.clock,
                         )  # fmt: skip
                         if job is None:
                             continue
@@ -1248,7 +1254,7 @@ class SQLiteStore(Store):
                         job = self._claim_row(
                             conn, self._CLAIM_PICK, [q, spawn, now, *gates.args(now)],
                             token=claim.token_for(len(jobs)), lease=claim.lease,
-                            node=claim.node, worker=claim.worker, now=now,
+                            node=claim.node, worker=claim.worker, now=gates.clock,
                         )  # fmt: skip
                         if job is None:
                             break

@@ -330,6 +330,10 @@ class Gates:
         assert rate is not None
         for _ in range(_CAS_TRIES):
             starts = limits.as_times(doc.get("starts"))
+            # Never log a start before one already logged: claims take `now` before
+            # their round trips and land in another order, and a start at an older time
+            # than the newest would count in a window the newest already trimmed.
+            now = max([now, time.time(), *starts])
             opens = rate.next_start(starts, now)
             if opens is not None:
                 return False, opens
