@@ -204,6 +204,15 @@ def closed(
     return out
 
 
+def batch_share(max_running: int, running: int) -> int:
+    """How many jobs of a limit one batch claim (claim-ahead) may take when ``running``
+    of its ``max_running`` slots are held: half of those free, rounded up. Jobs claimed
+    ahead hold slots before they run, and one worker's batch must not fill a limit whose
+    other slots the other workers' jobs would run in meanwhile."""
+    free = max_running - running
+    return max(0, -(-free // 2))
+
+
 def as_times(value: Any) -> list[float]:
     """Stored start times, as written by any client: anything not a number is dropped."""
     if not isinstance(value, list):

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from taskschedd import dependencies, failpoints, limits, transitions
@@ -261,6 +261,8 @@ class _Gates:
     #: before the write lock and commit in another order; a start logged at an older time
     #: than the newest would be counted in a window the newest already trimmed.
     clock: float = 0.0
+    #: Jobs of each limit taken by this transaction (a batch claim: see took()).
+    taken: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def read(cls, conn: sqlite3.Connection, now: float) -> _Gates:
@@ -279,7 +281,7 @@ class _Gates:
                 (now,),
             )
         }
-        clock = max([now, time.time(), *(t for times in starts.values() for t in times)])
+        clock = max([now, *(t for times in starts.values() for t in times)])
         closed = limits.closed(list(specs.values()), running, starts, clock)
         return cls(specs, running, starts, closed, clock)
 
@@ -293,6 +295,10 @@ class _Gates:
         if spec is None or name is None:
             return
         self.running[name] = self.running.get(name, 0) + 1
+        taken = self.taken[name] = self.taken.get(name, 0) + 1
+        cap = spec.max_running
+        if cap is not None and taken >= limits.batch_share(cap, self.running[name] - taken):
+            self.closed.add(name)
         if spec.rate is not None:
             kept = spec.rate.taken(self.starts.get(name, []), self.clock)
             self.starts[name] = kept
