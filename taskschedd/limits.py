@@ -14,7 +14,7 @@ to that queue or of that class without a ``limit`` option of its own (at add tim
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,25 +192,25 @@ class LimitState:
 
 
 def closed(
-    specs: Sequence[LimitSpec], running: dict[str, int], starts: dict[str, list[float]], now: float
+    specs: Sequence[LimitSpec],
+    running: dict[str, int],
+    starts: dict[str, list[float]],
+    now: float,
+    holding: Collection[str] = (),
 ) -> set[str]:
-    """The names of the limits that let no job start now: full, or their rate used up
-    (``starts``: each limit's stored start times)."""
+    """The names of the limits that let the claimant start no job now: full, or their
+    rate used up (``starts``: each limit's stored start times). ``holding``: limits the
+    claimant (a worker) already holds a slot of: a worker runs one job at a time, so the
+    jobs it claims ahead share its one slot, and only the rate (or a cap of 0) stops it."""
     out = set()
     for spec in specs:
-        full = spec.max_running is not None and running.get(spec.name, 0) >= spec.max_running
-        if full or (spec.rate is not None and not spec.rate.allows(starts.get(spec.name, []), now)):
-            out.add(spec.name)
+        cap, name = spec.max_running, spec.name
+        full = cap is not None and (
+            cap == 0 or (running.get(name, 0) >= cap and name not in holding)
+        )
+        if full or (spec.rate is not None and not spec.rate.allows(starts.get(name, []), now)):
+            out.add(name)
     return out
-
-
-def batch_share(max_running: int, running: int) -> int:
-    """How many jobs of a limit one batch claim (claim-ahead) may take when ``running``
-    of its ``max_running`` slots are held: half of those free, rounded up. Jobs claimed
-    ahead hold slots before they run, and one worker's batch must not fill a limit whose
-    other slots the other workers' jobs would run in meanwhile."""
-    free = max_running - running
-    return max(0, -(-free // 2))
 
 
 def as_times(value: Any) -> list[float]:

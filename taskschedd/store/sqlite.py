@@ -218,11 +218,13 @@ _COLUMNS = (
 )
 _FINAL_SQL = ",".join(str(int(s)) for s in FINAL)
 #: A job (alias c) not held back by its limit or its exclusive key; arguments: the
-#: names of the closed limits (a JSON list) and now (leases over free their slots).
+#: names of the closed limits (a JSON list), now (leases over free their slots) and the
+#: claiming worker (None: any). A worker runs one job at a time: a key it holds itself
+#: does not hold back the jobs it claims ahead.
 _NOT_HELD = (
     "(c.lim IS NULL OR c.lim NOT IN (SELECT value FROM json_each(?))) AND (c.xkey IS NULL "
     "OR NOT EXISTS (SELECT 1 FROM jobs h WHERE h.status = 2 AND h.xkey = c.xkey "
-    "AND h.lease_until >= ?))"
+    "AND h.lease_until >= ? AND h.worker IS NOT ?))"
 )
 
 
@@ -261,32 +263,47 @@ class _Gates:
     #: before the write lock and commit in another order; a start logged at an older time
     #: than the newest would be counted in a window the newest already trimmed.
     clock: float = 0.0
-    #: Jobs of each limit taken by this transaction (a batch claim: see took()).
-    taken: dict[str, int] = field(default_factory=dict)
+    worker: str | None = None  # the claiming worker (None: a read for any worker)
+    #: The limits the worker holds a slot of (by its jobs PROCESSING, claimed ahead or
+    #: running): more of their jobs share that slot (it runs one job at a time).
+    holding: set[str] = field(default_factory=set)
 
     @classmethod
-    def read(cls, conn: sqlite3.Connection, now: float) -> _Gates:
+    def read(cls, conn: sqlite3.Connection, now: float, worker: str | None = None) -> _Gates:
         rows = conn.execute(
             "SELECT name, max_running, rate_count, rate_period, starts FROM limits"
         ).fetchall()
         if not rows:
-            return cls({}, {}, {}, set(), now)
+            return cls({}, {}, {}, set(), now, worker)
         specs = {spec.name: spec for spec in map(_limit_spec, rows) if spec is not None}
         starts = {row[0]: _starts(row[4]) for row in rows if row[0] in specs}
+        # A limit's slots are held by workers, not jobs: the jobs a worker claimed ahead
+        # run one after the other, so they take one slot (jobs PROCESSING whose lease
+        # is not over; a lease that ends frees its worker's slot).
         running = {
             name: int(n)
             for name, n in conn.execute(
-                "SELECT lim, COUNT(*) FROM jobs WHERE status = 2 AND lim IS NOT NULL "
-                "AND lease_until >= ? GROUP BY lim",
+                "SELECT lim, COUNT(DISTINCT worker) FROM jobs WHERE status = 2 "
+                "AND lim IS NOT NULL AND lease_until >= ? GROUP BY lim",
                 (now,),
             )
         }
+        holding: set[str] = set()
+        if worker is not None:
+            holding = {
+                str(name)
+                for (name,) in conn.execute(
+                    "SELECT DISTINCT lim FROM jobs WHERE status = 2 AND lim IS NOT NULL "
+                    "AND lease_until >= ? AND worker = ?",
+                    (now, worker),
+                )
+            }
         clock = max([now, *(t for times in starts.values() for t in times)])
-        closed = limits.closed(list(specs.values()), running, starts, clock)
-        return cls(specs, running, starts, closed, clock)
+        closed = limits.closed(list(specs.values()), running, starts, clock, holding)
+        return cls(specs, running, starts, closed, clock, worker, holding)
 
     def args(self, now: float) -> list[Any]:
-        return [json.dumps(sorted(self.closed)), now]
+        return [json.dumps(sorted(self.closed)), now, self.worker]
 
     def took(self, conn: sqlite3.Connection, job: JobRecord, now: float) -> None:
         """A job was claimed in this transaction: count it, and take its rate's start."""
@@ -294,16 +311,14 @@ class _Gates:
         spec = self.specs.get(name) if name is not None else None
         if spec is None or name is None:
             return
-        self.running[name] = self.running.get(name, 0) + 1
-        taken = self.taken[name] = self.taken.get(name, 0) + 1
-        cap = spec.max_running
-        if cap is not None and taken >= limits.batch_share(cap, self.running[name] - taken):
-            self.closed.add(name)
-        if spec.rate is not None:
+        if name not in self.holding:  # its first job of the limit: one slot more
+            self.running[name] = self.running.get(name, 0) + 1
+            self.holding.add(name)
+        if spec.rate is not None:  # every start counts against a rate
             kept = spec.rate.taken(self.starts.get(name, []), self.clock)
             self.starts[name] = kept
             conn.execute("UPDATE limits SET starts = ? WHERE name = ?", (json.dumps(kept), name))
-        self.closed |= limits.closed([spec], self.running, self.starts, self.clock)
+        self.closed |= limits.closed([spec], self.running, self.starts, self.clock, self.holding)
 
 
 def path_from_url(url: str) -> str:
@@ -1191,13 +1206,13 @@ class SQLiteStore(Store):
                     lambda c, wargs=wargs: c.execute(  # type: ignore[misc]
                         f"SELECT 1 FROM jobs c WHERE {_CLAIMABLE} AND queue = ? AND spawn = ? "
                         f"AND at <= ? AND {_NOT_HELD} LIMIT 1",
-                        [*wargs, *_Gates.read(c, now).args(now)],
+                        [*wargs, *_Gates.read(c, now, worker).args(now)],
                     ).fetchone()
                 ):
                     continue
                 try:
                     with self._write() as conn:
-                        gates = _Gates.read(conn, now)
+                        gates = _Gates.read(conn, now, worker)
                         # Claimed at the rate's time (its event, its start): a rate's
                         # log and the claims it allowed then tell the same times.
                         job = self._claim_row(
@@ -1216,7 +1231,7 @@ class SQLiteStore(Store):
         spawn = int(claim.force_spawn)
 
         def look(c: sqlite3.Connection) -> bool:
-            held = _Gates.read(c, now).args(now)
+            held = _Gates.read(c, now, claim.worker).args(now)
             return any(
                 c.execute(
                     f"SELECT 1 FROM jobs c WHERE {_CLAIMABLE} AND queue = ? AND spawn = ? "
@@ -1254,7 +1269,7 @@ class SQLiteStore(Store):
                 if claim is None:
                     return done, jobs
                 spawn = int(claim.force_spawn)
-                gates = _Gates.read(conn, now)
+                gates = _Gates.read(conn, now, claim.worker)
                 for q in claim.queues:
                     while len(jobs) < claim.limit:
                         job = self._claim_row(
