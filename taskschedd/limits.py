@@ -13,8 +13,9 @@ to that queue or of that class without a ``limit`` option of its own (at add tim
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,10 +106,25 @@ class Rate:
         return sorted(recent)[len(recent) - self.count] + self.period
 
 
+#: Seconds a logged start may lie ahead of a claimant's clock (claims that landed out of
+#: order, clocks a little apart). A start further ahead is another client's value or a
+#: clock that jumped: ignored, so that it neither closes the rate until then nor moves
+#: the time a claim is logged at.
+FUTURE_SLACK = 1.0
+
+
 def window(starts: Sequence[float], now: float, period: float) -> list[float]:
     """The start times still inside the window that ends at ``now``."""
-    since = now - period
-    return [t for t in starts if isinstance(t, int | float) and t > since]
+    since, until = now - period, now + FUTURE_SLACK
+    return [t for t in starts if isinstance(t, int | float) and since < t <= until]
+
+
+def clock(now: float, starts: Iterable[float]) -> float:
+    """The time to log a start at: ``now``, or the newest start already logged when that
+    is later (within FUTURE_SLACK): claims take their time before their write and land
+    in another order, and a start logged before the newest would count in a window the
+    newest already trimmed."""
+    return max([now, *(t for t in starts if t <= now + FUTURE_SLACK)])
 
 
 def format_period(seconds: float) -> str:
@@ -217,7 +233,11 @@ def as_times(value: Any) -> list[float]:
     """Stored start times, as written by any client: anything not a number is dropped."""
     if not isinstance(value, list):
         return []
-    return [float(t) for t in value if isinstance(t, int | float) and not isinstance(t, bool)]
+    return [
+        float(t)
+        for t in value
+        if isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+    ]
 
 
 def implied(queue: str, cls: str) -> tuple[str, str]:

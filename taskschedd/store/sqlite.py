@@ -298,7 +298,7 @@ class _Gates:
                     (now, worker),
                 )
             }
-        clock = max([now, *(t for times in starts.values() for t in times)])
+        clock = limits.clock(now, (t for times in starts.values() for t in times))
         closed = limits.closed(list(specs.values()), running, starts, clock, holding)
         return cls(specs, running, starts, closed, clock, worker, holding)
 

@@ -660,3 +660,30 @@ def test_the_jobs_one_worker_holds_share_its_slot_and_its_key(store: Store) -> N
     assert must_claim(store, now=t, worker="a/1").id == "r1"  # a's slot
     assert state(store, "reports", t).running == 1
     assert store.key_holders(["k"], now=t).keys() == {"k"}
+
+
+def test_a_start_logged_far_ahead_moves_no_claim_and_closes_no_rate(
+    store: Store, store_spec: StoreSpec
+) -> None:
+    """A rate's log with a start an hour ahead (another client, or a clock that jumped)
+    or an infinite one: claims, limited or not, keep their own time and lease, and the
+    rate lets its jobs start."""
+    now = time.time()
+    store.set_limit(LimitSpec("mail", None, Rate(100, 60.0)))
+    if shares_slots(store):
+        store._conn.execute(  # type: ignore[attr-defined]
+            "UPDATE limits SET starts = ? WHERE name = 'mail'", ("[%r, 1e999]" % (now + 3600),)
+        )
+    else:
+        store._limits.update_one(  # type: ignore[attr-defined]
+            {"_id": "mail"},
+            {"$set": {"starts": [now + 3600, 1e300]}},  # nx: no inf
+        )
+    store.insert([new_job("plain", now=now), new_job("m", now=now + 0.001, limit="mail")])
+    t = now + 0.1
+    first, second = must_claim(store, now=t), must_claim(store, now=t)
+    for job in (first, second):
+        assert job.started is not None and abs(job.started - t) < 2, job.started
+        assert job.lease_until is not None and job.lease_until < t + 40
+    assert {first.id, second.id} == {"plain", "m"}
+    assert state(store, "mail", t).next_start(t) is None

@@ -329,3 +329,17 @@ def test_an_exclusive_key_is_refused_with_a_message(key: Any) -> None:
         "option 'exclusive_key': expected a string of 1-200 printable characters "
         f"(e.g. 'customer:42'), got {key!r}"
     )
+
+
+def test_a_start_far_ahead_or_not_finite_is_ignored() -> None:
+    """Another client's value, or a clock that jumped: a start more than FUTURE_SLACK
+    ahead neither closes a rate nor moves the time a claim is logged at."""
+    from taskschedd import limits
+
+    assert limits.as_times([1.0, float("inf"), float("nan"), 2.0]) == [1.0, 2.0]
+    rate = Rate(1, 60.0)
+    now = 1000.0
+    assert rate.allows([now + 3600], now) and rate.next_start([now + 3600], now) is None
+    assert rate.taken([now + 3600], now) == [now]
+    assert limits.clock(now, [now + 3600, now + 0.5, now - 1]) == now + 0.5
+    assert not rate.allows([now + 0.5], now)  # a start a little ahead still counts
