@@ -477,6 +477,8 @@ class Scheduler:
                     resolved = self._resolve(options)
                     last = (key, resolved)
                 job, _, _ = self._prepare(cls, data, options, now, resolved)
+            except StoreError:
+                raise  # the store's trouble (the limits read), not this job's
             except TaskSchedError as exc:
                 raise type(exc)(f"job #{index}: {exc}") from None
             prepared.append((job, data))
