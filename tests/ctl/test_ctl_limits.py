@@ -56,7 +56,8 @@ class Env:
     def claim(self, **ask: Any) -> JobRecord:
         """Claim the next due job as a worker does: it is running until LEASE passes."""
         job = self.sched.store.claim(
-            ["default"], node="test-node", worker="w1", token=uuid.uuid4().hex, lease=LEASE,
+            # A worker per job: the jobs one worker holds share its slot of a limit.
+            ["default"], node="test-node", worker=f"w{uuid.uuid4().hex[:8]}", token=uuid.uuid4().hex, lease=LEASE,
             now=time.time(), **ask,
         )  # fmt: skip
         assert job is not None and job.status is JobStatus.PROCESSING

@@ -53,7 +53,8 @@ def sched(spec: StoreSpec) -> Iterator[Scheduler]:
 
 def claim(store: Store, queue: str = "default", job_id: str | None = None) -> JobRecord | None:
     return store.claim(
-        [queue], node="n1", worker="n1/1", token=uuid.uuid4().hex, lease=60.0,
+        # A worker of its own per claim: the jobs one worker holds may share its slot.
+        [queue], node="n1", worker=f"n1/{uuid.uuid4().hex[:8]}", token=uuid.uuid4().hex, lease=60.0,
         now=time.time(), job_id=job_id,
     )  # fmt: skip
 
