@@ -1475,6 +1475,14 @@ class SQLiteStore(Store):
         now = time.time()
 
         def run(c: sqlite3.Connection) -> float | None:
+            # From the claim index alone first: when the earliest job is still to come
+            # (a worker that waits with a backlog of later jobs), no limit matters yet.
+            first = c.execute(
+                f"SELECT MIN(at) FROM jobs WHERE {_CLAIMABLE} AND queue IN ({marks})",
+                list(queues),
+            ).fetchone()
+            if not first or not isinstance(first[0], int | float) or first[0] > now:
+                return float(first[0]) if first and isinstance(first[0], int | float) else None
             gates = _Gates.read(c, now)
             # Jobs not held back now, and those held back whose time is still to come
             # (their limit may have room by then: a wake-up or a poll tells).
