@@ -279,9 +279,12 @@ def test_rate_log_is_kept_and_next_due_waits_for_the_window(store: MongoStore) -
     a, b = must_claim(store, now=now), must_claim(store, now=now + 1)
     assert claim(store, now=now + 2) is None
     doc = raw(store, "_limits").find_one({"_id": "m"})
-    assert doc["starts"] == [pytest.approx(now), pytest.approx(now + 1)]
+    # A start is logged at the claim's time or later (the clock when it lands: see
+    # gates.Gates._take_start), never earlier.
+    first, second = doc["starts"]
+    assert first >= now - 1e-3 and second >= now + 1 - 1e-3 and second > first
     assert doc["v"] == 2
-    assert store.next_due(["default"]) == pytest.approx(now + 3600, abs=0.01)
+    assert store.next_due(["default"]) == pytest.approx(first + 3600, abs=0.01)
     (state,) = store.limits(now=now + 2)
     assert (state.running, state.waiting, len(state.starts)) == (2, 1, 2)
     # set_limit keeps the log; a wider rate lets the third start.
@@ -368,7 +371,8 @@ def test_concurrent_claimers_never_exceed_the_limit(mongo_uri: str, database: st
         for t in threads:
             t.join(90)
         assert not errors
-        assert peak == {"r": 2, "x": 1}  # never above, and the limit was used
+        # Never above; reaching the cap with 5 ms jobs is up to the machine's scheduling.
+        assert 1 <= peak["r"] <= 2 and peak["x"] == 1, peak
         assert {j.status for j in setup.find(JobQuery())} == {JobStatus.DONE}
     finally:
         setup.close()
@@ -398,12 +402,13 @@ def test_a_batch_reads_each_limit_once_and_takes_rates_in_turn(
                      "find", "insert"]  # fmt: skip
     store.insert([new_job(f"m{i}", now=now + i * 1e-4, limit="mail") for i in range(5)])
     request = ClaimRequest(("default",), node="n", worker="n/1", token="m", lease=30, limit=5)
-    _, got = store.settle_batch([], now=now + 2, claim=request)
+    # (Within a second of the clock: a rate ignores starts logged further ahead.)
+    _, got = store.settle_batch([], now=now + 0.5, claim=request)
     assert [j.id for j in got] == ["m0", "m1"]
     doc = raw(store, "_limits").find_one({"_id": "mail"})
     assert (len(doc["starts"]), doc["v"]) == (2, 2)
-    assert store.count_due(["default"], now=now + 2, force_spawn=False) == 0
-    assert store.next_due(["default"]) == pytest.approx(now + 2 + 60, abs=0.01)
+    assert store.count_due(["default"], now=now + 0.5, force_spawn=False) == 0
+    assert store.next_due(["default"]) == pytest.approx(now + 0.5 + 60, abs=0.01)
 
 
 def test_a_lost_claim_reply_of_a_held_back_job_gives_it_back(
@@ -447,3 +452,162 @@ def test_a_gated_batch_claim_that_lands_late_keeps_one_slot_each(
     _, jobs = store.settle_batch([], now=now + 1, claim=request)
     assert sorted(j.id for j in jobs) == ["j0", "j1"]  # adopted; no slot left for more
     assert sorted(d["holder"] for d in held_slots(store, now + 1)) == ["late", "late.1"]
+
+
+def request(token: str, limit: int = 1) -> ClaimRequest:
+    return ClaimRequest(
+        queues=("default",), node="node-a", worker="node-a/1", token=token, lease=30.0,
+        limit=limit,
+    )  # fmt: skip
+
+
+def settle_and_claim(
+    store: MongoStore, job: Any, now: float, token: str, limit: int = 1
+) -> list[Any]:
+    done, claimed = store.settle_batch(
+        [(job.id, job.claim_token or "", settlement(JobStatus.DONE, reason="t"))],
+        now=now,
+        claim=request(token, limit),
+    )
+    assert done[0] is not None
+    return claimed
+
+
+def test_a_settle_hands_its_slot_over_to_the_next_job_of_the_limit_in_the_same_call(
+    mongo_uri: str, database: str, store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-over: a worker settling a job of a full limit, with more of its jobs
+    waiting, claims one of them in the same settle_batch; the slot passes from one to
+    the other and never shows free to other workers meanwhile (another node claiming
+    whenever this store frees a slot gets nothing), whatever this process remembers of
+    the limit being full. With no job of the limit left, the slot is freed before the
+    call returns (before its events wake the others)."""
+    now = time.time()
+    store.set_limit(LimitSpec("r", max_running=2))
+    store.insert([new_job(f"j{i:02}", now=now + i * 1e-3, limit="r") for i in range(4)])
+    store.insert([new_job("u", now=now, at=now + 2.5)])  # unlimited, due later
+    running = [must_claim(store, now=now + 1, token=f"t{i}") for i in range(2)]
+    assert claim(store, now=now + 1) is None  # full: remembered as full, gates first
+    other = open_mongo(mongo_uri, database)
+    raced: list[str | None] = []
+    free = store._gates.free
+
+    def free_then_race(tokens: Any, **kwargs: Any) -> None:
+        free(tokens, **kwargs)
+        got = claim(other, now=now + 2, token=uuid.uuid4().hex, worker="node-b/1")
+        raced.append(None if got is None else got.id)
+
+    monkeypatch.setattr(store._gates, "free", free_then_race)
+    try:
+        for step, job in enumerate(running):
+            slot = raw(store, "_slots").find_one({"holder": job.claim_token})
+            (got,) = settle_and_claim(store, job, now + 2 + step * 0.01, f"n{step}")
+            assert got.id == f"j{step + 2:02}"
+            assert raw(store, "_slots").find_one({"_id": slot["_id"]})["holder"] == f"n{step}"
+            assert len(held_slots(store, now + 2)) == 2
+        assert raced == []  # no slot was ever freed: nothing for the other node to race
+        assert {d["job"] for d in held_slots(store, now + 2)} == {"j02", "j03"}
+        # No job of the limit waits: the settle of j02 claims the unlimited job and
+        # frees its slot before returning; the other node's claim finds it free.
+        j02 = store.get("j02")
+        (got,) = settle_and_claim(store, j02, now + 3, "n2")
+        assert got.id == "u"
+        assert raced == [None]  # freed after the claim (nothing left for the other node)
+        assert {d["job"] for d in held_slots(store, now + 3)} == {"j03"}
+        (state,) = store.limits(now=now + 3)
+        assert (state.running, state.waiting) == (1, 0)
+        store.insert([new_job("j04", now=now + 3, limit="r")])
+        assert must_claim(other, now=now + 3, token="o1", worker="node-b/1").id == "j04"
+    finally:
+        other.close()
+
+
+def test_a_hand_over_frees_the_key_first(store: MongoStore) -> None:
+    """A settled job's key is freed before the claim: the next job with that key takes
+    it, and the limit slot is handed over."""
+    now = time.time()
+    store.set_limit(LimitSpec("r", max_running=2))
+    store.insert(
+        [new_job(f"k{i}", now=now + i * 1e-3, limit="r", exclusive_key="c") for i in range(3)]
+    )
+    k0 = must_claim(store, now=now + 1, token="t0")
+    assert claim(store, now=now + 1) is None  # the key is held
+    (k1,) = settle_and_claim(store, k0, now + 2, "n0")
+    assert k1.id == "k1"
+    held = held_slots(store, now + 2)
+    assert sorted((d["_id"], d["holder"]) for d in held) == [("key:c", "n0"), ("lim:r#0", "n0")]
+
+
+def test_a_slot_a_lowered_cap_retires_is_not_handed_over(store: MongoStore) -> None:
+    """Lowered from 2 to 1 while two run: the first to end hands nothing over (the
+    other still runs above the cap), the second's slot (above the cap) is freed, and the
+    claim takes the one within it."""
+    now = time.time()
+    store.set_limit(LimitSpec("r", max_running=2))
+    store.insert([new_job(f"j{i}", now=now + i * 1e-3, limit="r") for i in range(4)])
+    a = must_claim(store, now=now + 1, token="ta")
+    b = must_claim(store, now=now + 1, token="tb")
+    assert [(d["_id"], d["holder"]) for d in sorted(held_slots(store, now + 1), key=str)] == [
+        ("lim:r#0", "ta"), ("lim:r#1", "tb"),
+    ]  # fmt: skip
+    store.set_limit(LimitSpec("r", max_running=1))
+    assert settle_and_claim(store, a, now + 2, "na") == []
+    assert [d["holder"] for d in held_slots(store, now + 2)] == ["tb"]
+    (c,) = settle_and_claim(store, b, now + 3, "nb")
+    assert c.id == "j2"
+    assert [(d["_id"], d["holder"]) for d in held_slots(store, now + 3)] == [("lim:r#0", "nb")]
+    assert raw(store, "_slots").count_documents({"kind": "lim"}) == 1  # #1 went
+    assert claim(store, now=now + 3) is None
+
+
+def test_concurrent_settle_and_claim_never_exceed_the_limit(mongo_uri: str, database: str) -> None:
+    """Workers that settle and claim in one call (as the daemon's do) hand slots over
+    among themselves while others race them: never more than the limit run."""
+    setup = open_mongo(mongo_uri, database)
+    now = time.time()
+    setup.set_limit(LimitSpec("r", max_running=2))
+    setup.insert([new_job(f"j{i:02}", now=now + i * 1e-4, limit="r") for i in range(30)])
+    lock = threading.Lock()
+    running = [0]
+    peak = [0]
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        s = open_mongo(mongo_uri, database)
+        try:
+            job = None
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                settles = []
+                if job is not None:
+                    with lock:
+                        running[0] -= 1
+                    settles = [(job.id, job.claim_token, settlement(JobStatus.DONE, reason="t"))]
+                _, jobs = s.settle_batch(settles, now=time.time(), claim=request(uuid.uuid4().hex))
+                job = jobs[0] if jobs else None
+                if job is None:
+                    if not remaining(s):
+                        return
+                    time.sleep(0.01)
+                    continue
+                with lock:
+                    running[0] += 1
+                    peak[0] = max(peak[0], running[0])
+                time.sleep(0.005)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            s.close()
+
+    try:
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert not errors
+        assert 1 <= peak[0] <= 2
+        assert {j.status for j in setup.find(JobQuery())} == {JobStatus.DONE}
+        assert held_slots(setup, time.time()) == []
+    finally:
+        setup.close()

@@ -16,8 +16,13 @@ A slot is held while ``until`` (the job's lease end, 0 when freed) has not passe
 ``holder`` (the job's claim token): the claim takes it with a findAndModify guarded on
 "free" (``until`` past), so of two claimants one gets it; renewals extend it
 before the job's lease; settles free it after the job's write (a lost free costs the
-slot until its ``until`` passes, never more than one lease). A freed key document is
-left free (one write frees any slot) and deleted by the maintenance pass.
+slot until its ``until`` passes, never more than one lease). A settle that claims in
+the same call (settle_batch, as every daemon worker does) hands its limit slot over
+instead: the claim's job of that limit takes it from the settled token in one guarded
+write (:class:`Handover`), so the slot never shows free to the other workers, who
+would race the settling worker for it; what is not taken over is freed after the
+claim, before the call's events wake them. A freed key document is left free (one
+write frees any slot) and deleted by the maintenance pass.
 
 What ``limits`` shows as running is what the claims decide by: the slots held now (of a
 rate-only limit, which has none: its jobs PROCESSING with a lease not over). They agree
@@ -51,6 +56,10 @@ REMEMBER = 0.5
 #: For how long after meeting a closed limit or key a claimant keeps reading the gates
 #: when its memory of them expires (then it goes back to claiming optimistically).
 ACTIVE = 30.0
+#: How recent a read of the gates by a claim of this process next_due uses instead of
+#: reading them again (an idle worker's next_due follows its claim at once; a slot freed
+#: since wakes it anyway: a settle's events come after its free).
+RECENT = 0.1
 #: Compare-and-set attempts on a rate's start log before the claim counts it as closed.
 _CAS_TRIES = 5
 
@@ -110,6 +119,8 @@ class Remembered:
     keys: dict[str, float] = field(default_factory=dict)
     read_at: float = float("-inf")
     active_until: float = float("-inf")
+    last: Closed | None = None  # the last read of the gates, at ``last_at`` (monotonic)
+    last_at: float = float("-inf")
 
     def add(self, held: Held, now: float) -> None:
         until = now + REMEMBER
@@ -118,6 +129,16 @@ class Remembered:
         (self.lims if held.kind == LIM else self.keys)[held.name] = until
         self.read_at = max(self.read_at, now)  # as good as a read, for this one
         self.active_until = now + ACTIVE
+        last = self.last
+        if last is not None:  # the last read, with what this claim found closed since
+            full, opens, keys = set(last.full), dict(last.opens), set(last.keys)
+            if held.kind == KEY:
+                keys.add(held.name)
+            elif held.opens is None:
+                full.add(held.name)
+            else:
+                opens[held.name] = held.opens
+            self.last = Closed(full, opens, keys)
 
     def current(self, now: float) -> tuple[set[str], set[str]]:
         # Copies: a settle on another thread (a worker's flusher) may clear them meanwhile.
@@ -136,10 +157,52 @@ class Remembered:
         self.read_at = now
         if closed.empty:
             self.active_until = float("-inf")
+        self.last, self.last_at = closed, time.monotonic()
+
+    def recent(self) -> Closed | None:
+        """The last read of the gates if it is at most RECENT old (and no claim of this
+        process took gates since: see :meth:`took`)."""
+        last = self.last
+        return last if time.monotonic() - self.last_at <= RECENT else None
+
+    def took(self) -> None:
+        """A claim took jobs (and maybe the last of a limit's slots or rate): the last
+        read of the gates is not to be reused."""
+        self.last, self.last_at = None, float("-inf")
 
     def clear(self) -> None:
         self.lims, self.keys = {}, {}
         self.read_at = float("-inf")
+        self.last, self.last_at = None, float("-inf")
+
+
+@dataclass
+class Handover:
+    """The limit slots of the jobs one settle_batch settled, kept (not freed) for the
+    claim in the same call: a job of the same limit takes one over from its holder in
+    one write (:meth:`Gates.take`), so the slot never shows free to the other workers,
+    who would race this claim for it and, on a busy server, often win it (their claim
+    then starts the next job later than this one would). What is not taken over is
+    freed after the claim, before its events wake the others."""
+
+    tokens: dict[str, list[str]] = field(default_factory=dict)  # limit -> settled tokens
+
+    def add(self, lim: str, token: str) -> None:
+        self.tokens.setdefault(lim, []).append(token)
+
+    def lims(self) -> set[str]:
+        """The limits this claim holds a slot of to pass on (not closed to it)."""
+        return {name for name, toks in self.tokens.items() if toks}
+
+    def pop(self, lim: str) -> str | None:
+        toks = self.tokens.get(lim)
+        return toks.pop() if toks else None
+
+    def left(self) -> list[str]:
+        """The settled tokens whose slots were not taken over (to free), forgotten."""
+        out = [t for toks in self.tokens.values() for t in toks]
+        self.tokens.clear()
+        return out
 
 
 def excluding(where: Doc, lims: set[str], keys: set[str]) -> Doc:
@@ -194,11 +257,13 @@ class Gates:
         until: float,
         now: float,
         seen: dict[str, Doc | None] | None = None,
+        handover: Handover | None = None,
     ) -> Held | None:
         """Take what ``job`` (a document with _id, lim, xkey) needs to start under
         ``token`` until ``until``: a slot of its limit, its rate's start, its key. None:
         taken (or nothing to take); else why not, with nothing left taken. ``seen``: the
-        limit documents one claim already read (a batch reads each limit once)."""
+        limit documents one claim already read (a batch reads each limit once).
+        ``handover``: slots of jobs just settled that this claim takes over first."""
         lim, key = job.get("lim"), job.get("xkey")
         lim = lim if isinstance(lim, str) else None
         key = key if isinstance(key, str) else None
@@ -219,7 +284,7 @@ class Gates:
                 if opens is not None:
                     return Held(LIM, spec.name, opens)  # before any write
             if spec.max_running is not None:
-                if not self._take_slot(spec, doc, job["_id"], token, until, now):
+                if not self._take_slot(spec, doc, job["_id"], token, until, now, handover):
                     return Held(LIM, spec.name)
                 slot = True
         if key is not None and not self._take_key(key, job["_id"], token, until, now):
@@ -235,16 +300,43 @@ class Gates:
         return None
 
     def _take_slot(
-        self, spec: LimitSpec, doc: Doc, job_id: str, token: str, until: float, now: float
-    ) -> bool:
+        self, spec: LimitSpec, doc: Doc, job_id: str, token: str, until: float, now: float,
+        handover: Handover | None = None,
+    ) -> bool:  # fmt: skip
         cap = spec.max_running or 0
-        if cap <= 0 or not self._grab(spec.name, cap, job_id, token, until, now):
+        if cap <= 0:
+            return False
+        name = spec.name
+        passed = self._pass_on(name, cap, job_id, token, until, handover)
+        if not passed and not self._grab(name, cap, job_id, token, until, now):
             return False
         high = doc.get("high")
         if type(high) is int and high > 0 and not self._verify(spec, token, now):
             self.free([token], lims=True, keys=False)
             return False
         return True
+
+    def _pass_on(
+        self, name: str, cap: int, job_id: str, token: str, until: float,
+        handover: Handover | None,
+    ) -> bool:  # fmt: skip
+        """Take over a slot of limit ``name`` that a job settled in the same call still
+        holds (one findAndModify guarded on its holder: nobody took it meanwhile, as
+        after its lease ended; ``i < cap``: not one a lowered cap retires). One that
+        cannot pass is freed at once, before the claim looks for a free one."""
+        if handover is None:
+            return False
+        while (old := handover.pop(name)) is not None:
+            got = self._slots.find_one_and_update(
+                {"kind": LIM, "lim": name, "holder": old, "i": {"$lt": cap}},
+                {"$set": {"holder": token, "job": job_id, "until": until}},
+                projection={"_id": 1},
+                return_document=ReturnDocument.AFTER,
+            )
+            if got is not None:
+                return True
+            self.free([old], lims=True, keys=False)
+        return False
 
     def _grab(
         self, name: str, cap: int, job_id: str, token: str, until: float, now: float,
@@ -333,7 +425,7 @@ class Gates:
             # Never log a start before one already logged: claims take `now` before
             # their round trips and land in another order, and a start at an older time
             # than the newest would count in a window the newest already trimmed.
-            now = max([now, time.time(), *starts])
+            now = limits.clock(now, starts)
             opens = rate.next_start(starts, now)
             if opens is not None:
                 return False, opens

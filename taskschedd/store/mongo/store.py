@@ -75,7 +75,7 @@ from taskschedd.store.mongo.documents import (
 )
 from taskschedd.store.mongo.errors import hosts_of, reason, translate
 from taskschedd.store.mongo.events import FLOOR_ID, EventLog
-from taskschedd.store.mongo.gates import LIM, Gates, Held, Remembered, excluding
+from taskschedd.store.mongo.gates import LIM, Gates, Handover, Held, Remembered, excluding
 from taskschedd.store.mongo.indexes import create_indexes
 from taskschedd.store.mongo.waker import STREAM_AWAIT_MS, MongoWaker
 from taskschedd.transitions import Attempt, Branch, ClaimFields, Transition
@@ -159,16 +159,21 @@ def _claimed(before: Doc, update: Doc) -> Doc:
 class _Excluded:
     """The limits and keys one claim skips: those it found closed, and (first) those
     this process remembers as closed (gates.Remembered), which :meth:`recheck` reads
-    again when nothing else was found."""
+    again when nothing else was found. Limits whose slots a settle in the same call
+    hands over (gates.Handover) are open to this claim, however full they are."""
 
-    def __init__(self, remembered: Remembered, gates: Gates, now: float) -> None:
+    def __init__(
+        self, remembered: Remembered, gates: Gates, now: float, handover: Handover | None = None
+    ) -> None:
         self.remembered = remembered
         self.gates = gates
         self.now = now
+        self.open = handover.lims() if handover is not None else set()
         self.read = remembered.stale(now)  # whether this claim read the gates itself
         if self.read:
             remembered.read(gates.closed(now), now)
         self.memo_lims, self.memo_keys = remembered.current(now)
+        self.memo_lims -= self.open
         self.lims: set[str] = set()
         self.keys: set[str] = set()
 
@@ -180,7 +185,7 @@ class _Excluded:
         self.read = True
         closed = self.gates.closed(self.now)
         self.remembered.read(closed, self.now)
-        lims, keys = closed.full | set(closed.opens), closed.keys
+        lims, keys = (closed.full | set(closed.opens)) - self.open, closed.keys
         opened = bool((self.memo_lims - lims) or (self.memo_keys - keys))
         self.memo_lims, self.memo_keys = lims, set(keys)
         return opened
@@ -1057,12 +1062,17 @@ class MongoStore(Store):
         *,
         held_runnable: bool = False,
         cascade: bool = True,
+        handover: Handover | None = None,
+        events: list[Doc] | None = None,
     ) -> Branch | None:
         """The first branch whose guard holds, applied (findAndModify per branch, the guard
         in its filter), its event recorded and its follow-up inserted; None if none held.
         ``held_runnable``: a next occurrence not released yet counts as runnable.
         ``cascade``: then decide what the change means to jobs depending on this one (a
-        final job's BLOCKED dependents; a job made BLOCKED itself, by a retry)."""
+        final job's BLOCKED dependents; a job made BLOCKED itself, by a retry).
+        ``handover``: keep the settled job's limit slot for the caller's claim; its event
+        then goes to ``events``, which the caller records after the slots its claim did
+        not take over are freed (so the workers it wakes find them free)."""
         now = _t(now)
         for branch in transition.branches:
             where = {"_id": job_id, **guard_filter(branch.guard, token, now), **(extra or {})}
@@ -1083,10 +1093,14 @@ class MongoStore(Store):
             if doc is None:
                 continue
             held = token is not None and branch.guard.held and branch.change.release_claim
-            if held and token is not None and _gated(doc):
-                # Before the event: the workers it wakes find the slot free.
-                self._free_logged([token])
-            if branch.event:
+            if held and token is not None:
+                # Before the event: the workers it wakes find the slot free (or, kept for
+                # the caller's claim, the caller records the event after its claim).
+                self._free_settled([(doc, token)], handover)
+            kept = held and handover is not None and isinstance(doc.get("lim"), str)
+            if branch.event and kept and events is not None:
+                events.append(_branch_event(doc, branch, now))
+            elif branch.event:
                 self._emit_after(transition.name, [_branch_event(doc, branch, now)])
             if next_doc is not None:
                 self._insert_next_logged(job_id, next_doc)
@@ -1236,6 +1250,7 @@ class MongoStore(Store):
         update = _claim_update(token, node=node, worker=worker, lease=lease, now=now)
         doc = self._claim_gated(targets, update, token, now)
         if doc is not None:
+            self._remembered.took()
             job = _to_job(doc)
             event = _event(doc, now, transitions.CLAIMED, node=node, worker=worker)
             self._emit_after("claim", [event])
@@ -1244,8 +1259,9 @@ class MongoStore(Store):
         return None
 
     def _claim_gated(
-        self, targets: Sequence[tuple[str | None, Doc]], update: Doc, token: str, now: float
-    ) -> Doc | None:
+        self, targets: Sequence[tuple[str | None, Doc]], update: Doc, token: str, now: float,
+        handover: Handover | None = None,
+    ) -> Doc | None:  # fmt: skip
         """The best job of the first target (queue, filter; no queue: a claim by id) that
         has one which no limit or key holds back: the document after the claim.
 
@@ -1255,13 +1271,14 @@ class MongoStore(Store):
         (:meth:`_give_back`). A queue where jobs with limits or keys turned up lately
         (and a claim by id) is claimed gates first instead (:meth:`_claim_peeking`), so
         that no job of a full limit is ever seen PROCESSING, not even for a moment:
-        only the first held-back job a process meets in a queue is given back."""
+        only the first held-back job a process meets in a queue is given back.
+        ``handover``: slots of jobs settled in the same call, taken over first."""
         with self._errors("claim"):
-            ex = _Excluded(self._remembered, self._gates, now)
+            ex = _Excluded(self._remembered, self._gates, now, handover)
         until = update["$set"]["lease_until"]
         for queue, where in targets:
             if queue is None or self._peeking.get(queue, 0.0) > time.monotonic():
-                doc = self._claim_peeking(where, update, token, now, ex)
+                doc = self._claim_peeking(where, update, token, now, ex, handover)
                 if doc is not None:
                     return doc
                 continue
@@ -1279,7 +1296,7 @@ class MongoStore(Store):
                 tries += 1
                 try:
                     with self._errors("claim"):
-                        held = self._gates.take(after, token, until, now)
+                        held = self._gates.take(after, token, until, now, handover=handover)
                 except StoreError:
                     self._give_back_logged(after, before, token, now)
                     raise
@@ -1287,15 +1304,16 @@ class MongoStore(Store):
                     return after
                 self._give_back(after, before, token, now)
                 ex.add(held, now)
-                doc = self._claim_peeking(where, update, token, now, ex)
+                doc = self._claim_peeking(where, update, token, now, ex, handover)
                 if doc is not None:
                     return doc
                 break
         return None
 
     def _claim_peeking(
-        self, where: Doc, update: Doc, token: str, now: float, ex: _Excluded
-    ) -> Doc | None:
+        self, where: Doc, update: Doc, token: str, now: float, ex: _Excluded,
+        handover: Handover | None = None,
+    ) -> Doc | None:  # fmt: skip
         """Gates first: read the best few candidates (what limit and key each has), take
         the gates of the first one not held back, then claim it by id (a candidate
         another worker took first frees its gates; a rate's start it took stays used)."""
@@ -1318,7 +1336,7 @@ class MongoStore(Store):
                     if ex.skips(row):
                         continue
                     with self._errors("claim"):
-                        held = self._gates.take(row, token, until, now, seen)
+                        held = self._gates.take(row, token, until, now, seen, handover)
                     if held is not None:
                         ex.add(held, now)
                         continue
@@ -1470,23 +1488,38 @@ class MongoStore(Store):
         nexts: list[tuple[str, Doc]] = []
         finals: list[tuple[str, JobStatus]] = []
         done: list[Branch | None]
-        if len(settles) == 1:
-            job_id, token, tr = settles[0]
-            done = [self._apply_branches(job_id, tr, token, now)]
-        else:
-            done = self._settle_many(settles, now, events, nexts, finals) if settles else []
+        # The limit slots of the jobs settled go to the claim of this call first (see
+        # gates.Handover); what it does not take over is freed before the events.
+        hand = Handover() if claim is not None and claim.limit > 0 else None
+        try:
+            if len(settles) == 1:
+                job_id, token, tr = settles[0]
+                done = [self._apply_branches(job_id, tr, token, now, handover=hand, events=events)]
+            elif settles:
+                done = self._settle_many(settles, now, events, nexts, finals, hand)
+            else:
+                done = []
+        except BaseException:
+            if hand is not None:  # some settled (a lost reply): nothing claims their slots
+                self._free_logged(hand.left())
+            raise
         docs: list[Doc] = []
         try:
             if claim is not None and claim.limit > 0:
                 docs = self._adopt(claim.lease)
                 if len(docs) < claim.limit:
-                    docs += self._claim_batch(replace(claim, limit=claim.limit - len(docs)), now)
+                    more = replace(claim, limit=claim.limit - len(docs))
+                    docs += self._claim_batch(more, now, hand)
         except StoreError as exc:
             if not settles:
                 raise
             # The settles stand; the caller's next claim meets the trouble.
             _log().warning("settled, but claiming more failed", error=str(exc))
         finally:
+            if hand is not None:
+                self._free_logged(hand.left())
+            if docs:
+                self._remembered.took()
             events += [
                 _event(d, now, transitions.CLAIMED, node=d.get("node"), worker=d.get("worker"))
                 for d in docs
@@ -1507,11 +1540,13 @@ class MongoStore(Store):
         events: list[Doc],
         nexts: list[tuple[str, Doc]],
         finals: list[tuple[str, JobStatus]],
+        handover: Handover | None = None,
     ) -> list[Branch | None]:
         """Several fenced settles in two commands; appends their events, next
         occurrences and the jobs they made final (whose dependents the caller decides
-        once the events are written). A settle's event fields are read while its token is still held, so
-        they are the claim's, whatever happens to the job afterwards."""
+        once the events are written). A settle's event fields are read while its token is
+        still held, so they are the claim's, whatever happens to the job afterwards.
+        ``handover``: their limit slots are kept for the caller's claim."""
         op = secrets.token_hex(8)  # marks what this call applied
         done: list[Branch | None] = [None] * len(settles)
         with self._errors("settle"):
@@ -1559,12 +1594,13 @@ class MongoStore(Store):
                     # commands, with the same token: only our op marks ours.
                     applied = self._settled_by(op, [doc["_id"] for _, doc, _ in todo])
         # Their slots and keys, freed after the jobs' writes and before their events.
-        self._free_logged(
+        self._free_settled(
             [
-                settles[i][1]
+                (doc, settles[i][1])
                 for i, doc, _ in todo
-                if _gated(doc) and (applied is None or doc["_id"] in applied)
-            ]
+                if applied is None or doc["_id"] in applied
+            ],
+            handover,
         )
         missed: list[int] = []
         for i, doc, next_doc in todo:
@@ -1583,7 +1619,9 @@ class MongoStore(Store):
         if lost is None:
             for i in missed:  # fenced off, or another branch's guard holds now
                 job_id, token, tr = settles[i]
-                done[i] = self._apply_branches(job_id, tr, token, now)
+                done[i] = self._apply_branches(
+                    job_id, tr, token, now, handover=handover, events=events
+                )
         if lost is not None and applied is not None and len(applied) < len(todo):
             # The reply was lost and some settles did not land (or not yet): say so, so the
             # caller retries them (fenced, so idempotent); keep the events of those that did.
@@ -1597,15 +1635,33 @@ class MongoStore(Store):
             )
         return done
 
-    def _free_logged(self, tokens: list[str]) -> None:
-        """Free the slots and keys of these claim tokens, after their jobs' writes: a
-        failure is logged (the slots free themselves when their ``until`` passes)."""
+    def _free_settled(self, settled: list[tuple[Doc, str]], handover: Handover | None) -> None:
+        """Free what the jobs just settled (documents, claim tokens) held, after their
+        writes; with ``handover``, their limit slots are kept for the claim that follows
+        in the same call (their keys are freed now)."""
+        gated = [(doc, token) for doc, token in settled if _gated(doc)]
+        if handover is None:
+            self._free_logged([token for _, token in gated])
+            return
+        keys: list[str] = []
+        for doc, token in gated:
+            lim = doc.get("lim")
+            if isinstance(lim, str):
+                handover.add(lim, token)
+            if doc.get("xkey") is not None or not isinstance(lim, str):
+                keys.append(token)
+        self._free_logged(keys, lims=False)
+
+    def _free_logged(self, tokens: list[str], *, lims: bool = True) -> None:
+        """Free the slots and keys (``lims`` False: the keys) of these claim tokens, after
+        their jobs' writes: a failure is logged (the slots free themselves when their
+        ``until`` passes)."""
         if not tokens:
             return
         self._remembered.clear()  # what we remember as full may have room now
         try:
             with self._errors("free limit slots"):
-                self._gates.free(tokens)
+                self._gates.free(tokens, lims=lims)
         except StoreError as exc:
             _log().warning(
                 "limit slots not freed; they free themselves when the lease would end",
@@ -1664,25 +1720,28 @@ class MongoStore(Store):
         self._give_back_logged(doc, None, token, now)
         return False
 
-    def _claim_batch(self, claim: ClaimRequest, now: float) -> list[Doc]:
+    def _claim_batch(
+        self, claim: ClaimRequest, now: float, handover: Handover | None = None
+    ) -> list[Doc]:
         """Claim up to ``claim.limit`` due jobs: the documents after the claim, in claim
         order. Never raises once a job is claimed (the caller must learn of every claim
-        it can); StoreError if nothing was claimed and the store failed."""
+        it can); StoreError if nothing was claimed and the store failed. ``handover``:
+        slots of jobs just settled, taken over first."""
         if claim.limit == 1:
             update = _claim_update(
                 claim.token_for(0), node=claim.node, worker=claim.worker, lease=claim.lease,
                 now=now,
             )  # fmt: skip
             targets = [(q, _due(q, claim.force_spawn, now)) for q in dict.fromkeys(claim.queues)]
-            doc = self._claim_gated(targets, update, claim.token_for(0), now)
+            doc = self._claim_gated(targets, update, claim.token_for(0), now, handover)
             return [] if doc is None else [doc]
         got: list[Doc] = []
         empty: set[str] = set()  # queues with fewer due jobs than asked for
         with self._errors("claim"):
-            ex = _Excluded(self._remembered, self._gates, now)
+            ex = _Excluded(self._remembered, self._gates, now, handover)
         for _ in range(_CLAIM_ROUNDS):
             try:
-                more, complete = self._claim_round(claim, now, len(got), empty, ex)
+                more, complete = self._claim_round(claim, now, len(got), empty, ex, handover)
             except StoreError:
                 if got:
                     return got
@@ -1693,8 +1752,9 @@ class MongoStore(Store):
         return got
 
     def _claim_round(
-        self, claim: ClaimRequest, now: float, index: int, empty: set[str], ex: _Excluded
-    ) -> tuple[list[Doc], bool]:
+        self, claim: ClaimRequest, now: float, index: int, empty: set[str], ex: _Excluded,
+        handover: Handover | None = None,
+    ) -> tuple[list[Doc], bool]:  # fmt: skip
         """One round of a batch claim: find candidates (queues in order, then the claim's
         sort), claim each with its own token, read the claimed ones back. Returns them and
         whether the round ran to the end (False: no candidates, or a lost reply: another
@@ -1743,7 +1803,7 @@ class MongoStore(Store):
                     continue
                 try:
                     with self._errors("claim"):
-                        held = self._gates.take(row, token, lease_until, now, seen)
+                        held = self._gates.take(row, token, lease_until, now, seen, handover)
                 except StoreError:
                     self._free_logged(list(gated.values()))
                     raise
@@ -1988,21 +2048,25 @@ class MongoStore(Store):
     def next_due(self, queues: Sequence[str]) -> float | None:
         """As the base says. The earliest job of each queue first (as always); only when
         one that is due has a limit or key are the gates read, and the jobs they hold
-        back left out (those of a rate-closed limit count from its next start)."""
+        back left out (those of a rate-closed limit count from its next start). The gates
+        a claim of this process read just before (an idle worker's) are used as read, and
+        the jobs they hold back left out at once."""
         now = _t(time.time())
         best: float | None = None
-        gated = False
+        closed = self._remembered.recent()
         with self._errors("find the next due job"):
-            for q in dict.fromkeys(queues):
-                at, doc = self._earliest({"state": READY, "queue": q})
-                gated = gated or (_gated(doc) and at is not None and at <= now)
-                if at is not None and (best is None or at < best):
-                    best = at
-            if not gated:
-                return best
-            closed = self._gates.closed(now)
-            if closed.empty:
-                return best
+            if closed is None:
+                gated = False
+                for q in dict.fromkeys(queues):
+                    at, doc = self._earliest({"state": READY, "queue": q})
+                    gated = gated or (_gated(doc) and at is not None and at <= now)
+                    if at is not None and (best is None or at < best):
+                        best = at
+                if not gated:
+                    return best
+                closed = self._gates.closed(now)
+                if closed.empty:
+                    return best
             best = None
             skip = closed.full | set(closed.opens)
             for q in dict.fromkeys(queues):
