@@ -611,3 +611,20 @@ def test_concurrent_settle_and_claim_never_exceed_the_limit(mongo_uri: str, data
         assert held_slots(setup, time.time()) == []
     finally:
         setup.close()
+
+
+def test_a_slot_whose_until_is_no_number_is_freed_by_maintenance(store: MongoStore) -> None:
+    """Another client's slot or key document with an ``until`` that is no number matched
+    no claim's "free" range: its limit or key was held for ever. Maintenance frees it."""
+    now = time.time()
+    store.set_limit(LimitSpec("mc4", 1))
+    store._slots.insert_one(
+        {"_id": "lim:mc4#0", "kind": "lim", "lim": "mc4", "i": 0, "holder": None, "until": None}
+    )
+    store._slots.insert_one(
+        {"_id": "key:k", "kind": "key", "key": "k", "holder": "x", "job": "gone", "until": "never"}
+    )
+    store.insert([new_job("a", now=now, limit="mc4"), new_job("b", now=now, exclusive_key="k")])
+    store._gates.sweep_keys(now)
+    got = {must_claim(store, now=now + 0.1, worker=f"w/{i}").id for i in range(2)}
+    assert got == {"a", "b"}

@@ -560,8 +560,14 @@ class Gates:
         return gone
 
     def sweep_keys(self, now: float) -> None:
-        """Delete key documents nobody holds (a take upserts them again when needed; a
-        take and this delete of the same document are each atomic, so one wins)."""
+        """Free the slots whose ``until`` another client wrote as no number (no claim's
+        "free" range matches them: their limit or key was held for ever), then delete
+        key documents nobody holds (a take upserts them again when needed; a take and
+        this delete of the same document are each atomic, so one wins)."""
+        for kind in ("null", "string", "bool", "object", "array"):  # nx-27017: no $not
+            self._slots.update_many(
+                {"until": {"$type": kind}}, {"$set": {"holder": None, "job": None, "until": 0.0}}
+            )
         self._slots.delete_many({"kind": KEY, **_free_or_over(now)})
 
     def clear(self) -> None:
