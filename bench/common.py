@@ -8,7 +8,9 @@ every process is started in its own session so that stopping it takes its whole 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -199,6 +201,28 @@ def tree_rss(pid: int) -> dict[str, Any]:
         "children_mb": [rss_mb(k) for k in kids],
         "total_mb": sum(filter(None, [rss_mb(p) for p in [pid, *kids]])),
     }
+
+
+def finish(
+    results: dict[str, Any],
+    out: Path,
+    render: Callable[[dict[str, Any]], str],
+    workdir: Path,
+    keep: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Write a run's results (``out``: JSON, and its table beside it as .md), print the
+    table, and remove the scratch directory unless ``keep``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    table = render(results)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    log(f"results: {out}")
+    if keep:
+        log(f"scratch kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def loadavg() -> list[float]:

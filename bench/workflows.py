@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -430,16 +429,7 @@ def main() -> int:
         results["machine"]["loadavg_end"] = common.loadavg()
         results["summary"] = summarize(raw, sizes)
         out = args.out or common.REPO / "bench/results" / f"workflows-{date}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        table = render(results)
-        out.with_suffix(".md").write_text(table)
-        print(table)
-        log(f"results: {out}")
-        if args.keep:
-            log(f"scratch kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        common.finish(results, out, render, workdir, args.keep, log)
     return 0
 
 
