@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,10 +28,8 @@ class Swallow(Job):
     careless job does; then sleeps ``data["after"]`` more and returns."""
 
     def start(self) -> Any:
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             time.sleep(float(self.data["seconds"]))
-        except KeyboardInterrupt:
-            pass
         time.sleep(float(self.data.get("after", 0)))
         return "swallowed"
 
