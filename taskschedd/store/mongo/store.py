@@ -1831,6 +1831,17 @@ class MongoStore(Store):
                     raise  # never sent
                 except ConnectionFailure:
                     matched, complete = -1, False  # applied or not: look the tokens up
+                except BulkWriteError as exc:
+                    # A candidate the claim cannot write (another client's record: say an
+                    # attempt that is not a number) fails alone; the others are claimed
+                    # (unordered) and must be returned, or their leases end unannounced.
+                    # The bad one is left to the quarantine sweep.
+                    matched = int(exc.details.get("nMatched", 0) or 0)
+                    failed = [candidates[e["index"]] for e in exc.details.get("writeErrors", [])]
+                    _log().warning(
+                        "a job the claim cannot write is left to the quarantine sweep",
+                        jobs=failed[:10], error=str(exc.details.get("writeErrors", [])[:1]),
+                    )  # fmt: skip
                 if matched == 0:
                     self._free_logged(list(gated.values()))
                     return [], True
