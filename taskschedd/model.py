@@ -173,6 +173,9 @@ class JobRecord:
     updated: float | None = None
     #: Why the stored record does not decode (None: it does); see store/decode.py.
     corrupt: str | None = None
+    #: The store's insertion order (SQLite's rowid, MongoDB's ``seq`` field): the
+    #: keyset cursor of JobQuery.before_seq/after_seq. 0 when the stored one is unreadable.
+    seq: int = 0
 
     @property
     def is_final(self) -> bool:
@@ -325,3 +328,13 @@ class JobQuery:
     since: float | None = None  # created at or after
     limit: int | None = None
     newest_first: bool = False
+    #: Keyset paging by JobRecord.seq: only jobs with seq < before_seq (the next page,
+    #: newest first) and/or seq > after_seq (newer ones, or oldest-first paging).
+    before_seq: int | None = None
+    after_seq: int | None = None
+    #: Ids starting with this text (exact and case-sensitive: no wildcards).
+    id_prefix: str | None = None
+    until: float | None = None  # created before (exclusive)
+    #: Only the pending occurrence of recurring jobs (option interval or cron): WAITING
+    #: or POSTPONED ones, narrowed further by ``statuses`` when given.
+    recurring: bool = False

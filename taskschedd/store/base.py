@@ -84,6 +84,19 @@ class UnknownDependency(LookupError):
         return f"no job with id{'s' if len(self.missing) > 1 else ''} {shown}"
 
 
+def prefix_end(prefix: str) -> str | None:
+    """The least text above every text that starts with ``prefix`` (code point order,
+    which is SQLite's BINARY order of UTF-8 and MongoDB's of strings); None if none."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code == 0xD800:  # surrogates cannot be stored
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
 class Store(abc.ABC):
     """What every store does. All times are unix seconds (float)."""
 
@@ -290,7 +303,17 @@ class Store(abc.ABC):
         """JobNotFound if there is no such job."""
 
     @abc.abstractmethod
-    def find(self, query: JobQuery) -> list[JobRecord]: ...
+    def find(self, query: JobQuery) -> list[JobRecord]:
+        """The jobs matching every filter of ``query``, in seq order (newest first when
+        asked). Built for pages of a million jobs: a filter reads an index, and a next
+        page is a keyset (``before_seq``/``after_seq`` of the last job seen), never an
+        offset."""
+
+    @abc.abstractmethod
+    def counts(self) -> list[tuple[Any, Any, Any, int]]:
+        """(status, queue, cls, count) of every job, values as stored (another client's
+        may not decode), groups of at least one job: exact, and cheap at a million jobs
+        (a dashboard's overview reads it on every refresh)."""
 
     @abc.abstractmethod
     def cancel_requested(self, tokens: Iterable[str]) -> list[str]:

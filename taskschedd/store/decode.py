@@ -25,7 +25,7 @@ JOB_FIELDS = (
     "id", "cls", "data", "status", "queue", "priority", "at", "created", "started", "ended",
     "attempt", "options", "result", "errors", "progress", "reason", "node", "worker",
     "claim_token", "lease_until", "cancel_requested", "series", "series_seq", "once_key",
-    "updated",
+    "updated", "seq",
 )  # fmt: skip
 
 #: Reason and error type of a quarantined record.
@@ -175,7 +175,7 @@ def decode_job(values: Sequence[Any]) -> JobRecord:
 #: Fields a document must have; the others, when missing, read as these (or None).
 _REQUIRED = frozenset({"id", "cls", "data", "status", "queue", "priority", "at", "created"})
 _MISSING_AS = {"attempt": 0, "errors": [], "progress": 0.0, "cancel_requested": False,
-               "series_seq": 0}  # fmt: skip
+               "series_seq": 0, "seq": 0}  # fmt: skip
 
 
 def decode_doc(doc: Mapping[str, Any], names: Mapping[str, str] | None = None) -> JobRecord:
@@ -202,7 +202,7 @@ def _decode(
     created: Any, started: Any, ended: Any, attempt: Any, options: Any, result: Any,
     errors: Any, progress: Any, reason: Any, node: Any, worker: Any, token: Any,
     lease_until: Any, cancel_requested: Any, series: Any, series_seq: Any, once_key: Any,
-    updated: Any,
+    updated: Any, seq: Any = 0,
 ) -> JobRecord:  # fmt: skip
     st = _status(status)
     if type(progress) is int:
@@ -237,7 +237,18 @@ def _decode(
         series_seq=_int("series_seq", series_seq, 0, MAX_COUNT),
         once_key=_text("once_key", once_key, optional=True),
         updated=_time("updated", updated, optional=True),
+        seq=_seq(seq),
     )
+
+
+def _seq(value: Any) -> int:
+    """The insertion order as a cursor: a paging key only, so an unreadable one is 0
+    (the record stays usable; it just sorts first), never a reason to quarantine."""
+    if type(value) is float and value.is_integer() and abs(value) <= MAX_COUNT:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return int(value)  # MongoDB's come as bson Int64 (time_ns() numbers)
+    return 0
 
 
 def _safe_text(value: Any, default: str | None) -> str | None:
@@ -286,6 +297,7 @@ def _quarantined(values: Sequence[Any], why: str) -> JobRecord:
         series=_safe_text(raw.get("series"), None),
         errors=errors,
         corrupt=why,
+        seq=_seq(raw.get("seq")),
     )
 
 

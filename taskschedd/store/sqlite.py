@@ -43,7 +43,7 @@ from taskschedd.model import (
 )
 from taskschedd.stats import StatRows
 from taskschedd.store import diskspace, sqlitefiles
-from taskschedd.store.base import DuplicateJobId, Store, UnknownDependency, Waker
+from taskschedd.store.base import DuplicateJobId, Store, UnknownDependency, Waker, prefix_end
 from taskschedd.store.decode import (
     decode_event,
     decode_job,
@@ -55,7 +55,7 @@ from taskschedd.store.notify import NotifyDir
 from taskschedd.store.sqlitecompile import change_sql, guard_sql
 from taskschedd.transitions import Branch, ClaimFields, Transition
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: A claim that waited longer than this for the write lock counts its lease from the end
 #: of the wait (shorter waits are noise, and keep the caller's `now` exact).
 LOCK_WAIT_SHIFT = 0.5
@@ -207,6 +207,53 @@ CREATE INDEX IF NOT EXISTS jobs_xkey_running ON jobs(xkey, lease_until)
 CREATE INDEX IF NOT EXISTS jobs_lim_waiting ON jobs(lim, at)
     WHERE status IN (0, 1) AND lim IS NOT NULL;
 """
+#: Schema 5: what a dashboard reads at a million jobs. job_counts holds the exact number
+#: of jobs per (status, queue, cls), kept by triggers in the writing statement's own
+#: transaction, so every writer keeps it right (older clients and raw SQL too). Its key
+#: is the three values as stored: the jobs table holds them NOT NULL, and a key column
+#: without a type takes any other value another client stored (REAL, BLOB) as it is, so
+#: such a row never fails its write. Rows at n = 0 stay (readers skip them).
+#: The three single-column indexes end with the rowid, so that a filter on one value
+#: walks it in seq order (keyset pages); queue and cls never change after insert.
+#: A job that may recur, as its options JSON is stored (compact, both keys always there:
+#: "interval":0.0 and "cron":null when unset): a plain substring test, evaluated at every
+#: insert and status change of every job, where json_extract cost 20-40 us a job. A
+#: superset: options written otherwise (another client) are candidates, and find() keeps
+#: the jobs whose decoded options recur.
+_RECURS = "(instr(options, '\"interval\":0.0,') = 0 OR instr(options, '\"cron\":null') = 0)"
+#: The pending occurrences of recurring jobs, in the words of jobs_recurring's WHERE (a
+#: query must repeat them exactly for SQLite to use that partial index).
+_RECURRING = f"status IN (0, 1) AND {_RECURS}"
+_UPSERT_COUNT = (
+    "INSERT INTO job_counts (status, queue, cls, n) VALUES (NEW.status, NEW.queue, NEW.cls, 1) "
+    "ON CONFLICT (status, queue, cls) DO UPDATE SET n = n + 1;"
+)
+_DROP_COUNT = (
+    "UPDATE job_counts SET n = n - 1 "
+    "WHERE status = OLD.status AND queue = OLD.queue AND cls = OLD.cls;"
+)
+#: Statements, not a script: trigger bodies hold semicolons.
+_COUNTS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS job_counts "
+    "(status, queue, cls, n INTEGER NOT NULL, PRIMARY KEY (status, queue, cls)) WITHOUT ROWID",
+    f"CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs "
+    f"BEGIN {_UPSERT_COUNT} END",
+    f"CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs BEGIN {_DROP_COUNT} END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF status, queue, cls "
+    "ON jobs WHEN OLD.status IS NOT NEW.status OR OLD.queue IS NOT NEW.queue "
+    f"OR OLD.cls IS NOT NEW.cls BEGIN {_DROP_COUNT} {_UPSERT_COUNT} END",
+    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status)",
+    "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(queue)",
+    "CREATE INDEX IF NOT EXISTS jobs_cls ON jobs(cls)",
+    f"CREATE INDEX IF NOT EXISTS jobs_recurring ON jobs(at) WHERE {_RECURRING}",
+)
+#: The planner has no statistics: given `status = ?` or `queue = ?` it takes the list
+#: indexes above (every job of a status or queue) over the partial ones the hot paths
+#: were written for (runnable, running, limited jobs only). Those statements name theirs.
+_BY_CLAIM = "INDEXED BY jobs_claim"
+#: Ids of at most this many jobs of a time window are sorted by seq (jobs_created);
+#: a wider window is walked in seq order instead.
+_WINDOW_SORT = 20000
 _BLOCKED = int(JobStatus.BLOCKED)
 #: A dependency sweep's page of BLOCKED jobs.
 _SWEEP_JOBS = 5000
@@ -214,7 +261,7 @@ _SWEEP_JOBS = 5000
 _COLUMNS = (
     "id, cls, data, status, queue, priority, at, created, started, ended, attempt, options, "
     "result, errors, progress, reason, node, worker, claim_token, lease_until, "
-    "cancel_requested, series, series_seq, once_key, updated"
+    "cancel_requested, series, series_seq, once_key, updated, seq"
 )
 _FINAL_SQL = ",".join(str(int(s)) for s in FINAL)
 #: A job (alias c) not held back by its limit or its exclusive key; arguments: the
@@ -283,7 +330,8 @@ class _Gates:
         running = {
             name: int(n)
             for name, n in conn.execute(
-                "SELECT lim, COUNT(DISTINCT worker) FROM jobs WHERE status = 2 "
+                "SELECT lim, COUNT(DISTINCT worker) FROM jobs INDEXED BY jobs_lim_running "
+                "WHERE status = 2 "
                 "AND lim IS NOT NULL AND lease_until >= ? GROUP BY lim",
                 (now,),
             )
@@ -293,7 +341,8 @@ class _Gates:
             holding = {
                 str(name)
                 for (name,) in conn.execute(
-                    "SELECT DISTINCT lim FROM jobs WHERE status = 2 AND lim IS NOT NULL "
+                    "SELECT DISTINCT lim FROM jobs INDEXED BY jobs_lim_running "
+                    "WHERE status = 2 AND lim IS NOT NULL "
                     "AND lease_until >= ? AND worker = ?",
                     (now, worker),
                 )
@@ -417,6 +466,95 @@ def _upgrade_v3(conn: sqlite3.Connection) -> None:
     for stmt in _LIMITS_TABLE.split(";"):
         if stmt.strip():
             conn.execute(stmt)
+
+
+def _upgrade_v4(conn: sqlite3.Connection) -> None:
+    """Schema 4 -> 5 (and the last step of a new store): job_counts, its triggers, filled
+    with one pass over the jobs, and the list indexes. Grouped by the key the triggers
+    compute, so that every later decrement finds its row. taskschedd 0.7 writes a
+    schema 5 store correctly (the triggers are the database's), but refuses it."""
+    for stmt in _COUNTS_SCHEMA:
+        conn.execute(stmt)
+    conn.execute("DELETE FROM job_counts")
+    conn.execute(
+        "INSERT INTO job_counts (status, queue, cls, n) "
+        "SELECT status, queue, cls, COUNT(*) FROM jobs GROUP BY status, queue, cls"
+    )
+
+
+def _plan(c: sqlite3.Connection, q: JobQuery) -> str | None:
+    """How find() reads the jobs of ``q``: ``INDEXED BY``/``NOT INDEXED`` for the query,
+    ``index!`` to sort the seqs it finds by that index before reading their rows, None to
+    leave it to SQLite. The planner has no statistics (no ANALYZE), so it cannot tell a
+    status of 10 jobs from one of 900,000; job_counts can, exactly. Rows read are
+    estimated for each way, filters taken as independent: an index on one value walks
+    in seq order and stops at the limit; several values, an id prefix or a time window
+    sort what they match; the rowid walk reads ``limit / selectivity`` rows."""
+    if q.recurring:
+        return "INDEXED BY jobs_recurring"  # a few series: the smallest set by far
+    if q.ids or q.series is not None:
+        return None  # a handful of ids: SQLite picks the id or series index
+    every: list[tuple[str, int, set[Any]]] = [
+        ("jobs_status", 0, {int(s) for s in q.statuses}),
+        ("jobs_queue", 1, set(q.queues)),
+        ("jobs_cls", 2, set(q.classes)),
+    ]
+    dims = [d for d in every if d[2]]
+    timed = q.since is not None or q.until is not None
+    if not dims and not q.id_prefix and not timed:
+        return None  # the rowid (seq) alone
+    per: list[dict[Any, int]] = [{}, {}, {}]
+    total = 0
+    for row in c.execute("SELECT status, queue, cls, n FROM job_counts WHERE n > 0"):
+        n = int(row[3])
+        total += n
+        for i in range(3):
+            per[i][row[i]] = per[i].get(row[i], 0) + n
+    if total == 0:
+        return None
+    limit = total if q.limit is None else max(q.limit, 1)
+    matched = {name: sum(per[i].get(v, 0) for v in values) for name, i, values in dims}
+    share = 1.0
+    for n in matched.values():
+        share *= n / total
+    ways: dict[str, float] = {}
+    if q.id_prefix:
+        prefixed = max(total / 16 ** len(q.id_prefix), 1.0)  # ids are mostly hex
+        share *= prefixed / total
+        ways["sqlite_autoindex_jobs_1!"] = 2 * prefixed
+    skip = 0  # jobs a walk in seq order passes before it reaches a time window
+    if timed:
+
+        def created(where: str, bounds: list[float]) -> int:
+            """Jobs created in ``where``, counted up to _WINDOW_SORT (index only)."""
+            (n,) = c.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_created "
+                f"WHERE {where} LIMIT {_WINDOW_SORT})",
+                bounds,
+            ).fetchone()
+            return int(n)
+
+        window = ["created >= ?"] * (q.since is not None) + ["created < ?"] * (q.until is not None)
+        inside = created(" AND ".join(window), [t for t in (q.since, q.until) if t is not None])
+        share *= inside / total
+        if inside < _WINDOW_SORT:
+            ways["jobs_created!"] = 2 * inside
+        else:  # wide: seq and created grow together, so a walk from its near end is short
+            edge = q.until if q.newest_first else q.since
+            if edge is not None:
+                skip = created("created >= ?" if q.newest_first else "created < ?", [edge])
+                if skip >= _WINDOW_SORT:  # far: read the index of the window instead
+                    skip = total  # of rows, each much bigger than an index entry
+                    ways["jobs_created!"] = 4 * _WINDOW_SORT
+    matching = max(share * total, 1e-9)
+    ways["NOT INDEXED"] = min(total, skip + limit * total / matching)
+    for name, _, values in dims:
+        n = matched[name]
+        if len(values) == 1:
+            ways[f"INDEXED BY {name}"] = min(n, skip * n / total + limit * n / matching)
+        else:
+            ways[f"{name}!"] = 2 * n
+    return min(ways, key=lambda w: ways[w])
 
 
 def _hold_event_floor(conn: sqlite3.Connection, top: int | None) -> None:
@@ -606,6 +744,7 @@ class SQLiteStore(Store):
                     if stmt.strip():
                         conn.execute(stmt)
                 _upgrade_v3(conn)
+                _upgrade_v4(conn)
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
                     (SCHEMA_VERSION,),
@@ -615,7 +754,9 @@ class SQLiteStore(Store):
                     _upgrade_v1(conn)
                 if version < 3:
                     _upgrade_v2(conn)
-                _upgrade_v3(conn)
+                if version < 4:
+                    _upgrade_v3(conn)
+                _upgrade_v4(conn)
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
@@ -1322,7 +1463,8 @@ class SQLiteStore(Store):
     def expired(self, now: float, limit: int = 100) -> list[JobRecord]:
         rows = self._read(
             lambda c: c.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE status = 2 AND lease_until < ? "
+                f"SELECT {_COLUMNS} FROM jobs INDEXED BY jobs_lease "
+                "WHERE status = 2 AND lease_until < ? "
                 "ORDER BY lease_until LIMIT ?",
                 (now, limit),
             ).fetchall()
@@ -1419,15 +1561,58 @@ class SQLiteStore(Store):
         if query.since is not None:
             where.append("created >= ?")
             args.append(query.since)
-        sql = f"SELECT {_COLUMNS} FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC" if query.newest_first else " ORDER BY seq"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            args.append(query.limit)
-        rows = self._read(lambda c: c.execute(sql, args).fetchall())
-        return [_row_to_job(r) for r in rows]
+        if query.until is not None:
+            where.append("created < ?")
+            args.append(query.until)
+        if query.before_seq is not None:
+            where.append("seq < ?")
+            args.append(query.before_seq)
+        if query.after_seq is not None:
+            where.append("seq > ?")
+            args.append(query.after_seq)
+        if query.id_prefix:  # a range on the id index: LIKE would read % and _
+            where.append("id >= ?")
+            args.append(query.id_prefix)
+            end = prefix_end(query.id_prefix)
+            if end is not None:
+                where.append("id < ?")
+                args.append(end)
+        if query.recurring:
+            where.append(_RECURRING)
+        order = " ORDER BY seq DESC" if query.newest_first else " ORDER BY seq"
+        limit: list[Any] = [] if query.limit is None else [query.limit]
+        cond = (" WHERE " + " AND ".join(where)) if where else ""
+
+        def run(c: sqlite3.Connection) -> list[Any]:
+            plan = _plan(c, query) if where else None
+            if plan is None:
+                sql = f"SELECT {_COLUMNS} FROM jobs{cond}{order}"
+            elif plan.endswith("!"):  # sort the matching seqs only, then read those rows
+                sql = (
+                    f"SELECT {_COLUMNS} FROM jobs WHERE seq IN (SELECT seq FROM jobs "
+                    f"INDEXED BY {plan[:-1]}{cond}{order}{' LIMIT ?' if limit else ''}){order}"
+                )
+                return c.execute(sql, [*args, *limit]).fetchall()
+            else:
+                sql = f"SELECT {_COLUMNS} FROM jobs {plan}{cond}{order}"
+            if limit:
+                sql += " LIMIT ?"
+            return c.execute(sql, [*args, *limit]).fetchall()
+
+        jobs = [_row_to_job(r) for r in self._read(run)]
+        if query.recurring:  # the index holds candidates: keep the jobs that recur
+            jobs = [j for j in jobs if j.corrupt is None and (j.options.interval or j.options.cron)]
+        return jobs
+
+    def counts(self) -> list[tuple[Any, Any, Any, int]]:
+        return self._read(
+            lambda c: [
+                (status, queue, cls, int(n))
+                for status, queue, cls, n in c.execute(
+                    "SELECT status, queue, cls, n FROM job_counts WHERE n > 0"
+                )
+            ]
+        )
 
     def cancel_requested(self, tokens: Iterable[str]) -> list[str]:
         toks = list(tokens)
@@ -1478,7 +1663,7 @@ class SQLiteStore(Store):
             # From the claim index alone first: when the earliest job is still to come
             # (a worker that waits with a backlog of later jobs), no limit matters yet.
             first = c.execute(
-                f"SELECT MIN(at) FROM jobs WHERE {_CLAIMABLE} AND queue IN ({marks})",
+                f"SELECT MIN(at) FROM jobs {_BY_CLAIM} WHERE {_CLAIMABLE} AND queue IN ({marks})",
                 list(queues),
             ).fetchone()
             if not first or not isinstance(first[0], int | float) or first[0] > now:
@@ -1487,7 +1672,7 @@ class SQLiteStore(Store):
             # Jobs not held back now, and those held back whose time is still to come
             # (their limit may have room by then: a wake-up or a poll tells).
             row = c.execute(
-                f"SELECT MIN(at) FROM jobs c WHERE {_CLAIMABLE} AND queue IN ({marks}) "
+                f"SELECT MIN(at) FROM jobs c {_BY_CLAIM} WHERE {_CLAIMABLE} AND queue IN ({marks}) "
                 f"AND (at > ? OR ({_NOT_HELD}))",
                 [*queues, now, *gates.args(now)],
             ).fetchone()
@@ -1541,7 +1726,8 @@ class SQLiteStore(Store):
             waiting = {
                 name: int(n)
                 for name, n in c.execute(
-                    f"SELECT lim, COUNT(*) FROM jobs WHERE {_CLAIMABLE} AND lim IS NOT NULL "
+                    "SELECT lim, COUNT(*) FROM jobs INDEXED BY jobs_lim_waiting "
+                    f"WHERE {_CLAIMABLE} AND lim IS NOT NULL "
                     "AND at <= ? GROUP BY lim",
                     (now,),
                 )
@@ -1565,7 +1751,8 @@ class SQLiteStore(Store):
             return {}
         rows = self._read(
             lambda c: c.execute(
-                "SELECT xkey, id FROM jobs WHERE status = 2 AND xkey IN "
+                "SELECT xkey, id FROM jobs INDEXED BY jobs_xkey_running "
+                "WHERE status = 2 AND xkey IN "
                 "(SELECT value FROM json_each(?)) AND lease_until >= ?",
                 (json.dumps(list(keys)), now),
             ).fetchall()
@@ -1575,11 +1762,12 @@ class SQLiteStore(Store):
     def stat_rows(self, *, now: float, since: float) -> StatRows:
         def run(c: sqlite3.Connection) -> StatRows:
             # One read transaction: the three answers are of the same moment.
-            groups = c.execute(
-                "SELECT status, queue, cls, COUNT(*) FROM jobs GROUP BY status, queue, cls"
+            groups = c.execute(  # kept exact by triggers: no pass over the jobs
+                "SELECT status, queue, cls, n FROM job_counts WHERE n > 0"
             ).fetchall()
             oldest = c.execute(
-                f"SELECT queue, MIN(at) FROM jobs WHERE {_CLAIMABLE} AND at <= ? GROUP BY queue",
+                f"SELECT queue, MIN(at) FROM jobs {_BY_CLAIM} WHERE {_CLAIMABLE} AND at <= ? "
+                "GROUP BY queue",
                 (now,),
             ).fetchall()
             ended = c.execute(  # the jobs_ended index

@@ -13,6 +13,7 @@ import pytest
 from taskschedd.errors import StoreError
 from taskschedd.model import FINAL, JobQuery, JobStatus
 from taskschedd.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from tests.helpers import settlement
 from tests.store.test_contract import finish, must_claim, new_job
 
 #: The schema 1 DDL as released (taskschedd 0.1), to build files the upgrade must take.
@@ -96,9 +97,10 @@ def schema_of(store: SQLiteStore) -> dict[str, str]:
 
 
 def check_v2(store: SQLiteStore) -> None:
-    """The schema is the current one (4: version 2's, the dependency tables, limits)."""
+    """The schema is the current one (5: version 2's, the dependency tables, limits, the
+    counts and list indexes)."""
     conn = store._conn
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("5",)
     ddl = schema_of(store)
     assert "AUTOINCREMENT" not in ddl["events"]
     assert "events_time" not in ddl and "jobs_status_ended" not in ddl
@@ -112,10 +114,15 @@ def check_v2(store: SQLiteStore) -> None:
     assert {"lim", "xkey"} <= {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
     assert "PRIMARY KEY" in ddl["limits"]
     assert {"jobs_lim_running", "jobs_xkey_running", "jobs_lim_waiting"} <= set(ddl)
+    # Schema 5: exact counts kept by triggers, the indexes of job lists.
+    assert "WITHOUT ROWID" in ddl["job_counts"]
+    assert {"jobs_status", "jobs_queue", "jobs_cls", "jobs_recurring"} <= set(ddl)
+    triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert triggers == {"jobs_count_insert", "jobs_count_delete", "jobs_count_update"}
 
 
-def test_a_new_store_has_schema_4(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 4
+def test_a_new_store_has_schema_5(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 5
     store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
     try:
         store.insert([new_job("a")])
@@ -213,9 +220,9 @@ def test_a_newer_schema_is_refused_with_the_version(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     store = SQLiteStore(f"sqlite:///{db}", create=True)
     store.insert([new_job("a")])
-    store._conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema'")
+    store._conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema'")
     store.close()
-    with pytest.raises(StoreError, match="has schema 5, newer than this taskschedd understands"):
+    with pytest.raises(StoreError, match="has schema 6, newer than this taskschedd understands"):
         SQLiteStore(f"sqlite:///{db}", create=True).get("a")
 
 
@@ -262,5 +269,66 @@ def test_a_v3_store_is_upgraded_to_limits_in_place(tmp_path: Path) -> None:
         check_v2(store)
         assert store.get("old").options.limit is None
         assert store.limits(now=time.time()) == []
+    finally:
+        store.close()
+
+
+def grouped(store: SQLiteStore) -> list[tuple[object, ...]]:
+    """Every job counted by (status, queue, cls) the slow way, as counts() gives them."""
+    rows = store._conn.execute(
+        "SELECT status, queue, cls, COUNT(*) FROM jobs GROUP BY status, queue, cls"
+    ).fetchall()
+    return sorted(rows, key=repr)
+
+
+def test_a_v4_store_gets_exact_counts_that_every_write_keeps(tmp_path: Path) -> None:
+    """A store of 0.7 (schema 4), with rows another client wrote of other types, gets
+    job_counts filled by the upgrade; from then on every write keeps it equal to a
+    GROUP BY of the jobs (writes of raw SQL too)."""
+    db = tmp_path / "jobs.db"
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
+    now = time.time()
+    store.insert([new_job(f"w{i}", now=now, queue=f"q{i % 2}") for i in range(6)])
+    store.insert([new_job("f", now=now, status=JobStatus.FAILED)])
+    conn = store._conn
+    for trigger in ("jobs_count_insert", "jobs_count_delete", "jobs_count_update"):
+        conn.execute(f"DROP TRIGGER {trigger}")
+    for index in ("jobs_status", "jobs_queue", "jobs_cls", "jobs_recurring"):
+        conn.execute(f"DROP INDEX {index}")
+    conn.execute("DROP TABLE job_counts")
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    conn.execute(  # another client's row: a BLOB class, a REAL status, options not JSON
+        "INSERT INTO jobs (id, cls, data, status, queue, priority, spawn, at, created, "
+        "options) VALUES ('raw', x'00ff', 'null', 2.5, 'q0', 0, 0, 1, 1, 'retry=3')"
+    )
+    store.close()
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
+    try:
+        check_v2(store)
+        counted = sorted(store.counts(), key=repr)
+        assert counted == grouped(store) and len(counted) == 4
+        job = must_claim(store, queues=("q0",), now=now)
+        assert grouped(store) == sorted(store.counts(), key=repr)
+        finish(store, "w1", JobStatus.DONE, now)
+        store.cancel("w2", now=now)
+        store.settle(
+            job.id, job.claim_token or "", settlement(status=JobStatus.DONE, reason="t"), now=now
+        )
+        assert grouped(store) == sorted(store.counts(), key=repr)
+        assert store.purge(statuses=list(FINAL), ended_before=now + 1) >= 3
+        assert grouped(store) == sorted(store.counts(), key=repr)
+        raw = sqlite3.connect(db, isolation_level=None)
+        raw.execute("UPDATE jobs SET status = x'01', queue = 7 WHERE id = 'raw'")
+        raw.execute("UPDATE jobs SET cls = 'renamed' WHERE id = 'w3'")
+        raw.execute(
+            "INSERT INTO jobs (id, cls, data, status, queue, priority, spawn, at, created, "
+            "options) VALUES ('raw2', 'c', 'null', 0, x'', 0, 0, 1, 1, x'7b7d')"
+        )
+        assert grouped(store) == sorted(store.counts(), key=repr)
+        raw.execute("DELETE FROM jobs WHERE id IN ('raw', 'w4')")
+        raw.close()
+        assert grouped(store) == sorted(store.counts(), key=repr)
+        store.flush()
+        assert store.counts() == []
     finally:
         store.close()

@@ -45,7 +45,7 @@ from taskschedd.model import (
 )
 from taskschedd.redact import redact_text, redact_url
 from taskschedd.stats import StatRows
-from taskschedd.store.base import DuplicateJobId, Store, UnknownDependency, Waker
+from taskschedd.store.base import DuplicateJobId, Store, UnknownDependency, Waker, prefix_end
 from taskschedd.store.decode import (
     MAX_ATTEMPT,
     MAX_TIME,
@@ -1997,8 +1997,42 @@ class MongoStore(Store):
             where.update(_among("_id", list(query.ids)))
         if query.series is not None:
             where["$or"] = [{"series": query.series}, {"_id": query.series}]
+        ands: list[Doc] = []
+        if query.series is not None and query.recurring:
+            ands.append({"$or": where.pop("$or")})  # two $or: both under one $and
+        created: Doc = {}
         if query.since is not None:
-            where["created"] = {"$gte": _t(query.since)}
+            created["$gte"] = _t(query.since)
+        if query.until is not None:
+            created["$lt"] = _t(query.until)
+        if created:
+            where["created"] = created
+        seq: Doc = {}
+        if query.before_seq is not None:
+            seq["$lt"] = query.before_seq
+        if query.after_seq is not None:
+            seq["$gt"] = query.after_seq
+        if seq:
+            where["seq"] = seq
+        if query.id_prefix:  # a range on _id: a regex would read its characters
+            end = prefix_end(query.id_prefix)
+            where["_id"] = {"$gte": query.id_prefix, **({"$lt": end} if end else {})}
+            if query.ids:
+                ands.append(_among("_id", list(query.ids)))
+        if query.recurring:
+            # The pending occurrence: runnable, held ones (not released yet) included.
+            # Both options are always stored (interval 0.0, cron None when unset).
+            statuses = [int(s) for s in RUNNABLE]
+            if query.statuses:
+                statuses = [s for s in statuses if JobStatus(s) in query.statuses] or [-1]
+            where.update(_among("status", statuses))
+            recurs = [{"options.interval": {"$gt": 0}}, {"options.cron": {"$nin": [None, ""]}}]
+            if "$or" in where:
+                ands.append({"$or": recurs})
+            else:
+                where["$or"] = recurs
+        if ands:
+            where["$and"] = ands
         with self._errors("list jobs"):
             cursor = self._jobs.find(where).sort("seq", -1 if query.newest_first else 1)
             if query.limit is not None:
@@ -2184,6 +2218,10 @@ class MongoStore(Store):
             )
             ended_rows = [(r.get("_id"), _count(r.get("n"))) for r in ended]
         return StatRows(groups=groups, oldest_due=oldest_due, ended=ended_rows)
+
+    def counts(self) -> list[tuple[Any, Any, Any, int]]:
+        with self._errors("count jobs"):
+            return [row for row in self._count_groups() if row[3] > 0]
 
     def _count_groups(self) -> list[tuple[Any, Any, Any, int]]:
         """(status, queue, cls, count) of every job: one $group by the three fields. A
