@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
-from taskschedctl import cmd_add, cmd_jobs, cmd_limits, cmd_ops, cmd_watch
+from taskschedctl import cmd_add, cmd_dashboard, cmd_jobs, cmd_limits, cmd_ops, cmd_watch
 from taskschedctl.common import EXIT_CODES, fail
 from taskschedctl.context import Ctl, check_store_url
 
@@ -43,6 +43,7 @@ Examples:
   taskschedctl purge --older-than 7d --yes
   taskschedctl limits set reports --max-running 2; taskschedctl limits list
   taskschedctl add myapp.jobs.Report --limit reports --exclusive-key customer:42
+  taskschedctl dashboard --listen 127.0.0.1:8080      (needs taskschedd[dashboard])
 
 \b
 From cron (--once: an overlapping run gets the same job instead of a second one):
@@ -148,6 +149,7 @@ for _command in (
     cmd_limits.limits,
     cmd_ops.nodes,
     cmd_ops.check,
+    cmd_dashboard.dashboard,
     cmd_ops.completion,
 ):
     cli.add_command(_command)

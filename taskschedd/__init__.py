@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'taskschedd' has no attribute {name!r}")
 
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 __all__ = [
     "ConfigError",

@@ -169,6 +169,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """``taskschedctl dashboard``: where it listens and who may use it. Secrets are read
+    from files (or the environment, see taskschedd.dashboard.settings), never written in
+    the configuration itself, which many people may read."""
+
+    listen: str = "127.0.0.1:8080"
+    read_only: bool = False
+    #: A file holding the bearer token (its first line).
+    token_file: str | None = None
+    #: HTTP basic credentials: the user, and a file holding the password (first line).
+    user: str | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
 class MongoDBConfig:
     """MongoDB names and durability; ignored when the store is SQLite."""
 
@@ -223,6 +238,8 @@ class Config:
     #: start and on each reload, so the configuration wins over ``taskschedctl limits set``.
     #: Limits not named here are left as they are.
     limits: dict[str, LimitSpec] = field(default_factory=dict)
+    #: Read by ``taskschedctl dashboard`` only; nodes ignore it.
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     @property
     def store_kind(self) -> str:
@@ -536,6 +553,11 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     return str(value)
 
 
+def check_listen(key: str, value: object, example: str = "127.0.0.1:8080") -> str:
+    """A host:port to bind (ConfigError naming ``key`` and what is accepted)."""
+    return _Validator(None).listen(key, value, example)
+
+
 class _Validator:
     """Turns one parsed mapping into a Config; knows the file for messages and paths."""
 
@@ -706,6 +728,7 @@ class _Validator:
         kw["mongodb"] = self.mongodb(top.get("mongodb"), kw["store"])
         if top.get("limits") is not None:
             kw["limits"] = self.limits(top["limits"])
+        kw["dashboard"] = self.dashboard(top.get("dashboard"))
         return Config(**kw)
 
     def store(self, value: object) -> str:
@@ -917,27 +940,55 @@ class _Validator:
         listen = data.get("listen")
         if listen is None:
             return MetricsConfig()
-        example = "127.0.0.1:9464"
-        text = self.string("metrics.listen", listen, example)
+        return MetricsConfig(listen=self.listen("metrics.listen", listen, "127.0.0.1:9464"))
+
+    def listen(self, key: str, listen: object, example: str) -> str:
+        """host:port to bind: an IPv4 or [IPv6] address or a host name, port 1-65535."""
+        text = self.string(key, listen, example)
         match = _LISTEN_RE.fullmatch(text)
-        bad = f"expected host:port like {example} or [::1]:9464, {_got(listen)}"
+        port = example.rpartition(":")[2]
+        bad = f"expected host:port like {example} or [::1]:{port}, {_got(listen)}"
         if not match or not 1 <= int(match["port"]) <= 65535:
-            self.fail("metrics.listen", bad)
+            self.fail(key, bad)
         if match["v6"] is not None:
             try:
                 ipaddress.IPv6Address(match["v6"])
             except ValueError:
-                self.fail("metrics.listen", bad)
+                self.fail(key, bad)
         else:
             host = match["host"]
             if re.fullmatch(r"[\d.]+", host):
                 try:
                     ipaddress.IPv4Address(host)
                 except ValueError:
-                    self.fail("metrics.listen", bad)
+                    self.fail(key, bad)
             elif len(host) > 253 or not all(_HOSTNAME_RE.fullmatch(p) for p in host.split(".")):
-                self.fail("metrics.listen", bad)
-        return MetricsConfig(listen=text)
+                self.fail(key, bad)
+        return text
+
+    def dashboard(self, value: object) -> DashboardConfig:
+        keys = ("listen", "read_only", "token_file", "user", "password_file")
+        data = self.section(value, "dashboard", keys)
+        kw: dict[str, Any] = {}
+        if data.get("listen") is not None:
+            kw["listen"] = self.listen("dashboard.listen", data["listen"], "127.0.0.1:8080")
+        if data.get("read_only") is not None:
+            if not isinstance(data["read_only"], bool):
+                self.fail(
+                    "dashboard.read_only", f"expected true or false, {_got(data['read_only'])}"
+                )
+            kw["read_only"] = data["read_only"]
+        for key in ("token_file", "password_file"):
+            if data.get(key) is not None:
+                kw[key] = self.file_path(f"dashboard.{key}", data[key])
+        if data.get("user") is not None:
+            user = self.string("dashboard.user", data["user"], "ops")
+            if not user or ":" in user or not user.isprintable():
+                self.fail("dashboard.user", f"expected a user name without ':', {_got(user)}")
+            kw["user"] = user
+        if ("user" in kw) != ("password_file" in kw):
+            self.fail("dashboard", "give both user and password_file for HTTP basic auth")
+        return DashboardConfig(**kw)
 
     def limits(self, value: object) -> dict[str, LimitSpec]:
         """name -> {max_running: N, rate: COUNT/PERIOD}, each checked as

@@ -102,6 +102,7 @@ KEY_SECTIONS = (
     "LIMITS",
     "RELIABILITY",
     "LOGGING, METRICS, PROCESS",
+    "DASHBOARD",
     "MONGODB",
 )
 NOT_KEYS = {"dynamic", "static", "ondemand"}  # the pm modes, tagged inside pm

@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,7 @@ CLAIMS = [
     ("Writing jobs", "python", "scheduler = Scheduler()"),
     ("Writing jobs", "python", "scheduler.chain("),
     ("Limits, exclusive keys and rates", "sh", "limits set reports"),
+    ("The dashboard", "sh", "taskschedctl dashboard"),
     ("From cron", "cron", "add --once"),
     ("Under systemd", "sh", "systemctl enable"),
     ("Development", "sh", "TASKSCHED_TEST_MONGODB_URI"),
@@ -296,6 +299,37 @@ def test_the_limits_block_runs_as_written(clone: Clone) -> None:
         assert runs[0][1] <= runs[1][0], runs  # one after the other
         sched.delete_limit("reports")
         sched.delete_limit("mail")
+
+
+def test_the_dashboard_block_installs_the_extra_and_serves_the_store(clone: Clone) -> None:
+    """The extra the block installs is the project's; its command, run in the second
+    terminal (on a free port instead of 8080), serves the node's store."""
+    block = claimed("The dashboard", "sh", "taskschedctl dashboard")
+    lines = [shlex.split(x.split("#", 1)[0]) for x in block.text.splitlines() if x.strip()]
+    assert lines[0] == [".venv/bin/pip", "install", "-e", ".[dashboard]"], lines
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert {"starlette", "uvicorn", "jinja2"} <= {
+        re.split(r"[<>=]", d)[0] for d in extras["dashboard"]
+    }
+    assert lines[1] == [".venv/bin/taskschedctl", "dashboard"], lines
+    if not (ROOT / "docs" / "dashboard.png").read_bytes().startswith(b"\x89PNG"):
+        pytest.fail("docs/dashboard.png, the README's screenshot, is not a PNG")
+    env = clone.env() | {"TASKSCHED_CONFIG": str(clone.config)}
+    proc = subprocess.Popen([*lines[1], "--listen", "127.0.0.1:0"], cwd=clone.path, env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert found, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{found.group(1)}/", timeout=30) as page:
+            assert page.status == 200
+            assert "Overview" in page.read().decode()
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, as the block says
+        assert proc.wait(30) == 0
 
 
 def test_the_cron_line_adds_one_job_however_often_it_runs(clone: Clone) -> None:

@@ -163,3 +163,16 @@ class ForkGrowMemory(Job):
         )
         child = subprocess.run([sys.executable, "-c", code], check=True)
         return {"code": child.returncode}
+
+
+class FailOnce(Job):
+    """Raises ValueError(data["message"]) the first time (it creates data["flag"]), then
+    returns "ok": a failed job that a retry brings to DONE, however attempts are counted."""
+
+    def start(self) -> Any:
+        flag = self.data["flag"]
+        if not os.path.exists(flag):
+            with open(flag, "w"):
+                pass
+            raise ValueError(self.data["message"])
+        return "ok"
