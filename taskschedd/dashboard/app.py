@@ -14,7 +14,6 @@ import base64
 import binascii
 import contextlib
 import hmac
-import json
 import secrets
 import threading
 import time
@@ -43,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from taskschedd import __version__
 from taskschedd.config import Config
 from taskschedd.dashboard import views
-from taskschedd.dashboard.live import Feed, Histogram
+from taskschedd.dashboard.live import Feed, Histogram, public, sse
 from taskschedd.dashboard.settings import Auth
 from taskschedd.errors import JobNotFound, TaskSchedError
 from taskschedd.model import JobStatus
@@ -411,7 +410,7 @@ class Dashboard:
 
     def overview_json(self, request: Request) -> Response:
         snap = self.feed.snapshot(self.sched())
-        return JSONResponse(_public(snap), headers={"cache-control": "no-store"})
+        return JSONResponse(public(snap), headers={"cache-control": "no-store"})
 
     async def live(self, request: Request) -> Response:
         loop = asyncio.get_running_loop()
@@ -421,17 +420,17 @@ class Dashboard:
             try:
                 yield b"retry: 3000\n\n"
                 snap = await run_in_threadpool(lambda: self.feed.snapshot(self.sched(), 5.0))
-                yield _sse("overview", _public(snap))
+                yield sse("overview", public(snap))
                 while True:
                     if sub.lost:
                         sub.lost = False
-                        yield _sse("resync", {})
+                        yield sse("resync", {})
                     try:
-                        kind, payload = await asyncio.wait_for(sub.queue.get(), KEEPALIVE)
+                        message = await asyncio.wait_for(sub.queue.get(), KEEPALIVE)
                     except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
-                    yield _sse(kind, _public(payload) if kind == "overview" else payload)
+                    yield message
             finally:
                 self.feed.unsubscribe(sub)
 
@@ -544,14 +543,6 @@ def _field(fields: dict[str, list[str]], name: str) -> str:
     return (fields.get(name) or [""])[0]
 
 
-def _sse(kind: str, payload: Any) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
-
-
-def _public(snap: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in snap.items() if k != "rows"}
-
-
 def _snapshot(sched: Scheduler, histogram: Histogram, now: float) -> dict[str, Any]:
     rows = sched.store.counts()
     return {
@@ -627,7 +618,14 @@ def create_app(
             return dash.error(request, 503, f"The store answered with an error: {exc}")
         raise exc
 
-    app = Starlette(routes=routes, exception_handlers={TaskSchedError: on_error})
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        # The feed's thread and each thread's store (a server that runs the lifespan;
+        # a mounted app is closed with its process).
+        await run_in_threadpool(dash.close)
+
+    app = Starlette(routes=routes, exception_handlers={TaskSchedError: on_error}, lifespan=lifespan)
     app.state.dashboard = dash
     app.add_middleware(Guard, auth=dash.auth, render_login=dash.render_login, hosts=hosts)
     return app

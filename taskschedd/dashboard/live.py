@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -32,6 +33,8 @@ IDLE_REFRESH = 5.0
 #: The overview's share of the store's time at most: computing it took t seconds, the
 #: next waits at least t / SHARE (a count over a large MongoDB collection is not free).
 SHARE = 0.1
+#: Jobs one "jobs" message names at most (more: pages are told to reload).
+JOBS_PER_MESSAGE = 500
 #: How soon a stop is seen while the feed waits (seconds).
 STOP_SLICE = 0.25
 #: Messages a slow page may fall behind before it is told to resynchronize.
@@ -79,14 +82,24 @@ class Histogram:
         }
 
 
+def sse(kind: str, payload: Any) -> bytes:
+    """One Server-Sent Event, encoded once for every page that receives it."""
+    return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+def public(snap: dict[str, Any]) -> dict[str, Any]:
+    """An overview as pages get it (without the raw counts it was folded from)."""
+    return {k: v for k, v in snap.items() if k != "rows"}
+
+
 @dataclass(eq=False)
 class Subscription:
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[tuple[str, Any]] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+    queue: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
     #: Set when messages were dropped: the page reloads what it shows.
     lost: bool = False
 
-    def offer(self, message: tuple[str, Any]) -> None:
+    def offer(self, message: bytes) -> None:
         """Called in the subscriber's event loop."""
         try:
             self.queue.put_nowait(message)
@@ -176,9 +189,12 @@ class Feed:
     def _publish(self, kind: str, payload: Any) -> None:
         with self._lock:
             subs = list(self._subs)
+        if not subs:
+            return
+        message = sse(kind, public(payload) if kind == "overview" else payload)
         for sub in subs:
             try:
-                sub.loop.call_soon_threadsafe(sub.offer, (kind, payload))
+                sub.loop.call_soon_threadsafe(sub.offer, message)
             except RuntimeError:  # its loop is closed: the page is gone
                 self.unsubscribe(sub)
 
@@ -230,13 +246,14 @@ class Feed:
         try:
             dirty = True
             while not self._stop.is_set():
+                read_at = time.monotonic()
                 batch = events_of(store, after=last, limit=BATCH)
                 if batch:
                     last = self._last = batch[-1].seq
                     self.histogram.add(batch)
                     dirty = True
                     if self.subscribers:
-                        self._publish("jobs", [_event(e) for e in batch[-200:]])
+                        self._publish_jobs(batch)
                 age = time.monotonic() - self._snapshot_at
                 due = (dirty and age >= self.interval) or age >= max(IDLE_REFRESH, self.interval)
                 # Nobody watching: a page load computes its own (the store is spared).
@@ -249,10 +266,23 @@ class Feed:
                 watched = dirty and self.subscribers
                 wait = max(0.05, self.interval - age) if watched else IDLE_REFRESH
                 self._wait(waker, wait)
+                # A busy node commits hundreds of times a second, each a wake-up: the
+                # log is read at most once per MIN_INTERVAL, whatever the number of
+                # pages, and each read's events go out as one message.
+                self._stop.wait(max(0.0, read_at + MIN_INTERVAL - time.monotonic()))
         finally:
             if waker is not None:
                 with contextlib.suppress(Exception):
                     waker.close()
+
+    def _publish_jobs(self, batch: list[EventRecord]) -> None:
+        """The latest event of each job changed since the last read; a page that shows a
+        job left out when there are more than JOBS_PER_MESSAGE reloads what it shows."""
+        latest = {e.job_id: e for e in batch}
+        if len(latest) > JOBS_PER_MESSAGE:
+            self._publish("resync", {})
+            return
+        self._publish("jobs", [_event(e) for e in latest.values()])
 
     def _wait(self, waker: Waker | None, seconds: float) -> None:
         """Until the store changes, ``seconds`` pass or :meth:`stop`: the wake-up source

@@ -47,10 +47,6 @@ def create_indexes(
                 IndexModel([("state", 1), ("lease_until", 1)]),
                 IndexModel([("state", 1), ("ended", 1)]),
                 IndexModel([("seq", 1)]),
-                # Job lists (find): one filter's jobs in seq order, for keyset pages.
-                IndexModel([("status", 1), ("seq", 1)]),
-                IndexModel([("queue", 1), ("seq", 1)]),
-                IndexModel([("cls", 1), ("seq", 1)]),
                 IndexModel([("created", 1)]),
                 IndexModel([("series", 1), ("series_seq", 1)]),
                 IndexModel([("next_pending", 1)], sparse=True),
