@@ -202,6 +202,11 @@ class Guard:
         )
         await send({"type": "http.response.body", "body": body})
 
+    async def _html(self, send: Send, status: int, body: bytes) -> None:
+        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     async def _refuse(self, scope: Scope, send: Send) -> None:
         if self.auth.token is None:  # basic: the browser asks for the credentials
             await self._plain(send, 401, "authentication required",
@@ -210,12 +215,7 @@ class Guard:
         accept = _header(scope, b"accept") or ""
         if "text/html" in accept and scope["method"] == "GET":
             body = self.render_login(scope, "")
-            headers = [
-                (b"content-type", b"text/html; charset=utf-8"),
-                (b"cache-control", b"no-store"),
-            ]
-            await send({"type": "http.response.start", "status": 401, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await self._html(send, 401, body)
             return
         await self._plain(send, 401, "authentication required: send Authorization: Bearer TOKEN",
                           [(b"www-authenticate", b'Bearer realm="taskschedd"')])  # fmt: skip
@@ -239,12 +239,7 @@ class Guard:
             return
         if not self.auth.token_ok(form.get("token", "").strip()):
             page = self.render_login(scope, "That token is not right.")
-            headers = [
-                (b"content-type", b"text/html; charset=utf-8"),
-                (b"cache-control", b"no-store"),
-            ]
-            await send({"type": "http.response.start", "status": 401, "headers": headers})
-            await send({"type": "http.response.body", "body": page})
+            await self._html(send, 401, page)
             return
         target = (_base(scope) or "") + "/"
         headers = [
