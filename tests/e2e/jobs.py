@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from taskschedd.job import Job
@@ -25,10 +26,14 @@ class Sleep(Job):
 
 class Swallow(Job):
     """Sleeps ``data["seconds"]``, swallowing Ctrl-C (KeyboardInterrupt) once, as a
-    careless job does; then sleeps ``data["after"]`` more and returns."""
+    careless job does; then sleeps ``data["after"]`` more and returns. Creates the file
+    ``data["ready"]`` (if given) once it swallows: before that, an interrupt finds the
+    worker, not the job's code, and the job is given back unstarted."""
 
     def start(self) -> Any:
         with contextlib.suppress(KeyboardInterrupt):
+            if self.data.get("ready"):
+                Path(self.data["ready"]).touch()
             time.sleep(float(self.data["seconds"]))
         time.sleep(float(self.data.get("after", 0)))
         return "swallowed"

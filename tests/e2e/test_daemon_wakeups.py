@@ -22,7 +22,8 @@ from tests.e2e.conftest import JOBS, Daemon
 from tests.helpers import wait_for
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-#: A flood this long, from the owner, may cost a process at most this much CPU.
+#: A flood this long, from the owner, may add at most this much CPU to what a process
+#: uses idle over as long.
 FLOOD_SECONDS = 3.0
 FLOOD_CPU_BUDGET = 0.1
 
@@ -136,6 +137,11 @@ def test_a_flood_of_wake_ups_from_the_owner_costs_little_cpu(
     # Settle first: start-up work must not count.
     assert scheduler.add_job(f"{JOBS}.Sleep", {"seconds": 0}).wait(10).status == JobStatus.DONE
     pids = (d.pid, *workers)
+    # What each process uses idle over as long (heartbeats, housekeeping; more on a loaded
+    # machine) is its baseline: the budget is what the flood may add to it.
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    time.sleep(FLOOD_SECONDS)
+    idle = {pid: cpu_seconds(pid) - before[pid] for pid in pids}
     before = {pid: cpu_seconds(pid) for pid in pids}
     tries = sent = 0
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
@@ -152,7 +158,7 @@ def test_a_flood_of_wake_ups_from_the_owner_costs_little_cpu(
             time.sleep(0.0002)
     used = {pid: cpu_seconds(pid) - before[pid] for pid in pids}
     assert tries > 1000, tries
-    assert all(cpu < FLOOD_CPU_BUDGET for cpu in used.values()), (tries, sent, used)
+    assert all(used[pid] < idle[pid] + FLOOD_CPU_BUDGET for pid in pids), (tries, sent, used, idle)
     # Wake-ups still work: an idle node picks a new job up well before its poll interval.
     started = time.monotonic()
     job = scheduler.add_job(f"{JOBS}.Sleep", {"seconds": 0})
