@@ -103,7 +103,14 @@ def test_three_nodes_never_run_more_jobs_of_a_limit_than_it_allows_and_use_all_o
     0.25 s, "most of the time" holds with room to spare on a busy 2-core machine.)"""
     spans = spans_dir(tmp_path)
     scheduler.store.set_limit(LimitSpec("reports", max_running=2))
-    cluster(daemon_factory)
+    # MongoDB: nodes poll at the default interval (1 s), not the e2e default of 0.2 s.
+    # Every idle worker's poll there is a claim, a next_due and an event-log read, and on
+    # nx-27017 (one thread) a claim and a next_due cost time in proportion to the jobs
+    # their limit holds back (94 and 27 ms with 3,000 held): seven idle workers polling
+    # five times a second kept the server so busy that each hand-over waited ~0.2 s in
+    # its queue (2 ran 30 % of the time; 68 % with 1 s polls). The hand-over under test
+    # comes with the settle, not from a poll, so the interval does not help it.
+    cluster(daemon_factory, **({"poll_interval": "1s"} if store_kind == "mongo" else {}))
     count = 300 if SLOW else 100
     spec = JobSpec(SPAN, span_data(spans, seconds=0.25), {"limit": "reports"})
     ids = [p.id for p in scheduler.add_jobs([spec] * count)]
@@ -118,11 +125,9 @@ def test_three_nodes_never_run_more_jobs_of_a_limit_than_it_allows_and_use_all_o
     # interval (0.5 s on SQLite, 0.2 s on MongoDB) per job would leave 2 running for a
     # third of it at most.
     share = busy.count(2) / len(busy)
-    # MongoDB (nx-27017): 2 ran in 14-23 % of the busy time of the 300-job run on
-    # 2026-12-02, at this test's own commit (0.7.0) as at 0.8.0, against 77 % measured when
-    # it was written: a known gap of the slot hand-over there, left open (CHANGELOG
-    # 0.8.0). The floor keeps the claim that the limit is reached and used at all.
-    floor = 0.6 if store_kind == "sqlite" else 0.1
+    # A hand-over by poll (1 s on MongoDB here) would leave 2 running a fifth of the time
+    # at most. MongoDB's floor is lower: nx-27017 serves 12 processes from one thread.
+    floor = 0.6 if store_kind == "sqlite" else 0.35
     assert share >= floor, (share, Counter(busy))
     print(f"2 running in {share:.0%} of the busy time; {len({r.pid for r in runs})} workers")
     assert limit_state(scheduler, "reports") == (0, 0)
