@@ -8,15 +8,21 @@ every process is started in its own session so that stopping it takes its whole 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -223,6 +229,44 @@ def finish(
         log(f"scratch kept: {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One benchmark run: its id (in the environment variable ``env`` of every process it
+    starts, so that :meth:`sweep` finds their leftovers), its scratch directory and the
+    head of its results."""
+
+    env: str
+    id: str
+    workdir: Path
+    date: str
+    header: dict[str, Any]
+
+    def sweep(self, log: Callable[[str], None]) -> None:
+        """Kill any process still carrying this run's id (belt and braces after the
+        per-process cleanup): only processes this run started have it."""
+        for pid, command in kill_carrying(self.env, self.id):
+            log(f"killed leftover process {pid}: {command[:80]}")
+
+
+def start_run(env: str, prefix: str) -> Run:
+    """Begin a run: an id exported in ``env``, cleanup on SIGINT/SIGTERM, a scratch
+    directory named ``prefix``..., and the results' header (date, start, machine with
+    its load, Python and SQLite versions)."""
+    run_id = uuid.uuid4().hex
+    os.environ[env] = run_id
+    install_signal_cleanup()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    date = dt.date.today().isoformat()
+    header = {
+        "date": date,
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+    return Run(env, run_id, workdir, date, header)
 
 
 def loadavg() -> list[float]:

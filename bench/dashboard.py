@@ -42,7 +42,6 @@ import html
 import itertools
 import json
 import os
-import platform
 import random
 import re
 import sqlite3
@@ -810,11 +809,6 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sweep(run_id: str) -> None:
-    for pid, command in common.kill_carrying(RUN_ENV, run_id):
-        log(f"killed leftover process {pid}: {command[:80]}")
-
-
 def main() -> int:
     if len(sys.argv) > 3 and sys.argv[1] == "_instrumented":
         return _instrumented(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])
@@ -849,19 +843,12 @@ def main() -> int:
     except ImportError as exc:
         parser.error(f"needs the dashboard extra and httpx: {exc}")
 
-    run_id = uuid.uuid4().hex
-    os.environ[RUN_ENV] = run_id
-    common.install_signal_cleanup()
-    workdir = Path(tempfile.mkdtemp(prefix="taskschedd-dashboard-"))
-    date = dt.date.today().isoformat()
+    run = common.start_run(RUN_ENV, "taskschedd-dashboard-")
+    workdir, date = run.workdir, run.date
     small = args.jobs // 10
     results: dict[str, Any] = {
-        "date": date,
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": common.machine(),
+        **run.header,
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
         "this": git_head(common.REPO),
         "args": {
             "jobs": args.jobs,
@@ -897,7 +884,7 @@ def main() -> int:
             results["live"] = live(workdir, args.drain_jobs, args.drain_reps, args.clients)
     finally:
         common.stop_all()
-        sweep(run_id)
+        run.sweep(log)
         results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         results["machine"]["loadavg_end"] = common.loadavg()
         out = args.out or common.REPO / "bench/results" / f"dashboard-{date}.json"

@@ -30,13 +30,10 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -215,12 +212,6 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sweep(run_id: str) -> None:
-    """Kill any process still carrying this run's id in its environment."""
-    for pid, command in common.kill_carrying(RUN_ENV, run_id):
-        log(f"killed leftover process {pid}: {command[:80]}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.limits", description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=7, help="repetitions of each (default 7)")
@@ -239,17 +230,10 @@ def main() -> int:
     if not tsd.daemon_available():
         parser.error("the taskschedd daemon is not installed in this venv")
 
-    run_id = uuid.uuid4().hex
-    os.environ[RUN_ENV] = run_id
-    common.install_signal_cleanup()
-    workdir = Path(tempfile.mkdtemp(prefix="taskschedd-limits-"))
-    date = dt.date.today().isoformat()
+    run = common.start_run(RUN_ENV, "taskschedd-limits-")
+    workdir, date = run.workdir, run.date
     results: dict[str, Any] = {
-        "date": date,
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": common.machine(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        **run.header,
         "this": git_head(common.REPO),
         "args": {"reps": args.reps, "n": args.n, "only": only},
         "raw": {},
@@ -269,7 +253,7 @@ def main() -> int:
                 raw.setdefault(variant, []).append(r)
     finally:
         common.stop_all()
-        sweep(run_id)
+        run.sweep(log)
         results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         results["machine"]["loadavg_end"] = common.loadavg()
         results["summary"] = summarize(raw)

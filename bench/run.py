@@ -13,13 +13,10 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,13 +105,6 @@ def run_tsd(
         system.close()
 
 
-def sweep(run_id: str) -> None:
-    """Kill any process still carrying this run's id in its environment (belt and braces
-    after the per-process cleanup): only processes this run started have it."""
-    for pid, command in common.kill_carrying(RUN_ENV, run_id):
-        log(f"killed leftover process {pid}: {command[:80]}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, short idle window")
@@ -147,17 +137,10 @@ def main() -> int:
     if peers and not args.peers_python.exists():
         parser.error(f"{args.peers_python} is missing: run bench/run.sh, which creates it")
 
-    run_id = uuid.uuid4().hex
-    os.environ[RUN_ENV] = run_id
-    common.install_signal_cleanup()
-    workdir = Path(tempfile.mkdtemp(prefix="taskschedd-bench-"))
-    date = dt.date.today().isoformat()
+    run = common.start_run(RUN_ENV, "taskschedd-bench-")
+    workdir, date = run.workdir, run.date
     results: dict[str, Any] = {
-        "date": date,
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": common.machine(),
-        "python": platform.python_version(),
-        "sqlite": __import__("sqlite3").sqlite_version,
+        **run.header,
         "args": {"quick": quick, "reps": reps, "n": n, "sections": sections, "systems": systems},
         "daemon": "taskschedd" in systems,
         "raw": {},
@@ -207,7 +190,7 @@ def main() -> int:
                 )
     finally:
         common.stop_all()
-        sweep(run_id)
+        run.sweep(log)
         results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         results["machine"]["loadavg_end"] = common.loadavg()
         results["summary"] = summarize(results)

@@ -26,13 +26,10 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -193,13 +190,6 @@ def drain(tree: Path, out: Path, n: int, timeout: float) -> dict[str, Any]:
         "loadavg_before": row.get("loadavg_before"),
         "loadavg_after": row.get("loadavg_after"),
     }
-
-
-def sweep(run_id: str) -> None:
-    """Kill any process still carrying this run's id in its environment: only processes
-    this run started (daemons, the drain runs and theirs) have it."""
-    for pid, command in common.kill_carrying(RUN_ENV, run_id):
-        log(f"killed leftover process {pid}: {command[:80]}")
 
 
 def med(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -374,17 +364,10 @@ def main() -> int:
     if not tsd.daemon_available():
         parser.error("the taskschedd daemon is not installed in this venv")
 
-    run_id = uuid.uuid4().hex
-    os.environ[RUN_ENV] = run_id
-    common.install_signal_cleanup()
-    workdir = Path(tempfile.mkdtemp(prefix="taskschedd-workflows-"))
-    date = dt.date.today().isoformat()
+    run = common.start_run(RUN_ENV, "taskschedd-workflows-")
+    workdir, date = run.workdir, run.date
     results: dict[str, Any] = {
-        "date": date,
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": common.machine(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        **run.header,
         "this": git_head(common.REPO),
         "main": git_head(args.main),
         "args": {
@@ -424,7 +407,7 @@ def main() -> int:
                     raw.setdefault("drain", {}).setdefault(name, []).append(r)
     finally:
         common.stop_all()
-        sweep(run_id)
+        run.sweep(log)
         results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         results["machine"]["loadavg_end"] = common.loadavg()
         results["summary"] = summarize(raw, sizes)
