@@ -122,7 +122,7 @@ class Housekeeping:
             return
         wanted = self.config.limits
         try:
-            before = {s.spec.name: s.spec for s in self.store.limits(now=time.time())}
+            before = {spec.name: spec for spec in self.store.limit_specs()}
             for spec in wanted.values():
                 if before.get(spec.name) != spec:
                     self.store.set_limit(spec)

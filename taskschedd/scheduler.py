@@ -334,7 +334,7 @@ class Scheduler:
         cached = self._limit_names
         if cached is not None and now - cached[0] < LIMIT_NAMES_TTL:
             return cached[1]
-        names = frozenset(s.spec.name for s in self.store.limits(now=time.time()))
+        names = frozenset(spec.name for spec in self.store.limit_specs())
         if cached is None or names != cached[1]:
             self._joined.clear()  # decided against other definitions
         self._limit_names = (now, names)

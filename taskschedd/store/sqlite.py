@@ -1746,6 +1746,14 @@ class SQLiteStore(Store):
 
         return self._read(run)
 
+    def limit_specs(self) -> list[LimitSpec]:
+        def run(c: sqlite3.Connection) -> list[LimitSpec]:
+            rows = c.execute("SELECT name, max_running, rate_count, rate_period FROM limits")
+            specs = [spec for spec in map(_limit_spec, rows) if spec is not None]
+            return sorted(specs, key=lambda spec: spec.name)
+
+        return self._read(run)
+
     def key_holders(self, keys: Sequence[str], *, now: float) -> dict[str, str]:
         if not keys:
             return {}

@@ -9,6 +9,7 @@ interface directly and pass ``now`` where the interface takes it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -93,6 +94,42 @@ def test_set_limit_creates_and_replaces_and_limits_lists_them_by_name(store: Sto
     ]
     # A second store object (another node) sees the same definitions.
     assert [s.spec.name for s in store.limits(now=now)] == ["api", "mail", "reports"]
+
+
+def write_bad_limit(store_spec: StoreSpec, name: str) -> None:
+    """A definition another client wrote wrong (a max_running that is not a number)."""
+    if store_spec.kind == "sqlite":
+        import sqlite3
+
+        path = store_spec.url[len("sqlite:///") - 1 :]
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("INSERT INTO limits (name, max_running) VALUES (?, 'many')", (name,))
+        return
+    import pymongo
+
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(store_spec.url)
+    with client:
+        options = store_spec.options
+        limits = client[options["database"]][options["jobs_collection"] + "_limits"]
+        limits.insert_one({"_id": name, "max_running": "many"})
+
+
+def test_limit_specs_are_the_definitions_limits_lists_without_the_counts(
+    store: Store, store_spec: StoreSpec
+) -> None:
+    """What an add reads to join queue:/class: limits: the same definitions as limits(),
+    a definition written wrong left out by both (its jobs run unlimited)."""
+    assert store.limit_specs() == []
+    store.set_limit(LimitSpec("reports", 2))
+    store.set_limit(LimitSpec("mail", None, Rate(100, 60.0)))
+    store.set_limit(LimitSpec("queue:default", 5, Rate(20, 1.0)))
+    write_bad_limit(store_spec, "broken")
+    store.insert([new_job(limit="reports")])
+    specs = store.limit_specs()
+    assert specs == [s.spec for s in store.limits(now=time.time())]
+    assert [spec.name for spec in specs] == ["mail", "queue:default", "reports"]
+    assert store.delete_limit("mail")
+    assert [spec.name for spec in store_spec.open().limit_specs()] == ["queue:default", "reports"]
 
 
 def test_limits_are_shared_by_every_store_object(store: Store, store_spec: StoreSpec) -> None:

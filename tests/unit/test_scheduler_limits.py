@@ -60,15 +60,20 @@ def claim(store: Store, queue: str = "default", job_id: str | None = None) -> Jo
 
 
 def count_reads(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record each call of store.limits() (its ``now``)."""
+    """Record each read of the definitions (store.limit_specs(): the time of the call);
+    a call of store.limits(), which also counts every limit's jobs, fails the test."""
     calls: list[float] = []
-    real: Callable[..., list[LimitState]] = store.limits
+    real: Callable[[], list[LimitSpec]] = store.limit_specs
 
-    def spy(*, now: float) -> list[LimitState]:
-        calls.append(now)
-        return real(now=now)
+    def spy() -> list[LimitSpec]:
+        calls.append(time.time())
+        return real()
 
-    monkeypatch.setattr(store, "limits", spy)
+    def counting(*, now: float) -> list[LimitState]:
+        raise AssertionError("an add read the limits' counts, not only their definitions")
+
+    monkeypatch.setattr(store, "limit_specs", spy)
+    monkeypatch.setattr(store, "limits", counting)
     return calls
 
 

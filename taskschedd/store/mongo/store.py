@@ -2158,6 +2158,10 @@ class MongoStore(Store):
         self._remembered.clear()
         return gone
 
+    def limit_specs(self) -> list[LimitSpec]:
+        with self._errors("read limits"):
+            return [spec for _, (spec, _doc) in sorted(self._gates.specs().items())]
+
     def limits(self, *, now: float) -> list[LimitState]:
         """Running, of a limit with max_running: its slots held now, what its claims
         decide by (a job being given back, or whose slot is still being freed, is not
