@@ -6,15 +6,19 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from taskschedd.errors import StoreUnavailable
+from taskschedd.limits import LimitSpec
 from taskschedd.model import JobQuery, JobStatus
 from taskschedd.store.sqlite import SQLiteStore
 from tests.store.test_contract import claim, must_claim, new_job
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -73,10 +77,12 @@ def test_a_connection_is_not_reused_across_fork(tmp_path: Path) -> None:
     store.close()
 
 
-def test_claim_is_one_statement_served_by_the_partial_index(tmp_path: Path) -> None:
+def test_claim_reads_the_claim_index_parts_and_updates_one_row(tmp_path: Path) -> None:
     store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
     now = time.time()
+    store.set_limit(LimitSpec("reports", 1))
     store.insert([new_job(f"j{i}", now=now, priority=i % 3) for i in range(50)])
+    store.insert([new_job(f"r{i}", now=now, limit="reports") for i in range(50)])
     statements: list[str] = []
     store._conn.set_trace_callback(statements.append)
     assert claim(store, now=now) is not None
@@ -85,11 +91,70 @@ def test_claim_is_one_statement_served_by_the_partial_index(tmp_path: Path) -> N
     # The trace reports the statement again for each trigger it fires (the job counts of
     # schema 5): one statement, however often it is shown.
     assert len(set(updates)) == 1, statements
-    plan_sql = "EXPLAIN QUERY PLAN " + updates[0].split(" RETURNING ")[0]
-    plan = " | ".join(row[3] for row in store._conn.execute(plan_sql).fetchall())
-    assert "jobs_claim" in plan, plan
-    assert "SCAN jobs" not in plan, plan
+    plans = []
+    for sql in [*statements, updates[0].split(" RETURNING ")[0]]:
+        if sql.lstrip().upper().startswith(("SELECT", "UPDATE")):
+            rows = store._conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+            plans.append(" | ".join(row[3] for row in rows))
+    assert any("jobs_claim_free" in plan for plan in plans), plans
+    assert any("jobs_claim_lim" in plan for plan in plans), plans
+    assert not any("SCAN jobs" in plan or "SCAN c" in plan for plan in plans), plans
     store.close()
+
+
+def vm_steps(store: SQLiteStore, call: Callable[[], T]) -> tuple[T, int]:
+    """What ``call`` returns, and how many thousand SQLite VM instructions it ran."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store._conn.set_progress_handler(tick, 1000)
+    try:
+        return call(), steps
+    finally:
+        store._conn.set_progress_handler(None, 0)
+
+
+def costs_behind(path: Path, held: int, priority: int) -> dict[str, int]:
+    """VM instructions (thousands) of each look for work in a store where ``held`` jobs
+    of a full limit wait, of ``priority`` (the other jobs have 5)."""
+    store = SQLiteStore(f"sqlite:///{path}", create=True)
+    now = time.time()
+    store.set_limit(LimitSpec("reports", 1))
+    store.insert([new_job(f"r{i}", now=now - 60, priority=priority, limit="reports")
+                  for i in range(held)])  # fmt: skip
+    assert must_claim(store, now=now, worker="n/holder").options.limit == "reports"
+    store.insert([new_job("later", now=now, at=now + 3600)])
+    cost: dict[str, int] = {}
+    due, cost["count_due"] = vm_steps(
+        store, lambda: store.count_due(("default",), now=now, force_spawn=False, limit=4)
+    )
+    assert due == 0
+    at, cost["next_due"] = vm_steps(store, lambda: store.next_due(("default",)))
+    assert at == pytest.approx(now + 3600)
+    got, cost["idle claim"] = vm_steps(store, lambda: claim(store, now=now, worker="n/2"))
+    assert got is None
+    store.insert([new_job("plain", now=now, priority=5)])
+    got, cost["claim"] = vm_steps(store, lambda: claim(store, now=now, worker="n/2"))
+    assert got is not None and got.id == "plain"
+    store.close()
+    return cost
+
+
+@pytest.mark.parametrize("priority", [0, 9])
+def test_looking_for_work_never_walks_the_jobs_a_full_limit_holds_back(
+    tmp_path: Path, priority: int
+) -> None:
+    """A claim, count_due and next_due cost the same behind 200 or 20,000 jobs of a full
+    limit (ahead of the other jobs in claim order, or behind them): each reads the heads
+    of the claim index's parts (schema 6), never each held job. Counted in SQLite VM
+    instructions, not time."""
+    small = costs_behind(tmp_path / "small.db", 200, priority)
+    large = costs_behind(tmp_path / "large.db", 20_000, priority)
+    assert all(large[what] <= 2 * small[what] + 5 for what in small), (small, large)
 
 
 def test_a_locked_database_raises_store_unavailable_then_recovers(tmp_path: Path) -> None:

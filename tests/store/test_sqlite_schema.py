@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from taskschedd.errors import StoreError
+from taskschedd.limits import LimitSpec
 from taskschedd.model import FINAL, JobQuery, JobStatus
 from taskschedd.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.helpers import settlement
@@ -97,16 +98,16 @@ def schema_of(store: SQLiteStore) -> dict[str, str]:
 
 
 def check_v2(store: SQLiteStore) -> None:
-    """The schema is the current one (5: version 2's, the dependency tables, limits, the
-    counts and list indexes)."""
+    """The schema is the current one (6: version 2's, the dependency tables, limits, the
+    counts and list indexes, the claim index in two parts)."""
     conn = store._conn
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("5",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("6",)
     ddl = schema_of(store)
     assert "AUTOINCREMENT" not in ddl["events"]
     assert "events_time" not in ddl and "jobs_status_ended" not in ddl
     assert "WHERE ended IS NOT NULL" in ddl["jobs_ended"]
     assert "WHERE series IS NOT NULL" in ddl["jobs_series"]
-    assert {"jobs_claim", "jobs_token", "jobs_lease", "jobs_once", "jobs_created"} <= set(ddl)
+    assert {"jobs_token", "jobs_lease", "jobs_once", "jobs_created"} <= set(ddl)
     assert "events_job" in ddl
     assert "PRIMARY KEY (dependency, dependent)" in ddl["job_deps"]
     assert "job_deps_dependent" in ddl
@@ -119,10 +120,25 @@ def check_v2(store: SQLiteStore) -> None:
     assert {"jobs_status", "jobs_queue", "jobs_cls", "jobs_recurring"} <= set(ddl)
     triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     assert triggers == {"jobs_count_insert", "jobs_count_delete", "jobs_count_update"}
+    # Schema 6: the claim index in two parts, the jobs without a limit and by limit.
+    assert "jobs_claim" not in ddl
+    assert "lim IS NULL" in ddl["jobs_claim_free"]
+    assert "ON jobs(lim, queue, spawn" in ddl["jobs_claim_lim"]
 
 
-def test_a_new_store_has_schema_5(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 5
+def as_schema_5(conn: sqlite3.Connection) -> None:
+    """Make a current store's schema what taskschedd 0.8.0 wrote (one claim index)."""
+    conn.execute("DROP INDEX jobs_claim_free")
+    conn.execute("DROP INDEX jobs_claim_lim")
+    conn.execute(
+        "CREATE INDEX jobs_claim ON jobs(queue, spawn, priority DESC, at, seq) "
+        "WHERE status IN (0, 1)"
+    )
+    conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema'")
+
+
+def test_a_new_store_has_schema_6(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 6
     store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
     try:
         store.insert([new_job("a")])
@@ -220,9 +236,9 @@ def test_a_newer_schema_is_refused_with_the_version(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     store = SQLiteStore(f"sqlite:///{db}", create=True)
     store.insert([new_job("a")])
-    store._conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema'")
+    store._conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema'")
     store.close()
-    with pytest.raises(StoreError, match="has schema 6, newer than this taskschedd understands"):
+    with pytest.raises(StoreError, match="has schema 7, newer than this taskschedd understands"):
         SQLiteStore(f"sqlite:///{db}", create=True).get("a")
 
 
@@ -257,6 +273,7 @@ def test_a_v3_store_is_upgraded_to_limits_in_place(tmp_path: Path) -> None:
     store = SQLiteStore(f"sqlite:///{db}", create=True)
     store.insert([new_job("old")])
     conn = store._conn
+    as_schema_5(conn)
     for index in ("jobs_lim_running", "jobs_xkey_running", "jobs_lim_waiting"):
         conn.execute(f"DROP INDEX {index}")
     conn.execute("DROP TABLE limits")
@@ -296,6 +313,7 @@ def test_a_v4_store_gets_exact_counts_that_every_write_keeps(tmp_path: Path) -> 
     for index in ("jobs_status", "jobs_queue", "jobs_cls", "jobs_recurring"):
         conn.execute(f"DROP INDEX {index}")
     conn.execute("DROP TABLE job_counts")
+    as_schema_5(conn)
     conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
     conn.execute(  # another client's row: a BLOB class, a REAL status, options not JSON
         "INSERT INTO jobs (id, cls, data, status, queue, priority, spawn, at, created, "
@@ -330,5 +348,34 @@ def test_a_v4_store_gets_exact_counts_that_every_write_keeps(tmp_path: Path) -> 
         assert grouped(store) == sorted(store.counts(), key=repr)
         store.flush()
         assert store.counts() == []
+    finally:
+        store.close()
+
+
+def test_a_v5_store_gets_the_claim_index_in_two_parts_and_claims_past_a_full_limit(
+    tmp_path: Path,
+) -> None:
+    """A store of 0.8.0 (schema 5) with jobs of a full limit ahead of others: upgraded in
+    place, the claim skips the held jobs, and a job of the limit runs once it frees."""
+    db = tmp_path / "jobs.db"
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
+    now = time.time()
+    store.set_limit(LimitSpec("reports", 1))
+    store.insert([new_job(f"r{i}", now=now - 10, priority=9, limit="reports") for i in range(5)])
+    store.insert([new_job("plain", now=now)])
+    as_schema_5(store._conn)
+    store.close()
+    store = SQLiteStore(f"sqlite:///{db}", create=True)
+    try:
+        check_v2(store)
+        first = must_claim(store, now=now, worker="n/1")
+        assert first.id == "r0"
+        assert must_claim(store, now=now, worker="n/2").id == "plain"
+        assert store.count_due(("default",), now=now, force_spawn=False) == 0
+        store.settle(
+            first.id, first.claim_token or "", settlement(status=JobStatus.DONE, reason="t"),
+            now=now,
+        )  # fmt: skip
+        assert must_claim(store, now=now, worker="n/3").id == "r1"
     finally:
         store.close()
