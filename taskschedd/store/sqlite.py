@@ -612,8 +612,8 @@ def _upgrade_v4(conn: sqlite3.Connection) -> None:
 
 def _upgrade_v5(conn: sqlite3.Connection) -> None:
     """Schema 5 -> 6 (and the last step of a new store): the claim index in two parts
-    (see _CLAIM_SCHEMA). taskschedd 0.8.0 refuses a store of schema 6: its statements
-    name jobs_claim."""
+    (see _CLAIM_SCHEMA). Schema 5 was written by development builds of 0.8.0 only; a
+    store of 0.7 takes both steps in one transaction."""
     for stmt in _CLAIM_SCHEMA:
         conn.execute(stmt)
 
