@@ -250,21 +250,38 @@ _COUNTS_SCHEMA = (
 #: The planner has no statistics: given `status = ?` or `queue = ?` it takes the list
 #: indexes above (every job of a status or queue) over the partial ones the hot paths
 #: were written for (runnable, running, limited jobs only). Those statements name theirs.
-#: Schema 6: the claim's index in two parts, so that no pick walks the jobs of a closed
-#: limit (schema 5's one index held them among the others, and every look for work
-#: stepped over each: 117 ms a claim behind 100,000). The jobs without a limit in claim
-#: order, and the jobs of a limit in claim order within each limit: a pick takes the
-#: best of the first part's head and of each open limit's head (_Pick). Plain jobs are
-#: in one index as before; a limit's jobs trade jobs_claim for jobs_claim_lim.
+#: Schema 6: the claim index in parts, so that no pick walks the jobs of a closed limit
+#: (schema 5's one index held them among the others, and every look for work stepped
+#: over each: 43 ms behind 100,000). The jobs without a limit in claim order
+#: (jobs_claim_free); the jobs of a limit in claim order (jobs_claim_gated), read when
+#: no limit is closed; and by limit (jobs_claim_lim), read per open limit when some are
+#: closed, if the waiting jobs name at most _PER_LIMIT limits (beyond, the claim-order
+#: walk skips the closed limits' jobs row by row, as before). See _Pick.
 _CLAIM_FREE = "INDEXED BY jobs_claim_free"
+_CLAIM_GATED = "INDEXED BY jobs_claim_gated"
 _CLAIM_LIM = "INDEXED BY jobs_claim_lim"
 _CLAIM_SCHEMA = (
     "DROP INDEX IF EXISTS jobs_claim",
     "CREATE INDEX IF NOT EXISTS jobs_claim_free ON jobs(queue, spawn, priority DESC, at, seq) "
     f"WHERE {_CLAIMABLE} AND lim IS NULL",
+    "CREATE INDEX IF NOT EXISTS jobs_claim_gated ON jobs(queue, spawn, priority DESC, at, seq) "
+    f"WHERE {_CLAIMABLE} AND lim IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS jobs_claim_lim "
     f"ON jobs(lim, queue, spawn, priority DESC, at, seq) WHERE {_CLAIMABLE} AND lim IS NOT NULL",
 )
+_PER_LIMIT = 64
+#: The limits named by claimable jobs, one index seek each (a loose scan of
+#: jobs_claim_lim), at most _PER_LIMIT + 1 of them. Values stay in SQL: a limit stored
+#: by another client (a BLOB, text that is not UTF-8) is compared as it is stored.
+_LIMS = (
+    "WITH RECURSIVE lims(v) AS (SELECT (SELECT lim FROM jobs INDEXED BY jobs_claim_lim "
+    f"WHERE {_CLAIMABLE} AND lim IS NOT NULL ORDER BY lim LIMIT 1) UNION ALL "
+    f"SELECT (SELECT lim FROM jobs INDEXED BY jobs_claim_lim WHERE {_CLAIMABLE} "
+    f"AND lim > lims.v ORDER BY lim LIMIT 1) FROM lims WHERE lims.v IS NOT NULL "
+    f"LIMIT {_PER_LIMIT + 2}) "
+)
+#: Of those, the open ones (arg: the closed limits as JSON).
+_OPEN_LIMS = "FROM lims WHERE lims.v IS NOT NULL AND lims.v NOT IN (SELECT value FROM json_each(?))"
 #: Ids of at most this many jobs of a time window are sorted by seq (jobs_created);
 #: a wider window is walked in seq order instead.
 _WINDOW_SORT = 20000
@@ -394,43 +411,55 @@ class _Gates:
 
 
 class _Pick:
-    """The best due job of a queue that no limit or key holds back, read from the two
-    parts of the claim index (schema 6) without walking the jobs of a closed limit: the
-    head of the jobs without a limit and the head of each open limit's jobs, the best
-    of those by the claim order. ``lims``: the limits of the claimable jobs, read once
-    (one index seek per limit); a limit that closes meanwhile (``gates``) is skipped."""
+    """The due jobs of a queue that no limit or key holds back, read from the parts of
+    the claim index (schema 6) without walking the jobs of a closed limit: the best (the
+    head of the jobs without a limit against the head of the jobs of a limit, or of
+    each open limit's), how many, the earliest. ``gates`` may close a limit between two
+    picks of one transaction."""
 
     def __init__(self, c: sqlite3.Connection, gates: _Gates) -> None:
         self.c = c
         self.gates = gates
-        self.lims = _claimable_lims(c)
+        self._few: bool | None = None
 
-    def _open(self) -> list[Any]:
-        return [lim for lim in self.lims if lim not in self.gates.closed]
+    def _few_lims(self) -> bool:
+        """Whether the waiting jobs name at most _PER_LIMIT limits (read once)."""
+        if self._few is None:
+            row = self.c.execute(_LIMS + "SELECT COUNT(*) FROM lims WHERE v IS NOT NULL")
+            self._few = int(row.fetchone()[0]) <= _PER_LIMIT
+        return self._few
+
+    def _gated(self, one: str, args: list[Any], fold: str) -> tuple[str, list[Any]]:
+        """The statement applying ``one`` (a SELECT over ``jobs c`` with a ``{FROM}``
+        placeholder for its source and condition) to the jobs of a limit: per open limit
+        (``fold`` folds the per-limit values: MIN, TOTAL...) when some limit is closed
+        and few are named, else in claim order, skipping the closed limits' jobs."""
+        closed = json.dumps(sorted(self.gates.closed))
+        if self.gates.closed and self._few_lims():
+            per = one.replace(
+                "{FROM}", f"jobs c {_CLAIM_LIM} WHERE {_CLAIMABLE} AND c.lim = lims.v"
+            )
+            return _LIMS + f"SELECT {fold}(({per})) {_OPEN_LIMS}", [*args, closed]
+        where = f"jobs c {_CLAIM_GATED} WHERE {_CLAIMABLE} AND lim IS NOT NULL"
+        if not self.gates.closed:
+            return one.replace("{FROM}", where), args
+        skip = where + " AND c.lim NOT IN (SELECT value FROM json_each(?))"
+        return one.replace("{FROM}", skip), [closed, *args]
 
     def best(self, queue: str, spawn: int, now: float) -> int | None:
         """The seq of the job to claim next, or None."""
-        c, keys = self.c, self.gates.key_args(now)
-        tail = (
-            "AND queue = ? AND spawn = ? AND at <= ? AND typeof(id) = 'text' "
-            f"AND {_KEY_FREE} ORDER BY priority DESC, at, seq LIMIT 1"
+        c = self.c
+        one = (
+            "SELECT seq FROM {FROM} AND queue = ? AND spawn = ? AND at <= ? "
+            f"AND typeof(id) = 'text' AND {_KEY_FREE} ORDER BY priority DESC, at, seq LIMIT 1"
         )
-        seqs = []
-        row = c.execute(
-            f"SELECT seq FROM jobs c {_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL {tail}",
-            (queue, spawn, now, *keys),
-        ).fetchone()
-        if row is not None:
-            seqs.append(row[0])
-        for lim in self._open():
-            row = c.execute(
-                f"SELECT seq FROM jobs c {_CLAIM_LIM} WHERE {_CLAIMABLE} AND lim = ? {tail}",
-                (lim, queue, spawn, now, *keys),
-            ).fetchone()
-            if row is not None:
-                seqs.append(row[0])
+        args = [queue, spawn, now, *self.gates.key_args(now)]
+        free = one.replace("{FROM}", f"jobs c {_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL")
+        seqs = [row[0] for row in c.execute(free, args)]
+        sql, gargs = self._gated(one, args, "")
+        seqs += [row[0] for row in c.execute(sql, gargs) if row[0] is not None]
         if len(seqs) < 2:
-            return seqs[0] if seqs else None
+            return int(seqs[0]) if seqs else None
         row = c.execute(
             "SELECT seq FROM jobs WHERE seq IN (SELECT value FROM json_each(?)) "
             "ORDER BY priority DESC, at, seq LIMIT 1",
@@ -440,62 +469,63 @@ class _Pick:
 
     def count(self, queues: Sequence[str], spawn: int, now: float, limit: int | None) -> int:
         """How many due jobs of these queues nothing holds back (at most ``limit``)."""
-        c, keys = self.c, self.gates.key_args(now)
+        cap = -1 if limit is None else limit
+        if cap == 0:
+            return 0
         marks = ",".join("?" * len(queues))
-        tail = f"AND queue IN ({marks}) AND spawn = ? AND at <= ? AND {_KEY_FREE} LIMIT ?"
-        total = 0
-        parts: list[tuple[str, list[Any]]] = [
-            (f"{_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL", [])
-        ]
-        parts += [(f"{_CLAIM_LIM} WHERE {_CLAIMABLE} AND lim = ?", [lim]) for lim in self._open()]
-        for where, args in parts:
-            left = -1 if limit is None else limit - total
-            if left == 0:
-                break
-            total += int(
-                c.execute(
-                    f"SELECT COUNT(*) FROM (SELECT 1 FROM jobs c {where} {tail})",
-                    [*args, *queues, spawn, now, *keys, left],
-                ).fetchone()[0]
-            )
-        return total
+        one = (
+            "SELECT COUNT(*) FROM (SELECT 1 FROM {FROM} "
+            f"AND queue IN ({marks}) AND spawn = ? AND at <= ? AND {_KEY_FREE} LIMIT ?)"
+        )
+        args = [*queues, spawn, now, *self.gates.key_args(now), cap]
+        free = one.replace("{FROM}", f"jobs c {_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL")
+        total = int(self.c.execute(free, args).fetchone()[0])
+        if total == cap:
+            return total
+        sql, gargs = self._gated(one, args, "TOTAL")
+        total += int(self.c.execute(sql, gargs).fetchone()[0] or 0)
+        return total if cap < 0 else min(total, cap)
 
     def earliest(self, queues: Sequence[str], now: float) -> float | None:
         """The earliest ``at`` of the jobs of these queues due by ``now`` that nothing
         holds back (any spawn), or None."""
-        c, keys = self.c, self.gates.key_args(now)
         marks = ",".join("?" * len(queues))
-        tail = f"AND queue IN ({marks}) AND at <= ? AND {_KEY_FREE}"
-        found: list[float] = []
-        parts: list[tuple[str, list[Any]]] = [
-            (f"{_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL", [])
+        one = f"SELECT MIN(at) FROM {{FROM}} AND queue IN ({marks}) AND at <= ? AND {_KEY_FREE}"
+        args = [*queues, now, *self.gates.key_args(now)]
+        free = one.replace("{FROM}", f"jobs c {_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL")
+        found = [self.c.execute(free, args).fetchone()[0]]
+        sql, gargs = self._gated(one, args, "MIN")
+        found.append(self.c.execute(sql, gargs).fetchone()[0])
+        times = [float(t) for t in found if isinstance(t, int | float)]
+        return min(times) if times else None
+
+    def later(self, queues: Sequence[str], now: float) -> float | None:
+        """The earliest ``at`` after ``now`` of the jobs of these queues, held back or not
+        (a limit may have room by then): the jobs without a limit in claim order, and
+        each limit's from jobs_lim_waiting when the waiting jobs name few limits."""
+        c = self.c
+        marks = ",".join("?" * len(queues))
+        found = [
+            c.execute(
+                f"SELECT MIN(at) FROM jobs {_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL "
+                f"AND queue IN ({marks}) AND at > ?",
+                [*queues, now],
+            ).fetchone()[0]
         ]
-        parts += [(f"{_CLAIM_LIM} WHERE {_CLAIMABLE} AND lim = ?", [lim]) for lim in self._open()]
-        for where, args in parts:
-            row = c.execute(
-                f"SELECT MIN(at) FROM jobs c {where} {tail}", [*args, *queues, now, *keys]
-            ).fetchone()
-            if row is not None and isinstance(row[0], int | float):
-                found.append(float(row[0]))
-        return min(found) if found else None
-
-
-def _claimable_lims(c: sqlite3.Connection) -> list[Any]:
-    """The limits named by claimable jobs, as stored: a loose scan of jobs_claim_lim, one
-    seek per limit (however many jobs each holds)."""
-    out: list[Any] = []
-    row = c.execute(
-        f"SELECT lim FROM jobs {_CLAIM_LIM} WHERE {_CLAIMABLE} AND lim IS NOT NULL "
-        "ORDER BY lim LIMIT 1"
-    ).fetchone()
-    while row is not None:
-        out.append(row[0])
-        row = c.execute(
-            f"SELECT lim FROM jobs {_CLAIM_LIM} WHERE {_CLAIMABLE} AND lim > ? "
-            "ORDER BY lim LIMIT 1",
-            (row[0],),
-        ).fetchone()
-    return out
+        if self._few_lims():
+            one = (
+                f"SELECT at FROM jobs INDEXED BY jobs_lim_waiting WHERE {_CLAIMABLE} "
+                f"AND lim = lims.v AND at > ? AND queue IN ({marks}) ORDER BY at LIMIT 1"
+            )
+            sql = _LIMS + f"SELECT MIN(({one})) FROM lims WHERE lims.v IS NOT NULL"
+        else:
+            sql = (
+                f"SELECT MIN(at) FROM jobs {_CLAIM_GATED} WHERE {_CLAIMABLE} "
+                f"AND lim IS NOT NULL AND at > ? AND queue IN ({marks})"
+            )
+        found.append(c.execute(sql, [now, *queues]).fetchone()[0])
+        times = [float(t) for t in found if isinstance(t, int | float)]
+        return min(times) if times else None
 
 
 def path_from_url(url: str) -> str:
@@ -1787,32 +1817,14 @@ class SQLiteStore(Store):
         def run(c: sqlite3.Connection) -> float | None:
             gates = _Gates.read(c, now)
             pick = _Pick(c, gates)
-            # Due now and not held back: due. Else the earliest job still to come: of
-            # the jobs without a limit (their part of the claim index), and of each
-            # limit's (jobs_lim_waiting, from now on: a closed limit's jobs due now are
-            # not walked); a held-back job whose time is still to come counts, as its
-            # limit may have room by then (a wake-up or a poll tells).
+            # Due now and not held back: due. Else the earliest job still to come (a
+            # held-back one too: its limit may have room by then; a wake-up or a poll
+            # tells), or a closed rate's next start. A closed limit's jobs due now are
+            # not walked (_Pick).
             due = pick.earliest(queues, now)
             if due is not None:
                 return due
-            found: list[float] = []
-            row = c.execute(
-                f"SELECT MIN(at) FROM jobs {_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL "
-                f"AND queue IN ({marks}) AND at > ?",
-                [*queues, now],
-            ).fetchone()
-            if row is not None and isinstance(row[0], int | float):
-                found.append(float(row[0]))
-            for lim in pick.lims:
-                row = c.execute(
-                    f"SELECT at FROM jobs INDEXED BY jobs_lim_waiting WHERE {_CLAIMABLE} "
-                    f"AND lim = ? AND at > ? AND queue IN ({marks}) ORDER BY at LIMIT 1",
-                    [lim, now, *queues],
-                ).fetchone()
-                if row is not None and isinstance(row[0], int | float):
-                    found.append(float(row[0]))
-            # MIN() puts numbers before text: a text `at` only shows when no job has a time.
-            due = min(found) if found else None
+            due = pick.later(queues, now)
             for name in gates.closed:  # a rate window that opens later
                 spec = gates.specs[name]
                 full = (
@@ -1912,7 +1924,7 @@ class SQLiteStore(Store):
                 "SELECT queue, MIN(m) FROM ("
                 f"SELECT queue, MIN(at) AS m FROM jobs {_CLAIM_FREE} WHERE {_CLAIMABLE} "
                 "AND lim IS NULL AND at <= ? GROUP BY queue UNION ALL "
-                f"SELECT queue, MIN(at) FROM jobs {_CLAIM_LIM} WHERE {_CLAIMABLE} "
+                f"SELECT queue, MIN(at) FROM jobs {_CLAIM_GATED} WHERE {_CLAIMABLE} "
                 "AND lim IS NOT NULL AND at <= ? GROUP BY queue) GROUP BY queue",
                 (now, now),
             ).fetchall()

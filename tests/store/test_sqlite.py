@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -77,15 +78,11 @@ def test_a_connection_is_not_reused_across_fork(tmp_path: Path) -> None:
     store.close()
 
 
-def test_claim_reads_the_claim_index_parts_and_updates_one_row(tmp_path: Path) -> None:
-    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
-    now = time.time()
-    store.set_limit(LimitSpec("reports", 1))
-    store.insert([new_job(f"j{i}", now=now, priority=i % 3) for i in range(50)])
-    store.insert([new_job(f"r{i}", now=now, limit="reports") for i in range(50)])
+def traced_claim(store: SQLiteStore, now: float, worker: str) -> list[str]:
+    """A claim's statements, and the query plans of its reads and of its update."""
     statements: list[str] = []
     store._conn.set_trace_callback(statements.append)
-    assert claim(store, now=now) is not None
+    assert claim(store, now=now, worker=worker) is not None
     store._conn.set_trace_callback(None)
     updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
     # The trace reports the statement again for each trigger it fires (the job counts of
@@ -93,12 +90,27 @@ def test_claim_reads_the_claim_index_parts_and_updates_one_row(tmp_path: Path) -
     assert len(set(updates)) == 1, statements
     plans = []
     for sql in [*statements, updates[0].split(" RETURNING ")[0]]:
-        if sql.lstrip().upper().startswith(("SELECT", "UPDATE")):
+        if sql.lstrip().upper().startswith(("SELECT", "UPDATE", "WITH")):
             rows = store._conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
             plans.append(" | ".join(row[3] for row in rows))
-    assert any("jobs_claim_free" in plan for plan in plans), plans
-    assert any("jobs_claim_lim" in plan for plan in plans), plans
     assert not any("SCAN jobs" in plan or "SCAN c" in plan for plan in plans), plans
+    return plans
+
+
+def test_claim_reads_the_claim_index_parts_and_updates_one_row(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
+    now = time.time()
+    store.set_limit(LimitSpec("reports", 1))
+    store.insert([new_job(f"j{i}", now=now, priority=i % 3) for i in range(50)])
+    store.insert([new_job(f"r{i}", now=now, priority=9, limit="reports") for i in range(50)])
+    # No limit closed: the head of the jobs without a limit, and of those with one.
+    plans = traced_claim(store, now, "n/1")  # takes r0: the limit is full
+    assert any("jobs_claim_free" in plan for plan in plans), plans
+    assert any("jobs_claim_gated" in plan for plan in plans), plans
+    # A limit closed: read per open limit (none here), the closed one's jobs not walked.
+    plans = traced_claim(store, now, "n/2")
+    assert any("jobs_claim_lim" in plan for plan in plans), plans
+    assert not any("jobs_claim_gated" in plan for plan in plans), plans
     store.close()
 
 
@@ -202,3 +214,46 @@ def test_a_listener_that_arrives_right_after_a_post_is_woken(tmp_path: Path) -> 
     finally:
         store.close()
         writer.close()
+
+
+def test_a_limit_another_client_stored_as_invalid_utf8_runs_unlimited(tmp_path: Path) -> None:
+    """A job whose limit is text that is not UTF-8 (written by another client) names no
+    defined limit: it runs unlimited, and looking for work in any queue still works,
+    with a limit closed (per-limit reads) as without."""
+    path = tmp_path / "jobs.db"
+    store = SQLiteStore(f"sqlite:///{path}", create=True)
+    now = time.time()
+    store.set_limit(LimitSpec("reports", 1))
+    store.insert([new_job(f"r{i}", now=now - 5, limit="reports") for i in range(3)])
+    store.insert([new_job("odd", now=now - 4, limit="x"), new_job("mail", now=now, queue="mail")])
+    with contextlib.closing(sqlite3.connect(path)) as raw, raw:
+        raw.execute("UPDATE jobs SET lim = CAST(x'ff61' AS TEXT) WHERE id = 'odd'")
+    assert store.count_due(("default",), now=now, force_spawn=False) == 4
+    assert must_claim(store, now=now, worker="n/1").id == "r0"  # the limit is full now
+    assert store.count_due(("default",), now=now, force_spawn=False) == 1
+    assert store.next_due(("default",)) == pytest.approx(now - 4)
+    assert must_claim(store, now=now, worker="n/2").id == "odd"
+    assert must_claim(store, queues=("mail",), now=now, worker="n/3").id == "mail"
+    assert claim(store, now=now, worker="n/4") is None
+    store.close()
+
+
+def test_jobs_naming_many_limits_are_picked_in_claim_order(tmp_path: Path) -> None:
+    """More limits named than are read one by one: a closed limit's jobs are skipped in
+    claim order (as before schema 6), the best of the others is claimed."""
+    store = SQLiteStore(f"sqlite:///{tmp_path}/jobs.db", create=True)
+    now = time.time()
+    store.set_limit(LimitSpec("full", 1))
+    store.insert([new_job("f0", now=now - 9, priority=9, limit="full")])
+    assert must_claim(store, now=now, worker="n/0").id == "f0"
+    store.insert([new_job(f"f{i}", now=now - 9, priority=9, limit="full") for i in range(1, 50)])
+    tenants = [
+        new_job(f"t{i}", now=now - 5 + i / 1000, priority=i % 3, limit=f"tenant-{i}")
+        for i in range(200)
+    ]
+    store.insert(tenants)
+    assert store.count_due(("default",), now=now, force_spawn=False) == 200
+    assert store.count_due(("default",), now=now, force_spawn=False, limit=7) == 7
+    assert store.next_due(("default",)) == pytest.approx(now - 5 + 2 / 1000)
+    got = [must_claim(store, now=now, worker=f"n/{i + 1}").id for i in range(3)]
+    assert got == ["t2", "t5", "t8"]  # priority 2 first, then by time

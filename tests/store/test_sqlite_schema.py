@@ -123,12 +123,14 @@ def check_v2(store: SQLiteStore) -> None:
     # Schema 6: the claim index in two parts, the jobs without a limit and by limit.
     assert "jobs_claim" not in ddl
     assert "lim IS NULL" in ddl["jobs_claim_free"]
+    assert "lim IS NOT NULL" in ddl["jobs_claim_gated"]
     assert "ON jobs(lim, queue, spawn" in ddl["jobs_claim_lim"]
 
 
 def as_schema_5(conn: sqlite3.Connection) -> None:
     """Make a current store's schema what taskschedd 0.8.0 wrote (one claim index)."""
     conn.execute("DROP INDEX jobs_claim_free")
+    conn.execute("DROP INDEX jobs_claim_gated")
     conn.execute("DROP INDEX jobs_claim_lim")
     conn.execute(
         "CREATE INDEX jobs_claim ON jobs(queue, spawn, priority DESC, at, seq) "
