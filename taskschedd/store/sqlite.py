@@ -421,6 +421,17 @@ class _Pick:
         self.c = c
         self.gates = gates
         self._few: bool | None = None
+        self._gated_any: bool | None = None
+
+    def _any_gated(self) -> bool:
+        """Whether any claimable job has a limit (read once: a queue without any reads
+        one part per pick, as before schema 6)."""
+        if self._gated_any is None:
+            row = self.c.execute(
+                f"SELECT 1 FROM jobs {_CLAIM_GATED} WHERE {_CLAIMABLE} AND lim IS NOT NULL LIMIT 1"
+            ).fetchone()
+            self._gated_any = row is not None
+        return self._gated_any
 
     def _few_lims(self) -> bool:
         """Whether the waiting jobs name at most _PER_LIMIT limits (read once)."""
@@ -456,8 +467,9 @@ class _Pick:
         args = [queue, spawn, now, *self.gates.key_args(now)]
         free = one.replace("{FROM}", f"jobs c {_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL")
         seqs = [row[0] for row in c.execute(free, args)]
-        sql, gargs = self._gated(one, args, "")
-        seqs += [row[0] for row in c.execute(sql, gargs) if row[0] is not None]
+        if self._any_gated():
+            sql, gargs = self._gated(one, args, "")
+            seqs += [row[0] for row in c.execute(sql, gargs) if row[0] is not None]
         if len(seqs) < 2:
             return int(seqs[0]) if seqs else None
         row = c.execute(
@@ -480,7 +492,7 @@ class _Pick:
         args = [*queues, spawn, now, *self.gates.key_args(now), cap]
         free = one.replace("{FROM}", f"jobs c {_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL")
         total = int(self.c.execute(free, args).fetchone()[0])
-        if total == cap:
+        if total == cap or not self._any_gated():
             return total
         sql, gargs = self._gated(one, args, "TOTAL")
         total += int(self.c.execute(sql, gargs).fetchone()[0] or 0)
@@ -494,8 +506,9 @@ class _Pick:
         args = [*queues, now, *self.gates.key_args(now)]
         free = one.replace("{FROM}", f"jobs c {_CLAIM_FREE} WHERE {_CLAIMABLE} AND lim IS NULL")
         found = [self.c.execute(free, args).fetchone()[0]]
-        sql, gargs = self._gated(one, args, "MIN")
-        found.append(self.c.execute(sql, gargs).fetchone()[0])
+        if self._any_gated():
+            sql, gargs = self._gated(one, args, "MIN")
+            found.append(self.c.execute(sql, gargs).fetchone()[0])
         times = [float(t) for t in found if isinstance(t, int | float)]
         return min(times) if times else None
 
