@@ -352,11 +352,11 @@ class Store(abc.ABC):
         """Every defined limit with its running count, waiting count (queued and due)
         and its rate's start times, sorted by name."""
 
+    @abc.abstractmethod
     def limit_specs(self) -> list[LimitSpec]:
         """The defined limits, sorted by name, without the counts :meth:`limits` reads
         (an add joins ``queue:``/``class:`` limits by name; counting the jobs waiting
         on each costs time in proportion to them)."""
-        return [state.spec for state in self.limits(now=time.time())]
 
     @abc.abstractmethod
     def key_holders(self, keys: Sequence[str], *, now: float) -> dict[str, str]:

@@ -295,21 +295,17 @@ _COLUMNS = (
     "cancel_requested, series, series_seq, once_key, updated, seq"
 )
 _FINAL_SQL = ",".join(str(int(s)) for s in FINAL)
-#: A job (alias c) not held back by its limit or its exclusive key; arguments: the
-#: names of the closed limits (a JSON list), now (leases over free their slots) and the
-#: claiming worker (None: any). A worker runs one job at a time: a key it holds itself
-#: does not hold back the jobs it claims ahead.
-_NOT_HELD = (
-    "(c.lim IS NULL OR c.lim NOT IN (SELECT value FROM json_each(?))) AND (c.xkey IS NULL "
-    "OR NOT EXISTS (SELECT 1 FROM jobs h WHERE h.status = 2 AND h.xkey = c.xkey "
-    "AND h.lease_until >= ? AND h.worker IS NOT ?))"
-)
-#: A job whose exclusive key no other worker's running job holds (args: now, worker).
+#: A job (alias c) whose exclusive key no other worker's running job holds; arguments:
+#: now (leases over free their keys) and the claiming worker (None: any). A worker runs
+#: one job at a time: a key it holds itself does not hold back the jobs it claims ahead.
 #: Rows of held keys are still stepped over one by one (docs/limits.md).
 _KEY_FREE = (
     "(c.xkey IS NULL OR NOT EXISTS (SELECT 1 FROM jobs h WHERE h.status = 2 "
     "AND h.xkey = c.xkey AND h.lease_until >= ? AND h.worker IS NOT ?))"
 )
+#: Nor held back by its limit; arguments: the names of the closed limits (a JSON list),
+#: then _KEY_FREE's (_Gates.args).
+_NOT_HELD = f"(c.lim IS NULL OR c.lim NOT IN (SELECT value FROM json_each(?))) AND {_KEY_FREE}"
 
 
 def _limit_spec(row: Sequence[Any]) -> LimitSpec | None:
@@ -654,8 +650,8 @@ def _upgrade_v4(conn: sqlite3.Connection) -> None:
 
 
 def _upgrade_v5(conn: sqlite3.Connection) -> None:
-    """Schema 5 -> 6 (and the last step of a new store): the claim index in two parts
-    (see _CLAIM_SCHEMA). Schema 5 was written by development builds of 0.8.0 only; a
+    """Schema 5 -> 6 (and the last step of a new store): the claim index in parts (see
+    _CLAIM_SCHEMA). Schema 5 was written by development builds of 0.8.0 only; a
     store of 0.7 takes both steps in one transaction."""
     for stmt in _CLAIM_SCHEMA:
         conn.execute(stmt)
